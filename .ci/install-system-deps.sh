@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# System packages the test suite uses: headless Chromium (report.html screenshot test).
+# Installed only when missing and when we are root; tests that need them skip with a reason otherwise.
+set -uo pipefail
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/tmp/devicefit-apt.log 2>&1 \
+      || echo "warning: apt-get install ${need[*]} failed (see /tmp/devicefit-apt.log)"
+  else
+    echo "warning: not root; cannot install ${need[*]}"
+  fi
+fi
+exit 0

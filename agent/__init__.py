@@ -1,0 +1,1 @@
+"""devicefit.agent."""

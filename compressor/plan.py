@@ -1,0 +1,225 @@
+"""``Plan``: which techniques apply to which layer. Serializes to YAML/JSON and back exactly.
+
+A plan is an ordered list of rules. A rule matches torch module names (``fnmatch`` patterns such as
+``encoder.layers.*.ffn.*``, or an exact name) and sets a technique per family (prune / lowrank / quant).
+For every layer and family the **last** matching rule that sets that family wins, so a broad rule first
+and exceptions after reads naturally::
+
+    version: 1
+    layers:
+      - match: "*"
+        quant: {method: int8_static, calibration: percentile}
+      - match: classifier
+        quant: {method: float}
+    distill: {steps: 200, temperature: 4.0}
+
+Passes run in the order prune → lowrank → distill → quant.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devicefit.compressor.techniques import FAMILIES, Distill, Family, Technique, technique_from_dict
+from devicefit.errors import UserInputError
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Techniques for the layers whose name matches ``match`` (fnmatch pattern or exact name)."""
+
+    match: str
+    prune: Technique | None = None
+    lowrank: Technique | None = None
+    quant: Technique | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.match, str) or not self.match:
+            raise UserInputError(f"LayerRule.match={self.match!r} is invalid", "give a layer name or fnmatch pattern")
+        for fam in FAMILIES:
+            tech = getattr(self, fam)
+            if tech is not None and tech.family != fam:
+                raise UserInputError(
+                    f"LayerRule({self.match!r}).{fam} holds a {tech.family} technique ({tech.method})",
+                    f"put {tech.method} under '{tech.family}:'",
+                )
+
+    def matches(self, layer: str) -> bool:
+        return layer == self.match or fnmatch.fnmatchcase(layer, self.match)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"match": self.match}
+        for fam in FAMILIES:
+            tech = getattr(self, fam)
+            if tech is not None:
+                out[fam] = tech.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerRule:
+        if not isinstance(data, dict) or "match" not in data:
+            raise UserInputError(f"plan rule {data!r} has no 'match'", "each rule needs match: <layer pattern>")
+        unknown = sorted(set(data) - {"match", *FAMILIES})
+        if unknown:
+            raise UserInputError(f"plan rule has unknown key(s) {unknown}", f"valid keys: match, {', '.join(FAMILIES)}")
+        techs = {fam: technique_from_dict(fam, data[fam]) for fam in FAMILIES if data.get(fam) is not None}
+        return cls(match=data["match"], **techs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """The resolved techniques for one layer (``None`` = family not applied)."""
+
+    prune: Technique | None = None
+    lowrank: Technique | None = None
+    quant: Technique | None = None
+
+    def is_empty(self) -> bool:
+        return self.prune is None and self.lowrank is None and self.quant is None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Ordered layer rules plus an optional global distillation step."""
+
+    rules: tuple[LayerRule, ...] = ()
+    distill: Distill | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def uniform(
+        cls,
+        *,
+        prune: Technique | None = None,
+        lowrank: Technique | None = None,
+        quant: Technique | None = None,
+        distill: Distill | None = None,
+        match: str = "*",
+    ) -> Plan:
+        """Same techniques on every layer matching ``match``."""
+        rules = (LayerRule(match, prune=prune, lowrank=lowrank, quant=quant),)
+        if prune is None and lowrank is None and quant is None:
+            rules = ()
+        return cls(rules=rules, distill=distill)
+
+    @classmethod
+    def per_layer(cls, choices: dict[str, LayerChoice], *, distill: Distill | None = None) -> Plan:
+        """One exact-name rule per layer (what the search produces)."""
+        rules = tuple(
+            LayerRule(name, prune=c.prune, lowrank=c.lowrank, quant=c.quant)
+            for name, c in choices.items()
+            if not c.is_empty()
+        )
+        return cls(rules=rules, distill=distill)
+
+    def then(self, other: Plan) -> Plan:
+        """This plan's rules followed by ``other``'s (``other`` wins on conflicts)."""
+        return Plan(self.rules + other.rules, other.distill or self.distill)
+
+    # ------------------------------------------------------------------ queries
+    def choice_for(self, layer: str) -> LayerChoice:
+        picked: dict[str, Technique | None] = {fam: None for fam in FAMILIES}
+        for rule in self.rules:
+            if rule.matches(layer):
+                for fam in FAMILIES:
+                    tech = getattr(rule, fam)
+                    if tech is not None:
+                        picked[fam] = tech
+        return LayerChoice(**picked)  # type: ignore[arg-type]
+
+    def resolve(self, layers: Iterable[str]) -> dict[str, LayerChoice]:
+        """Layer name → choice, for the layers any rule touches."""
+        out = {}
+        for layer in layers:
+            c = self.choice_for(layer)
+            if not c.is_empty():
+                out[layer] = c
+        return out
+
+    def layers_with(self, family: Family, layers: Iterable[str]) -> dict[str, Technique]:
+        """Layer name → technique of ``family`` (layers without one are left out)."""
+        out = {}
+        for layer in layers:
+            tech = getattr(self.choice_for(layer), family)
+            if tech is not None:
+                out[layer] = tech
+        return out
+
+    def uses(self, family: Family) -> bool:
+        return any(getattr(r, family) is not None for r in self.rules)
+
+    # ------------------------------------------------------------------ serialization
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"version": PLAN_VERSION, "layers": [r.to_dict() for r in self.rules]}
+        if self.distill is not None:
+            out["distill"] = self.distill.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Plan:
+        if not isinstance(data, dict):
+            raise UserInputError(f"plan must be a mapping, got {type(data).__name__}", "see `devicefit compress --help`")
+        version = data.get("version", PLAN_VERSION)
+        if version != PLAN_VERSION:
+            raise UserInputError(f"plan version {version!r} is not supported", f"write version: {PLAN_VERSION}")
+        unknown = sorted(set(data) - {"version", "layers", "distill"})
+        if unknown:
+            raise UserInputError(f"plan has unknown key(s) {unknown}", "valid keys: version, layers, distill")
+        layers = data.get("layers") or []
+        if not isinstance(layers, list):
+            raise UserInputError("plan 'layers' must be a list of rules", "write layers: [{match: ..., quant: ...}]")
+        distill = data.get("distill")
+        if distill is not None:
+            if not isinstance(distill, dict):
+                raise UserInputError(f"plan 'distill' must be a mapping, got {distill!r}", "write distill: {steps: 200}")
+            try:
+                distill_cfg = Distill(**distill)
+            except TypeError as exc:
+                raise UserInputError(f"plan 'distill' is invalid: {exc}", "valid keys: steps, epochs, seconds, temperature, hidden_mse, lr, batch_size") from exc
+        else:
+            distill_cfg = None
+        return cls(rules=tuple(LayerRule.from_dict(r) for r in layers), distill=distill_cfg)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Plan:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UserInputError(f"plan is not valid YAML: {exc}", "fix the YAML syntax") from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        p = Path(path)
+        if not p.is_file():
+            raise UserInputError(f"plan file not found: {p}", "pass an existing .yaml or .json plan")
+        text = p.read_text()
+        return cls.from_json(text) if p.suffix == ".json" else cls.from_yaml(text)
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        p.write_text(self.to_json() if p.suffix == ".json" else self.to_yaml())
+
+    def fingerprint(self) -> str:
+        """Stable sha256 of the plan (keys measurement and sensitivity caches)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,41 @@
+"""devicefit — fit trained models to real edge devices.
+
+The public API is imported lazily: ``import devicefit`` (and ``import devicefit.agent``) never imports
+torch; ``devicefit.fit`` / ``devicefit.compress`` load the host side on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute" (resolved on first access)
+_LAZY = {
+    "fit": "devicefit.fitting:fit",
+    "FitResult": "devicefit.fitting:FitResult",
+    "compress": "devicefit.compress:compress",
+    "CompressResult": "devicefit.compress:CompressResult",
+    "connect": "devicefit.device:connect",
+    "Device": "devicefit.device:Device",
+    "deploy": "devicefit.device:deploy",
+    "load_model": "devicefit.models:load_model",
+    "ModelBundle": "devicefit.bundle:ModelBundle",
+    "Dataset": "devicefit.data:Dataset",
+    "Plan": "devicefit.compressor.plan:Plan",
+    "load_profile": "devicefit.device_profiles:load_profile",
+    "DevicefitError": "devicefit.errors:DevicefitError",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'devicefit' has no attribute {name!r}")
+    mod, attr = target.split(":")
+    value = getattr(importlib.import_module(mod), attr)
+    globals()[name] = value
+    return value

@@ -1,0 +1,5 @@
+import sys
+
+from devicefit.cli import main
+
+sys.exit(main())
