@@ -1,0 +1,240 @@
+"""Latency / memory benchmark of one model file — the same code on the host and on the device.
+
+``benchmark_onnx(path)`` loads the model with its runner (timed: ``load_ms``), runs ``warmup`` untimed
+runs, then ``runs`` timed runs (wall clock around each run call) and reports p50/p90/p99/mean, the peak
+RSS over load + runs (see :mod:`devicefit.agent.rss`), threads, the runner's session options and runtime
+versions. With ``per_node=True`` a second, profiling session of the same model runs ``warmup + runs`` more
+times and the profiler's per-node kernel times (averaged over the timed runs) are reported; the timed
+latencies always come from the non-profiling session, so profiling overhead never inflates them.
+``per_node_e2e_ms`` is the mean wall time of the profiled runs: the per-node sum is always below it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devicefit.agent.rss import PeakRss
+from devicefit.agent.runners import NodeTime, Runner, TensorSpec, runner_for
+from devicefit.errors import ModelLoadError, UserInputError
+
+#: symbolic dims whose name looks like a sequence length get this size; other symbolic dims DEFAULT_DIM
+DEFAULT_SEQ_LEN = 128
+DEFAULT_DIM = 32
+_SEQ_HINTS = ("seq", "len", "token", "sentence", "time")
+
+
+@dataclass
+class BenchReport:
+    """One benchmark's result; ``to_dict()`` is the JSON of ``devicefit bench --json``."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    load_ms: float
+    peak_rss_mb: float
+    runs: int
+    threads: int
+    source: str = "host"
+    per_node: list[NodeTime] = field(default_factory=list)
+    runtime: dict[str, str] = field(default_factory=dict)
+    session_options: dict[str, Any] = field(default_factory=dict)
+    warmup: int = 0
+    batch_size: int = 1
+    min_ms: float = 0.0
+    max_ms: float = 0.0
+    baseline_rss_mb: float = 0.0
+    per_node_e2e_ms: float = 0.0
+
+    @property
+    def per_node_total_ms(self) -> float:
+        return float(sum(n.mean_ms for n in self.per_node))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["per_node"] = [n.to_dict() for n in self.per_node]
+        d["per_node_total_ms"] = self.per_node_total_ms
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BenchReport:
+        names = {f for f in cls.__dataclass_fields__}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["per_node"] = [NodeTime(str(n["name"]), str(n["op_type"]), float(n["mean_ms"])) for n in d.get("per_node", [])]
+        return cls(**kw)
+
+
+def default_threads() -> int:
+    """The thread count onnxruntime uses when none is given (one per physical core)."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except ImportError:  # pragma: no cover
+        n = None
+    return int(n or os.cpu_count() or 1)
+
+
+def _resolve_dim(dim: int | str | None, axis: int, batch_size: int) -> int:
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    name = str(dim or "").lower()
+    if axis == 0 or "batch" in name or name in ("n", "b"):
+        return batch_size
+    if any(h in name for h in _SEQ_HINTS) or axis == 1:
+        return DEFAULT_SEQ_LEN
+    return DEFAULT_DIM
+
+
+def make_inputs(specs: Sequence[TensorSpec], *, batch_size: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Valid inputs generated from the model's input spec.
+
+    Symbolic dims: axis 0 / batch-named -> ``batch_size``; sequence-like (or axis 1) -> DEFAULT_SEQ_LEN;
+    others -> DEFAULT_DIM. Floats: standard normal. Integers: ``*mask*`` -> ones, ``*type*``/``*segment*``
+    -> zeros, ``*position*`` -> arange, otherwise small ids in [1, 1000) (valid for any real vocabulary).
+    """
+    if batch_size < 1:
+        raise UserInputError(f"batch_size={batch_size} is not positive", "pass batch_size >= 1")
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape = tuple(_resolve_dim(d, i, batch_size) for i, d in enumerate(spec.shape))
+        dtype = np.dtype(spec.dtype)
+        lname = spec.name.lower()
+        if dtype == np.bool_:
+            arr = np.ones(shape, dtype=dtype)
+        elif np.issubdtype(dtype, np.floating):
+            arr = rng.standard_normal(shape).astype(dtype)
+        elif "mask" in lname:
+            arr = np.ones(shape, dtype=dtype)
+        elif "type" in lname or "segment" in lname:
+            arr = np.zeros(shape, dtype=dtype)
+        elif "position" in lname and shape:
+            arr = np.broadcast_to(np.arange(shape[-1]), shape).astype(dtype)
+        elif np.issubdtype(dtype, np.integer):
+            hi = min(1000, int(np.iinfo(dtype).max) + 1)
+            lo = 1 if hi > 1 else 0
+            arr = rng.integers(lo, hi, size=shape).astype(dtype)
+        else:  # pragma: no cover - runners only report the dtypes above
+            raise UserInputError(f"input {spec.name!r} has dtype {dtype}", "supply the inputs yourself")
+        out[spec.name] = arr
+    return out
+
+
+def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Supplied inputs matched against the spec: all names present, none extra, dtypes cast when safe."""
+    want = [s.name for s in specs]
+    missing = [n for n in want if n not in inputs]
+    extra = [n for n in inputs if n not in want]
+    if missing or extra:
+        raise UserInputError(
+            f"supplied inputs do not match the model: missing {missing}, unexpected {extra}",
+            f"supply exactly the inputs {want}",
+        )
+    out: dict[str, np.ndarray] = {}
+    for s in specs:
+        arr = np.asarray(inputs[s.name])
+        if arr.dtype != np.dtype(s.dtype):
+            if not np.can_cast(arr.dtype, s.dtype, casting="same_kind"):
+                raise UserInputError(
+                    f"input {s.name!r} has dtype {arr.dtype}, the model wants {s.dtype}", f"pass a {s.dtype} array"
+                )
+            arr = arr.astype(s.dtype)
+        out[s.name] = np.ascontiguousarray(arr)
+    return out
+
+
+def _timed_runs(runner: Runner, feeds: Mapping[str, np.ndarray], warmup: int, runs: int) -> np.ndarray:
+    for _ in range(warmup):
+        runner.run(feeds)
+    times = np.empty(runs, dtype=np.float64)
+    for i in range(runs):
+        t0 = time.perf_counter_ns()
+        runner.run(feeds)
+        times[i] = (time.perf_counter_ns() - t0) / 1e6
+    return times
+
+
+def benchmark_onnx(
+    path: str | Path,
+    *,
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    per_node: bool = False,
+    batch_size: int = 1,
+    source: str = "host",
+    runner: str | None = None,
+) -> BenchReport:
+    """Benchmark a model file (.onnx via onnxruntime, .tflite via LiteRT) — see the module docstring."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {str(path)!r} does not exist", "pass the path of an .onnx or .tflite file")
+    if runs < 1:
+        raise UserInputError(f"runs={runs} is not positive", "pass runs >= 1")
+    if warmup < 0:
+        raise UserInputError(f"warmup={warmup} is negative", "pass warmup >= 0")
+    if threads is not None and threads < 1:
+        raise UserInputError(f"threads={threads} is not positive", "pass threads >= 1, or omit it for the default")
+    spec = runner_for(path, name=runner)
+    if per_node and not spec.per_node:
+        raise UserInputError(
+            f"per-node times are not available for {path.suffix} models (runner {spec.name!r})",
+            "benchmark without per_node",
+        )
+    gc.collect()
+    with PeakRss() as rss:
+        t0 = time.perf_counter_ns()
+        model = spec.factory(path, threads=threads)
+        load_ms = (time.perf_counter_ns() - t0) / 1e6
+        try:
+            specs = model.inputs()
+            feeds = check_inputs(specs, inputs) if inputs is not None else make_inputs(specs, batch_size=batch_size)
+            times = _timed_runs(model, feeds, warmup, runs)
+            options = model.session_options()
+        finally:
+            model.close()
+            del model
+    nodes: list[NodeTime] = []
+    per_node_e2e = 0.0
+    if per_node:
+        prof = spec.factory(path, threads=threads, profile=True)
+        try:
+            per_node_e2e = float(_timed_runs(prof, feeds, warmup, runs).mean())
+            nodes = prof.node_times(last_runs=runs)
+        finally:
+            prof.close()
+    p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
+    return BenchReport(
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        mean_ms=float(times.mean()),
+        load_ms=float(load_ms),
+        peak_rss_mb=float(rss.peak_mb),
+        runs=runs,
+        threads=int(threads or default_threads()),
+        source=source,
+        per_node=nodes,
+        runtime={"runner": spec.name, **spec.versions(), "numpy": np.__version__},
+        session_options={**options, "rss_method": rss.method},
+        warmup=warmup,
+        batch_size=batch_size,
+        min_ms=float(times.min()),
+        max_ms=float(times.max()),
+        baseline_rss_mb=float(rss.baseline_mb),
+        per_node_e2e_ms=per_node_e2e,
+    )
+
+
+#: the benchmark is not ONNX-only; this is the format-neutral name
+benchmark = benchmark_onnx

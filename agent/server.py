@@ -1,0 +1,156 @@
+"""gRPC server of the agent: the DeviceAgent service + grpc.health.v1, bounded concurrency, clean stop.
+
+``serve_forever("0.0.0.0:50051", store_dir=...)`` prints one line with the bound address
+(``devicefit agent <id> listening on grpc://HOST:PORT ...``; port 0 picks a free port) and serves until
+SIGTERM / SIGINT, then stops gracefully (in-flight RPCs get a few seconds; partial uploads are committed).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from devicefit.agent.errors import AgentError
+from devicefit.agent.service import AgentService
+from devicefit.agent.store import ModelStore
+from devicefit.errors import UserInputError
+from devicefit.protos.devicefit.v1 import agent_pb2_grpc
+
+SERVICE_NAME = "devicefit.v1.DeviceAgent"
+#: chunks are <= 1 MiB; nothing on the wire may exceed 4 MiB (the headroom covers manifests / tensors)
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+log = logging.getLogger("devicefit.agent")
+
+
+class DeviceAgentServicer(agent_pb2_grpc.DeviceAgentServicer):
+    """Maps the gRPC methods onto the transport-neutral :class:`AgentService`."""
+
+    def __init__(self, service: AgentService) -> None:
+        self.service = service
+
+    def GetInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.service.info(request)
+
+    def Upload(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        res = self.service.upload(request_iterator)
+        log.info("upload %s: %s (%d bytes received, status %s)", res.upload_id, res.model_id, res.bytes_received,
+                 "ok" if res.status.ok else res.status.code)
+        return res
+
+    def QueryUpload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.service.query_upload(request)
+
+    def Benchmark(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.service.benchmark(request)
+
+    def ListModels(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.service.list_models(request)
+
+    def Activate(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.service.activate(request)
+
+    def Rollback(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.service.rollback(request)
+
+    def Delete(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self.service.delete(request)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """"HOST:PORT" (or "grpc://HOST:PORT", "[::1]:PORT") -> (host, port)."""
+    addr = address.removeprefix("grpc://").rstrip("/")
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UserInputError(f"listen address {address!r} is not HOST:PORT", "pass e.g. --grpc 0.0.0.0:50051 (port 0 = any free)")
+    return host, int(port)
+
+
+class AgentServer:
+    """A started gRPC agent server; ``stop()`` ends it."""
+
+    def __init__(self, service: AgentService, address: str, *, workers: int = 8) -> None:
+        host, port = parse_address(address)
+        self.service = service
+        self.health = health.HealthServicer()
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="devicefit-rpc"),
+            options=GRPC_OPTIONS,
+            maximum_concurrent_rpcs=workers * 4,
+        )
+        agent_pb2_grpc.add_DeviceAgentServicer_to_server(DeviceAgentServicer(service), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        bound = self.server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise UserInputError(f"could not listen on {host}:{port}", "pick a free port (or port 0) and a local address")
+        self.host, self.port = host, bound
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"grpc://{host}:{self.port}"
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def make_service(store_dir: str | Path, *, device_id: str | None = None, commit_every: int | None = None) -> AgentService:
+    from devicefit import __version__
+
+    kw = {} if commit_every is None else {"commit_every": commit_every}
+    store = ModelStore(store_dir, **kw)
+    return AgentService(store, device_id=device_id or socket.gethostname(), agent_version=__version__)
+
+
+def serve_forever(
+    address: str,
+    *,
+    store_dir: str | Path,
+    device_id: str | None = None,
+    workers: int = 8,
+    commit_every: int | None = None,
+) -> int:
+    """Run the agent until SIGTERM / SIGINT; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s devicefit-agent %(levelname)s %(message)s")
+    try:
+        service = make_service(store_dir, device_id=device_id, commit_every=commit_every)
+    except AgentError as exc:
+        raise UserInputError(exc.problem, exc.fix) from exc
+    server = AgentServer(service, address, workers=workers)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_signal)
+    active = service.store.active()
+    sys.stdout.write(
+        f"devicefit agent {service.device_id} listening on {server.url} "
+        f"(store {service.store.root}, active {active.model_id if active else 'none'})\n"
+    )
+    sys.stdout.flush()
+    if service.startup_error:
+        log.warning("active model not loaded: %s", service.startup_error)
+    while not stop.wait(0.5):
+        pass
+    log.info("stopping")
+    server.stop()
+    return 0

@@ -1,0 +1,254 @@
+"""The agent's request handlers, transport-neutral: devicefit.v1 request message in, response message out.
+
+The gRPC server (server.py) and the MQTT client (later) both call these. Errors never escape: each handler
+answers with ``status.ok=False`` + code / problem / fix, so every transport carries them the same way.
+
+Concurrency: uploads are independent (one stream per upload id); benchmarks are serialized among
+themselves (two at once would measure each other); activations are serialized; a benchmark and a deploy
+may run together. The active model stays loaded; a new one replaces it only after it has loaded and run
+once, so a model that fails to load never takes the device down.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from devicefit.agent import errors as E
+from devicefit.agent import wire
+from devicefit.agent.benchmark import benchmark_onnx, make_inputs
+from devicefit.agent.errors import AgentError
+from devicefit.agent.rss import current_rss_mb
+from devicefit.agent.runners import RUNNERS, Runner, runner_for
+from devicefit.agent.store import Entry, ModelStore
+from devicefit.errors import DevicefitError
+from devicefit.protos.devicefit.v1 import agent_pb2, artifact_pb2, benchmark_pb2, common_pb2
+from devicefit.protos.schema import stamp
+
+
+def _handler(response_type: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Check the request's schema; turn any error into ``response_type(status=<error>)``."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(self: AgentService, request: Any) -> Any:
+            try:
+                if hasattr(request, "DESCRIPTOR"):  # streams check each message themselves
+                    wire.check_schema(request)
+                return stamp(fn(self, request))
+            except AgentError as exc:
+                status = wire.error_status(exc.code, exc.problem, exc.fix)
+            except DevicefitError as exc:
+                status = wire.error_status(E.INVALID_ARGUMENT, exc.problem, exc.fix)
+            except Exception as exc:  # report, never crash the agent
+                status = wire.error_status(E.INTERNAL, f"{type(exc).__name__}: {exc}", "see the agent's log")
+            return stamp(response_type(status=status))
+
+        return wrapper
+
+    return deco
+
+
+class LoadedModel:
+    """The active model, loaded and proven to run."""
+
+    def __init__(self, entry: Entry, runner: Runner, load_ms: float, first_run_ms: float) -> None:
+        self.entry, self.runner, self.load_ms, self.first_run_ms = entry, runner, load_ms, first_run_ms
+
+
+def load_and_run_once(entry: Entry, *, threads: int | None = None) -> LoadedModel:
+    """Load ``entry`` with its runner and run it once on generated inputs; AgentError(LOAD_FAILED) if not."""
+    try:
+        spec = runner_for(entry.manifest.format)
+        t0 = time.perf_counter()
+        runner = spec.factory(entry.path, threads=threads)
+        load_ms = (time.perf_counter() - t0) * 1e3
+        feeds = make_inputs(runner.inputs())
+        t0 = time.perf_counter()
+        runner.run(feeds)
+        first_ms = (time.perf_counter() - t0) * 1e3
+    except Exception as exc:
+        problem = getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}"
+        raise AgentError(
+            E.LOAD_FAILED,
+            f"model {entry.model_id} ({entry.sha256[:12]}) did not load and run: {problem}",
+            "the previously active model is still active; check the file with `devicefit bench FILE` on the host",
+        ) from exc
+    return LoadedModel(entry, runner, load_ms, first_ms)
+
+
+class AgentService:
+    """Handlers of the DeviceAgent service over one model store."""
+
+    def __init__(self, store: ModelStore, *, device_id: str, agent_version: str = "") -> None:
+        self.store = store
+        self.device_id = device_id
+        self.agent_version = agent_version
+        self._bench_lock = threading.Lock()
+        self._activate_lock = threading.Lock()
+        self.loaded: LoadedModel | None = None
+        self.startup_error: str | None = None
+        active = store.active()
+        if active is not None:
+            try:
+                self.loaded = load_and_run_once(active)
+            except AgentError as exc:  # keep serving the API; report it in info
+                self.startup_error = exc.problem
+
+    # ---- activation --------------------------------------------------------------------------------
+    def _activate(self, entry: Entry, *, rollback: bool = False) -> LoadedModel:
+        with self._activate_lock:
+            new = load_and_run_once(entry)  # raises: the old model stays loaded and active
+            self.store.set_active(entry.sha256, rollback=rollback)
+            old, self.loaded = self.loaded, new
+            if old is not None:
+                old.runner.close()
+            return new
+
+    def _op_result(self, entry: Entry, loaded: LoadedModel | None) -> agent_pb2.ModelOpResult:
+        active = self.store.active()
+        return agent_pb2.ModelOpResult(
+            status=wire.ok_status(),
+            model_id=entry.model_id,
+            sha256=entry.sha256,
+            active_model_id=active.model_id if active else "",
+            active_sha256=active.sha256 if active else "",
+            load_ms=loaded.load_ms if loaded else 0.0,
+            first_run_ms=loaded.first_run_ms if loaded else 0.0,
+        )
+
+    # ---- handlers ----------------------------------------------------------------------------------
+    @_handler(common_pb2.DeviceInfo)
+    def info(self, req: common_pb2.InfoRequest) -> common_pb2.DeviceInfo:
+        from devicefit.agent.sysinfo import probe_system
+
+        active = self.store.active()
+        pb = wire.info_to_proto(
+            probe_system(self.store.root),
+            device_id=self.device_id,
+            agent_version=self.agent_version,
+            formats=sorted({f for s in RUNNERS.values() if s.available() for f in s.formats}),
+            agent_rss_mb=current_rss_mb(),
+            active_model_id=active.model_id if active else "",
+        )
+        if req.measure_throughput:
+            from devicefit.agent.microbench import measure_throughput
+
+            t = measure_throughput()
+            pb.throughput.CopyFrom(
+                common_pb2.Throughput(
+                    peak_gops_fp32=float(t["peak_gops_fp32"]), peak_gops_int8=float(t["peak_gops_int8"]),
+                    mem_bandwidth_gbs=float(t["mem_bandwidth_gbs"]),
+                )
+            )
+        return pb
+
+    @_handler(artifact_pb2.UploadState)
+    def query_upload(self, req: artifact_pb2.QueryUploadRequest) -> artifact_pb2.UploadState:
+        info = self.store.upload_info(req.upload_id, req.sha256)
+        pb = artifact_pb2.UploadState(
+            status=wire.ok_status(), upload_id=req.upload_id, exists=info.exists,
+            committed_offset=info.committed, already_stored=info.already_stored,
+        )
+        if info.manifest is not None:
+            pb.manifest.CopyFrom(wire.manifest_to_proto(info.manifest))
+        return pb
+
+    @_handler(artifact_pb2.UploadResult)
+    def upload(self, chunks: Iterable[artifact_pb2.UploadChunk]) -> artifact_pb2.UploadResult:
+        it = iter(chunks)
+        first = next(it, None)
+        if first is None:
+            raise AgentError(E.INVALID_ARGUMENT, "upload stream was empty", "send the manifest in the first chunk")
+        wire.check_schema(first)
+        if not first.HasField("manifest"):
+            raise AgentError(E.INVALID_ARGUMENT, "the first upload chunk has no manifest", "send it in the first chunk")
+        manifest = wire.manifest_from_proto(first.manifest)
+        res = artifact_pb2.UploadResult(
+            status=wire.ok_status(), upload_id=first.upload_id, model_id=manifest.model_id,
+            sha256=manifest.sha256, size_bytes=manifest.size_bytes,
+        )
+        if self.store.has_blob(manifest.sha256):
+            for _ in it:  # nothing to store; drain whatever the client sent
+                pass
+            entry = self.store.add_entry(manifest)  # refresh id/version/metrics of the stored blob
+            res.already_stored = True
+            res.committed_offset = res.resumed_from = manifest.size_bytes
+        else:
+            part = self.store.begin_upload(first.upload_id, manifest)
+            res.resumed_from = part.resumed_from
+            try:
+                chunk: artifact_pb2.UploadChunk | None = first
+                while chunk is not None:
+                    if chunk is not first:
+                        wire.check_schema(chunk)
+                    part.write(int(chunk.offset), chunk.data, int(chunk.crc32))
+                    chunk = next(it, None)
+                res.bytes_received = part.received - part.resumed_from
+                if not part.complete:
+                    part.close()
+                    res.committed_offset = part.committed
+                    res.status.CopyFrom(
+                        wire.error_status(
+                            E.INCOMPLETE, f"upload {first.upload_id} stopped at {part.committed} of "
+                            f"{manifest.size_bytes} bytes", "resume it (devicefit deploy resumes automatically)",
+                        )
+                    )
+                    return res
+                entry = part.finish()
+                res.committed_offset = manifest.size_bytes
+            finally:
+                part.close()
+        if first.activate:
+            loaded = self._activate(entry)
+            res.activated, res.load_ms, res.first_run_ms = True, loaded.load_ms, loaded.first_run_ms
+        return res
+
+    @_handler(benchmark_pb2.BenchmarkReport)
+    def benchmark(self, req: benchmark_pb2.BenchmarkRequest) -> benchmark_pb2.BenchmarkReport:
+        entry = self.store.resolve(req.model_id)
+        inputs = {t.name: wire.tensor_from_proto(t) for t in req.inputs} or None
+        with self._bench_lock:
+            report = benchmark_onnx(
+                entry.path,
+                runs=int(req.runs or 50),
+                warmup=int(req.warmup) if req.has_warmup else 5,
+                threads=int(req.threads) or None,
+                inputs=inputs,
+                per_node=req.per_node,
+                batch_size=int(req.batch_size or 1),
+                source=f"device:{self.device_id}",
+            )
+        return wire.report_to_proto(report, device_id=self.device_id, model_id=entry.model_id, sha256=entry.sha256)
+
+    @_handler(agent_pb2.ModelList)
+    def list_models(self, req: agent_pb2.ListModelsRequest) -> agent_pb2.ModelList:
+        active = self.store.active_sha
+        return agent_pb2.ModelList(
+            status=wire.ok_status(),
+            models=[wire.entry_to_proto(e.manifest, stored_at=e.stored_at, active=e.sha256 == active)
+                    for e in self.store.entries()],
+            active_sha256=active or "",
+            previous_sha256=self.store.previous,
+        )
+
+    @_handler(agent_pb2.ModelOpResult)
+    def activate(self, req: agent_pb2.ActivateRequest) -> agent_pb2.ModelOpResult:
+        if not req.model_id:
+            raise AgentError(E.INVALID_ARGUMENT, "activate needs a model id", "pass the id or sha256 of a stored model")
+        entry = self.store.resolve(req.model_id)
+        return self._op_result(entry, self._activate(entry))
+
+    @_handler(agent_pb2.ModelOpResult)
+    def rollback(self, req: agent_pb2.RollbackRequest) -> agent_pb2.ModelOpResult:
+        entry = self.store.rollback_target()
+        return self._op_result(entry, self._activate(entry, rollback=True))
+
+    @_handler(agent_pb2.ModelOpResult)
+    def delete(self, req: agent_pb2.DeleteRequest) -> agent_pb2.ModelOpResult:
+        if not req.model_id:
+            raise AgentError(E.INVALID_ARGUMENT, "delete needs a model id", "pass the id or sha256 of a stored model")
+        return self._op_result(self.store.delete(req.model_id), None)

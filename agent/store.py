@@ -1,0 +1,391 @@
+"""Content-addressed model store of the agent; crash-safe, resumable, survives restarts.
+
+Layout under the store root::
+
+    blobs/<sha256>.<onnx|tflite>   verified model files (never modified after the rename into place)
+    uploads/<upload_id>.part       bytes received so far (may run ahead of the committed offset)
+    uploads/<upload_id>.json       {"committed": N, "manifest": {...}}: the first N bytes of .part are fsynced
+    state.json                     {"models": {sha: {...}}, "active": sha|null, "previous": [sha, ...]}
+
+Every file that matters is written to a temp file, fsynced, renamed into place, and its directory fsynced,
+so a crash (or SIGKILL) at any point leaves either the old or the new version. A partial upload commits
+(fsync data, then persist the offset) every ``commit_every`` bytes and whenever a stream ends; after a
+restart it resumes from the committed offset (a .part longer than that is truncated back to it).
+A finished upload enters ``blobs/`` only after its size and sha256 (and signature, when a
+:class:`Verifier` is configured) check out. Loading/activating is the service's job (see service.py): the
+store only records which blob is active and the rollback history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from devicefit.agent import errors as E
+from devicefit.agent.errors import AgentError
+from devicefit.agent.manifest import Manifest, utc_now
+
+_UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+STATE_VERSION = 1
+
+
+class Verifier(Protocol):
+    """Checks an artifact's signature over its sha256 digest; raises AgentError(SIGNATURE_INVALID) if bad."""
+
+    def verify(self, manifest: Manifest, digest: bytes) -> None: ...
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via temp file + fsync + rename + directory fsync."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored model file."""
+
+    manifest: Manifest
+    stored_at: str
+    path: Path
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.sha256
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    upload_id: str
+    exists: bool
+    committed: int
+    manifest: Manifest | None
+    already_stored: bool = False
+
+
+class PartialUpload:
+    """An upload in progress (one stream at a time per upload id). Use via :meth:`ModelStore.begin_upload`."""
+
+    def __init__(self, store: ModelStore, upload_id: str, manifest: Manifest, committed: int) -> None:
+        self.store = store
+        self.upload_id = upload_id
+        self.manifest = manifest
+        self.part = store.uploads_dir / f"{upload_id}.part"
+        self.meta = store.uploads_dir / f"{upload_id}.json"
+        self.resumed_from = committed
+        self.committed = committed
+        self.received = committed
+        self._hash = hashlib.sha256()
+        mode = "r+b" if self.part.exists() else "w+b"
+        self._f = open(self.part, mode)  # noqa: SIM115 - closed in close()
+        self._f.truncate(committed)  # drop bytes written after the last commit
+        self._f.seek(0)
+        left = committed
+        while left:
+            block = self._f.read(min(left, 1 << 20))
+            if not block:
+                break
+            self._hash.update(block)
+            left -= len(block)
+        if left:
+            self.close()
+            raise AgentError(E.INTERNAL, f"partial upload {upload_id} is shorter than its committed offset")
+        self._f.seek(committed)
+        self._persist()
+
+    def write(self, offset: int, data: bytes, crc32: int | None = None) -> None:
+        if offset != self.received:
+            raise AgentError(
+                E.OFFSET_MISMATCH,
+                f"chunk of upload {self.upload_id} starts at offset {offset}, expected {self.received}",
+                "ask the agent for the committed offset (QueryUpload) and resume from there",
+            )
+        if crc32 is not None and zlib.crc32(data) != crc32:
+            raise AgentError(
+                E.CHUNK_CORRUPT,
+                f"chunk at offset {offset} of upload {self.upload_id} failed its CRC32 check "
+                f"({len(data)} bytes; the upload keeps its committed offset {self.committed})",
+                "resend from the committed offset (devicefit deploy resumes automatically)",
+            )
+        if self.received + len(data) > self.manifest.size_bytes:
+            raise AgentError(
+                E.INVALID_ARGUMENT,
+                f"upload {self.upload_id} sends more than the manifest's size_bytes={self.manifest.size_bytes}",
+                "regenerate the manifest from the file being sent",
+            )
+        self._f.write(data)
+        self._hash.update(data)
+        self.received += len(data)
+        if self.received - self.committed >= self.store.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        """Make everything received so far durable and record it as the resume point."""
+        if self._f.closed or self.received == self.committed:
+            return
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.committed = self.received
+        self._persist()
+
+    def _persist(self) -> None:
+        meta = {"committed": self.committed, "manifest": self.manifest.to_dict()}
+        atomic_write(self.meta, json.dumps(meta).encode())
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.manifest.size_bytes
+
+    def finish(self) -> Entry:
+        """Verify size + sha256 (+ signature) and move the file into the store."""
+        self.commit()
+        m = self.manifest
+        if not self.complete:
+            raise AgentError(
+                E.INCOMPLETE,
+                f"upload {self.upload_id} ended at {self.received} of {m.size_bytes} bytes",
+                "resume the upload (devicefit deploy resumes from the committed offset)",
+            )
+        digest = self._hash.digest()
+        if digest.hex() != m.sha256:
+            self.discard()
+            raise AgentError(
+                E.CHECKSUM_MISMATCH,
+                f"upload {self.upload_id}: received data has sha256 {digest.hex()}, the manifest says {m.sha256}; "
+                "the partial upload was discarded and the store is unchanged",
+                "redeploy; if it persists, the file changed after the manifest was made — rebuild the manifest",
+            )
+        if self.store.verifier is not None:
+            try:
+                self.store.verifier.verify(m, digest)
+            except AgentError:
+                self.discard()
+                raise
+        self._f.close()
+        dest = self.store.blob_path(m)
+        os.replace(self.part, dest)
+        fsync_dir(dest.parent)
+        self.meta.unlink(missing_ok=True)
+        fsync_dir(self.meta.parent)
+        self.store._release(self.upload_id)
+        return self.store.add_entry(m)
+
+    def discard(self) -> None:
+        self.close()
+        self.part.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Commit what was received and let another stream resume this upload."""
+        if not self._f.closed:
+            with contextlib.suppress(OSError):
+                self.commit()
+            self._f.close()
+        self.store._release(self.upload_id)
+
+
+class ModelStore:
+    """The agent's model store (thread-safe)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        verifier: Verifier | None = None,
+        commit_every: int = 4 * 1024 * 1024,
+        max_history: int = 8,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        self.blobs_dir = self.root / "blobs"
+        self.uploads_dir = self.root / "uploads"
+        self.state_path = self.root / "state.json"
+        self.verifier = verifier
+        self.commit_every = int(commit_every)
+        self.max_history = int(max_history)
+        self._lock = threading.RLock()
+        self._uploading: set[str] = set()
+        for d in (self.root, self.blobs_dir, self.uploads_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for tmp in [*self.root.glob("*.tmp"), *self.uploads_dir.glob("*.tmp"), *self.blobs_dir.glob("*.tmp")]:
+            tmp.unlink(missing_ok=True)
+        self._state = self._load_state()
+
+    # ---- state -------------------------------------------------------------------------------------
+    def _load_state(self) -> dict[str, Any]:
+        if not self.state_path.exists():
+            return {"state_version": STATE_VERSION, "models": {}, "active": None, "previous": []}
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise AgentError(
+                E.INTERNAL, f"store state {self.state_path} is unreadable: {exc}",
+                "restore it from a backup or move the store directory away to start empty",
+            ) from exc
+        models = state.get("models", {})
+        state["models"] = {sha: m for sha, m in models.items() if self.blob_path(Manifest.from_dict(m["manifest"])).exists()}
+        state["previous"] = [s for s in state.get("previous", []) if s in state["models"]]
+        if state.get("active") not in state["models"]:
+            state["active"] = None
+        return state
+
+    def _save(self) -> None:
+        atomic_write(self.state_path, json.dumps(self._state, indent=1, sort_keys=True).encode())
+
+    def blob_path(self, manifest: Manifest) -> Path:
+        return self.blobs_dir / f"{manifest.sha256}{manifest.extension}"
+
+    def _entry(self, sha: str) -> Entry:
+        rec = self._state["models"][sha]
+        m = Manifest.from_dict(rec["manifest"])
+        return Entry(m, rec["stored_at"], self.blob_path(m))
+
+    def add_entry(self, m: Manifest) -> Entry:
+        with self._lock:
+            self._state["models"][m.sha256] = {"manifest": m.to_dict(), "stored_at": utc_now()}
+            self._save()
+            return self._entry(m.sha256)
+
+    # ---- uploads -----------------------------------------------------------------------------------
+    @staticmethod
+    def _check_upload_id(upload_id: str) -> None:
+        if not _UPLOAD_ID_RE.match(upload_id or ""):
+            raise AgentError(
+                E.INVALID_ARGUMENT, f"upload_id {upload_id!r} is invalid", "use 1-128 characters from A-Z a-z 0-9 . _ -"
+            )
+
+    def has_blob(self, sha256: str) -> bool:
+        with self._lock:
+            return sha256 in self._state["models"]
+
+    def upload_info(self, upload_id: str, sha256: str = "") -> UploadInfo:
+        self._check_upload_id(upload_id)
+        meta = self.uploads_dir / f"{upload_id}.json"
+        stored = bool(sha256) and self.has_blob(sha256)
+        if not meta.exists():
+            return UploadInfo(upload_id, False, 0, None, stored)
+        d = json.loads(meta.read_text())
+        return UploadInfo(upload_id, True, int(d["committed"]), Manifest.from_dict(d["manifest"]), stored)
+
+    def begin_upload(self, upload_id: str, manifest: Manifest) -> PartialUpload:
+        """Open (or resume) an upload. A leftover partial upload of different content is discarded."""
+        self._check_upload_id(upload_id)
+        with self._lock:
+            if upload_id in self._uploading:
+                raise AgentError(E.BUSY, f"upload {upload_id} is already being received", "wait for it to finish")
+            self._uploading.add(upload_id)
+        try:
+            info = self.upload_info(upload_id)
+            committed = 0
+            if info.exists and info.manifest is not None and info.manifest.sha256 == manifest.sha256:
+                committed = min(info.committed, manifest.size_bytes)
+            return PartialUpload(self, upload_id, manifest, committed)
+        except BaseException:
+            self._release(upload_id)
+            raise
+
+    def _release(self, upload_id: str) -> None:
+        with self._lock:
+            self._uploading.discard(upload_id)
+
+    # ---- models ------------------------------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            return sorted((self._entry(s) for s in self._state["models"]), key=lambda e: (e.stored_at, e.model_id))
+
+    @property
+    def active_sha(self) -> str | None:
+        with self._lock:
+            return self._state["active"]
+
+    @property
+    def previous(self) -> list[str]:
+        with self._lock:
+            return list(self._state["previous"])
+
+    def active(self) -> Entry | None:
+        sha = self.active_sha
+        return self._entry(sha) if sha else None
+
+    def resolve(self, ref: str | None) -> Entry:
+        """An entry by sha256 (or a unique prefix of >= 8 hex digits) or model id (newest); None/"" = active."""
+        with self._lock:
+            if not ref:
+                entry = self.active()
+                if entry is None:
+                    raise AgentError(E.NOT_FOUND, "no model is active on this device", "deploy a model first")
+                return entry
+            models = self._state["models"]
+            if ref in models:
+                return self._entry(ref)
+            by_id = [self._entry(s) for s, m in models.items() if m["manifest"]["model_id"] == ref]
+            if by_id:
+                return max(by_id, key=lambda e: e.stored_at)
+            if len(ref) >= 8:
+                hits = [s for s in models if s.startswith(ref.lower())]
+                if len(hits) == 1:
+                    return self._entry(hits[0])
+            known = sorted({m["manifest"]["model_id"] for m in models.values()})
+            raise AgentError(E.NOT_FOUND, f"no stored model {ref!r} (stored: {known})", "deploy it, or pick a stored id")
+
+    def set_active(self, sha: str, *, rollback: bool = False) -> None:
+        """Record ``sha`` as active. Normal activation pushes the old active onto the rollback history;
+        a rollback pops it instead (so two rollbacks step back twice, they do not toggle)."""
+        with self._lock:
+            if sha not in self._state["models"]:
+                raise AgentError(E.NOT_FOUND, f"no stored model with sha256 {sha}")
+            prev, cur = self._state["previous"], self._state["active"]
+            if rollback:
+                if prev and prev[-1] == sha:
+                    prev.pop()
+            elif cur and cur != sha:
+                prev[:] = [s for s in prev if s != cur][-(self.max_history - 1) :] + [cur]
+            self._state["active"] = sha
+            self._save()
+
+    def rollback_target(self) -> Entry:
+        with self._lock:
+            if not self._state["previous"]:
+                raise AgentError(
+                    E.FAILED_PRECONDITION, "there is no previous model to roll back to", "activate a stored model by id"
+                )
+            return self._entry(self._state["previous"][-1])
+
+    def delete(self, ref: str) -> Entry:
+        with self._lock:
+            entry = self.resolve(ref)
+            if entry.sha256 == self._state["active"]:
+                raise AgentError(
+                    E.FAILED_PRECONDITION,
+                    f"model {entry.model_id} ({entry.sha256[:12]}) is active and cannot be deleted",
+                    "activate another model or roll back first",
+                )
+            del self._state["models"][entry.sha256]
+            self._state["previous"] = [s for s in self._state["previous"] if s != entry.sha256]
+            self._save()
+            entry.path.unlink(missing_ok=True)
+            return entry

@@ -1,0 +1,229 @@
+"""Roofline latency of a plan on a device profile, per layer.
+
+Each Linear/Conv layer costs ``max(2·MACs ÷ peak GOPS of its compute dtype, bytes moved ÷ bandwidth)``
+plus a fixed per-kernel overhead. A plan changes a layer's cost through:
+
+* its **quant** choice → compute dtype (``fp32``, ``fp16``, ``int8`` static, ``int8dyn`` dynamic,
+  ``int8w`` / ``int4w`` weight-only) → which peak applies and how many bytes a weight takes;
+* its **structural** choice (channel pruning, low-rank) → fewer MACs and params for the layer itself and,
+  for channel pruning, fewer input channels in the layers that consume its output (``consumers``, found
+  by :func:`devicefit.compressor.search.deps.find_consumers`).
+
+Unstructured / N:M pruning does not change dense MACs or the stored dense size, so it costs nothing here.
+The numbers are a *prior*: :mod:`devicefit.compressor.latency.calibrated` scales them with measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from devicefit.compressor.plan import LayerChoice, Plan
+from devicefit.compressor.techniques import Technique
+
+#: (family, method) -> compute dtype class. Techniques may also declare ``compute_dtype`` themselves.
+QUANT_DTYPE: dict[tuple[str, str], str] = {
+    ("quant", "float"): "fp32",
+    ("quant", "float16"): "fp16",
+    ("quant", "int8_weight_only"): "int8w",
+    ("quant", "int4_weight_only"): "int4w",
+    ("quant", "int8_dynamic"): "int8dyn",
+    ("quant", "int8_static"): "int8",
+    ("quant", "smoothquant"): "int8",
+}
+#: bytes per stored weight of each dtype class
+WEIGHT_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8dyn": 1.0, "int8w": 1.0, "int4w": 0.5}
+#: bytes per activation element moved by the layer's kernel
+ACT_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8dyn": 4.0, "int8w": 4.0, "int4w": 4.0}
+#: dtype classes whose matmul runs on the int8 peak
+INT8_COMPUTE = frozenset({"int8", "int8dyn"})
+#: extra kernels a dtype class adds per layer (dynamic quantization of the activation)
+EXTRA_KERNELS: dict[str, int] = {"int8dyn": 1}
+DTYPES: tuple[str, ...] = tuple(WEIGHT_BYTES)
+
+
+def dtype_of(quant: Technique | None) -> str:
+    """Compute dtype class of a quant technique (``None`` = fp32)."""
+    if quant is None:
+        return "fp32"
+    declared = getattr(quant, "compute_dtype", None)
+    if isinstance(declared, str) and declared in WEIGHT_BYTES:
+        return declared
+    return QUANT_DTYPE.get((quant.family, quant.method), "fp32")
+
+
+def layer_kind(type_name: str) -> str:
+    """``linear`` or ``conv`` from an analysis layer type (``Linear``, ``Conv2d``, ``linear`` ...)."""
+    t = type_name.lower()
+    return "conv" if "conv" in t else "linear"
+
+
+def _numel(shape: Any) -> int:
+    if not shape:
+        return 0
+    try:
+        dims = [int(d) for d in shape]
+    except (TypeError, ValueError):
+        return 0
+    return int(math.prod(d for d in dims if d > 0))
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Static facts of one Linear/Conv layer (from ``analysis.analyze``) at the analysed input shape."""
+
+    name: str
+    kind: str
+    params: int
+    macs: int
+    in_elems: int
+    out_elems: int
+
+    @classmethod
+    def from_info(cls, info: Any) -> LayerSpec:
+        """Build from an analysis ``LayerInfo`` (name, type, params, macs, input_shape, output_shape)."""
+        return cls(
+            name=str(info.name),
+            kind=layer_kind(str(getattr(info, "type", "linear"))),
+            params=int(info.params),
+            macs=int(info.macs),
+            in_elems=_numel(getattr(info, "input_shape", None)),
+            out_elems=_numel(getattr(info, "output_shape", None)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "params": self.params, "macs": self.macs,
+                "in_elems": self.in_elems, "out_elems": self.out_elems}
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One layer under a plan: what the roofline needs."""
+
+    name: str
+    kind: str
+    dtype: str
+    macs: float
+    params: float
+    weight_bytes: float
+    act_bytes: float
+    kernels: int
+    #: MACs relative to the unmodified layer (structural effect)
+    mac_scale: float = 1.0
+
+
+def structural_scales(
+    specs: Sequence[LayerSpec], choices: Mapping[str, LayerChoice], consumers: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, tuple[float, float, float, int]]:
+    """Per layer: (MAC scale, param scale, output-activation scale, kernels) from prune / low-rank choices.
+
+    Channel pruning (a technique with ``family == "prune"`` whose method is ``structured``) removes output
+    channels of the layer and the matching input channels of its consumers. Low-rank with ``ratio`` r
+    keeps (1 − r) of the layer's params (and MACs) in two kernels; with ``energy`` the kept fraction is
+    unknown before the SVD and 0.5 is assumed.
+    """
+    consumers = consumers or {}
+    out: dict[str, list[float]] = {s.name: [1.0, 1.0, 1.0, 1.0] for s in specs}
+    for s in specs:
+        c = choices.get(s.name)
+        if c is None:
+            continue
+        if c.prune is not None and _removes_channels(c.prune):
+            keep = 1.0 - float(getattr(c.prune, "ratio", 0.0))
+            row = out[s.name]
+            row[0] *= keep
+            row[1] *= keep
+            row[2] *= keep
+            for dep in consumers.get(s.name, ()):
+                if dep in out:
+                    out[dep][0] *= keep
+                    out[dep][1] *= keep
+        if c.lowrank is not None:
+            ratio = getattr(c.lowrank, "ratio", None)
+            keep = 1.0 - float(ratio) if ratio is not None else 0.5
+            out[s.name][0] *= keep
+            out[s.name][1] *= keep
+            out[s.name][3] = 2.0
+    return {k: (v[0], v[1], v[2], int(v[3])) for k, v in out.items()}
+
+
+def _removes_channels(tech: Technique) -> bool:
+    """Whether a prune technique physically removes channels (declared, else structured = yes)."""
+    declared = getattr(tech, "physically_smaller", None)
+    if isinstance(declared, bool):
+        return declared
+    return tech.family == "prune" and tech.method == "structured"
+
+
+def plan_costs(
+    specs: Sequence[LayerSpec], plan: Plan | Mapping[str, LayerChoice], *, consumers: Mapping[str, Sequence[str]] | None = None
+) -> list[LayerCost]:
+    """Cost inputs of every layer under ``plan`` (a Plan or resolved {layer: LayerChoice})."""
+    names = [s.name for s in specs]
+    choices = plan.resolve(names) if isinstance(plan, Plan) else dict(plan)
+    scales = structural_scales(specs, choices, consumers)
+    costs = []
+    for s in specs:
+        c = choices.get(s.name)
+        dtype = dtype_of(c.quant if c is not None else None)
+        mac_s, par_s, out_s, kernels = scales[s.name]
+        params = s.params * par_s
+        wbytes = params * WEIGHT_BYTES[dtype]
+        group = getattr(c.quant, "group_size", None) if c is not None and c.quant is not None else None
+        if isinstance(group, int) and group > 0:
+            wbytes += params / group * 4.0  # one fp32 scale (+ packed zero point) per group
+        act = (s.in_elems + s.out_elems * out_s) * ACT_BYTES[dtype]
+        costs.append(
+            LayerCost(s.name, s.kind, dtype, s.macs * mac_s, params, wbytes, act, kernels + EXTRA_KERNELS.get(dtype, 0), mac_s)
+        )
+    return costs
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Peak throughput and bandwidth of a device (whole CPU), plus a per-kernel launch overhead."""
+
+    peak_gops_fp32: float
+    peak_gops_int8: float
+    mem_bandwidth_gbs: float
+    kernel_overhead_ms: float = 0.004
+
+    @classmethod
+    def from_profile(cls, profile: Any) -> Roofline:
+        return cls(
+            peak_gops_fp32=float(profile.peak_gops_fp32),
+            peak_gops_int8=float(profile.peak_gops_int8),
+            mem_bandwidth_gbs=float(profile.mem_bandwidth_gbs),
+        )
+
+    def peak_gops(self, dtype: str) -> float:
+        if dtype in INT8_COMPUTE:
+            return self.peak_gops_int8
+        return self.peak_gops_fp32
+
+    def layer_ms(self, cost: LayerCost) -> float:
+        """max(compute, memory) + kernels × overhead, in milliseconds."""
+        compute_s = 2.0 * cost.macs / (self.peak_gops(cost.dtype) * 1e9)
+        memory_s = (cost.weight_bytes + cost.act_bytes) / (self.mem_bandwidth_gbs * 1e9)
+        return max(compute_s, memory_s) * 1e3 + cost.kernels * self.kernel_overhead_ms
+
+    def plan_ms(self, costs: Iterable[LayerCost]) -> dict[str, float]:
+        return {c.name: self.layer_ms(c) for c in costs}
+
+    def to_dict(self) -> dict[str, float]:
+        return {"peak_gops_fp32": self.peak_gops_fp32, "peak_gops_int8": self.peak_gops_int8,
+                "mem_bandwidth_gbs": self.mem_bandwidth_gbs, "kernel_overhead_ms": self.kernel_overhead_ms}
+
+
+def predicted_size_bytes(specs: Sequence[LayerSpec], costs: Sequence[LayerCost], total_params: int) -> float:
+    """Stored model size: layer weights at their dtype + every other parameter (embeddings, norms) in fp32."""
+    layer_params = sum(s.params for s in specs)
+    other = max(0, total_params - layer_params) * 4.0
+    return other + sum(c.weight_bytes for c in costs)
+
+
+def with_dtype(cost: LayerCost, dtype: str) -> LayerCost:
+    """The same layer at another dtype (used to derive priors for dtypes not measured yet)."""
+    return replace(cost, dtype=dtype, weight_bytes=cost.params * WEIGHT_BYTES[dtype])

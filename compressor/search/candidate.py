@@ -1,0 +1,199 @@
+"""Budgets, candidates and the two things a search needs from outside: materialize and measure.
+
+The compressor never imports the agent: the search gets an :class:`Evaluator` (built by
+``devicefit.fitting``) that compresses a plan through ``devicefit.compress`` and measures the file on the
+device (``Device.benchmark``) or on the host (``benchmark_onnx`` in a clean subprocess).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from devicefit.compressor.plan import Plan
+from devicefit.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The limits a fit must meet (``None`` = no limit). Size in MB of the stored model file."""
+
+    latency_ms: float | None = None
+    size_mb: float | None = None
+    memory_mb: float | None = None
+    accuracy_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("latency_ms", "size_mb", "memory_mb", "accuracy_drop"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v)):
+                raise UserInputError(f"budget {name}={v!r} is invalid", f"{name} must be a finite number ≥ 0 (or unset)")
+
+    def constraints(self, *, latency_ms: float, size_bytes: float, memory_mb: float, drop: float) -> list[float]:
+        """One value per budget, ≤ 0 when met (relative: (value − limit) / limit); −1 where unset."""
+
+        def rel(value: float, limit: float | None, floor: float = 1e-9) -> float:
+            if limit is None:
+                return -1.0
+            return (value - limit) / max(limit, floor)
+
+        return [
+            rel(latency_ms, self.latency_ms),
+            rel(size_bytes / 1e6, self.size_mb),
+            rel(memory_mb, self.memory_mb),
+            rel(drop, self.accuracy_drop, 1e-3) if self.accuracy_drop is not None else -1.0,
+        ]
+
+    def met(self, *, latency_ms: float, size_bytes: float, memory_mb: float, drop: float) -> bool:
+        return all(c <= 0 for c in self.constraints(latency_ms=latency_ms, size_bytes=size_bytes, memory_mb=memory_mb, drop=drop))
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"latency_ms": self.latency_ms, "size_mb": self.size_mb, "memory_mb": self.memory_mb,
+                "accuracy_drop": self.accuracy_drop}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Budget:
+        return cls(**{k: (None if d.get(k) is None else float(d[k])) for k in ("latency_ms", "size_mb", "memory_mb", "accuracy_drop")})
+
+
+@dataclass
+class Timing:
+    """A latency measurement of one model file (a BenchReport, reduced to what the search uses)."""
+
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    peak_rss_mb: float
+    per_node: list[dict[str, Any]] = field(default_factory=list)
+    profiled_e2e_ms: float | None = None
+    threads: int = 0
+    runtime: dict[str, str] = field(default_factory=dict)
+    source: str = "host"
+    device: str = "host"
+
+
+@dataclass
+class Materialized:
+    """A plan applied for real: the exported file and its metric on the evaluation data."""
+
+    path: Path
+    size_bytes: int
+    params: int
+    macs: int
+    metric: dict[str, Any]  # {name, baseline, compressed, drop, data}
+    reference: Path | None = None  # the fp32 ONNX the file was quantized from (for node mapping)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def drop(self) -> float:
+        return float(self.metric["drop"])
+
+
+class Evaluator(Protocol):
+    """What the search calls to turn a plan into a measured candidate."""
+
+    device_id: str
+
+    def materialize(self, plan: Plan, *, name: str) -> Materialized: ...
+
+    def measure(self, path: Path) -> Timing: ...
+
+    def runtime_key(self) -> tuple[dict[str, str], int]:
+        """(runtime versions, threads) measurements are comparable under (for store reuse)."""
+        ...
+
+
+@dataclass
+class Candidate:
+    """One plan the search looked at: predictions always, measurements when it was materialized."""
+
+    trial: int
+    labels: dict[str, str]
+    plan_hash: str
+    predicted_ms: float
+    predicted_size_bytes: float
+    predicted_memory_mb: float
+    predicted_drop: float
+    uncalibrated: tuple[str, ...] = ()
+    measured_ms: float | None = None
+    p90_ms: float | None = None
+    measured_memory_mb: float | None = None
+    size_bytes: int | None = None
+    params: int | None = None
+    macs: int | None = None
+    metric: dict[str, Any] | None = None
+    path: Path | None = None
+    reference: Path | None = None
+    device: str = ""
+    reused: bool = False
+    distilled: bool = False
+    error: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def measured(self) -> bool:
+        return self.measured_ms is not None and self.metric is not None
+
+    @property
+    def latency_ms(self) -> float:
+        return self.measured_ms if self.measured_ms is not None else self.predicted_ms
+
+    @property
+    def drop(self) -> float:
+        return float(self.metric["drop"]) if self.metric is not None else self.predicted_drop
+
+    @property
+    def size(self) -> float:
+        return float(self.size_bytes) if self.size_bytes is not None else self.predicted_size_bytes
+
+    @property
+    def memory_mb(self) -> float:
+        return self.measured_memory_mb if self.measured_memory_mb is not None else self.predicted_memory_mb
+
+    def constraints(self, budget: Budget) -> list[float]:
+        return budget.constraints(latency_ms=self.latency_ms, size_bytes=self.size, memory_mb=self.memory_mb, drop=self.drop)
+
+    def passes(self, budget: Budget) -> bool:
+        """Measured and within every budget."""
+        return self.measured and self.error is None and all(c <= 0 for c in self.constraints(budget))
+
+    def shortfall(self, budget: Budget) -> dict[str, float]:
+        """How far over each budget (relative, only the ones missed)."""
+        names = ("latency_ms", "size_mb", "memory_mb", "accuracy_drop")
+        return {n: round(c, 4) for n, c in zip(names, self.constraints(budget), strict=True) if c > 0}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial, "plan_hash": self.plan_hash, "predicted_ms": self.predicted_ms,
+            "measured_ms": self.measured_ms, "p90_ms": self.p90_ms,
+            "predicted_drop": self.predicted_drop, "metric_drop": self.drop if self.metric is not None else None,
+            "predicted_size_bytes": int(self.predicted_size_bytes), "size_bytes": self.size_bytes,
+            "predicted_memory_mb": self.predicted_memory_mb, "memory_mb": self.measured_memory_mb,
+            "source": "measured" if self.measured else "predicted", "device": self.device or None,
+            "reused": self.reused, "distilled": self.distilled, "error": self.error, "tags": list(self.tags),
+            "summary": summarize(self.labels),
+        }
+
+
+def summarize(labels: Mapping[str, str]) -> dict[str, int]:
+    """Option label -> number of layers using it."""
+    out: dict[str, int] = {}
+    for lab in labels.values():
+        out[lab] = out.get(lab, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def plan_hash(plan: Plan) -> str:
+    return plan.fingerprint()[:16]
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated (both coordinates minimized)."""
+    front = []
+    for i, (a, b) in enumerate(points):
+        if not any((c <= a and d <= b) and (c < a or d < b) for j, (c, d) in enumerate(points) if j != i):
+            front.append(i)
+    return front

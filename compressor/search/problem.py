@@ -1,0 +1,144 @@
+"""The prediction side of a search: latency, size, peak memory and metric drop of a plan, and how each
+prediction is corrected by what was measured."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from devicefit.compressor.latency.calibrated import CalibratedModel
+from devicefit.compressor.latency.nodemap import NodeMap
+from devicefit.compressor.latency.roofline import LayerCost, LayerSpec, plan_costs, predicted_size_bytes
+from devicefit.compressor.search.candidate import Budget, Candidate, Materialized, Timing, plan_hash
+from devicefit.compressor.search.sensitivity import SensitivityTable
+from devicefit.compressor.search.space import SearchSpace
+
+
+@dataclass
+class MemoryModel:
+    """Peak RSS ≈ a + b × model size (MB); b starts at 2 (file bytes + prepacked weights)."""
+
+    points: list[tuple[float, float]] = field(default_factory=list)
+    prior_base_mb: float = 60.0
+    prior_slope: float = 2.0
+
+    def predict(self, size_mb: float) -> float:
+        if not self.points:
+            return self.prior_base_mb + self.prior_slope * size_mb
+        slope = self.prior_slope
+        xs = [x for x, _ in self.points]
+        if len(self.points) >= 2 and max(xs) - min(xs) > 1.0:
+            mx, my = statistics.fmean(xs), statistics.fmean(y for _, y in self.points)
+            cov = sum((x - mx) * (y - my) for x, y in self.points)
+            var = sum((x - mx) ** 2 for x in xs)
+            slope = min(4.0, max(0.5, cov / var))
+        base = statistics.median(y - slope * x for x, y in self.points)
+        return max(0.0, base + slope * size_mb)
+
+    def observe(self, size_mb: float, rss_mb: float) -> None:
+        if rss_mb > 0:
+            self.points.append((size_mb, rss_mb))
+
+
+@dataclass
+class DropModel:
+    """Measured drop ≈ scale × additive sensitivity sum (scale: median ratio, clamped to [0.25, 4])."""
+
+    points: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def scale(self) -> float:
+        ratios = [m / p for p, m in self.points if p > 1e-4]
+        return min(4.0, max(0.25, statistics.median(ratios))) if ratios else 1.0
+
+    def predict(self, additive: float) -> float:
+        return additive * self.scale
+
+    def observe(self, predicted_additive: float, measured: float) -> None:
+        self.points.append((predicted_additive, measured))
+
+
+class SearchProblem:
+    """Everything needed to predict a plan's numbers and to learn from a measured one."""
+
+    def __init__(
+        self,
+        specs: Sequence[LayerSpec],
+        *,
+        total_params: int,
+        space: SearchSpace,
+        sensitivity: SensitivityTable,
+        latency: CalibratedModel,
+        budget: Budget,
+        consumers: Mapping[str, Sequence[str]] | None = None,
+        model_hash: str = "",
+    ) -> None:
+        self.specs = list(specs)
+        self.total_params = int(total_params)
+        self.space = space
+        self.sensitivity = sensitivity
+        self.latency = latency
+        self.budget = budget
+        self.consumers = dict(consumers or {})
+        self.model_hash = model_hash
+        self.memory = MemoryModel()
+        self.drops = DropModel()
+        self._errors: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------ predict
+    def float_labels(self) -> dict[str, str]:
+        return {layer: self.space.labels(layer)[0] for layer in self.space.layers}
+
+    def costs(self, labels: Mapping[str, str]) -> list[LayerCost]:
+        return plan_costs(self.specs, self.space.choices(labels), consumers=self.consumers)
+
+    def predict(self, labels: Mapping[str, str], *, trial: int = -1) -> Candidate:
+        labels = dict(labels)
+        costs = self.costs(labels)
+        pred = self.latency.predict(costs)
+        size = predicted_size_bytes(self.specs, costs, self.total_params)
+        additive = self.sensitivity.plan_drop(self.space, labels)
+        return Candidate(
+            trial=trial,
+            labels=labels,
+            plan_hash=plan_hash(self.space.plan(labels)),
+            predicted_ms=pred.total_ms,
+            predicted_size_bytes=size,
+            predicted_memory_mb=self.memory.predict(size / 1e6),
+            predicted_drop=self.drops.predict(additive),
+            uncalibrated=pred.uncalibrated,
+        )
+
+    # ------------------------------------------------------------------------------ learn
+    def learn(
+        self, cand: Candidate, timing: Timing, mat: Materialized | None, node_map: NodeMap | None, *, score: bool = True
+    ) -> dict[str, Any]:
+        """Fold one measurement into the latency, memory and drop models. Returns the per-layer split.
+
+        ``score``: record the candidate's prediction error (off for the fp32 baseline, which is the first
+        calibration point and has nothing calibrated to be predicted from)."""
+        costs = self.costs(cand.labels)
+        per_layer: dict[str, float] = {}
+        other = None
+        if node_map is not None and timing.per_node:
+            per_layer, other, _total = node_map.split(timing.per_node)
+        self.latency.observe(
+            costs,
+            p50_ms=timing.p50_ms,
+            per_layer_ms=per_layer or None,
+            other_ms=other,
+            profiled_e2e_ms=timing.profiled_e2e_ms,
+            predicted_ms=cand.predicted_ms if score else None,
+            label=f"trial {cand.trial}",
+        )
+        size = mat.size_bytes if mat is not None else cand.size_bytes
+        if size is not None:
+            self.memory.observe(size / 1e6, timing.peak_rss_mb)
+        if mat is not None:
+            self.drops.observe(self.sensitivity.plan_drop(self.space, cand.labels), mat.drop)
+        return {"per_layer": per_layer, "other_ms": other}
+
+    def prediction_errors(self) -> list[dict[str, Any]]:
+        return list(self.latency.errors)

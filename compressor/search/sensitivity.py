@@ -1,0 +1,325 @@
+"""Per-layer sensitivity: the metric drop when only one layer gets one technique.
+
+Evaluated cheaply in torch on a small slice of the evaluation data, with *fake* versions of each technique
+applied to one layer at a time (weights swapped in place and restored; activations fake-quantized by a
+forward pre-hook). These are approximations meant for **ranking**, not the final numbers (the search
+measures its candidates for real through the compress pipeline):
+
+* int8 weights: symmetric per output channel; int4 weights: asymmetric RTN in groups along the input
+  dimension (GPTQ/AWQ are scored as RTN, an upper bound on their drop); float16: weights rounded;
+* int8 dynamic: weights as above + the layer input fake-quantized per batch (asymmetric uint8, per
+  tensor); int8 static / SmoothQuant: the same with the input range fixed from the slice itself;
+* channel pruning: the lowest-L2 output channels (weight rows and bias) zeroed; low-rank: truncated SVD of
+  the (out, in·k·k) weight keeping (1 − ratio) of its params, activation-aware (columns scaled by the
+  mean |input|) for ``asvd``; unstructured / N:M: smallest |W| zeroed.
+
+Results are cached on disk per model hash + data hash + option label.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from devicefit.compressor.search.space import Option, SearchSpace
+from devicefit.compressor.techniques import Technique
+from devicefit.data import Dataset
+from devicefit.metrics import cosine, score
+
+# ------------------------------------------------------------------------------------------ fake ops
+WeightFn = Callable[[torch.Tensor, Technique, "torch.Tensor | None"], torch.Tensor]
+
+
+def _q_sym_per_channel(w: torch.Tensor, bits: int) -> torch.Tensor:
+    flat = w.reshape(w.shape[0], -1)
+    qmax = 2 ** (bits - 1) - 1
+    scale = flat.abs().amax(1, keepdim=True).clamp_min(1e-12) / qmax
+    return (torch.round(flat / scale).clamp(-qmax - 1, qmax) * scale).reshape(w.shape)
+
+
+def _q_group_asym(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    flat = w.reshape(w.shape[0], -1)
+    cols = flat.shape[1]
+    pad = (-cols) % group
+    x = torch.nn.functional.pad(flat, (0, pad)).reshape(flat.shape[0], -1, group)
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    qmax = 2**bits - 1
+    scale = ((hi - lo) / qmax).clamp_min(1e-12)
+    zp = torch.round(-lo / scale)
+    q = (torch.round(x / scale) + zp).clamp(0, qmax)
+    return ((q - zp) * scale).reshape(flat.shape[0], -1)[:, :cols].reshape(w.shape)
+
+
+def _w_int8(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
+    return _q_sym_per_channel(w, 8)
+
+
+def _w_int4(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
+    return _q_group_asym(w, 4, int(getattr(tech, "group_size", 32)))
+
+
+def _w_fp16(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
+    return w.half().float()
+
+
+def _w_channels(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
+    flat = w.reshape(w.shape[0], -1)
+    k = int(round(flat.shape[0] * float(getattr(tech, "ratio", 0.0))))
+    out = w.clone()
+    if k > 0:
+        idx = torch.argsort(flat.norm(dim=1))[:k]
+        out[idx] = 0.0
+    return out
+
+
+def _w_lowrank(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
+    flat = w.reshape(w.shape[0], -1).double()
+    n_out, n_in = flat.shape
+    scale = None
+    if getattr(tech, "kind", "svd") == "asvd" and act is not None and act.numel() == n_in:
+        scale = act.double().clamp_min(1e-6) ** 0.5
+        flat = flat * scale
+    u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+    ratio = getattr(tech, "ratio", None)
+    if ratio is not None:
+        rank = int((1.0 - float(ratio)) * n_out * n_in / (n_out + n_in))
+    else:
+        energy = torch.cumsum(s**2, 0) / (s**2).sum()
+        rank = int(torch.searchsorted(energy, float(getattr(tech, "energy", 0.9)))) + 1
+    rank = max(1, min(rank, s.numel()))
+    approx = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    if scale is not None:
+        approx = approx / scale
+    return approx.to(w.dtype).reshape(w.shape)
+
+
+def _w_magnitude(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
+    n = w.numel()
+    k = int(n * float(getattr(tech, "ratio", 0.5)))
+    if k <= 0:
+        return w
+    thresh = w.abs().flatten().kthvalue(k).values
+    return torch.where(w.abs() <= thresh, torch.zeros_like(w), w)
+
+
+def _w_nm(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
+    n, m = int(getattr(tech, "n", 2)), int(getattr(tech, "m", 4))
+    flat = w.reshape(w.shape[0], -1)
+    cols = flat.shape[1] - flat.shape[1] % m
+    groups = flat[:, :cols].reshape(flat.shape[0], -1, m)
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.abs().topk(n, dim=-1).indices, True)
+    out = flat.clone()
+    out[:, :cols] = (groups * keep).reshape(flat.shape[0], cols)
+    return out.reshape(w.shape)
+
+
+@dataclass(frozen=True)
+class FakeOp:
+    """How a technique is imitated in torch: a weight transform and an activation quantizer (or none)."""
+
+    weight: WeightFn | None
+    activation: str | None = None  # "dynamic" | "static"
+    zero_bias_rows: bool = False
+
+
+#: (family, method) -> FakeOp. A technique missing here is scored by its quant/structural part only.
+FAKE: dict[tuple[str, str], FakeOp] = {
+    ("quant", "float"): FakeOp(None),
+    ("quant", "float16"): FakeOp(_w_fp16),
+    ("quant", "int8_weight_only"): FakeOp(_w_int8),
+    ("quant", "int4_weight_only"): FakeOp(_w_int4),
+    ("quant", "int8_dynamic"): FakeOp(_w_int8, "dynamic"),
+    ("quant", "int8_static"): FakeOp(_w_int8, "static"),
+    ("quant", "smoothquant"): FakeOp(_w_int8, "static"),
+    ("prune", "structured"): FakeOp(_w_channels, zero_bias_rows=True),
+    ("prune", "magnitude"): FakeOp(_w_magnitude),
+    ("prune", "wanda"): FakeOp(_w_magnitude),
+    ("prune", "nm"): FakeOp(_w_nm),
+    ("lowrank", "lowrank"): FakeOp(_w_lowrank),
+}
+
+
+def _fake_act_quant(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max(hi - lo, 1e-12) / 255.0
+    zp = round(-lo / scale)
+    return (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
+
+
+@contextmanager
+def applied(module: nn.Module, layer: str, option: Option, act_stats: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Temporarily apply ``option``'s fake techniques to ``layer`` of ``module``."""
+    mod = dict(module.named_modules())[layer]
+    weight: torch.Tensor = mod.weight  # type: ignore[assignment]
+    bias = getattr(mod, "bias", None)
+    saved_w = weight.data.clone()
+    saved_b = bias.data.clone() if isinstance(bias, torch.Tensor) else None
+    hooks = []
+    try:
+        for tech in (option.prune, option.lowrank, option.quant):
+            if tech is None:
+                continue
+            op = FAKE.get((tech.family, tech.method))
+            if op is None:
+                continue
+            if op.weight is not None:
+                new = op.weight(weight.data, tech, act_stats.get(layer))
+                if op.zero_bias_rows and saved_b is not None and bias is not None:
+                    dead = new.reshape(new.shape[0], -1).abs().sum(1) == 0
+                    bias.data[dead] = 0.0
+                weight.data.copy_(new)
+            if op.activation is not None:
+                rng = act_stats.get(layer + "#range")
+                static = op.activation == "static" and rng is not None
+
+                def pre(_m: nn.Module, args: tuple[Any, ...], static: bool = static, rng: Any = rng) -> Any:
+                    x = args[0]
+                    lo, hi = (float(rng[0]), float(rng[1])) if static else (float(x.min()), float(x.max()))
+                    return (_fake_act_quant(x, lo, hi), *args[1:])
+
+                hooks.append(mod.register_forward_pre_hook(pre))
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        weight.data.copy_(saved_w)
+        if saved_b is not None and bias is not None:
+            bias.data.copy_(saved_b)
+
+
+# ------------------------------------------------------------------------------------------ table
+@dataclass
+class SensitivityTable:
+    """layer -> single-technique option label -> metric drop (and 1 − output cosine)."""
+
+    metric: str
+    baseline: float
+    samples: int
+    drops: dict[str, dict[str, float]] = field(default_factory=dict)
+    devs: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    cached: int = 0
+
+    def drop(self, layer: str, option: Option) -> float:
+        """Predicted drop of ``option`` on ``layer``: the sum of its parts' measured drops (≥ 0 each)."""
+        d = self.drops.get(layer, {})
+        return float(sum(max(0.0, d.get(p, 0.0)) for p in option.parts()))
+
+    def plan_drop(self, space: SearchSpace, labels: dict[str, str]) -> float:
+        """Additive prediction of the metric drop of a whole plan."""
+        return float(sum(self.drop(layer, space.option(layer, lab)) for layer, lab in labels.items()))
+
+    def order(self, label: str) -> list[str]:
+        """Layers sorted from most to least sensitive to ``label`` (by drop, then output deviation)."""
+        layers = [layer for layer in self.drops if label in self.drops[layer]]
+        return sorted(layers, key=lambda x: (self.drops[x][label], self.devs.get(x, {}).get(label, 0.0)), reverse=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "baseline": self.baseline, "samples": self.samples, "seconds": self.seconds,
+                "cached": self.cached, "drops": self.drops, "devs": self.devs}
+
+
+def _cache_file(cache_dir: Path, model_hash: str, data_hash: str) -> Path:
+    return cache_dir / f"{model_hash[:20]}-{data_hash[:20]}.json"
+
+
+def _act_stats(module: nn.Module, layers: Sequence[str], run: Callable[[], np.ndarray]) -> dict[str, torch.Tensor]:
+    """Per layer: mean |input| per input feature (for ASVD) and the input's (min, max) (static range)."""
+    named = dict(module.named_modules())
+    stats: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in layers:
+        mod = named[name]
+
+        def pre(m: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            x = args[0].detach()
+            flat = x.movedim(1, -1) if x.dim() > 2 and isinstance(m, nn.modules.conv._ConvNd) else x
+            if isinstance(m, nn.modules.conv._ConvNd):
+                k = int(np.prod(m.kernel_size))
+                feat = flat.reshape(-1, flat.shape[-1]).abs().mean(0).repeat_interleave(k)
+            else:
+                feat = flat.reshape(-1, flat.shape[-1]).abs().mean(0)
+            stats[name] = feat
+            rng = torch.tensor([float(x.min()), float(x.max())])
+            old = stats.get(name + "#range")
+            stats[name + "#range"] = rng if old is None else torch.tensor([min(old[0], rng[0]), max(old[1], rng[1])])
+
+        hooks.append(mod.register_forward_pre_hook(pre))
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats
+
+
+def measure_sensitivity(
+    module: nn.Module,
+    space: SearchSpace,
+    data: Dataset,
+    *,
+    input_names: Sequence[str],
+    metric: str,
+    model_hash: str,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> SensitivityTable:
+    """Drop of the bundle metric on ``data`` for every single-technique option of every layer."""
+    from devicefit.compressor.export import torch_outputs
+
+    module.eval()
+
+    def run() -> np.ndarray:
+        with torch.no_grad():
+            return torch_outputs(module, data, input_names, batch_size=batch_size)
+
+    ref = run()
+    labels = data.labels
+    base = score(metric, ref, ref, labels).baseline
+    table = SensitivityTable(metric=metric, baseline=float(base), samples=len(data))
+    cache: dict[str, Any] = {}
+    path = _cache_file(Path(cache_dir), model_hash, data.fingerprint()) if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            cache = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    todo = [(layer, opt) for layer in space.layers for opt in space.atomic(layer) if opt.parts()]
+    stats: dict[str, torch.Tensor] | None = None
+    t0 = time.perf_counter()
+    for i, (layer, opt) in enumerate(todo):
+        key = f"{layer}|{opt.label}"
+        hit = cache.get(key)
+        if hit is None:
+            if stats is None:
+                stats = _act_stats(module, space.layers, run)
+            with applied(module, layer, opt, stats):
+                out = run()
+            res = score(metric, ref, out, labels)
+            hit = {"drop": float(res.drop), "dev": float(1.0 - cosine(ref, out))}
+            if not np.isfinite(hit["drop"]):
+                hit = {"drop": 1.0, "dev": 1.0}
+            cache[key] = hit
+        else:
+            table.cached += 1
+        table.drops.setdefault(layer, {})[opt.label] = float(hit["drop"])
+        table.devs.setdefault(layer, {})[opt.label] = float(hit["dev"])
+        if progress is not None:
+            progress(i + 1, len(todo))
+    table.seconds = time.perf_counter() - t0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(path)
+    return table

@@ -1,0 +1,193 @@
+"""The search space: per-layer options built from the technique registry.
+
+Which techniques exist, which layer kinds they act on, which export formats carry them and whether they
+need calibration data is read from :data:`devicefit.compressor.techniques.TECHNIQUES` and each config's
+declared capabilities (``layer_types``, ``formats``, ``needs_calibration``). :class:`SpaceConfig` only says
+which (family, method) pairs to search and on which ratio grid; numeric ``ratio`` fields are varied
+generically. A layer's options are every structural choice (none, each prune / low-rank setting) crossed
+with every quant choice (float, each scheme). Channel pruning is offered only on layers the dependency
+probe (:mod:`.deps`) found prunable on their own.
+
+Unstructured and N:M pruning are left out by default: on dense CPU runtimes they change neither latency
+nor the stored size (add them via ``SpaceConfig(families=...)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from devicefit.compressor.latency.roofline import LayerSpec
+from devicefit.compressor.plan import LayerChoice, Plan
+from devicefit.compressor.techniques import FAMILIES, TECHNIQUES, Distill, Technique
+from devicefit.errors import UserInputError
+
+FLOAT = "float"
+
+
+def _default_families() -> dict[str, tuple[str, ...]]:
+    return {
+        "prune": ("structured",),
+        "lowrank": ("lowrank",),
+        "quant": ("int8_dynamic", "int8_static", "int4_weight_only"),
+    }
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """What to search: methods per family, ratio grids, fixed settings per method, export format."""
+
+    families: Mapping[str, tuple[str, ...]] = field(default_factory=_default_families)
+    ratios: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: {"prune": (0.25, 0.5), "lowrank": (0.5,)})
+    #: method -> fixed keyword arguments (e.g. {"lowrank": {"kind": "asvd"}})
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"lowrank": {"kind": "asvd"}})
+    format: str = "onnx"
+
+    def __post_init__(self) -> None:
+        for fam, methods in self.families.items():
+            if fam not in FAMILIES:
+                raise UserInputError(f"SpaceConfig.families has unknown family {fam!r}", f"use {', '.join(FAMILIES)}")
+            for m in methods:
+                if (fam, m) not in TECHNIQUES:
+                    valid = sorted(mm for f, mm in TECHNIQUES if f == fam)
+                    raise UserInputError(f"SpaceConfig: unknown {fam} method {m!r}", f"use one of {', '.join(valid)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"families": {k: list(v) for k, v in self.families.items()},
+                "ratios": {k: list(v) for k, v in self.ratios.items()},
+                "settings": {k: dict(v) for k, v in self.settings.items()}, "format": self.format}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SpaceConfig:
+        return cls(
+            families={k: tuple(v) for k, v in d.get("families", _default_families()).items()},
+            ratios={k: tuple(float(x) for x in v) for k, v in d.get("ratios", {"prune": (0.25, 0.5), "lowrank": (0.5,)}).items()},
+            settings={k: dict(v) for k, v in d.get("settings", {"lowrank": {"kind": "asvd"}}).items()},
+            format=str(d.get("format", "onnx")),
+        )
+
+
+@dataclass(frozen=True)
+class Option:
+    """One per-layer choice: at most one structural technique plus one quant technique."""
+
+    label: str
+    prune: Technique | None = None
+    lowrank: Technique | None = None
+    quant: Technique | None = None
+
+    def choice(self) -> LayerChoice:
+        return LayerChoice(prune=self.prune, lowrank=self.lowrank, quant=self.quant)
+
+    def parts(self) -> tuple[str, ...]:
+        """Labels of the single-technique options this one combines (sensitivity is measured per part)."""
+        return tuple(p for p in self.label.split("+") if p != FLOAT)
+
+    @property
+    def structural(self) -> bool:
+        return self.prune is not None or self.lowrank is not None
+
+
+def technique_label(tech: Technique) -> str:
+    ratio = getattr(tech, "ratio", None)
+    return f"{tech.method}@{ratio:g}" if isinstance(ratio, float) else tech.method
+
+
+def candidates(config: SpaceConfig, family: str, *, kind: str, has_calibration: bool) -> list[Technique]:
+    """Instances of the configured techniques of ``family`` that apply to a ``kind`` layer."""
+    out: list[Technique] = []
+    for method in config.families.get(family, ()):
+        cls = TECHNIQUES[(family, method)]  # type: ignore[index]
+        fixed = dict(config.settings.get(method, {}))
+        has_ratio = any(f.name == "ratio" for f in fields(cls))
+        grid = config.ratios.get(family, ()) if has_ratio and "ratio" not in fixed else (None,)
+        for ratio in grid:
+            kwargs = dict(fixed)
+            if ratio is not None:
+                kwargs["ratio"] = float(ratio)
+            tech = cls(**kwargs)
+            if kind not in tech.layer_types or config.format not in tech.formats:
+                continue
+            if tech.needs_calibration and not has_calibration:
+                continue
+            out.append(tech)
+    return out
+
+
+@dataclass
+class SearchSpace:
+    """Per layer, the ordered options (the first is always ``float``: the layer left alone)."""
+
+    options: dict[str, list[Option]]
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.options)
+
+    def labels(self, layer: str) -> list[str]:
+        return [o.label for o in self.options[layer]]
+
+    def option(self, layer: str, label: str) -> Option:
+        for o in self.options[layer]:
+            if o.label == label:
+                return o
+        raise KeyError(f"{layer}: no option {label!r}")
+
+    def has(self, layer: str, label: str) -> bool:
+        return any(o.label == label for o in self.options.get(layer, ()))
+
+    def atomic(self, layer: str) -> list[Option]:
+        """Single-technique options of ``layer`` (what sensitivity measures)."""
+        return [o for o in self.options[layer] if len(o.parts()) == 1]
+
+    def choices(self, labels: Mapping[str, str]) -> dict[str, LayerChoice]:
+        return {layer: self.option(layer, lab).choice() for layer, lab in labels.items()}
+
+    def plan(self, labels: Mapping[str, str], *, distill: Distill | None = None) -> Plan:
+        """The per-layer plan for {layer: option label}."""
+        return Plan.per_layer(self.choices(labels), distill=distill)
+
+    def uniform(self, label: str, *, fallback: str = FLOAT) -> dict[str, str]:
+        """``label`` on every layer that offers it, ``fallback`` elsewhere."""
+        return {layer: (label if self.has(layer, label) else fallback) for layer in self.options}
+
+    def size(self) -> int:
+        return sum(len(v) for v in self.options.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {layer: [o.label for o in opts] for layer, opts in self.options.items()}
+
+
+def build_space(
+    specs: Sequence[LayerSpec],
+    *,
+    config: SpaceConfig | None = None,
+    has_calibration: bool = True,
+    prunable: Collection[str] | None = None,
+) -> SearchSpace:
+    """Options for each layer in ``specs`` from the registry and ``config``.
+
+    ``prunable``: layers channel pruning may act on alone (from :func:`.deps.find_deps`); ``None`` = all.
+    """
+    config = config or SpaceConfig()
+    options: dict[str, list[Option]] = {}
+    for spec in specs:
+        quants: list[Technique | None] = [None, *candidates(config, "quant", kind=spec.kind, has_calibration=has_calibration)]
+        structs: list[Technique | None] = [None]
+        for fam in ("prune", "lowrank"):
+            for tech in candidates(config, fam, kind=spec.kind, has_calibration=has_calibration):
+                removes = tech.family == "prune" and getattr(tech, "physically_smaller", tech.method == "structured")
+                if removes and prunable is not None and spec.name not in prunable:
+                    continue
+                structs.append(tech)
+        opts: list[Option] = []
+        for st in structs:
+            for q in quants:
+                parts = [technique_label(t) for t in (st, q) if t is not None] or [FLOAT]
+                kw: dict[str, Technique | None] = {"quant": q}
+                if st is not None:
+                    kw[st.family] = st
+                opts.append(Option("+".join(parts), **kw))  # type: ignore[arg-type]
+        options[spec.name] = opts
+    return SearchSpace(options)

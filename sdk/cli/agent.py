@@ -1,0 +1,109 @@
+"""CLI: ``devicefit bench``, ``devicefit agent serve``, ``devicefit deploy``.
+
+Heavy imports (grpc, onnxruntime) stay inside the handlers so ``devicefit --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from devicefit.cli import emit
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "bench", parents=[common], help="benchmark a model file on this host or on a device (--on grpc://…)"
+    )
+    p.add_argument("file", metavar="FILE", help="model file (.onnx or .tflite)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs (default 5)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: one per physical core)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the generated inputs (default 1)")
+    p.add_argument("--per-node", action="store_true", help="also report per-node times (onnxruntime profiler)")
+    p.add_argument("--on", metavar="URL", default=None, help="benchmark on a device agent, e.g. grpc://pi.local:50051")
+    p.set_defaults(func=_bench)
+
+    agent = subparsers.add_parser("agent", parents=[common], help="run the on-device agent")
+    agent_sub = agent.add_subparsers(dest="agent_command", metavar="COMMAND", parser_class=type(agent))
+    serve = agent_sub.add_parser("serve", parents=[common], help="serve the agent over gRPC")
+    serve.add_argument("--grpc", metavar="HOST:PORT", default="0.0.0.0:50051", help="listen address (port 0 = any free)")
+    serve.add_argument("--store", metavar="DIR", default="~/.devicefit/agent", help="model store directory")
+    serve.add_argument("--device-id", default=None, help="device id (default: the host name)")
+    serve.add_argument("--workers", type=int, default=8, help="gRPC worker threads (default 8)")
+    serve.add_argument("--commit-every-mib", type=float, default=4.0, help="upload commit interval in MiB (default 4)")
+    serve.set_defaults(func=_serve)
+    agent.set_defaults(func=lambda args: (agent.print_help(), 2)[1])
+
+    d = subparsers.add_parser("deploy", parents=[common], help="upload a model to a device agent and activate it")
+    d.add_argument("file", metavar="FILE", help="model file (.onnx or .tflite)")
+    d.add_argument("--to", metavar="URL", required=True, help="device agent, e.g. grpc://pi.local:50051")
+    d.add_argument("--model-id", default=None, help="model id (default: the file name without extension)")
+    d.add_argument("--no-activate", action="store_true", help="store the model without activating it")
+    d.add_argument("--chunk-kib", type=int, default=512, help="upload chunk size in KiB (256-1024, default 512)")
+    d.set_defaults(func=_deploy)
+
+
+def _bench_human(d: dict[str, Any]) -> str:
+    lines = [
+        f"{d['source']}: p50 {d['p50_ms']:.3f} ms  p90 {d['p90_ms']:.3f} ms  p99 {d['p99_ms']:.3f} ms  "
+        f"mean {d['mean_ms']:.3f} ms",
+        f"load {d['load_ms']:.1f} ms  peak RSS {d['peak_rss_mb']:.1f} MB  runs {d['runs']}  threads {d['threads']}  "
+        + "  ".join(f"{k} {v}" for k, v in d.get("runtime", {}).items()),
+    ]
+    nodes = d.get("per_node") or []
+    if nodes:
+        lines.append(f"per node (sum {d.get('per_node_total_ms', 0.0):.3f} ms, slowest first):")
+        for n in sorted(nodes, key=lambda n: -n["mean_ms"])[:20]:
+            lines.append(f"  {n['mean_ms']:9.4f} ms  {n['op_type']:<16} {n['name']}")
+        if len(nodes) > 20:
+            lines.append(f"  … {len(nodes) - 20} more (use --json)")
+    return "\n".join(lines)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.on:
+        from devicefit.device import connect
+
+        with connect(args.on) as dev:
+            deployed = dev.deploy(args.file, progress=False, activate=False)
+            report = dev.benchmark(
+                deployed.model_id, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                per_node=args.per_node, batch_size=args.batch_size,
+            )
+    else:
+        from devicefit.agent.benchmark import benchmark_onnx
+
+        report = benchmark_onnx(
+            args.file, runs=args.runs, warmup=args.warmup, threads=args.threads, per_node=args.per_node,
+            batch_size=args.batch_size,
+        )
+    emit(args, report.to_dict(), _bench_human)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from devicefit.agent.server import serve_forever
+
+    return serve_forever(
+        args.grpc, store_dir=args.store, device_id=args.device_id, workers=args.workers,
+        commit_every=int(args.commit_every_mib * 1024 * 1024),
+    )
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from devicefit.device import connect
+
+    with connect(args.to) as dev:
+        res = dev.deploy(
+            args.file, progress=not args.json, model_id=args.model_id, activate=not args.no_activate,
+            chunk_size=args.chunk_kib * 1024,
+        )
+    emit(
+        args,
+        res.to_dict(),
+        lambda d: f"deployed {d['model_id']} ({d['size_bytes'] / 1e6:.2f} MB, sha256 {d['sha256'][:12]}…) to "
+        f"{d['device_id']} in {d['seconds']:.2f} s ({d['mb_per_s']:.1f} MB/s)"
+        + (f"; active, first run {d['first_run_ms']:.2f} ms" if d["active"] else "; stored, not active"),
+    )
+    return 0

@@ -1,0 +1,143 @@
+"""What a fit plugs into the search: materialize plans with ``devicefit.compress``, measure on a device or
+on the host.
+
+Host measurements run ``benchmark_onnx`` (the agent's own benchmark) in a fresh Python process, so the
+peak RSS is the model's, not this torch-laden process's, and torch threads do not compete with the run.
+They are labelled ``source="host"``, ``device="host"``. Device measurements deploy the file to the agent
+and ask it to benchmark it with per-node times (``source="device:<id>"``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from devicefit.bundle import ModelBundle
+from devicefit.compressor.plan import Plan
+from devicefit.compressor.search.candidate import Materialized, Timing
+from devicefit.errors import DeviceError
+
+_HOST_BENCH = (
+    "import json, sys\n"
+    "from devicefit.agent.benchmark import benchmark_onnx\n"
+    "r = benchmark_onnx(sys.argv[1], runs=int(sys.argv[2]), warmup=int(sys.argv[3]),"
+    " threads=(int(sys.argv[4]) or None), per_node=True)\n"
+    "sys.stdout.write(json.dumps(r.to_dict()))\n"
+)
+
+
+def _timing(rep: Any, device: str) -> Timing:
+    d = rep.to_dict() if hasattr(rep, "to_dict") else dict(rep)
+    return Timing(
+        p50_ms=float(d["p50_ms"]), p90_ms=float(d.get("p90_ms", d["p50_ms"])), mean_ms=float(d.get("mean_ms", d["p50_ms"])),
+        peak_rss_mb=float(d.get("peak_rss_mb", 0.0)), per_node=list(d.get("per_node", [])),
+        profiled_e2e_ms=float(d["per_node_e2e_ms"]) if d.get("per_node_e2e_ms") else None,
+        threads=int(d.get("threads", 0)), runtime={str(k): str(v) for k, v in (d.get("runtime") or {}).items()},
+        source=str(d.get("source", "host")), device=device,
+    )
+
+
+def host_benchmark(path: Path, *, runs: int, warmup: int, threads: int | None, timeout: float = 600.0) -> Timing:
+    """``benchmark_onnx`` with per-node times in a clean subprocess."""
+    cmd = [sys.executable, "-c", _HOST_BENCH, str(path), str(runs), str(warmup), str(threads or 0)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise DeviceError(f"host benchmark of {path.name} failed: {tail[0][:300]}", "run `devicefit bench` on the file to see why")
+    return _timing(json.loads(proc.stdout), "host")
+
+
+class FitEvaluator:
+    """Materializes plans of one bundle and measures them where the fit was asked to."""
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        *,
+        workdir: Path,
+        profile: Any = None,
+        device: Any = None,
+        runs: int = 30,
+        warmup: int = 5,
+        threads: int | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.profile = profile
+        self.device = device
+        self.runs, self.warmup, self.threads = runs, warmup, threads
+        self._fp32: Materialized | None = None
+        self._info: dict[str, Any] = {}
+        if device is not None:
+            self._info = dict(device.info())
+            self.device_id = str(self._info.get("device_id") or device.id)
+        else:
+            self.device_id = "host"
+
+    # ------------------------------------------------------------------------------ materialize
+    def fp32(self) -> Materialized:
+        """The unmodified model exported once (verified against torch); reused as the quantizers' input."""
+        if self._fp32 is None:
+            out = self.workdir / "fp32.onnx"
+            if self.bundle.module is not None:
+                from devicefit.compressor.export import export_bundle
+
+                res = export_bundle(self.bundle, out)
+                size = int(res.size_bytes)
+            else:
+                if self.bundle.onnx_path is None:  # pragma: no cover - load_model always sets one of them
+                    raise DeviceError("bundle has neither a module nor an ONNX file", "load it with devicefit.load_model")
+                out.write_bytes(Path(self.bundle.onnx_path).read_bytes())
+                size = out.stat().st_size
+            name = self.bundle.metric
+            self._fp32 = Materialized(out, size, *self._count(), metric={"name": name, "baseline": None, "compressed": None,
+                                                                        "drop": 0.0, "data": "fp32 reference"})
+        return self._fp32
+
+    def _count(self) -> tuple[int, int]:
+        if self.bundle.module is None:
+            return 0, 0
+        from devicefit.compressor.analysis import analyze
+
+        a = analyze(self.bundle.module, self.bundle.example_inputs)
+        return int(a.params), int(a.macs)
+
+    def materialize(self, plan: Plan, *, name: str) -> Materialized:
+        if not plan.rules and plan.distill is None:
+            return self.fp32()
+        from devicefit.compress import compress
+
+        fp32 = self.fp32()
+        source: ModelBundle = self.bundle
+        if not (plan.uses("prune") or plan.uses("lowrank")) and plan.distill is None:
+            # graph-level plan: quantize the fp32 export we already have instead of exporting again
+            source = replace(self.bundle, onnx_path=fp32.path, module=None)
+        res = compress(source, plan, out=self.workdir / f"{name}.onnx", profile=self.profile, progress=False)
+        metric = res.metric.to_dict() if hasattr(res.metric, "to_dict") else dict(res.metric)
+        params = int(getattr(res, "params", 0) or 0) or fp32.params
+        macs = int(getattr(res, "macs", 0) or 0) or fp32.macs
+        extra = {"float_fallback_layers": list(getattr(res, "float_fallback_layers", []) or []),
+                 "int_ops": dict(getattr(res, "int_ops", {}) or {}), "fidelity": dict(getattr(res, "fidelity", {}) or {})}
+        return Materialized(Path(res.path), int(res.size_bytes), params, macs, metric, reference=fp32.path, extra=extra)
+
+    # ------------------------------------------------------------------------------ measure
+    def measure(self, path: Path) -> Timing:
+        if self.device is None:
+            return host_benchmark(path, runs=self.runs, warmup=self.warmup, threads=self.threads)
+        self.device.deploy(path, progress=False)
+        rep = self.device.benchmark(None, runs=self.runs, warmup=self.warmup, threads=self.threads, per_node=True)
+        return _timing(rep, self.device_id)
+
+    def runtime_key(self) -> tuple[dict[str, str], int]:
+        if self.device is not None:
+            rt = self._info.get("runtimes") or self._info.get("runtime_versions") or {}
+            versions = {str(k): str(v) for k, v in rt.items()} if isinstance(rt, dict) else {"runtimes": str(rt)}
+            return versions, int(self.threads or 0)
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__}, int(self.threads or 0)

@@ -1,0 +1,93 @@
+"""SIGKILL the agent in the middle of an upload, restart it: the old model is still active and the upload
+resumes from the committed offset (only the missing bytes travel)."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+import devicefit
+from devicefit.agent import wire
+from devicefit.agent.launch import spawn_agent
+from devicefit.agent.manifest import Manifest
+from devicefit.protos.devicefit.v1 import agent_pb2_grpc, artifact_pb2
+from devicefit.protos.schema import SCHEMA_VERSION
+
+CHUNK = 256 * 1024
+
+
+def _load_conftest_writer() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_agent_conftest", Path(__file__).with_name("conftest.py"))
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_mid_upload_then_resume(tmp_path: Path, tiny_onnx: Path) -> None:
+    big = tmp_path / "big_text.onnx"
+    _load_conftest_writer().write_tiny_onnx(big, vocab=50_000, hidden=64)  # type: ignore[attr-defined]
+    size = big.stat().st_size
+    assert size > 12_000_000
+    manifest = Manifest.for_file(big)
+    store = tmp_path / "store"
+    args = ("--commit-every-mib", "1")
+
+    agent = spawn_agent(store, device_id="crashy", extra_args=args)
+    try:
+        with devicefit.connect(agent.url) as dev:
+            old = dev.deploy(tiny_onnx, progress=False)
+        channel = grpc.insecure_channel(agent.url.removeprefix("grpc://"))
+        stub = agent_pb2_grpc.DeviceAgentStub(channel)
+        probe_ch = grpc.insecure_channel(agent.url.removeprefix("grpc://"))
+        probe = agent_pb2_grpc.DeviceAgentStub(probe_ch)
+
+        def chunks() -> Iterator[artifact_pb2.UploadChunk]:
+            data = big.read_bytes()
+            for i, off in enumerate(range(0, 4 * 1024 * 1024, CHUNK)):  # send 4 MiB of ~12.8 MB
+                piece = data[off : off + CHUNK]
+                c = artifact_pb2.UploadChunk(schema_version=SCHEMA_VERSION, upload_id=manifest.sha256, offset=off,
+                                             data=piece, crc32=zlib.crc32(piece), activate=True)
+                if i == 0:
+                    c.manifest.CopyFrom(wire.manifest_to_proto(manifest))
+                yield c
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # wait until the agent has committed something, then crash it
+                st = probe.QueryUpload(artifact_pb2.QueryUploadRequest(schema_version=SCHEMA_VERSION,
+                                                                       upload_id=manifest.sha256), timeout=10)
+                if st.committed_offset >= 2 * 1024 * 1024:
+                    break
+                time.sleep(0.05)
+            agent.kill()
+
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.Upload(chunks(), timeout=120)
+        assert exc.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
+        channel.close()
+        probe_ch.close()
+        assert agent.proc.wait(30) == -9  # the generator's thread killed it; wait for the reap
+    finally:
+        agent.stop()
+
+    with spawn_agent(store, device_id="crashy", extra_args=args) as agent2, devicefit.connect(agent2.url) as dev:
+        listing = dev.transport.list_models()
+        assert listing["active_sha256"] == old.sha256  # the previous model is still active
+        assert dev.info()["active_model_id"] == "tiny_text"
+        state = dev.transport.query_upload(manifest.sha256)  # type: ignore[attr-defined]
+        committed = state["committed_offset"]
+        assert state["exists"] and 2 * 1024 * 1024 <= committed <= 4 * 1024 * 1024
+        res = dev.deploy(big, progress=False)
+        assert res.resumed_from == committed > 0
+        assert res.bytes_sent == size - committed < size
+        assert res.active and res.sha256 == manifest.sha256
+        assert dev.transport.list_models()["previous_sha256"][-1] == old.sha256
+        r = dev.benchmark(runs=3, warmup=1, threads=1)
+        assert r.runs == 3 and r.source == "device:crashy"
