@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
+from devicefit.agent.chunks import decode_upload_chunk
 from devicefit.agent.errors import AgentError
 from devicefit.agent.service import AgentService
 from devicefit.agent.store import ModelStore
 from devicefit.errors import UserInputError
 from devicefit.protos.devicefit.v1 import agent_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 SERVICE_NAME = "devicefit.v1.DeviceAgent"
 #: chunks are <= 1 MiB; nothing on the wire may exceed 4 MiB (the headroom covers manifests / tensors)
@@ -46,7 +46,7 @@ class DeviceAgentServicer(agent_pb2_grpc.DeviceAgentServicer):
         return self.service.info(request)
 
     def Upload(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
-        res = self.service.upload(request_iterator)
+        res = self.service.upload(decode_upload_chunk(raw) for raw in request_iterator)
         log.info("upload %s: %s (%d bytes received, status %s)", res.upload_id, res.model_id, res.bytes_received,
                  "ok" if res.status.ok else res.status.code)
         return res
@@ -70,6 +70,29 @@ class DeviceAgentServicer(agent_pb2_grpc.DeviceAgentServicer):
         return self.service.delete(request)
 
 
+class _Capture:
+    """Stands in for a grpc.Server to collect the generated method handlers."""
+
+    handlers: dict[str, Any]
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.handlers = dict(handlers)
+
+
+def register_agent_service(servicer: DeviceAgentServicer, server: grpc.Server) -> None:
+    """Register the generated handlers, except that Upload receives raw bytes and decodes them zero-copy
+    (agent/chunks.py) instead of through protobuf objects."""
+    cap = _Capture()
+    agent_pb2_grpc.add_DeviceAgentServicer_to_server(servicer, cap)
+    handlers = cap.handlers
+    handlers["Upload"] = handlers["Upload"]._replace(request_deserializer=None)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """"HOST:PORT" (or "grpc://HOST:PORT", "[::1]:PORT") -> (host, port)."""
     addr = address.removeprefix("grpc://").rstrip("/")
@@ -91,7 +114,7 @@ class AgentServer:
             options=GRPC_OPTIONS,
             maximum_concurrent_rpcs=workers * 4,
         )
-        agent_pb2_grpc.add_DeviceAgentServicer_to_server(DeviceAgentServicer(service), self.server)
+        register_agent_service(DeviceAgentServicer(service), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         bound = self.server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
@@ -114,8 +137,7 @@ class AgentServer:
 def make_service(store_dir: str | Path, *, device_id: str | None = None, commit_every: int | None = None) -> AgentService:
     from devicefit import __version__
 
-    kw = {} if commit_every is None else {"commit_every": commit_every}
-    store = ModelStore(store_dir, **kw)
+    store = ModelStore(store_dir) if commit_every is None else ModelStore(store_dir, commit_every=commit_every)
     return AgentService(store, device_id=device_id or socket.gethostname(), agent_version=__version__)
 
 

@@ -12,6 +12,7 @@ once, so a model that fails to load never takes the device down.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -137,7 +138,11 @@ class AgentService:
         if req.measure_throughput:
             from devicefit.agent.microbench import measure_throughput
 
-            t = measure_throughput()
+            with self._bench_lock:  # a micro-benchmark and a model benchmark would measure each other
+                t = measure_throughput()
+            extra = json.loads(pb.extra_json or "{}")
+            extra["throughput_details"] = t.get("details", {})
+            pb.extra_json = json.dumps(extra, sort_keys=True, default=str)
             pb.throughput.CopyFrom(
                 common_pb2.Throughput(
                     peak_gops_fp32=float(t["peak_gops_fp32"]), peak_gops_int8=float(t["peak_gops_int8"]),

@@ -9,8 +9,9 @@ Layout under the store root::
 
 Every file that matters is written to a temp file, fsynced, renamed into place, and its directory fsynced,
 so a crash (or SIGKILL) at any point leaves either the old or the new version. A partial upload commits
-(fsync data, then persist the offset) every ``commit_every`` bytes and whenever a stream ends; after a
-restart it resumes from the committed offset (a .part longer than that is truncated back to it).
+(fsync data, then persist the offset) periodically (see :class:`PartialUpload`), when the stream pauses
+and when it ends; after a restart it resumes from the committed offset (a .part longer than that is
+truncated back to it).
 A finished upload enters ``blobs/`` only after its size and sha256 (and signature, when a
 :class:`Verifier` is configured) check out. Loading/activating is the service's job (see service.py): the
 store only records which blob is active and the rollback history.
@@ -18,13 +19,9 @@ store only records which blob is active and the rollback history.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
 import re
 import threading
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +29,7 @@ from typing import Any, Protocol
 from devicefit.agent import errors as E
 from devicefit.agent.errors import AgentError
 from devicefit.agent.manifest import Manifest, utc_now
+from devicefit.agent.upload import PartialUpload, atomic_write
 
 _UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 STATE_VERSION = 1
@@ -41,25 +39,6 @@ class Verifier(Protocol):
     """Checks an artifact's signature over its sha256 digest; raises AgentError(SIGNATURE_INVALID) if bad."""
 
     def verify(self, manifest: Manifest, digest: bytes) -> None: ...
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename + directory fsync."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 @dataclass(frozen=True)
@@ -88,127 +67,6 @@ class UploadInfo:
     already_stored: bool = False
 
 
-class PartialUpload:
-    """An upload in progress (one stream at a time per upload id). Use via :meth:`ModelStore.begin_upload`."""
-
-    def __init__(self, store: ModelStore, upload_id: str, manifest: Manifest, committed: int) -> None:
-        self.store = store
-        self.upload_id = upload_id
-        self.manifest = manifest
-        self.part = store.uploads_dir / f"{upload_id}.part"
-        self.meta = store.uploads_dir / f"{upload_id}.json"
-        self.resumed_from = committed
-        self.committed = committed
-        self.received = committed
-        self._hash = hashlib.sha256()
-        mode = "r+b" if self.part.exists() else "w+b"
-        self._f = open(self.part, mode)  # noqa: SIM115 - closed in close()
-        self._f.truncate(committed)  # drop bytes written after the last commit
-        self._f.seek(0)
-        left = committed
-        while left:
-            block = self._f.read(min(left, 1 << 20))
-            if not block:
-                break
-            self._hash.update(block)
-            left -= len(block)
-        if left:
-            self.close()
-            raise AgentError(E.INTERNAL, f"partial upload {upload_id} is shorter than its committed offset")
-        self._f.seek(committed)
-        self._persist()
-
-    def write(self, offset: int, data: bytes, crc32: int | None = None) -> None:
-        if offset != self.received:
-            raise AgentError(
-                E.OFFSET_MISMATCH,
-                f"chunk of upload {self.upload_id} starts at offset {offset}, expected {self.received}",
-                "ask the agent for the committed offset (QueryUpload) and resume from there",
-            )
-        if crc32 is not None and zlib.crc32(data) != crc32:
-            raise AgentError(
-                E.CHUNK_CORRUPT,
-                f"chunk at offset {offset} of upload {self.upload_id} failed its CRC32 check "
-                f"({len(data)} bytes; the upload keeps its committed offset {self.committed})",
-                "resend from the committed offset (devicefit deploy resumes automatically)",
-            )
-        if self.received + len(data) > self.manifest.size_bytes:
-            raise AgentError(
-                E.INVALID_ARGUMENT,
-                f"upload {self.upload_id} sends more than the manifest's size_bytes={self.manifest.size_bytes}",
-                "regenerate the manifest from the file being sent",
-            )
-        self._f.write(data)
-        self._hash.update(data)
-        self.received += len(data)
-        if self.received - self.committed >= self.store.commit_every:
-            self.commit()
-
-    def commit(self) -> None:
-        """Make everything received so far durable and record it as the resume point."""
-        if self._f.closed or self.received == self.committed:
-            return
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.committed = self.received
-        self._persist()
-
-    def _persist(self) -> None:
-        meta = {"committed": self.committed, "manifest": self.manifest.to_dict()}
-        atomic_write(self.meta, json.dumps(meta).encode())
-
-    @property
-    def complete(self) -> bool:
-        return self.received == self.manifest.size_bytes
-
-    def finish(self) -> Entry:
-        """Verify size + sha256 (+ signature) and move the file into the store."""
-        self.commit()
-        m = self.manifest
-        if not self.complete:
-            raise AgentError(
-                E.INCOMPLETE,
-                f"upload {self.upload_id} ended at {self.received} of {m.size_bytes} bytes",
-                "resume the upload (devicefit deploy resumes from the committed offset)",
-            )
-        digest = self._hash.digest()
-        if digest.hex() != m.sha256:
-            self.discard()
-            raise AgentError(
-                E.CHECKSUM_MISMATCH,
-                f"upload {self.upload_id}: received data has sha256 {digest.hex()}, the manifest says {m.sha256}; "
-                "the partial upload was discarded and the store is unchanged",
-                "redeploy; if it persists, the file changed after the manifest was made — rebuild the manifest",
-            )
-        if self.store.verifier is not None:
-            try:
-                self.store.verifier.verify(m, digest)
-            except AgentError:
-                self.discard()
-                raise
-        self._f.close()
-        dest = self.store.blob_path(m)
-        os.replace(self.part, dest)
-        fsync_dir(dest.parent)
-        self.meta.unlink(missing_ok=True)
-        fsync_dir(self.meta.parent)
-        self.store._release(self.upload_id)
-        return self.store.add_entry(m)
-
-    def discard(self) -> None:
-        self.close()
-        self.part.unlink(missing_ok=True)
-        self.meta.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        """Commit what was received and let another stream resume this upload."""
-        if not self._f.closed:
-            with contextlib.suppress(OSError):
-                self.commit()
-            self._f.close()
-        self.store._release(self.upload_id)
-
-
 class ModelStore:
     """The agent's model store (thread-safe)."""
 
@@ -218,6 +76,7 @@ class ModelStore:
         *,
         verifier: Verifier | None = None,
         commit_every: int = 4 * 1024 * 1024,
+        commit_interval_s: float = 0.5,
         max_history: int = 8,
     ) -> None:
         self.root = Path(root).expanduser()
@@ -226,6 +85,7 @@ class ModelStore:
         self.state_path = self.root / "state.json"
         self.verifier = verifier
         self.commit_every = int(commit_every)
+        self.commit_interval_s = float(commit_interval_s)
         self.max_history = int(max_history)
         self._lock = threading.RLock()
         self._uploading: set[str] = set()
@@ -363,7 +223,7 @@ class ModelStore:
                 if prev and prev[-1] == sha:
                     prev.pop()
             elif cur and cur != sha:
-                prev[:] = [s for s in prev if s != cur][-(self.max_history - 1) :] + [cur]
+                prev[:] = [*[s for s in prev if s != cur][-(self.max_history - 1) :], cur]
             self._state["active"] = sha
             self._save()
 

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
 from devicefit.agent import errors as E
 from devicefit.agent.benchmark import BenchReport
 from devicefit.agent.errors import AgentError
@@ -213,7 +212,11 @@ def info_from_proto(pb: common_pb2.DeviceInfo) -> dict[str, Any]:
             "peak_gops_fp32": t.peak_gops_fp32, "peak_gops_int8": t.peak_gops_int8,
             "mem_bandwidth_gbs": t.mem_bandwidth_gbs,
         }
-    d.update(json.loads(pb.extra_json or "{}"))
+    extra = json.loads(pb.extra_json or "{}")
+    details = extra.pop("throughput_details", None)
+    if details is not None and "throughput" in d:
+        d["throughput"]["details"] = details
+    d.update(extra)
     return d
 
 

@@ -10,6 +10,7 @@ from ONNX shape inference).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,8 +80,46 @@ def count_params(module: torch.nn.Module) -> int:
     return total
 
 
+def _analyze_graph(module: torch.fx.GraphModule, args: tuple[Any, ...]) -> ModelAnalysis:
+    """Layer table of an unlifted ``torch.export`` module (``.pt2``): its graph calls no submodule, so
+    FLOPs, shapes and types are attributed per node through ``nn_module_stack`` metadata."""
+    layers: dict[str, dict[str, Any]] = {}
+    counter = FlopCounterMode(display=False)
+
+    class _Walk(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            before = counter.get_total_flops()
+            out = super().run_node(n)
+            stack = n.meta.get("nn_module_stack") or {}
+            if n.op == "call_function" and stack:
+                fqn, typ = list(stack.values())[-1]
+                typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+                if fqn:
+                    rec = layers.setdefault(fqn, {"type": typ.rsplit(".", 1)[-1], "flops": 0, "in": None, "out": None})
+                    rec["flops"] += counter.get_total_flops() - before
+                    if rec["in"] is None:
+                        rec["in"] = _shape([self.env.get(a) for a in n.all_input_nodes if a.op != "get_attr"])
+                    rec["out"] = _shape(out)
+            return out
+
+    with torch.inference_mode(), counter:
+        _Walk(module).run(*args)
+    infos = []
+    for fqn, rec in layers.items():
+        try:
+            params = sum(p.numel() for p in module.get_submodule(fqn).parameters(recurse=False))
+        except AttributeError:
+            params = 0
+        infos.append(LayerInfo(fqn, rec["type"], int(params), int(rec["flops"] // 2), rec["in"], rec["out"]))
+    return ModelAnalysis(infos, count_params(module), int(counter.get_total_flops() // 2))
+
+
 def analyze(module: torch.nn.Module, example_inputs: Sequence[Any]) -> ModelAnalysis:
     """Per-layer table of ``module`` on one sample of ``example_inputs`` (see the module docstring)."""
+    if isinstance(module, torch.fx.GraphModule) and any(
+        n.meta.get("nn_module_stack") for n in module.graph.nodes if n.op == "call_function"
+    ):
+        return _analyze_graph(module, _first_sample(example_inputs))
     layers = [
         (name, m)
         for name, m in module.named_modules()
@@ -157,10 +196,8 @@ def analyze_onnx(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | N
         for i, d in enumerate(vi.type.tensor_type.shape.dim):
             if not d.HasField("dim_value"):
                 d.dim_value = 1 if given is None or i == 0 else int(given[i])
-    try:
+    with contextlib.suppress(Exception):  # analysis is best effort for exotic graphs
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # analysis is best effort for exotic graphs
-        pass
     shapes = {vi.name: _dims(vi) for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
     for name, init in inits.items():
         shapes[name] = [int(d) for d in init.dims]

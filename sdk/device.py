@@ -18,7 +18,6 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-
 from devicefit.agent.benchmark import BenchReport
 from devicefit.artifact import Artifact
 from devicefit.transport import DEFAULT_CHUNK, Transport, open_transport

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -187,6 +188,10 @@ def _from_factory(spec: str, data: str | Path | Dataset | None) -> ModelBundle:
     return _from_module(made, example, data, name=spec, source=f"factory:{spec}")
 
 
+def _fixed_mode_train(self: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+    return self
+
+
 def _from_pt2(path: Path, data: str | Path | Dataset | None) -> ModelBundle:
     import torch
 
@@ -200,6 +205,10 @@ def _from_pt2(path: Path, data: str | Path | Dataset | None) -> ModelBundle:
             "save it with torch.export.save(torch.export.export(model, args), 'model.pt2')",
         ) from exc
     module = ep.module()
+    # the unlifted module refuses .train()/.eval(); its mode was fixed at export time, so make them no-ops
+    # (everything downstream calls module.eval()). deepcopy re-binds the method to the copy.
+    module.train = types.MethodType(_fixed_mode_train, module)  # type: ignore[method-assign]
+    module.eval = types.MethodType(_fixed_mode_train, module)  # type: ignore[method-assign]
     names = [s.arg.name for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
     axes: dict[str, dict[int, str]] = {}

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-
 from devicefit.errors import ModelLoadError, UserInputError
 
 

@@ -8,13 +8,13 @@ No per-node profiling (the Python interpreter API exposes none).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
-
 from devicefit.agent.runners import NodeTime, RunnerSpec, TensorSpec, register
 from devicefit.errors import ModelLoadError, UserInputError
 
@@ -36,18 +36,22 @@ def import_interpreter(candidates: Sequence[str] = INTERPRETER_MODULES) -> tuple
     )
 
 
+def _installed(candidates: Sequence[str] = INTERPRETER_MODULES) -> str | None:
+    """The first candidate whose top-level package is installed (found without importing it)."""
+    for name in candidates:
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            return name
+    return None
+
+
 def _available() -> bool:
-    try:
-        import_interpreter()
-    except ModelLoadError:
-        return False
-    return True
+    return _installed() is not None
 
 
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
-    name, _ = import_interpreter()
+    name = _installed() or ""
     dist = "ai-edge-litert" if name.startswith("ai_edge_litert") else "tflite-runtime"
     try:
         return {dist: metadata.version(dist)}

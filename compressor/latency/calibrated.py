@@ -5,8 +5,9 @@ Prior: the profile's roofline (:mod:`.roofline`). Each measurement of a plan on 
 * with per-node times (mapped onto layers by :mod:`.nodemap`): per layer×dtype and per op-kind×dtype
   *efficiency ratios* measured ÷ roofline (robust: the median of what was seen), and the ``other`` time
   (norms, softmax, adds, session overhead) = p50 − Σ layer times;
-* with end-to-end times only: non-negative least squares of p50 on the roofline time of each
-  kind×dtype group plus a constant (falls back to one global scale while there are too few points).
+* with end-to-end times only (or per-node times swamped by the profiler's own cost, as on tiny models):
+  the p50 is split over the layers in proportion to their roofline times (the prior share left for the
+  rest), so the same robust ratios apply; mixes of measured plans then interpolate between them.
 
 A layer's prediction uses the most specific ratio known: layer×dtype → kind×dtype → layer×fp32 →
 kind×fp32 → 1. Prediction errors (made before each measurement) are kept: ``median_error()``.
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from devicefit.compressor.latency.roofline import LayerCost, Roofline
+from devicefit.compressor.latency.roofline import LayerCost, Roofline, with_dtype
 
 _KEEP = 64  # ratios kept per key (oldest dropped)
 _PRIOR_OTHER = 0.25  # other ≈ 25% of layer time before anything is measured
+#: before a dtype has been measured on a device: its speed-up over fp32 is at most this (the profile's
+#: peak int8 / fp32 ratio is a GEMM peak; whole layers on CPU runtimes gain ~2-3x, weight-only ~1x)
+PRIOR_SPEEDUP: dict[str, float] = {"int8": 3.0, "int8dyn": 2.5, "fp16": 1.0, "int8w": 1.0, "int4w": 1.0}
 
 
 def _push(d: dict[str, list[float]], key: str, value: float) -> None:
@@ -61,35 +64,37 @@ class CalibratedModel:
     layer_ratios: dict[str, list[float]] = field(default_factory=dict)
     #: (number of layers per non-fp32 dtype, other ms) per per-node measurement
     other_points: list[tuple[dict[str, int], float]] = field(default_factory=list)
-    #: end-to-end-only observations: (roofline ms per group, measured p50)
-    e2e_points: list[tuple[dict[str, float], float]] = field(default_factory=list)
-    e2e_fit: dict[str, float] = field(default_factory=dict)
+    #: how many measurements were learned from per-node times / from the end-to-end time only
+    sources: dict[str, int] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------------------ predict
-    def _ratio(self, cost: LayerCost) -> tuple[float, bool]:
+    def _layer_ms(self, cost: LayerCost) -> tuple[float, bool]:
+        """(predicted ms, whether this dtype was measured) for one layer."""
         for key in (f"{cost.name}|{cost.dtype}", f"{cost.kind}/{cost.dtype}"):
             src = self.layer_ratios if "|" in key else self.kind_ratios
             if src.get(key):
-                return statistics.median(src[key]), True
+                return statistics.median(src[key]) * self.roofline.layer_ms(cost), True
         for key in (f"{cost.name}|fp32", f"{cost.kind}/fp32"):
             src = self.layer_ratios if "|" in key else self.kind_ratios
             if src.get(key):
-                return statistics.median(src[key]), False
-        return 1.0, False
+                ratio = statistics.median(src[key])
+                optimistic = ratio * self.roofline.layer_ms(cost)
+                if cost.dtype == "fp32":
+                    return optimistic, True
+                as_fp32 = ratio * self.roofline.layer_ms(with_dtype(cost, "fp32"))
+                return max(optimistic, as_fp32 / PRIOR_SPEEDUP.get(cost.dtype, 1.0)), False
+        return self.roofline.layer_ms(cost), False
 
     def predict(self, costs: Sequence[LayerCost]) -> Prediction:
         per_layer: dict[str, float] = {}
         unknown: set[str] = set()
         for c in costs:
-            ratio, known = self._ratio(c)
-            if not known and not self.e2e_fit:
+            ms, known = self._layer_ms(c)
+            if not known:
                 unknown.add(c.dtype)
-            per_layer[c.name] = ratio * self.roofline.layer_ms(c)
+            per_layer[c.name] = ms
         layer_sum = sum(per_layer.values())
-        if self.e2e_fit and not self.kind_ratios:
-            total = self._e2e_predict(costs)
-            return Prediction(total, per_layer, max(0.0, total - layer_sum), tuple(sorted(unknown)))
         other = self._other_ms(costs) if self.other_points else _PRIOR_OTHER * layer_sum
         return Prediction(layer_sum + other, per_layer, other, tuple(sorted(unknown)))
 
@@ -118,6 +123,36 @@ class CalibratedModel:
         return max(0.0, float(x @ coef))
 
     # ------------------------------------------------------------------------------ learn
+    def split(
+        self,
+        costs: Sequence[LayerCost],
+        p50_ms: float,
+        per_layer_ms: Mapping[str, float] | None,
+        other_ms: float | None,
+        profiled_e2e_ms: float | None,
+    ) -> tuple[dict[str, float], str]:
+        """Per-layer times on the p50 time scale, and where they came from (``per-node`` / ``end-to-end``).
+
+        Per-node times are used when they are trustworthy: mapped layers hold ≥ 20% of the node time and
+        the profiled runs are < 2.5× the plain p50 (on tiny models the profiler's own cost swamps the
+        kernels). They are rescaled by p50 / profiled wall time. Otherwise the end-to-end p50 is split over
+        the layers in proportion to their roofline times, leaving the prior share for everything else.
+        """
+        if per_layer_ms and sum(per_layer_ms.values()) > 0:
+            mapped = sum(per_layer_ms.values())
+            node_sum = mapped + float(other_ms or 0.0)
+            swamped = bool(profiled_e2e_ms) and float(profiled_e2e_ms or 0.0) > 2.5 * p50_ms
+            if mapped >= 0.2 * node_sum and not swamped:
+                if profiled_e2e_ms and profiled_e2e_ms > 0:
+                    scale = p50_ms / profiled_e2e_ms
+                else:
+                    scale = p50_ms / node_sum if node_sum > p50_ms > 0 else 1.0
+                return {k: v * scale for k, v in per_layer_ms.items() if v > 0}, "per-node"
+        roof = {c.name: self.roofline.layer_ms(c) for c in costs}
+        total = sum(roof.values()) or 1.0
+        share = p50_ms / (1.0 + _PRIOR_OTHER)
+        return {k: share * v / total for k, v in roof.items()}, "end-to-end"
+
     def observe(
         self,
         costs: Sequence[LayerCost],
@@ -128,67 +163,29 @@ class CalibratedModel:
         profiled_e2e_ms: float | None = None,
         predicted_ms: float | None = None,
         label: str = "",
-    ) -> None:
-        """Learn from one measurement of the plan whose layer costs are ``costs``.
+    ) -> str:
+        """Learn from one measurement of the plan whose layer costs are ``costs``; returns the split used.
 
-        ``per_layer_ms`` / ``other_ms`` are per-node times mapped onto layers (profiler time scale);
-        they are rescaled to the un-profiled p50 by ``p50 / profiled_e2e_ms`` (or by p50 / their sum when
-        that exceeds p50). ``predicted_ms`` (made before measuring) is recorded as a prediction error.
+        ``per_layer_ms`` / ``other_ms``: per-node times mapped onto layers (profiler time scale), see
+        :meth:`split`. ``predicted_ms`` (made before measuring) is recorded as a prediction error.
         """
         if predicted_ms is not None and p50_ms > 0:
             self.errors.append({"label": label, "predicted_ms": float(predicted_ms), "measured_ms": float(p50_ms),
                                 "rel_error": abs(predicted_ms - p50_ms) / p50_ms})
-        if per_layer_ms:
-            node_sum = sum(per_layer_ms.values()) + float(other_ms or 0.0)
-            if profiled_e2e_ms and profiled_e2e_ms > 0:
-                scale = p50_ms / profiled_e2e_ms
-            else:
-                scale = p50_ms / node_sum if node_sum > p50_ms > 0 else 1.0
-            layer_total = 0.0
-            for c in costs:
-                ms = per_layer_ms.get(c.name)
-                if ms is None or ms <= 0:
-                    continue
-                ms *= scale
-                layer_total += ms
-                ratio = ms / max(self.roofline.layer_ms(c), 1e-9)
-                _push(self.layer_ratios, f"{c.name}|{c.dtype}", ratio)
-                _push(self.kind_ratios, f"{c.kind}/{c.dtype}", ratio)
-            self.other_points.append((self._counts(costs), max(0.0, p50_ms - layer_total)))
-            del self.other_points[:-_KEEP]
-        else:
-            self.e2e_points.append((self._groups(costs, self.roofline), float(p50_ms)))
-            del self.e2e_points[:-_KEEP]
-            self._refit_e2e()
-
-    @staticmethod
-    def _groups(costs: Iterable[LayerCost], roofline: Roofline) -> dict[str, float]:
-        """Roofline ms summed per kind×dtype group."""
-        out: dict[str, float] = {}
+        layers, source = self.split(costs, p50_ms, per_layer_ms, other_ms, profiled_e2e_ms)
+        layer_total = 0.0
         for c in costs:
-            out[f"{c.kind}/{c.dtype}"] = out.get(f"{c.kind}/{c.dtype}", 0.0) + roofline.layer_ms(c)
-        return out
-
-    def _refit_e2e(self) -> None:
-        """NNLS of p50 on per-group roofline times + constant; a global scale while points are few."""
-        pts = self.e2e_points
-        keys = sorted({k for g, _ in pts for k in g})
-        if len(pts) >= len(keys) + 2:
-            from scipy.optimize import nnls
-
-            a = np.array([[g.get(k, 0.0) for k in keys] + [1.0] for g, _ in pts])
-            y = np.array([yv for _, yv in pts])
-            coef, _ = nnls(a, y)
-            self.e2e_fit = {**{k: float(c) for k, c in zip(keys, coef[:-1], strict=True)}, "__const__": float(coef[-1])}
-        else:
-            ratios = [yv / max(sum(g.values()), 1e-9) for g, yv in pts]
-            self.e2e_fit = {"__scale__": float(statistics.median(ratios))}
-
-    def _e2e_predict(self, costs: Sequence[LayerCost]) -> float:
-        groups = self._groups(costs, self.roofline)
-        if "__scale__" in self.e2e_fit:
-            return self.e2e_fit["__scale__"] * sum(groups.values()) * (1.0 + _PRIOR_OTHER)
-        return sum(self.e2e_fit.get(k, 1.0) * v for k, v in groups.items()) + self.e2e_fit.get("__const__", 0.0)
+            ms = layers.get(c.name)
+            if ms is None or ms <= 0:
+                continue
+            layer_total += ms
+            ratio = ms / max(self.roofline.layer_ms(c), 1e-9)
+            _push(self.layer_ratios, f"{c.name}|{c.dtype}", ratio)
+            _push(self.kind_ratios, f"{c.kind}/{c.dtype}", ratio)
+        self.other_points.append((self._counts(costs), max(0.0, p50_ms - layer_total)))
+        del self.other_points[:-_KEEP]
+        self.sources[source] = self.sources.get(source, 0) + 1
+        return source
 
     # ------------------------------------------------------------------------------ errors
     def median_error(self) -> float | None:
@@ -204,7 +201,7 @@ class CalibratedModel:
             "kind_ratios": self.kind_ratios,
             "models": {self.model_key: {"layer_ratios": self.layer_ratios,
                                         "other_points": [[c, v] for c, v in self.other_points],
-                                        "e2e_points": [[g, y] for g, y in self.e2e_points], "e2e_fit": self.e2e_fit}},
+                                        "sources": self.sources}},
             "errors": self.errors[-256:],
         }
 
@@ -243,6 +240,5 @@ class CalibratedModel:
         m = data.get("models", {}).get(model_key, {})
         model.layer_ratios = {k: [float(x) for x in v] for k, v in m.get("layer_ratios", {}).items()}
         model.other_points = [({str(k): int(n) for k, n in c.items()}, float(v)) for c, v in m.get("other_points", [])]
-        model.e2e_points = [(dict(g), float(y)) for g, y in m.get("e2e_points", [])]
-        model.e2e_fit = {k: float(v) for k, v in m.get("e2e_fit", {}).items()}
+        model.sources = {str(k): int(v) for k, v in m.get("sources", {}).items()}
         return model

@@ -192,7 +192,7 @@ def map_nodes(model: Any, layers: Sequence[str], *, sources: Sequence[Any] = ())
         weights = [layer for layer, is_bias in hits if not is_bias]
         if weights:
             layer_of[node.name] = weights[0]
-        elif hits and node.op_type in _BIAS_OPS:
+        elif hits and node.op_type in _BIAS_OPS | _LAYER_OPS:  # weight renamed by a layout pass (Conv NCHWc)
             layer_of[node.name] = hits[0][0]
         elif not hits and node.op_type in _LAYER_OPS:
             scoped = _scope_layer(node, match) or _node_alias(node.name, node_alias)

@@ -226,4 +226,6 @@ def predicted_size_bytes(specs: Sequence[LayerSpec], costs: Sequence[LayerCost],
 
 def with_dtype(cost: LayerCost, dtype: str) -> LayerCost:
     """The same layer at another dtype (used to derive priors for dtypes not measured yet)."""
-    return replace(cost, dtype=dtype, weight_bytes=cost.params * WEIGHT_BYTES[dtype])
+    act = cost.act_bytes / ACT_BYTES[cost.dtype] * ACT_BYTES[dtype]
+    kernels = cost.kernels - EXTRA_KERNELS.get(cost.dtype, 0) + EXTRA_KERNELS.get(dtype, 0)
+    return replace(cost, dtype=dtype, weight_bytes=cost.params * WEIGHT_BYTES[dtype], act_bytes=act, kernels=kernels)

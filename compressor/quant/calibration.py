@@ -167,9 +167,17 @@ class _Hist:
         from onnxruntime.quantization.calibrate import HistogramCollector
 
         assert self.hist is not None
-        hc = HistogramCollector("entropy", False, len(self.hist), 128, 99.999, "same")
+        # onnxruntime's entropy calibrater works on 128 bins; merge ours (2048 = 16 x 128, grown evenly)
+        merge = max(1, len(self.hist) // 128)
+        n = len(self.hist) // merge * merge
+        off = (len(self.hist) - n) // 2
+        hist = self.hist[off : off + n].reshape(-1, merge).sum(axis=1)
+        edges = self.edges[off : off + n + 1 : merge].astype(np.float32)
+        hc = HistogramCollector("entropy", False, len(hist), 128, 99.999, "same")
         with contextlib.redirect_stdout(io.StringIO()):
-            lo, hi = hc.get_entropy_threshold((self.hist, self.edges, self.lo, self.hi, self.threshold), 128)
+            lo, hi = hc.get_entropy_threshold(
+                (hist, edges, np.float32(self.lo), np.float32(self.hi), np.float32(self.threshold)), 128
+            )
         return max(float(lo), self.lo), min(float(hi), self.hi)
 
     def mse(self, signed: bool) -> tuple[float, float]:

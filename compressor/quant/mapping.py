@@ -187,11 +187,31 @@ def canonical_weight_name(ln: LayerNode) -> str:
     return f"{ln.layer}.weight.T" if ln.layout == "kn" else f"{ln.layer}.weight"
 
 
+def _fold_transpose(model: onnx.ModelProto, ln: LayerNode) -> LayerNode:
+    """Replace ``initializer → Transpose → MatMul`` by a pre-transposed ``[K, N]`` initializer."""
+    if ln.transpose is None or ln.op_type != "MatMul":
+        return ln
+    tr = G.node_by_name(model)[ln.transpose]
+    if len(G.consumers(model).get(tr.output[0], [])) != 1:
+        return ln
+    w = G.to_array(G.initializers(model)[ln.weight])
+    new = f"{ln.weight}__kn"
+    G.set_initializer(model, new, np.ascontiguousarray(w.T))
+    for n in model.graph.node:
+        if n.name == ln.node:
+            n.input[1] = new
+    model.graph.node.remove(tr)
+    G.remove_unused_initializers(model)
+    return LayerNode(**{**ln.__dict__, "weight": new, "layout": "kn", "transpose": None})
+
+
 def canonicalize(model: onnx.ModelProto, lmap: LayerMap) -> LayerMap:
-    """Rename each mapped layer's weight initializer to its canonical name; returns the updated map."""
-    taken = set(G.initializers(model))
+    """Fold weight Transposes and rename each mapped layer's weight initializer to its canonical name;
+    returns the updated map."""
     out: dict[str, list[LayerNode]] = {}
     renamed: dict[str, str] = {}
+    lmap = LayerMap({k: [_fold_transpose(model, ln) for ln in v] for k, v in lmap.nodes.items()}, lmap.unmapped)
+    taken = set(G.initializers(model))
     for layer, lns in lmap.nodes.items():
         new_lns = []
         for ln in lns:

@@ -141,7 +141,7 @@ def write_matmulnbits(
     nodes = G.node_by_name(model)
     node = nodes[ln.node]
     B, scales, zp = pack(bq)
-    base = f"{ln.layer}.weight.q{bq.bits}"
+    base = f"{ln.layer}.weight_q{bq.bits}"
     G.set_initializer(model, f"{base}", B)
     G.set_initializer(model, f"{base}_scales", scales)
     G.set_initializer(model, f"{base}_zero_points", zp)

@@ -58,7 +58,8 @@ def dynamic_int8(model: onnx.ModelProto, nodes: Sequence[str], *, per_channel: b
         quantize_dynamic(
             str(src),
             str(dst),
-            nodes_to_quantize=list(nodes),
+            # quantize_dynamic rewrites Gemm into MatMul + Add first, naming the MatMul "<gemm>_MatMul"
+            nodes_to_quantize=[*nodes, *(f"{n}_MatMul" for n in nodes)],
             per_channel=per_channel,
             reduce_range=fmt.reduce_range,
             weight_type=QuantType.QInt8,
@@ -127,6 +128,7 @@ def static_int8(
     """QDQ int8 on ``nodes`` with the activation ``ranges`` given (tensor → (lo, hi))."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     if not nodes:
         return model
@@ -146,7 +148,7 @@ def static_int8(
             tr,
             list(nodes),
             [],
-            None,
+            sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
             {"OpTypesToExcludeOutputQuantization": ["MatMul"], "MatMulConstBOnly": True},
         )
         out: onnx.ModelProto = q.quantize_model()

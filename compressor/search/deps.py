@@ -67,7 +67,8 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
 def _probe_one(model: nn.Module, mods: dict[str, nn.Module], name: str, example: Sequence[torch.Tensor]) -> tuple[bool, tuple[str, ...]]:
     target = mods[name]
     axis = _channel_axis(target)
-    width = int(target.out_channels if isinstance(target, nn.modules.conv._ConvNd) else target.out_features)
+    weight = target.weight
+    width = int(weight.shape[0]) if isinstance(weight, torch.Tensor) else 1
     k = max(1, width // 4)
     consumers: list[str] = []
     broken = [False]

@@ -28,12 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
 from devicefit.compressor.search.space import Option, SearchSpace
 from devicefit.compressor.techniques import Technique
 from devicefit.data import Dataset
 from devicefit.metrics import cosine, score
+from torch import nn
 
 # ------------------------------------------------------------------------------------------ fake ops
 WeightFn = Callable[[torch.Tensor, Technique, "torch.Tensor | None"], torch.Tensor]
@@ -73,7 +72,7 @@ def _w_fp16(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch
 
 def _w_channels(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
     flat = w.reshape(w.shape[0], -1)
-    k = int(round(flat.shape[0] * float(getattr(tech, "ratio", 0.0))))
+    k = round(flat.shape[0] * float(getattr(tech, "ratio", 0.0)))
     out = w.clone()
     if k > 0:
         idx = torch.argsort(flat.norm(dim=1))[:k]

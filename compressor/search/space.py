@@ -181,13 +181,14 @@ def build_space(
                 if removes and prunable is not None and spec.name not in prunable:
                     continue
                 structs.append(tech)
-        opts: list[Option] = []
+        opts: dict[str, Option] = {}
         for st in structs:
             for q in quants:
                 parts = [technique_label(t) for t in (st, q) if t is not None] or [FLOAT]
                 kw: dict[str, Technique | None] = {"quant": q}
                 if st is not None:
                     kw[st.family] = st
-                opts.append(Option("+".join(parts), **kw))  # type: ignore[arg-type]
-        options[spec.name] = opts
+                label = "+".join(parts)
+                opts.setdefault(label, Option(label, **kw))  # type: ignore[arg-type]
+        options[spec.name] = list(opts.values())
     return SearchSpace(options)

@@ -2,7 +2,7 @@
 they matter.
 
 * **Study**: two objectives, both minimized — metric drop and latency — with every budget as an Optuna
-  constraint (``TPESampler(constraints_func=…)``: latency, size, peak memory, accuracy drop; ≤ 0 = met).
+  constraint (``Trial.set_constraint``, read by ``TPESampler``; Optuna 5 deprecated ``constraints_func``): latency, size, peak memory, accuracy drop; ≤ 0 = met).
   Storage is any Optuna RDB URL (SQLite file by default); workers join the same study.
 * **Seeds** (``enqueue_trial``): the fp32 model, every quant scheme uniform, int8 dynamic with the most
   sensitive layers kept float (sensitivity order), structural + int8 uniform plans.
@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-
 from devicefit.compressor.latency.nodemap import node_map_for
 from devicefit.compressor.latency.store import Measurement, MeasurementStore
 from devicefit.compressor.plan import Plan
-from devicefit.compressor.search.candidate import Candidate, Evaluator, pareto_front, plan_hash
+from devicefit.compressor.search.candidate import Candidate, Evaluator, Timing, pareto_front, plan_hash
 from devicefit.compressor.search.problem import SearchProblem
 from devicefit.compressor.techniques import Distill
 
@@ -39,22 +38,43 @@ log = logging.getLogger("devicefit.search")
 Progress = Callable[[str, int, int, str], None]
 
 
-def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints", [1.0, 1.0, 1.0, 1.0]))
+CONSTRAINTS = ("latency", "size", "memory", "accuracy_drop")
 
 
 def make_sampler(seed: int | None = 0, *, startup: int = 10) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constraints_func=_constraints)
+    """Multi-objective TPE; it reads each trial's constraints (``Trial.set_constraint``, Optuna ≥ 5)."""
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """Optuna RDB storage for ``url``. SQLite files get WAL + ``synchronous=NORMAL`` (a trial writes dozens
+    of rows; an fsync per row costs ~10 ms) and a long busy timeout so several processes can share one."""
+    if not url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url)
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+
+    def pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()
+    return storage
 
 
 def open_study(storage: str, name: str, *, seed: int | None = 0, create: bool = True) -> optuna.Study:
-    """Create (or join) the two-objective study ``name`` at ``storage``."""
+    """Create (or join) the two-objective study ``name`` at ``storage`` (an Optuna RDB URL)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = make_sampler(seed)
+    store = make_storage(storage)
     if create:
-        return optuna.create_study(storage=storage, study_name=name, directions=["minimize", "minimize"],
+        return optuna.create_study(storage=store, study_name=name, directions=["minimize", "minimize"],
                                    sampler=sampler, load_if_exists=True)
-    return optuna.load_study(storage=storage, study_name=name, sampler=sampler)
+    return optuna.load_study(storage=store, study_name=name, sampler=sampler)
 
 
 @dataclass
@@ -86,6 +106,7 @@ class SearchOutcome:
     measurements: int
     seconds: float
     errors: list[dict[str, Any]]
+    study: dict[str, Any] | None = None
 
     @property
     def chosen(self) -> Candidate:
@@ -103,8 +124,10 @@ class SearchLoop:
     """One process's part of a search (the fit driver or a ``search-worker``)."""
 
     def __init__(self, problem: SearchProblem, evaluator: Evaluator, *, config: LoopConfig,
-                 store: MeasurementStore | None = None, profile_id: str = "", progress: Progress | None = None) -> None:
+                 store: MeasurementStore | None = None, profile_id: str = "", progress: Progress | None = None,
+                 worker_id: str = "main") -> None:
         self.problem = problem
+        self.worker_id = worker_id
         self.evaluator = evaluator
         self.config = config
         self.store = store
@@ -179,7 +202,9 @@ class SearchLoop:
         self._note("measure", f"trial {cand.trial}: predicted {cand.predicted_ms:.2f} ms, drop {cand.predicted_drop:.4f}")
         try:
             mat = self.evaluator.materialize(plan, name=f"trial-{cand.trial:04d}-{cand.plan_hash[:8]}")
-            timing = self.evaluator.measure(mat.path)
+            timing = self._reuse(cand) if self.config.reuse else None
+            cand.reused = timing is not None
+            timing = timing or self.evaluator.measure(mat.path)
         except Exception as exc:  # a plan a pass cannot apply is a failed candidate, not a failed search
             log.warning("candidate %s failed: %s", cand.plan_hash, exc)
             cand.error = f"{type(exc).__name__}: {exc}"[:500]
@@ -196,19 +221,39 @@ class SearchLoop:
         cand.size_bytes, cand.params, cand.macs = mat.size_bytes, mat.params, mat.macs
         cand.metric, cand.path, cand.reference, cand.device = dict(mat.metric), mat.path, mat.reference, timing.device
         self.by_hash[cand.plan_hash] = cand
-        if self.store is not None:
-            versions, threads = self.evaluator.runtime_key()
-            self.store.add(Measurement(
-                device_id=self.evaluator.device_id, profile_id=self.profile_id, model_hash=self.problem.model_hash,
-                plan_hash=cand.plan_hash, plan=plan.to_dict(), runtime="onnxruntime", runtime_versions=versions,
-                threads=threads, p50_ms=timing.p50_ms, p90_ms=timing.p90_ms, mean_ms=timing.mean_ms,
-                peak_rss_mb=timing.peak_rss_mb, per_node=timing.per_node, per_layer=split["per_layer"],
-                other_ms=split["other_ms"], profiled_e2e_ms=timing.profiled_e2e_ms, predicted_ms=cand.predicted_ms,
-                size_bytes=mat.size_bytes, metric_name=str(mat.metric.get("name")), metric_drop=mat.drop,
-                source=timing.source))
+        if not cand.reused:
+            self.record(cand, plan, timing, split)
         self._note("measure", f"trial {cand.trial}: measured {timing.p50_ms:.2f} ms (predicted {cand.predicted_ms:.2f}), "
                    f"drop {mat.drop:.4f}")
         return cand
+
+    def _reuse(self, cand: Candidate) -> Timing | None:
+        """An earlier measurement of the same file contents on the same device / runtime / threads."""
+        if self.store is None:
+            return None
+        versions, threads = self.evaluator.runtime_key()
+        row = self.store.find(device_id=self.evaluator.device_id, model_hash=self.problem.model_hash,
+                              plan_hash=cand.plan_hash, runtime_versions=versions, threads=threads)
+        if row is None:
+            return None
+        return Timing(p50_ms=row.p50_ms, p90_ms=row.p90_ms or row.p50_ms, mean_ms=row.mean_ms or row.p50_ms,
+                      peak_rss_mb=row.peak_rss_mb or 0.0, per_node=list(row.per_node), profiled_e2e_ms=row.profiled_e2e_ms,
+                      threads=row.threads, runtime=dict(row.runtime_versions), source=row.source, device=row.device_id)
+
+    def record(self, cand: Candidate, plan: Plan, timing: Timing, split: dict[str, Any]) -> None:
+        """Add a measurement to the store (no-op without one)."""
+        if self.store is None:
+            return
+        versions, threads = self.evaluator.runtime_key()
+        self.store.add(Measurement(
+            device_id=self.evaluator.device_id, profile_id=self.profile_id, model_hash=self.problem.model_hash,
+            plan_hash=cand.plan_hash, plan=plan.to_dict(), runtime="onnxruntime", runtime_versions=versions,
+            threads=threads, p50_ms=timing.p50_ms, p90_ms=timing.p90_ms, mean_ms=timing.mean_ms,
+            peak_rss_mb=timing.peak_rss_mb, per_node=timing.per_node, per_layer=split.get("per_layer") or {},
+            other_ms=split.get("other_ms"), profiled_e2e_ms=timing.profiled_e2e_ms,
+            predicted_ms=cand.predicted_ms if cand.trial >= 0 else None, size_bytes=cand.size_bytes,
+            metric_name=str((cand.metric or {}).get("name")), metric_drop=cand.drop if cand.metric else None,
+            source=timing.source))
 
     @staticmethod
     def _copy_measured(src: Candidate, dst: Candidate) -> None:
@@ -235,16 +280,17 @@ class SearchLoop:
         return cand.drop, cand.latency_ms
 
     def _record(self, trial: optuna.Trial, c: Candidate) -> None:
-        attrs = {
-            "plan_hash": c.plan_hash, "predicted_ms": c.predicted_ms, "predicted_drop": c.predicted_drop,
+        attrs: dict[str, Any] = {
+            "worker": self.worker_id, "plan_hash": c.plan_hash, "predicted_ms": c.predicted_ms, "predicted_drop": c.predicted_drop,
             "predicted_size_bytes": c.predicted_size_bytes, "predicted_memory_mb": c.predicted_memory_mb,
             "uncalibrated": list(c.uncalibrated), "measured_ms": c.measured_ms, "p90_ms": c.p90_ms,
             "memory_mb": c.measured_memory_mb, "size_bytes": c.size_bytes, "metric": c.metric,
             "device": c.device, "error": c.error, "tags": c.tags,
             "constraints": [1.0, 1.0, 1.0, 1.0] if c.error else c.constraints(self.budget),
         }
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
+        trial.set_user_attr("devicefit", attrs)
+        for name, value in zip(CONSTRAINTS, attrs["constraints"], strict=True):
+            trial.set_constraint(name, float(value))
 
     def seeds(self) -> list[dict[str, str]]:
         """Starting plans: fp32, each scheme uniform, sensitivity-ordered keep-float, structural + int8."""
@@ -316,9 +362,9 @@ class SearchLoop:
         d = replace(cand, plan_hash=plan_hash(plan), tags=[*cand.tags], measured_ms=None, metric=None, path=None)
         d.distilled = True
         d = self.evaluate(d, tag="distill", plan=plan)
-        if d.measured and d.error is None and (d.passes(self.budget) or d.drop < cand.drop):
-            if not cand.passes(self.budget) or d.drop <= cand.drop:
-                return d
+        better = d.measured and d.error is None and (d.passes(self.budget) or d.drop < cand.drop)
+        if better and (not cand.passes(self.budget) or d.drop <= cand.drop):
+            return d
         return cand
 
     def outcome(self, baseline: Candidate, *, others: list[Candidate] | None = None) -> SearchOutcome:
@@ -340,7 +386,7 @@ def candidates_from_study(study: optuna.Study, problem: SearchProblem) -> list[C
     """Candidates recorded by every process that worked on ``study`` (measured ones carry their numbers)."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        a = t.user_attrs
+        a = t.user_attrs.get("devicefit", {})
         if "predicted_ms" not in a:
             continue
         c = Candidate(trial=t.number, labels={k: str(v) for k, v in t.params.items()}, plan_hash=str(a.get("plan_hash")),

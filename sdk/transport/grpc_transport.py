@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
-
 from devicefit.agent import errors as E
 from devicefit.agent import wire
 from devicefit.agent.benchmark import BenchReport
+from devicefit.agent.chunks import encode_upload_chunk
 from devicefit.agent.errors import AgentError
 from devicefit.agent.manifest import Manifest
 from devicefit.errors import DeviceError, UserInputError
@@ -60,6 +60,11 @@ class GrpcTransport:
             ],
         )
         self._stub = agent_pb2_grpc.DeviceAgentStub(self._channel)
+        # Upload sends pre-serialized chunks (no protobuf copy of the payload)
+        self._upload_call = self._channel.stream_unary(
+            "/devicefit.v1.DeviceAgent/Upload", request_serializer=None,
+            response_deserializer=artifact_pb2.UploadResult.FromString,
+        )
         try:
             grpc.channel_ready_future(self._channel).result(timeout=connect_timeout)
         except grpc.FutureTimeoutError:
@@ -105,7 +110,8 @@ class GrpcTransport:
     def _chunks(
         self, path: Path, manifest: Manifest, upload_id: str, start: int, chunk_size: int, activate: bool,
         progress: ProgressFn | None,
-    ) -> Iterator[artifact_pb2.UploadChunk]:
+    ) -> Iterator[bytes]:
+        """Serialized UploadChunk messages (zero-copy encoder, see devicefit.agent.chunks)."""
         pb_manifest = wire.manifest_to_proto(manifest)
         size = manifest.size_bytes
         with open(path, "rb") as f:
@@ -113,14 +119,11 @@ class GrpcTransport:
             offset, first = start, True
             while first or offset < size:
                 data = f.read(min(chunk_size, size - offset)) if offset < size else b""
-                chunk = artifact_pb2.UploadChunk(
+                chunk = encode_upload_chunk(
                     schema_version=SCHEMA_VERSION, upload_id=upload_id, offset=offset, data=data,
-                    crc32=zlib.crc32(data),
+                    crc32=zlib.crc32(data), manifest=pb_manifest if first else None, activate=activate and first,
                 )
-                if first:
-                    chunk.manifest.CopyFrom(pb_manifest)
-                    chunk.activate = activate
-                    first = False
+                first = False
                 offset += len(data)
                 yield chunk
                 if progress is not None:
@@ -155,7 +158,7 @@ class GrpcTransport:
                 progress(start, manifest.size_bytes)
             timeout = 60.0 + (manifest.size_bytes - start) / 2e6  # generous: 2 MB/s floor
             try:
-                res = self._stub.Upload(
+                res = self._upload_call(
                     self._chunks(path, manifest, upload_id, start, chunk_size, activate, progress), timeout=timeout
                 )
             except grpc.RpcError as exc:

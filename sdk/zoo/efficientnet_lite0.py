@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from devicefit.bundle import ModelBundle
 from devicefit.data import Dataset
 from devicefit.errors import ModelLoadError
@@ -78,21 +77,31 @@ def crop(img: np.ndarray, scale: float, pos: tuple[float, float], *, flip: bool)
     return np.ascontiguousarray(((out - MEAN) / STD).transpose(2, 0, 1), dtype=np.float32)
 
 
-def splits() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """(calib, eval, calib_ids, eval_ids): 64 disjoint crops each, deterministic."""
-    calib: list[np.ndarray] = []
-    ev: list[np.ndarray] = []
-    calib_ids: list[str] = []
-    eval_ids: list[str] = []
-    for name, load in _images():
-        img = load()
-        for i, (scale, pos) in enumerate(CROPS):
-            flip = i % 4 in (1, 2)
-            arr = crop(img, scale, pos, flip=flip)
-            ident = f"{name}:{scale}@{pos}{':flip' if flip else ''}"
-            (calib if i % 2 == 0 else ev).append(arr)
-            (calib_ids if i % 2 == 0 else eval_ids).append(ident)
-    return np.stack(calib), np.stack(ev), calib_ids, eval_ids
+def _plan() -> list[tuple[int, float, tuple[float, float], bool, bool]]:
+    """(image index, scale, position, flip, is_eval) of every crop, in order."""
+    return [
+        (k, scale, pos, i % 4 in (1, 2), i % 2 == 1)
+        for k in range(len(_images()))
+        for i, (scale, pos) in enumerate(CROPS)
+    ]
+
+
+def crop_ids() -> tuple[list[str], list[str]]:
+    """(calib_ids, eval_ids): which crop of which photo each sample is (cheap: loads no image)."""
+    names = [n for n, _ in _images()]
+    ids: tuple[list[str], list[str]] = ([], [])
+    for k, scale, pos, flip, is_eval in _plan():
+        ids[int(is_eval)].append(f"{names[k]}:{scale}@{pos}{':flip' if flip else ''}")
+    return ids
+
+
+def splits() -> tuple[np.ndarray, np.ndarray]:
+    """(calib, eval): 64 disjoint crops each (every other crop of each photo), deterministic."""
+    images = [load() for _, load in _images()]
+    out: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    for k, scale, pos, flip, is_eval in _plan():
+        out[int(is_eval)].append(crop(images[k], scale, pos, flip=flip))
+    return np.stack(out[0]), np.stack(out[1])
 
 
 def load_model() -> Any:
@@ -120,7 +129,7 @@ def load_model() -> Any:
 
 def build() -> ModelBundle:
     model = load_model()
-    calib, ev, _, _ = splits()
+    calib, ev = splits()
     return ModelBundle(
         name="zoo:efficientnet-lite0",
         module=model,

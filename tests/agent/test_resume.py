@@ -8,10 +8,9 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import devicefit
 import grpc
 import pytest
-
-import devicefit
 from devicefit.agent import wire
 from devicefit.agent.launch import spawn_agent
 from devicefit.agent.manifest import Manifest

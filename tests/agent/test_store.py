@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import zlib
 from pathlib import Path
 
 import pytest
-
 from devicefit.agent import errors as E
 from devicefit.agent.errors import AgentError
 from devicefit.agent.manifest import Manifest
@@ -58,18 +58,20 @@ def test_upload_verify_and_blob_layout(tmp_path: Path) -> None:
 def test_resume_from_committed_offset_after_restart(tmp_path: Path) -> None:
     data = os.urandom(10 * CHUNK + 123)
     m = _manifest(data)
-    store = ModelStore(tmp_path, commit_every=3 * CHUNK)
+    store = ModelStore(tmp_path, commit_every=3 * CHUNK, commit_interval_s=0)
     part = store.begin_upload("up1", m)
     for off in range(0, 7 * CHUNK, CHUNK):
         part.write(off, data[off : off + CHUNK], zlib.crc32(data[off : off + CHUNK]))
     # simulate a crash: the file holds 7 chunks, but only 6 were committed (every 3 chunks)
+    part._sync()
+    part._stop_writer()
     part._f.flush()
     assert part.committed == 6 * CHUNK and part.received == 7 * CHUNK
     part._f.close()
     store._release("up1")
     assert (tmp_path / "uploads" / "up1.part").stat().st_size == 7 * CHUNK
 
-    restarted = ModelStore(tmp_path, commit_every=3 * CHUNK)
+    restarted = ModelStore(tmp_path, commit_every=3 * CHUNK, commit_interval_s=0)
     info = restarted.upload_info("up1")
     assert info.exists and info.committed == 6 * CHUNK and info.manifest == m
     part = restarted.begin_upload("up1", m)
@@ -85,13 +87,25 @@ def test_resume_from_committed_offset_after_restart(tmp_path: Path) -> None:
 
 
 def test_close_commits_what_was_received(tmp_path: Path) -> None:
-    store = ModelStore(tmp_path, commit_every=1 << 30)
+    store = ModelStore(tmp_path, commit_every=1 << 30, commit_interval_s=30)
     data = os.urandom(5 * CHUNK)
     part = store.begin_upload("u", _manifest(data))
     part.write(0, data[:CHUNK], zlib.crc32(data[:CHUNK]))
     assert store.upload_info("u").committed == 0
     part.close()  # a stream that ends early (client gone, agent stopping)
     assert store.upload_info("u").committed == CHUNK
+
+
+def test_a_paused_stream_gets_committed(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, commit_every=1 << 30, commit_interval_s=0.1)
+    data = os.urandom(2 * CHUNK)
+    part = store.begin_upload("p", _manifest(data))
+    part.write(0, data[:CHUNK], zlib.crc32(data[:CHUNK]))
+    deadline = time.monotonic() + 30
+    while store.upload_info("p").committed < CHUNK and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.upload_info("p").committed == CHUNK  # durable without the stream ending
+    part.close()
 
 
 def test_sha_mismatch_rejected_and_store_unchanged(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from devicefit.protos import generate
 from devicefit.protos.schema import SCHEMA_VERSION, schema_problem, stamp
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from devicefit.cli import main
 from devicefit.data import Dataset
 from devicefit.errors import ModelLoadError, UserInputError
@@ -87,6 +86,17 @@ def test_pt2_roundtrip(factories: str, tmp_path: Path, tiny_npz: Path) -> None:
     assert b.metric == "accuracy"
     x = torch.randn(5, 6)
     torch.testing.assert_close(b.module(x), model(x))  # type: ignore[misc]
+    # the unlifted module refuses .eval() by itself: load_model makes it a no-op so downstream code works
+    assert b.module is not None and b.module.eval() is b.module
+    from devicefit.compressor.analysis import analyze
+    from devicefit.compressor.export import export_bundle
+
+    a = analyze(b.module, b.example_inputs)
+    assert [(li.name, li.type, li.params, li.macs) for li in a.layers] == [
+        ("fc1", "Linear", 112, 96), ("fc2", "Linear", 51, 48)]
+    assert a.layer("fc1").input_shape == [1, 6] and a.layer("fc2").output_shape == [1, 3]
+    res = export_bundle(b, tmp_path / "from_pt2.onnx")
+    assert res.cosine >= 0.9999 and res.verified_samples == 20
 
 
 def test_onnx_file(factories: str, tmp_path: Path) -> None:
@@ -133,7 +143,7 @@ def test_corrupt_onnx(tmp_path: Path) -> None:
 def test_corrupt_pt2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt2"
     bad.write_bytes(b"garbage")
-    with pytest.raises(ModelLoadError, match="torch.export"):
+    with pytest.raises(ModelLoadError, match=r"torch\.export"):
         load_model(str(bad))
 
 

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from devicefit.data import Dataset
 from devicefit.errors import ModelLoadError, UserInputError
 from devicefit.runtime import make_session, run_onnx
+from onnx import TensorProto, helper, numpy_helper
 
 W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0
 
@@ -48,7 +47,7 @@ def test_run_onnx_batches_and_casts(matmul_onnx: Path) -> None:
 def test_named_inputs(matmul_onnx: Path) -> None:
     ds = Dataset({"a": np.ones((2, 4), np.float32), "b": np.zeros((2, 4), np.float32)})
     np.testing.assert_allclose(run_onnx(matmul_onnx, ds, input_names=["b"]), np.zeros((2, 3)))
-    with pytest.raises(UserInputError, match="no array .inp."):
+    with pytest.raises(UserInputError, match=r"no array .inp."):
         run_onnx(matmul_onnx, ds)  # two arrays, one model input, no names given
 
 

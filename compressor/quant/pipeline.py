@@ -1,0 +1,276 @@
+"""``quantize_onnx``: apply a plan's quant family to an fp32 ONNX graph, layer by layer, then check what runs.
+
+Order of the passes (each touches only its own layers' nodes, so schemes mix freely in one graph):
+
+1. map torch layer names onto nodes, canonicalize weight names (:mod:`.mapping`);
+2. one calibration pass on the fp32 graph for what the weight-side algorithms need
+   (GPTQ Hessians, AWQ input statistics, SmoothQuant channel maxima);
+3. SmoothQuant rewrites (scales folded into LayerNorm or an inserted Mul);
+4. weight-only: ``MatMulNBits`` (int4 RTN / GPTQ / AWQ, int8 weight-only Linear), int8+DQ (Conv);
+5. static int8 (QDQ; activation ranges calibrated on the graph as it is now, so they see the
+   int4/smoothed layers upstream), including the SmoothQuant layers;
+6. dynamic int8;
+7. float16 storage;
+8. save, load in onnxruntime with all optimizations, and classify every layer (:mod:`.verify`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from devicefit.compressor.plan import Plan
+from devicefit.compressor.quant import calibration as C
+from devicefit.compressor.quant import graph as G
+from devicefit.compressor.quant import nbits, ort_int8, smoothquant, verify, weights
+from devicefit.compressor.quant.awq import InputStats, awq
+from devicefit.compressor.quant.gptq import HessianAccumulator, gptq
+from devicefit.compressor.quant.isa import IntFormat, int_format
+from devicefit.compressor.quant.mapping import LayerMap, LayerNode, canonicalize, map_layers
+from devicefit.compressor.techniques import (
+    Float16,
+    Int4WeightOnly,
+    Int8Dynamic,
+    Int8Static,
+    Int8WeightOnly,
+    KeepFloat,
+    SmoothQuant,
+    Technique,
+)
+from devicefit.data import Dataset
+from devicefit.errors import UserInputError
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class QuantResult:
+    """What :func:`quantize_onnx` wrote and what onnxruntime will really run."""
+
+    path: Path
+    float_fallback_layers: list[str]
+    int_ops: dict[str, int]
+    node_map: dict[str, list[str]]
+    fallback_reasons: dict[str, str] = field(default_factory=dict)
+    unmapped_layers: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    schemes: dict[str, str] = field(default_factory=dict)
+    layer_status: dict[str, str] = field(default_factory=dict)
+    int_format: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def _planned_int(tech: Technique, ln: LayerNode) -> bool:
+    """Does the plan make this layer's compute an integer kernel?"""
+    if isinstance(tech, (Int8Dynamic, Int8Static, SmoothQuant, Int4WeightOnly)):
+        return True
+    return isinstance(tech, Int8WeightOnly) and ln.is_linear
+
+
+def _select(plan: Plan, lmap: LayerMap) -> tuple[dict[str, Technique], dict[str, str]]:
+    """Layer → quant technique, plus layers skipped (technique does not apply to the layer type)."""
+    chosen: dict[str, Technique] = {}
+    skipped: dict[str, str] = {}
+    for layer, tech in plan.layers_with("quant", list(lmap.nodes)).items():
+        ln = lmap.first(layer)
+        kind = "linear" if ln.is_linear else "conv"
+        if kind not in tech.layer_types:
+            skipped[layer] = f"{tech.method} applies to {'/'.join(tech.layer_types)} layers, {layer} is a {kind} ({ln.op_type})"
+            continue
+        if isinstance(tech, KeepFloat):
+            continue
+        chosen[layer] = tech
+    return chosen, skipped
+
+
+def _capture_stats(
+    model: onnx.ModelProto, lmap: LayerMap, chosen: dict[str, Technique], feeds: list[dict[str, Any]]
+) -> tuple[dict[str, HessianAccumulator], dict[str, InputStats], dict[str, smoothquant.AbsMax]]:
+    hess: dict[str, HessianAccumulator] = {}
+    ins: dict[str, InputStats] = {}
+    amax: dict[str, smoothquant.AbsMax] = {}
+    for layer, tech in chosen.items():
+        ln = lmap.first(layer)
+        k = ln.weight_kn(model).shape[0] if ln.is_linear else 0
+        if isinstance(tech, Int4WeightOnly) and tech.algorithm == "gptq":
+            hess.setdefault(ln.input, HessianAccumulator(k))
+        elif isinstance(tech, Int4WeightOnly) and tech.algorithm == "awq":
+            ins.setdefault(ln.input, InputStats(k))
+        elif isinstance(tech, SmoothQuant):
+            amax.setdefault(ln.input, smoothquant.AbsMax())
+    tensors = set(hess) | set(ins) | set(amax)
+    if tensors:
+
+        def update(values: dict[str, Any]) -> None:
+            for t, v in values.items():
+                if t in hess:
+                    hess[t].add(v)
+                if t in ins:
+                    ins[t].add(v)
+                if t in amax:
+                    amax[t].add(v)
+
+        C.capture(model, tensors, feeds, update)
+    return hess, ins, amax
+
+
+def _weight_only(
+    model: onnx.ModelProto,
+    lmap: LayerMap,
+    chosen: dict[str, Technique],
+    hess: dict[str, HessianAccumulator],
+    ins: dict[str, InputStats],
+    accuracy_level: int,
+    notes: list[str],
+) -> None:
+    for layer, tech in chosen.items():
+        for ln in lmap.nodes[layer]:
+            if isinstance(tech, Int8WeightOnly):
+                if ln.is_linear and ln.weight_kn(model).shape[0] >= 16:
+                    w = ln.weight_kn(model)
+                    bq = nbits.rtn(w, bits=8, block_size=nbits.block_size_for(w.shape[0], 128 if tech.per_channel else 32))
+                    nbits.write_matmulnbits(model, ln, bq, accuracy_level=accuracy_level)
+                else:
+                    weights.int8_dequant(model, ln, per_channel=tech.per_channel)
+            elif isinstance(tech, Int4WeightOnly):
+                w = ln.weight_kn(model)
+                gs = nbits.block_size_for(w.shape[0], tech.group_size)
+                pre = None
+                if tech.algorithm == "gptq":
+                    bq = gptq(w, hess[ln.input].hessian(), bits=4, group_size=gs)
+                elif tech.algorithm == "awq":
+                    res = awq(w, ins[ln.input], bits=4, group_size=gs)
+                    bq, pre = res.quant, (res.input_scale if res.alpha > 0 else None)
+                    notes.append(f"{layer}: awq alpha={res.alpha:.2f} err {res.error:.3g} (rtn {res.rtn_error:.3g})")
+                else:
+                    bq = nbits.rtn(w, bits=4, block_size=gs)
+                nbits.write_matmulnbits(model, ln, bq, accuracy_level=accuracy_level, pre_scale=pre)
+
+
+def _static(
+    model: onnx.ModelProto, lmap: LayerMap, layers: dict[str, Technique], feeds: list[dict[str, Any]], fmt: IntFormat
+) -> onnx.ModelProto:
+    specs: dict[str, C.RangeSpec] = {}
+    per_channel: dict[bool, list[str]] = defaultdict(list)
+    for layer, tech in layers.items():
+        method = getattr(tech, "calibration", "minmax")
+        pct = float(getattr(tech, "percentile", 99.999))
+        pc = bool(getattr(tech, "per_channel", True))
+        for ln in lmap.nodes[layer]:
+            specs[ln.node] = C.RangeSpec(method, pct, signed=fmt.activation == "int8")
+            per_channel[pc].append(ln.node)
+    all_nodes = set(specs)
+    glue = ort_int8.glue_nodes(model, all_nodes)
+    ranges = ort_int8.static_ranges(model, all_nodes | set(glue), specs, feeds)
+    for pc, nodes in per_channel.items():
+        group_glue = glue if pc == max(per_channel) else []
+        model = ort_int8.static_int8(model, nodes + group_glue, ranges, per_channel=pc, fmt=fmt)
+    return model
+
+
+def quantize_onnx(
+    fp32_onnx: str | Path,
+    out: str | Path,
+    plan: Plan,
+    *,
+    layer_names: list[str] | None = None,
+    calib: Dataset | None = None,
+    profile: Any | None = None,
+    module: Any = None,
+    input_names: list[str] | None = None,
+    calib_samples: int = 128,
+    batch_size: int = 16,
+    accuracy_level: int = 4,
+    progress: Progress | None = None,
+) -> QuantResult:
+    """Quantize ``fp32_onnx`` per ``plan`` (quant family) into ``out``; verify what runs.
+
+    ``layer_names``: torch Linear/Conv names (``None``: every MatMul/Gemm/Conv with a constant weight).
+    ``calib``: calibration data (needed by static / SmoothQuant / GPTQ / AWQ); ``calib_samples`` of it
+    are used, ``batch_size`` at a time. ``profile``: target DeviceProfile (ISA → int formats; host when
+    None). ``module``: the torch model, used to map layers by weight value when names do not tell.
+    ``accuracy_level``: MatMulNBits compute (4 = int8 activations, 0 = float). ``input_names`` is accepted
+    for symmetry with the torch side; feeds are matched to the graph's own inputs.
+    """
+    say = progress or (lambda _msg: None)
+    model = G.load(fp32_onnx)
+    lmap = canonicalize(model, map_layers(model, layer_names, module))
+    chosen, skipped = _select(plan, lmap)
+    planned_unmapped = [
+        layer for layer in lmap.unmapped if plan.choice_for(layer).quant is not None
+    ]
+    notes: list[str] = []
+    if planned_unmapped:
+        notes.append(f"{len(planned_unmapped)} planned layer(s) have no ONNX node: {', '.join(planned_unmapped[:8])}")
+        log.warning(notes[-1])
+    fmt = int_format(profile)
+    needs_calib = [layer for layer, t in chosen.items() if t.needs_calibration]
+    if needs_calib and calib is None:
+        raise UserInputError(
+            f"{len(needs_calib)} layer(s) need calibration data ({chosen[needs_calib[0]].method} on {needs_calib[0]})",
+            "pass data (--data file.npz) or pick int8_dynamic / int8_weight_only / int4 (rtn)",
+        )
+    feeds = C.batches(calib, model, batch_size=batch_size, limit=calib_samples) if calib is not None else []
+
+    say("collecting calibration statistics")
+    hess, ins, amax = _capture_stats(model, lmap, chosen, feeds)
+    sq = {k: t for k, t in chosen.items() if isinstance(t, SmoothQuant)}
+    if sq:
+        say("smoothing activations (SmoothQuant)")
+        by_alpha: dict[float, dict[str, list[LayerNode]]] = defaultdict(lambda: defaultdict(list))
+        for layer, t in sq.items():
+            for ln in lmap.nodes[layer]:
+                by_alpha[t.alpha][ln.input].append(ln)
+        for alpha, groups in by_alpha.items():
+            how = smoothquant.apply(model, groups, {k: v.value for k, v in amax.items() if v.value is not None}, alpha)
+            notes += [f"smoothquant {t}: {h}" for t, h in how.items()]
+        lmap = canonicalize(model, map_layers(model, list(lmap.nodes)))
+    say("weight-only layers")
+    _weight_only(model, lmap, chosen, hess, ins, accuracy_level, notes)
+    static = {k: t for k, t in chosen.items() if isinstance(t, (Int8Static, SmoothQuant))}
+    if static:
+        say(f"static int8 on {len(static)} layer(s) (calibrating on {min(len(calib or []), calib_samples)} samples)")
+        model = _static(model, lmap, static, feeds, fmt)
+    dyn = {k: t for k, t in chosen.items() if isinstance(t, Int8Dynamic)}
+    for pc in (True, False):
+        nodes = [ln.node for k, t in dyn.items() if t.per_channel == pc for ln in lmap.nodes[k]]
+        if nodes:
+            say(f"dynamic int8 on {len(nodes)} node(s)")
+            model = ort_int8.dynamic_int8(model, nodes, per_channel=pc, fmt=fmt)
+    for layer, t in chosen.items():
+        if isinstance(t, Float16):
+            for ln in lmap.nodes[layer]:
+                weights.float16(model, ln)
+    path = G.save(model, out)
+
+    say("checking the optimized graph")
+    insp = verify.inspect(path, list(lmap.nodes))
+    planned = [k for k, t in chosen.items() if _planned_int(t, lmap.first(k))]
+    reasons = insp.fallbacks(planned)
+    for layer, why in reasons.items():
+        log.warning("float fallback: %s %s", layer, why)
+    return QuantResult(
+        path=path,
+        float_fallback_layers=sorted(reasons),
+        int_ops=insp.int_ops,
+        node_map=lmap.node_names(),
+        fallback_reasons=reasons,
+        unmapped_layers=planned_unmapped,
+        skipped=skipped,
+        schemes={k: t.label() for k, t in chosen.items()},
+        layer_status={k: v.kind for k, v in insp.layers.items()},
+        int_format=asdict(fmt),
+        notes=notes,
+    )

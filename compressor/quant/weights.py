@@ -1,0 +1,76 @@
+"""Storage-only weight formats (compute stays float by design):
+
+* :func:`float16` — the layer's weight (and bias) stored as float16 with a ``Cast`` back to float32 in
+  front of the unchanged compute node. Halves the layer's bytes; onnxruntime's CPU kernels then run in
+  float32 (it constant-folds the Cast at load). (``onnxconverter-common`` is not a dependency, so this is
+  our own small rewrite.)
+* :func:`int8_dequant` — int8 weight + ``DequantizeLinear`` (per output channel or per tensor) in front of
+  a float compute node: ``Int8WeightOnly`` for Conv layers (Linear layers use 8-bit ``MatMulNBits``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from devicefit.compressor.quant import graph as G
+from devicefit.compressor.quant.mapping import LayerNode
+
+
+def _rewire(model: onnx.ModelProto, node_name: str, old: str, new: str) -> None:
+    for n in model.graph.node:
+        if n.name == node_name:
+            for i, x in enumerate(n.input):
+                if x == old:
+                    n.input[i] = new
+
+
+def float16(model: onnx.ModelProto, ln: LayerNode) -> None:
+    """Store the layer's weight / bias in float16 (+ Cast to float32 before use)."""
+    inits = G.initializers(model)
+    node = G.node_by_name(model)[ln.node]
+    targets = [ln.weight] + ([ln.bias] if ln.bias else [])
+    readers = {ln.transpose or ln.node}
+    if ln.bias_add:
+        readers.add(ln.bias_add)
+    casts = []
+    for name in targets:
+        arr = G.to_array(inits[name]).astype(np.float16)
+        h = f"{name}_fp16"
+        G.set_initializer(model, h, arr)
+        out = f"{name}_fp16_cast"
+        casts.append(onnx.helper.make_node("Cast", [h], [out], to=onnx.TensorProto.FLOAT, name=f"{name}_fp16_cast"))
+        for r in readers:
+            _rewire(model, r, name, out)
+    first = G.node_by_name(model)[ln.transpose] if ln.transpose else node
+    G.topo_insert(model, casts, before=first)
+    G.remove_unused_initializers(model)
+
+
+def int8_dequant(model: onnx.ModelProto, ln: LayerNode, *, per_channel: bool = True) -> None:
+    """int8 weight (symmetric) + ``DequantizeLinear`` feeding the layer's compute node."""
+    w = G.to_array(G.initializers(model)[ln.weight]).astype(np.float32)
+    axis = 1 if ln.layout == "kn" else 0
+    if per_channel:
+        red = tuple(i for i in range(w.ndim) if i != axis)
+        amax = np.abs(w).max(axis=red)
+    else:
+        amax = np.array(np.abs(w).max())
+    scale = np.where(amax == 0, 1.0, amax / 127.0).astype(np.float32)
+    shape = [1] * w.ndim
+    if per_channel:
+        shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    base = f"{ln.weight}_int8"
+    G.set_initializer(model, base, q)
+    G.set_initializer(model, f"{base}_scale", scale)
+    G.set_initializer(model, f"{base}_zero_point", np.zeros(scale.shape, np.int8))
+    out = f"{base}_dequantized"
+    kw = {"axis": axis} if per_channel else {}
+    dq = onnx.helper.make_node(
+        "DequantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"], [out], name=f"{base}_DequantizeLinear", **kw
+    )
+    reader = ln.transpose or ln.node
+    _rewire(model, reader, ln.weight, out)
+    G.topo_insert(model, [dq], before=G.node_by_name(model)[reader])
+    G.remove_unused_initializers(model)

@@ -1,0 +1,39 @@
+"""``devicefit search-worker``: join a running study and contribute trials.
+
+A fit stores everything a worker needs to rebuild the problem as the study's user attribute
+``devicefit_spec`` (model spec, data, profile, device URL, budgets, search space, loop settings). A worker
+loads the model, measures its own fp32 baseline on its device (or host), and runs trials against the
+shared study; the study's TPE sampler sees every process's results. Any Optuna RDB URL works: a SQLite
+file for processes on one host, ``postgresql://user:pass@host/db`` or ``mysql+pymysql://…`` (install the
+driver: ``pip install psycopg2-binary`` / ``pymysql``) for workers on many hosts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from devicefit.compressor.search.study import SearchLoop
+from devicefit.errors import UserInputError
+
+SPEC_ATTR = "devicefit_spec"
+
+
+def read_spec(study: optuna.Study) -> dict[str, Any]:
+    """The fit spec a study was created with."""
+    spec = study.user_attrs.get(SPEC_ATTR)
+    if not isinstance(spec, dict):
+        raise UserInputError(
+            f"study {study.study_name!r} has no devicefit spec",
+            "start the study with `devicefit fit` (or devicefit.fit) first, then join it with search-worker",
+        )
+    return dict(spec)
+
+
+def join_study(loop: SearchLoop, study: optuna.Study, *, worker_id: str) -> int:
+    """Run ``loop`` against ``study`` without enqueuing seeds; every trial is tagged with ``worker_id``."""
+    before = len(loop.candidates)
+    loop.worker_id = worker_id
+    loop.run(study, enqueue=False)
+    loop.exploit()
+    return len(loop.candidates) - before

@@ -1,0 +1,172 @@
+"""Apply a plan's **prune** and **lowrank** families to a copy of a module (the quant family and
+distillation are applied later by ``devicefit.compress``).
+
+Order, per layer (layer names = ``named_modules()`` names of the *input* module):
+
+1. **structured** pruning (``ChannelPrune``) — physically removes channels / heads, may shrink the input
+   side of later layers too;
+2. **low-rank** (``LowRank``) — ``<layer>`` becomes ``<layer>.down`` [→ ``<layer>.core``] → ``<layer>.up``;
+   on an already channel-pruned layer it factorizes the smaller weight;
+3. **unstructured / N:M** (``MagnitudePrune``, ``WandaPrune``, ``SemiStructuredPrune``) — masks applied last;
+   on a factorized layer they apply to each factor (``<layer>.down``, ``<layer>.up`` …), Wanda statistics
+   then come from the factorized model.
+
+A layer has at most one prune technique (the plan holds one per family), so structured + unstructured on
+the same layer cannot be requested. Anything that cannot be applied is **refused with a reason** (and
+left unchanged), never silently skipped: a rank that would not reduce MACs, a classifier's output
+channels, the transformer residual stream, an N:M group size that does not divide the input length,
+calibration-hungry techniques without data.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from devicefit.compressor.lowrank.apply import apply_lowrank
+from devicefit.compressor.plan import Plan
+from devicefit.compressor.prune.calib import LAYER_TYPES, collect_input_stats, layer_names
+from devicefit.compressor.prune.magnitude import magnitude_prune
+from devicefit.compressor.prune.nm import nm_prune
+from devicefit.compressor.prune.structured import prune_structured
+from devicefit.compressor.prune.wanda import wanda_prune
+from devicefit.compressor.techniques import (
+    ChannelPrune,
+    LowRank,
+    MagnitudePrune,
+    SemiStructuredPrune,
+    Technique,
+    WandaPrune,
+)
+from devicefit.data import Dataset
+from devicefit.errors import DevicefitError, UserInputError
+
+
+@dataclass(frozen=True)
+class StructuralStep:
+    """One layer × technique: what was done (``detail``) or why it was refused."""
+
+    layer: str
+    family: str
+    method: str
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"layer": self.layer, "family": self.family, "method": self.method, "detail": self.detail}
+
+
+@dataclass
+class StructuralResult:
+    """The new module plus the steps applied and refused."""
+
+    module: nn.Module
+    applied: list[StructuralStep] = field(default_factory=list)
+    refused: list[StructuralStep] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"applied": [s.to_dict() for s in self.applied], "refused": [s.to_dict() for s in self.refused]}
+
+
+def _step(layer: str, tech: Technique, detail: str) -> StructuralStep:
+    return StructuralStep(layer, tech.family, tech.method, detail)
+
+
+def _targets(module: nn.Module, layer: str) -> list[str]:
+    """The layer itself, or the Linear/Conv factors it was replaced by."""
+    m = module.get_submodule(layer)
+    if isinstance(m, LAYER_TYPES):
+        return [layer]
+    return [f"{layer}.{n}" for n, c in m.named_modules() if n and isinstance(c, LAYER_TYPES)]
+
+
+def apply_structural(
+    module: nn.Module,
+    plan: Plan,
+    calib: Dataset | None,
+    example_inputs: Sequence[torch.Tensor],
+    input_names: Sequence[str],
+) -> StructuralResult:
+    """Deep-copy ``module`` and apply the plan's prune + lowrank families (see the module docstring)."""
+    m = copy.deepcopy(module).eval()
+    names = layer_names(m)
+    prune = plan.layers_with("prune", names)
+    lowrank = {n: t for n, t in plan.layers_with("lowrank", names).items() if isinstance(t, LowRank)}
+    result = StructuralResult(m)
+    names_in = list(input_names)
+
+    def needs_data(layer: str, tech: Technique) -> bool:
+        if calib is None and tech.needs_calibration:
+            result.refused.append(_step(layer, tech, "needs calibration data (pass --data)"))
+            return False
+        return True
+
+    # 1. structured
+    structured = {n: t for n, t in prune.items() if isinstance(t, ChannelPrune)}
+    structured = {n: t for n, t in structured.items() if t.importance in ("l1", "l2") or needs_data(n, t)}
+    if structured:
+        out = prune_structured(m, structured, example_inputs=example_inputs, data=calib, input_names=names_in)
+        for n, t in structured.items():
+            if n in out.applied:
+                result.applied.append(_step(n, t, out.applied[n]))
+            else:
+                result.refused.append(_step(n, t, out.refused.get(n, "not applied")))
+    # 2. low-rank
+    lowrank = {n: t for n, t in lowrank.items() if needs_data(n, t)}
+    if lowrank:
+        lr = apply_lowrank(m, lowrank, data=calib, input_names=names_in, example_inputs=example_inputs)
+        for n, t in lowrank.items():
+            if n in lr.applied:
+                result.applied.append(_step(n, t, lr.applied[n]))
+            else:
+                result.refused.append(_step(n, t, lr.refused[n]))
+    # 3. unstructured / N:M on the (possibly factorized) layers
+    masks = {n: t for n, t in prune.items() if not isinstance(t, ChannelPrune) and needs_data(n, t)}
+    if masks:
+        _apply_masks(m, masks, calib, names_in, result)
+    _check_runs(m, example_inputs)
+    return result
+
+
+def _apply_masks(
+    m: nn.Module, techs: dict[str, Technique], calib: Dataset | None, input_names: list[str], result: StructuralResult
+) -> None:
+    targets = {n: _targets(m, n) for n in techs}
+    wanted = [t for n, tech in techs.items() for t in targets[n] if _uses_wanda(tech)]
+    stats = collect_input_stats(m, wanted, calib, input_names) if wanted and calib is not None else {}
+    for layer, tech in techs.items():
+        tg = targets[layer]
+        try:
+            if isinstance(tech, MagnitudePrune):
+                got = magnitude_prune(m, dict.fromkeys(tg, tech.ratio))
+            elif isinstance(tech, WandaPrune):
+                assert calib is not None
+                got = wanda_prune(m, dict.fromkeys(tg, tech.ratio), calib, input_names, stats=stats)
+            elif isinstance(tech, SemiStructuredPrune):
+                got = nm_prune(m, tg, n=tech.n, m=tech.m, importance=tech.importance, stats=stats)
+            else:
+                raise UserInputError(f"unknown prune technique {tech.method!r}", "see devicefit.compressor.techniques")
+        except UserInputError as exc:
+            result.refused.append(_step(layer, tech, str(exc)))
+            continue
+        detail = ", ".join(f"{k} sparsity {v:.3f}" for k, v in got.items())
+        result.applied.append(_step(layer, tech, detail + " (zeros; dense shapes kept)"))
+
+
+def _uses_wanda(tech: Technique) -> bool:
+    return isinstance(tech, WandaPrune) or (isinstance(tech, SemiStructuredPrune) and tech.importance == "wanda")
+
+
+@torch.no_grad()
+def _check_runs(m: nn.Module, example_inputs: Sequence[torch.Tensor]) -> None:
+    try:
+        m(*example_inputs)
+    except Exception as exc:  # a broken graph must not travel further down the pipeline
+        raise DevicefitError(
+            f"the pruned/factorized model no longer runs on the example inputs: {exc}",
+            "report this with the plan; exclude the layer named in the error from the plan meanwhile",
+        ) from exc

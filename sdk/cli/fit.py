@@ -1,0 +1,92 @@
+"""CLI: ``devicefit fit MODEL --profile NAME …`` and ``devicefit search-worker --storage URL --study NAME``.
+
+``fit`` writes OUTDIR/{model.onnx, manifest.json, plan.yaml, report.json, report.html}; ``--json`` prints
+report.json. Exit 3 when no measured candidate meets the budget (the report is still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from devicefit.cli import emit
+
+_MODEL_HELP = "zoo:NAME, file.pt2, package.module:factory (fit needs the torch model)"
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser("fit", parents=[common], help="search the best compressed model meeting a device budget")
+    p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    p.add_argument("--profile", default="localhost", help="device profile name or .toml file (default: localhost)")
+    p.add_argument("--device", metavar="URL", default=None, help="measure on this agent (grpc://host:port); default: host")
+    p.add_argument("--max-latency-ms", type=float, default=None, help="latency budget (p50 ms); default: the profile's")
+    p.add_argument("--max-size-mb", type=float, default=None, help="model file size budget (MB); default: the profile's")
+    p.add_argument("--max-memory-mb", type=float, default=None, help="peak memory budget (MB); default: the profile's")
+    p.add_argument("--max-accuracy-drop", type=float, default=None,
+                   help="metric drop budget as a fraction (0.01 = 1 point); default: the profile's")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--trials", type=int, default=None, help="number of search trials (default 120)")
+    group.add_argument("--minutes", type=float, default=None, help="search time budget in minutes")
+    p.add_argument("--max-measurements", type=int, default=None, help="candidates to compress and measure (default 6)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
+    p.add_argument("--storage", metavar="URL", default=None,
+                   help="Optuna storage: sqlite:///file.db (default: OUTDIR/study.db), postgresql://…, mysql+pymysql://…")
+    p.add_argument("--study", default=None, help="study name (workers join it with search-worker)")
+    p.add_argument("--data", metavar="FILE.npz", default=None, help="your data (.npz, one array per input, optional labels)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("-o", "--output", metavar="OUTDIR", default="devicefit-out", help="output folder (default devicefit-out)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_fit)
+
+    w = subparsers.add_parser("search-worker", parents=[common], help="join a fit's study and contribute trials")
+    w.add_argument("--storage", metavar="URL", required=True, help="the study's Optuna storage URL")
+    w.add_argument("--study", required=True, help="the study name (report.json → search.study.name)")
+    wg = w.add_mutually_exclusive_group()
+    wg.add_argument("--trials", type=int, default=20, help="trials to run (default 20)")
+    wg.add_argument("--minutes", type=float, default=None, help="time to run instead of a trial count")
+    w.add_argument("--max-measurements", type=int, default=None, help="candidates this worker may measure")
+    w.add_argument("--work", metavar="DIR", default=None, help="scratch folder (default: a temp folder)")
+    w.add_argument("--no-progress", action="store_true", help="no progress bars")
+    w.set_defaults(func=_worker)
+
+
+def _human(d: dict[str, Any]) -> str:
+    r = d["result"]
+    lat = r["latency"]
+    lines = [
+        f"{d['model']['name']} on {d['profile']['id']}: budget {'MET' if r['budget_met'] else 'NOT met'}",
+        f"  latency p50 {lat['p50_ms']:.3f} ms ({lat['source']} on {lat.get('device')}), fp32 "
+        f"{d['baseline']['latency']['p50_ms']:.3f} ms; budget {d['budget'].get('latency_ms')}",
+        f"  {r['metric']['name']}: {r['metric'].get('baseline')} → {r['metric'].get('compressed')} "
+        f"(drop {r['metric']['drop']:.4f}; budget {d['budget'].get('accuracy_drop')})",
+        f"  size {r['size_bytes'] / 1e6:.2f} MB ({(r.get('compression_ratio') or 0):.2f}× smaller); plan {r['plan_summary']}",
+        f"  search: {d['search']['trials']} trials, {d['search']['measurements']} measured, {d['search']['minutes']:.1f} min; "
+        f"median prediction error {d['search']['prediction_error']['median']}",
+    ]
+    if not r["budget_met"]:
+        lines.append(f"  shortfall: {r.get('shortfall')}")
+    return "\n".join(lines)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from devicefit.fitting import fit
+
+    result = fit(
+        args.model, args.data, profile=args.profile, device=args.device, max_latency_ms=args.max_latency_ms,
+        max_size_mb=args.max_size_mb, max_memory_mb=args.max_memory_mb, max_accuracy_drop=args.max_accuracy_drop,
+        trials=args.trials, minutes=args.minutes, format=args.format, out=args.output, storage=args.storage,
+        progress=not args.no_progress and not args.json, max_measurements=args.max_measurements, seed=args.seed,
+        study_name=args.study,
+    )
+    emit(args, result.to_dict(), _human)
+    result.raise_if_not_met()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from devicefit.fitting import run_worker
+
+    res = run_worker(args.storage, args.study, trials=args.trials, minutes=args.minutes,
+                     max_measurements=args.max_measurements, progress=not args.no_progress and not args.json, work=args.work)
+    emit(args, res, lambda d: f"worker {d['worker']} ran {d['trials']} trials ({d['measurements']} measured) on {d['study']}")
+    return 0

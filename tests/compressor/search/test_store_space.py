@@ -1,0 +1,93 @@
+"""Measurement store round trip + reuse; search space built from the technique registry."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from devicefit.compressor.latency import LayerSpec, Measurement, MeasurementStore
+from devicefit.compressor.search.space import SpaceConfig, build_space
+from devicefit.compressor.techniques import TECHNIQUES, Int4WeightOnly, Int8Dynamic
+from devicefit.errors import UserInputError
+
+
+def test_store_round_trip_and_reuse(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    store = MeasurementStore(path)
+    m = Measurement(device_id="pi", model_hash="mh", plan_hash="p1", p50_ms=12.5, p90_ms=13.0, mean_ms=12.7,
+                    plan={"version": 1, "layers": []}, runtime="onnxruntime", runtime_versions={"onnxruntime": "1.32.0"},
+                    threads=4, per_node=[{"name": "n1", "op_type": "MatMul", "mean_ms": 3.0}], per_layer={"fc": 3.0},
+                    other_ms=1.5, predicted_ms=11.0, size_bytes=1234, metric_name="accuracy", metric_drop=0.004,
+                    source="device:pi")
+    rid = store.add(m)
+    assert rid > 0 and store.count() == 1
+    # a second store on the same file (another run / process) sees it
+    again = MeasurementStore(path)
+    got = again.find(device_id="pi", model_hash="mh", plan_hash="p1", runtime_versions={"onnxruntime": "1.32.0"}, threads=4)
+    assert got is not None
+    assert got.p50_ms == 12.5 and got.per_node == m.per_node and got.per_layer == {"fc": 3.0}
+    assert got.plan == m.plan and got.runtime_versions == {"onnxruntime": "1.32.0"} and got.metric_drop == 0.004
+    # no reuse across runtimes, thread counts, devices or plans
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p1", runtime_versions={"onnxruntime": "1.20.0"}) is None
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p1", threads=2) is None
+    assert again.find(device_id="x", model_hash="mh", plan_hash="p1") is None
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p2") is None
+    # newest first
+    again.add(Measurement(device_id="pi", model_hash="mh", plan_hash="p1", p50_ms=11.0, threads=4,
+                          runtime_versions={"onnxruntime": "1.32.0"}, created_at=m.created_at + 10))
+    latest = again.find(device_id="pi", model_hash="mh", plan_hash="p1")
+    assert latest is not None and latest.p50_ms == 11.0
+    assert len(again.query(device_id="pi")) == 2
+    cols = {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(measurements)")}
+    assert {"device_id", "profile_id", "model_hash", "plan_hash", "runtime_versions", "threads", "p50_ms", "p90_ms",
+            "mean_ms", "per_node", "predicted_ms", "created_at"} <= cols
+
+
+def test_store_default_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICEFIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("DEVICEFIT_MEASUREMENTS_DB", raising=False)
+    assert MeasurementStore().path == tmp_path / "measurements.db"
+    monkeypatch.setenv("DEVICEFIT_MEASUREMENTS_DB", str(tmp_path / "x.db"))
+    assert MeasurementStore().path == tmp_path / "x.db"
+
+
+SPECS = [LayerSpec("conv1", "conv", 100, 1000, 10, 10), LayerSpec("fc", "linear", 100, 100, 10, 10),
+         LayerSpec("head", "linear", 10, 10, 10, 1)]
+
+
+def test_space_from_registry_capabilities() -> None:
+    space = build_space(SPECS, prunable={"conv1", "fc"})
+    conv, fc, head = (space.labels(n) for n in ("conv1", "fc", "head"))
+    assert conv[0] == fc[0] == head[0] == "float"
+    # int4 weight-only declares layer_types=("linear",): never offered on a conv
+    assert "int4_weight_only" in fc and "int4_weight_only" not in conv
+    assert "int8_dynamic" in conv and "int8_static" in conv
+    # channel pruning only where the dependency probe allows it; low-rank anywhere
+    assert "structured@0.25" in conv and "structured@0.5+int8_dynamic" in fc
+    assert not any(lab.startswith("structured") for lab in head)
+    assert "lowrank@0.5+int4_weight_only" in head
+    opt = space.option("fc", "structured@0.5+int4_weight_only")
+    assert opt.prune is not None and opt.prune.ratio == 0.5 and isinstance(opt.quant, Int4WeightOnly)
+    assert opt.parts() == ("structured@0.5", "int4_weight_only")
+    # the lowrank config comes from settings (asvd needs calibration -> dropped without data)
+    assert space.option("fc", "lowrank@0.5").lowrank.kind == "asvd"  # type: ignore[union-attr]
+    no_calib = build_space(SPECS, has_calibration=False)
+    assert all("int8_static" not in no_calib.labels(n) for n in no_calib.layers)
+    assert all(not lab.startswith("lowrank") for n in no_calib.layers for lab in no_calib.labels(n))
+    # a plan from labels
+    plan = space.plan({"conv1": "float", "fc": "int8_dynamic", "head": "int8_static"})
+    assert isinstance(plan.choice_for("fc").quant, Int8Dynamic) and plan.choice_for("conv1").is_empty()
+    assert space.uniform("int4_weight_only") == {"conv1": "float", "fc": "int4_weight_only", "head": "int4_weight_only"}
+
+
+def test_space_config_validates_against_registry() -> None:
+    with pytest.raises(UserInputError, match="unknown quant method"):
+        SpaceConfig(families={"quant": ("int3",)})
+    # every quant method in the registry can be searched
+    all_quant = tuple(m for f, m in TECHNIQUES if f == "quant")
+    space = build_space(SPECS, config=SpaceConfig(families={"quant": all_quant}))
+    assert sorted(space.labels("fc")) == sorted({"float", *all_quant})  # KeepFloat's label is float: no duplicate
+    cfg = SpaceConfig(ratios={"prune": (0.3,), "lowrank": (0.25, 0.75)})
+    assert SpaceConfig.from_dict(cfg.to_dict()) == cfg

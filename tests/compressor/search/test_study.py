@@ -1,0 +1,143 @@
+"""The search loop's own logic on a synthetic device (a test double for compress + measure).
+
+The double's "device" runs each layer at a dtype-dependent efficiency the latency model does not know,
+and reports per-node times named after the layers; its metric drop is the sum of hidden per-layer drops.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+import devicefit.compressor.search.study as study_mod
+from devicefit.compressor.latency import CalibratedModel, LayerSpec, NodeMap, Roofline
+from devicefit.compressor.plan import Plan
+from devicefit.compressor.search.candidate import Budget, Materialized, Timing
+from devicefit.compressor.search.problem import SearchProblem
+from devicefit.compressor.search.sensitivity import SensitivityTable
+from devicefit.compressor.search.space import SpaceConfig, build_space
+from devicefit.compressor.search.study import LoopConfig, SearchLoop, open_study
+
+ROOF = Roofline(peak_gops_fp32=50.0, peak_gops_int8=200.0, mem_bandwidth_gbs=10.0)
+SPECS = [LayerSpec(f"l{i}", "linear", 250_000, 250_000 * 64, 64 * 500, 64 * 500) for i in range(6)]
+EFF = {"fp32": 3.0, "int8dyn": 5.0, "int8": 6.0, "int4w": 2.5}
+DROP = {"int8_dynamic": 0.001, "int8_static": 0.004, "int4_weight_only": 0.006}
+SENSITIVE = "l0"  # quantizing l0 costs 10x more
+
+
+def _true_layer_ms(layer: str, dtype: str, cost: Any) -> float:
+    return EFF[dtype] * ROOF.layer_ms(cost)
+
+
+class FakeDevice:
+    device_id = "fake-board"
+
+    def __init__(self, problem: SearchProblem, tmp: Path) -> None:
+        self.problem = problem
+        self.tmp = tmp
+        self.materialized: list[Plan] = []
+
+    def materialize(self, plan: Plan, *, name: str) -> Materialized:
+        self.materialized.append(plan)
+        path = self.tmp / f"{name}.onnx"
+        path.write_bytes(b"x")
+        drop = 0.0
+        for layer, choice in plan.resolve([s.name for s in SPECS]).items():
+            if choice.quant is not None:
+                drop += DROP[choice.quant.method] * (10 if layer == SENSITIVE else 1)
+        return Materialized(path, 4_000_000, 1_500_000, 96_000_000, {"name": "cosine", "baseline": 1.0,
+                                                                     "compressed": 1.0 - drop, "drop": drop})
+
+    def measure(self, path: Path) -> Timing:
+        plan = self.materialized[-1]
+        costs = self.problem.costs({s.name: _label(plan, s.name) for s in SPECS})
+        per = [{"name": c.name, "op_type": "MatMul", "mean_ms": _true_layer_ms(c.name, c.dtype, c)} for c in costs]
+        other = 0.5
+        total = sum(p["mean_ms"] for p in per) + other
+        per.append({"name": "softmax", "op_type": "Softmax", "mean_ms": other})
+        return Timing(total, total * 1.05, total, 80.0, per_node=per, profiled_e2e_ms=total, device=self.device_id)
+
+    def runtime_key(self) -> tuple[dict[str, str], int]:
+        return {"onnxruntime": "test"}, 2
+
+
+def _label(plan: Plan, layer: str) -> str:
+    c = plan.choice_for(layer)
+    return c.quant.method if c.quant is not None else "float"
+
+
+def _problem(budget: Budget) -> SearchProblem:
+    space = build_space(SPECS, config=SpaceConfig(families={"quant": ("int8_dynamic", "int8_static", "int4_weight_only")}))
+    sens = SensitivityTable("cosine", 1.0, 8)
+    for s in SPECS:
+        sens.drops[s.name] = {k: v * (10 if s.name == SENSITIVE else 1) for k, v in DROP.items()}
+        sens.devs[s.name] = dict(sens.drops[s.name])
+    return SearchProblem(SPECS, total_params=1_600_000, space=space, sensitivity=sens,
+                         latency=CalibratedModel(ROOF, device_id="fake-board"), budget=budget)
+
+
+def _run(tmp_path: Path, budget: Budget, monkeypatch: pytest.MonkeyPatch, **cfg: Any) -> tuple[SearchLoop, Any, FakeDevice]:
+    monkeypatch.setattr(study_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+    problem = _problem(budget)
+    dev = FakeDevice(problem, tmp_path)
+    loop = SearchLoop(problem, dev, config=LoopConfig(**{"trials": 40, "max_measurements": 5, **cfg}))
+    # fp32 baseline, measured first (as fit does)
+    base = problem.predict(problem.float_labels(), trial=-1)
+    mat = dev.materialize(Plan(), name="fp32")
+    timing = dev.measure(mat.path)
+    problem.learn(base, timing, None, NodeMap({n: n for n in problem.space.layers}, {}), score=False)
+    base.measured_ms, base.metric, base.size_bytes, base.measured_memory_mb = timing.p50_ms, mat.metric, 6_400_000, 80.0
+    loop.add_measured(base)
+    study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "t", seed=0)
+    loop.run(study)
+    loop.exploit()
+    return loop, loop.outcome(base), dev
+
+
+def test_loop_finds_fastest_passing_and_calibrates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base_ms = 6 * EFF["fp32"] * ROOF.layer_ms(_problem(Budget()).costs({s.name: "float" for s in SPECS})[0]) + 0.5
+    budget = Budget(latency_ms=0.6 * base_ms, accuracy_drop=0.02)
+    loop, out, dev = _run(tmp_path, budget, monkeypatch)
+    assert out.best is not None and out.best.passes(budget)
+    assert out.best.measured_ms is not None and out.best.measured_ms <= budget.latency_ms
+    # measurement cap respected; every measured candidate got a prediction error recorded
+    assert 1 <= out.measurements <= 5 and len(dev.materialized) == out.measurements + 1
+    assert len(out.errors) == out.measurements
+    # predictions made before measuring (fp32-calibrated + dtype prior) are within 15%; after learning the
+    # measured candidates, their re-predictions are within 2%
+    assert out.median_error() is not None and out.median_error() < 0.15
+    for c in out.candidates:
+        if c.measured and c.trial >= 0:
+            assert loop.problem.predict(c.labels).predicted_ms == pytest.approx(c.measured_ms, rel=0.02)
+    # fastest passing: no measured passing candidate is faster by more than the tie margin
+    passing = [c for c in out.candidates if c.passes(budget)]
+    assert all(c.measured_ms >= out.best.measured_ms * (1 - loop.config.tie) for c in passing)  # type: ignore[operator]
+    # the seeds went in first: trial 0 = fp32, then the uniform schemes
+    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    assert set(trials[0].params.values()) == {"float"}
+    assert {frozenset(t.params.values()) for t in trials[1:4]} == {frozenset({q}) for q in DROP}
+    assert all(set(t.constraints) == {"latency", "size", "memory", "accuracy_drop"} for t in trials)
+    assert all(t.user_attrs["devicefit"]["worker"] == "main" for t in trials)
+
+
+def test_loop_reports_shortfall_when_budget_impossible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = Budget(latency_ms=0.001, accuracy_drop=0.0001)
+    _loop, out, _dev = _run(tmp_path, budget, monkeypatch, trials=20, max_measurements=3)
+    assert out.best is None and out.closest is not None
+    assert out.closest.measured and out.closest.shortfall(budget)["latency_ms"] > 0
+    assert out.chosen is out.closest
+
+
+def test_worker_trials_tagged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devicefit.compressor.search.worker import join_study
+
+    monkeypatch.setattr(study_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+    problem = _problem(Budget(latency_ms=1.0))
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = open_study(storage, "w", seed=1)
+    loop = SearchLoop(problem, FakeDevice(problem, tmp_path), config=LoopConfig(trials=5, max_measurements=0))
+    assert join_study(loop, study, worker_id="host-a:1") == 5
+    assert {t.user_attrs["devicefit"]["worker"] for t in study.get_trials()} == {"host-a:1"}
