@@ -82,6 +82,76 @@ def _budget(profile: Any, *, latency: float | None, size: float | None, memory: 
     return Budget(**values), origin
 
 
+def make_spec(
+    model: Any,
+    data: Any = None,
+    *,
+    profile: Any = "localhost",
+    device: str | None = None,
+    max_latency_ms: float | None = None,
+    max_size_mb: float | None = None,
+    max_memory_mb: float | None = None,
+    max_accuracy_drop: float | None = None,
+    trials: int | None = None,
+    minutes: float | None = None,
+    format: str = "onnx",
+    max_measurements: int | None = None,
+    space: SpaceConfig | None = None,
+    seed: int = 0,
+    sensitivity_samples: int | None = None,
+    runs: int = 30,
+    store: str | Path | None = None,
+) -> tuple[FitSpec, Any, dict[str, str]]:
+    """Validate the arguments of :func:`fit`; returns (spec, profile, where each budget came from)."""
+    if format not in FORMATS:
+        raise UserInputError(f"format={format!r} is not supported by fit yet", f"use one of {', '.join(FORMATS)}")
+    if trials is not None and trials < 1:
+        raise UserInputError(f"trials={trials} is not positive", "pass trials >= 1")
+    if minutes is not None and minutes <= 0:
+        raise UserInputError(f"minutes={minutes} is not positive", "pass minutes > 0")
+    if max_measurements is not None and max_measurements < 0:
+        raise UserInputError(f"max_measurements={max_measurements} is negative", "pass 0 or more")
+    from devicefit.device_profiles import load_profile
+
+    prof = load_profile(profile)
+    budget, origin = _budget(prof, latency=max_latency_ms, size=max_size_mb, memory=max_memory_mb, drop=max_accuracy_drop)
+    spec = FitSpec(
+        model=model if isinstance(model, str) else None,
+        data=str(data) if isinstance(data, (str, Path)) else None,
+        profile=str(profile) if isinstance(profile, (str, Path)) else prof.id,
+        device=device, budget=budget.to_dict(), format=format,
+        space=(space or SpaceConfig(format=format)).to_dict(),
+        trials=trials if trials is not None else (None if minutes else 120), minutes=minutes,
+        max_measurements=max_measurements if max_measurements is not None else 6, seed=seed,
+        sens_samples=sensitivity_samples, runs=runs, store=str(store) if store is not None else None,
+    )
+    return spec, prof, origin
+
+
+def default_study_name(spec: FitSpec, model: Any = None) -> str:
+    import hashlib
+    import re
+
+    what = spec.model or type(model).__name__
+    key = hashlib.sha256(repr(sorted(spec.to_dict().items())).encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"devicefit-{what}-{spec.profile}-{key}")
+
+
+def start_study(model: str, data: Any = None, *, storage: str, study_name: str | None = None, **kwargs: Any) -> str:
+    """Create a study that ``devicefit search-worker`` processes can join, without running a search here.
+
+    Takes :func:`fit`'s keyword arguments (budgets, profile, device, trials…); returns the study name.
+    """
+    from devicefit.compressor.search.study import open_study
+    from devicefit.compressor.search.worker import SPEC_ATTR
+
+    spec, _prof, _origin = make_spec(model, data, **kwargs)
+    name = study_name or default_study_name(spec)
+    study = open_study(storage, name, seed=spec.seed)
+    study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    return name
+
+
 def fit(
     model: Any,
     data: Any = None,
@@ -102,46 +172,43 @@ def fit(
     space: SpaceConfig | None = None,
     seed: int = 0,
     study_name: str | None = None,
+    sensitivity_samples: int | None = None,
+    runs: int = 30,
+    store: str | Path | None = None,
 ) -> FitResult:
-    """Fit ``model`` (zoo:NAME, file, factory, nn.Module or ModelBundle) to ``profile`` / ``device``."""
-    if format not in FORMATS:
-        raise UserInputError(f"format={format!r} is not supported by fit yet", f"use one of {', '.join(FORMATS)}")
-    if trials is not None and trials < 1:
-        raise UserInputError(f"trials={trials} is not positive", "pass trials >= 1")
-    if minutes is not None and minutes <= 0:
-        raise UserInputError(f"minutes={minutes} is not positive", "pass minutes > 0")
-    from devicefit.device_profiles import load_profile
+    """Fit ``model`` (zoo:NAME, file, factory, nn.Module or ModelBundle) to ``profile`` / ``device``.
 
-    prof = load_profile(profile)
-    budget, origin = _budget(prof, latency=max_latency_ms, size=max_size_mb, memory=max_memory_mb, drop=max_accuracy_drop)
+    Budgets default to the profile's. ``trials`` (default 120, cheap: most are only predicted) or
+    ``minutes`` bound the search; ``max_measurements`` (default 6) bounds how many candidates are compressed
+    and measured. ``storage``: an Optuna RDB URL (default: SQLite ``out/study.db``); other processes can
+    join with ``devicefit search-worker --storage URL --study NAME`` (the name is in report.json).
+    ``store``: the measurement store file (default ~/.cache/devicefit/measurements.db).
+    """
+    spec, prof, origin = make_spec(
+        model, data, profile=profile, device=device, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
+        max_memory_mb=max_memory_mb, max_accuracy_drop=max_accuracy_drop, trials=trials, minutes=minutes,
+        format=format, max_measurements=max_measurements, space=space, seed=seed,
+        sensitivity_samples=sensitivity_samples, runs=runs, store=store,
+    )
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = FitSpec(
-        model=model if isinstance(model, str) else None,
-        data=str(data) if isinstance(data, (str, Path)) else None,
-        profile=str(profile) if isinstance(profile, (str, Path)) else prof.id,
-        device=device, budget=budget.to_dict(), format=format,
-        space=(space or SpaceConfig(format=format)).to_dict(),
-        trials=trials if trials is not None else (None if minutes else 120), minutes=minutes,
-        max_measurements=max_measurements if max_measurements is not None else 6, seed=seed,
-    )
     t0 = time.monotonic()
     with Phases(progress) as phases:
         ctx = prepare(spec, model_obj=model, data_obj=data, profile_obj=prof, work=out_dir / "work", phases=phases)
-        outcome = _search(ctx, spec, out_dir, storage, study_name, phases)
+        outcome = _search(ctx, spec, out_dir, storage, study_name or default_study_name(spec, model), phases)
         phases.start("write", 1, "model.onnx manifest.json plan.yaml report.json report.html")
         result = _write(ctx, spec, outcome, out_dir, origin, time.monotonic() - t0)
         phases.finish("write")
     return result
 
 
-def _search(ctx: Prepared, spec: FitSpec, out_dir: Path, storage: str | None, name: str | None, phases: Phases) -> Any:
+def _search(ctx: Prepared, spec: FitSpec, out_dir: Path, storage: str | None, name: str, phases: Phases) -> Any:
     from devicefit.compressor.search.study import candidates_from_study, default_storage, open_study
+    from devicefit.compressor.search.worker import SPEC_ATTR
 
     storage = storage or default_storage(out_dir)
-    name = name or f"devicefit-{ctx.model_hash[:12]}-{ctx.profile.id}-{ctx.budget_key()}"
     study = open_study(storage, name, seed=spec.seed)
-    study.set_user_attr("devicefit_spec", spec.to_dict())
+    study.set_user_attr(SPEC_ATTR, spec.to_dict())
     ctx.loop.run(study)
     others = [c for c in candidates_from_study(study, ctx.problem) if c.trial not in ctx.loop.candidates]
     phases.start("exploit", None, "measuring the most promising predictions")
@@ -154,16 +221,15 @@ def _search(ctx: Prepared, spec: FitSpec, out_dir: Path, storage: str | None, na
         chosen.measured_ms = None
         chosen.metric = None
         ctx.loop.by_hash.pop(chosen.plan_hash, None)
-        ctx.loop.evaluate(chosen, tag="local")
+        ctx.loop.evaluate(chosen, tag="local", score=False)
     phases.start("distill", None, "distillation on the chosen structural plan")
     final = ctx.loop.distill_winner(chosen)
     phases.finish("distill")
     if final is not chosen:
-        outcome = ctx.loop.outcome(ctx.baseline, others=others)
-        if outcome.chosen is not final and final.passes(ctx.problem.budget):
+        if final.passes(ctx.problem.budget):
             outcome.best = final
-        elif not final.passes(ctx.problem.budget):
-            outcome.closest = final if outcome.best is None else outcome.closest
+        else:
+            outcome.closest = final
     outcome.study = {"storage": _redact(storage), "name": name}
     return outcome
 
@@ -190,9 +256,9 @@ def _write(ctx: Prepared, spec: FitSpec, outcome: Any, out_dir: Path, origin: di
     plan.save(out_dir / "plan.yaml")
     report = build_report(ctx, spec, outcome, origin=origin, seconds=seconds)
     try:
-        from devicefit.artifact import Artifact
-
         import re
+
+        from devicefit.artifact import Artifact
 
         model_id = re.sub(r"[^A-Za-z0-9._+-]+", "-", ctx.bundle.name).strip("-.") or "model"
         Artifact.from_file(model_path, model_id=f"{model_id}-fit"[:128], plan=plan, metrics=report["result"]["metric"]).save()

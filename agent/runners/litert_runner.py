@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -59,6 +60,16 @@ def _versions() -> dict[str, str]:
         return {dist: "unknown"}
 
 
+def _physical_cores() -> int:
+    """LiteRT's own default is not documented per version: use one thread per physical core, like onnxruntime."""
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except ImportError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
 class LiteRTRunner:
     """One TFLite interpreter; dynamic dims (-1 in the shape signature) are resized on first run."""
 
@@ -77,14 +88,14 @@ class LiteRTRunner:
         self.path = Path(path)
         self.module_name, mod = import_interpreter(interpreter_modules)
         try:
-            self._interp = mod.Interpreter(model_path=str(self.path), num_threads=threads)
+            self._interp = mod.Interpreter(model_path=str(self.path), num_threads=threads or _physical_cores())
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(
                 f"{self.module_name} could not load {str(self.path)!r}: {str(exc).strip()[:300]}",
                 "check that the file is a complete .tflite flatbuffer (re-export it)",
             ) from exc
-        self.threads = threads
+        self.threads = threads or _physical_cores()
         self._shapes: dict[int, tuple[int, ...]] = {}
 
     def inputs(self) -> list[TensorSpec]:

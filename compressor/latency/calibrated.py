@@ -30,7 +30,7 @@ _KEEP = 64  # ratios kept per key (oldest dropped)
 _PRIOR_OTHER = 0.25  # other ≈ 25% of layer time before anything is measured
 #: before a dtype has been measured on a device: its speed-up over fp32 is at most this (the profile's
 #: peak int8 / fp32 ratio is a GEMM peak; whole layers on CPU runtimes gain ~2-3x, weight-only ~1x)
-PRIOR_SPEEDUP: dict[str, float] = {"int8": 3.0, "int8dyn": 2.5, "fp16": 1.0, "int8w": 1.0, "int4w": 1.0}
+PRIOR_SPEEDUP: dict[str, float] = {"int8": 3.0, "int8dyn": 2.5, "fp16": 1.0, "int8w": 1.0, "int4w": 2.0}
 
 
 def _push(d: dict[str, list[float]], key: str, value: float) -> None:
@@ -60,7 +60,10 @@ class CalibratedModel:
     roofline: Roofline
     device_id: str = "host"
     model_key: str = ""
+    #: device-wide (every model measured on this device) kind×dtype ratios
     kind_ratios: dict[str, list[float]] = field(default_factory=dict)
+    #: this model's kind×dtype ratios
+    model_kind_ratios: dict[str, list[float]] = field(default_factory=dict)
     layer_ratios: dict[str, list[float]] = field(default_factory=dict)
     #: (number of layers per non-fp32 dtype, other ms) per per-node measurement
     other_points: list[tuple[dict[str, int], float]] = field(default_factory=list)
@@ -70,21 +73,28 @@ class CalibratedModel:
 
     # ------------------------------------------------------------------------------ predict
     def _layer_ms(self, cost: LayerCost) -> tuple[float, bool]:
-        """(predicted ms, whether this dtype was measured) for one layer."""
-        for key in (f"{cost.name}|{cost.dtype}", f"{cost.kind}/{cost.dtype}"):
-            src = self.layer_ratios if "|" in key else self.kind_ratios
+        """(predicted ms, whether this dtype was measured for this model on this device) for one layer.
+
+        Most specific first: this layer at this dtype → this model's layers of the same kind at this dtype.
+        A dtype not yet measured for this model starts from the layer's own fp32 efficiency, scaled by the
+        dtype's speed-up over fp32 seen for *other* models on this device when there is one, else capped
+        at :data:`PRIOR_SPEEDUP` (and never faster than the roofline says).
+        """
+        roof = self.roofline.layer_ms(cost)
+        for src, key in ((self.layer_ratios, f"{cost.name}|{cost.dtype}"), (self.model_kind_ratios, f"{cost.kind}/{cost.dtype}")):
             if src.get(key):
-                return statistics.median(src[key]) * self.roofline.layer_ms(cost), True
-        for key in (f"{cost.name}|fp32", f"{cost.kind}/fp32"):
-            src = self.layer_ratios if "|" in key else self.kind_ratios
-            if src.get(key):
-                ratio = statistics.median(src[key])
-                optimistic = ratio * self.roofline.layer_ms(cost)
-                if cost.dtype == "fp32":
-                    return optimistic, True
-                as_fp32 = ratio * self.roofline.layer_ms(with_dtype(cost, "fp32"))
-                return max(optimistic, as_fp32 / PRIOR_SPEEDUP.get(cost.dtype, 1.0)), False
-        return self.roofline.layer_ms(cost), False
+                return statistics.median(src[key]) * roof, True
+        fp32 = self.layer_ratios.get(f"{cost.name}|fp32") or self.model_kind_ratios.get(f"{cost.kind}/fp32")
+        if not fp32:
+            return roof, False
+        ratio = statistics.median(fp32)
+        if cost.dtype == "fp32":
+            return ratio * roof, True
+        dev_d, dev_f = self.kind_ratios.get(f"{cost.kind}/{cost.dtype}"), self.kind_ratios.get(f"{cost.kind}/fp32")
+        if dev_d and dev_f:
+            return ratio * statistics.median(dev_d) / statistics.median(dev_f) * roof, False
+        as_fp32 = ratio * self.roofline.layer_ms(with_dtype(cost, "fp32"))
+        return max(ratio * roof, as_fp32 / PRIOR_SPEEDUP.get(cost.dtype, 1.0)), False
 
     def predict(self, costs: Sequence[LayerCost]) -> Prediction:
         per_layer: dict[str, float] = {}
@@ -182,6 +192,7 @@ class CalibratedModel:
             ratio = ms / max(self.roofline.layer_ms(c), 1e-9)
             _push(self.layer_ratios, f"{c.name}|{c.dtype}", ratio)
             _push(self.kind_ratios, f"{c.kind}/{c.dtype}", ratio)
+            _push(self.model_kind_ratios, f"{c.kind}/{c.dtype}", ratio)
         self.other_points.append((self._counts(costs), max(0.0, p50_ms - layer_total)))
         del self.other_points[:-_KEEP]
         self.sources[source] = self.sources.get(source, 0) + 1
@@ -199,7 +210,7 @@ class CalibratedModel:
             "device_id": self.device_id,
             "roofline": self.roofline.to_dict(),
             "kind_ratios": self.kind_ratios,
-            "models": {self.model_key: {"layer_ratios": self.layer_ratios,
+            "models": {self.model_key: {"layer_ratios": self.layer_ratios, "kind_ratios": self.model_kind_ratios,
                                         "other_points": [[c, v] for c, v in self.other_points],
                                         "sources": self.sources}},
             "errors": self.errors[-256:],
@@ -239,6 +250,7 @@ class CalibratedModel:
         model.kind_ratios = {k: [float(x) for x in v] for k, v in data.get("kind_ratios", {}).items()}
         m = data.get("models", {}).get(model_key, {})
         model.layer_ratios = {k: [float(x) for x in v] for k, v in m.get("layer_ratios", {}).items()}
+        model.model_kind_ratios = {k: [float(x) for x in v] for k, v in m.get("kind_ratios", {}).items()}
         model.other_points = [({str(k): int(n) for k, n in c.items()}, float(v)) for c, v in m.get("other_points", [])]
         model.sources = {str(k): int(v) for k, v in m.get("sources", {}).items()}
         return model

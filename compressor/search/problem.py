@@ -136,7 +136,7 @@ class SearchProblem:
         size = mat.size_bytes if mat is not None else cand.size_bytes
         if size is not None:
             self.memory.observe(size / 1e6, timing.peak_rss_mb)
-        if mat is not None:
+        if mat is not None and not cand.distilled:
             self.drops.observe(self.sensitivity.plan_drop(self.space, cand.labels), mat.drop)
         return {"per_layer": per_layer, "other_ms": other}
 

@@ -173,9 +173,9 @@ class SearchLoop:
         if best is None:
             return True
         t = self.config.tie
-        return c.predicted_ms < best.latency_ms * (1 - t) or (
-            c.predicted_ms <= best.latency_ms * (1 + t) and c.predicted_drop < best.drop - 0.002
-        )
+        # optimism under uncertainty: a dtype never measured here may be faster than its prior says
+        pred = c.predicted_ms / (1 + self.config.explore_margin) if c.uncalibrated else c.predicted_ms
+        return pred < best.latency_ms * (1 - t) or (pred <= best.latency_ms * (1 + t) and c.predicted_drop < best.drop - 0.002)
 
     def can_measure(self, reserve: int = 0) -> bool:
         return self.measurements < self.config.max_measurements - reserve and time.monotonic() < self.deadline
@@ -189,8 +189,11 @@ class SearchLoop:
         """Register an already measured candidate (the fp32 baseline)."""
         self.by_hash[cand.plan_hash] = cand
 
-    def evaluate(self, cand: Candidate, *, tag: str = "", plan: Plan | None = None) -> Candidate:
-        """Materialize ``cand`` (compress + export), measure it, recalibrate, store the measurement."""
+    def evaluate(self, cand: Candidate, *, tag: str = "", plan: Plan | None = None, score: bool = True) -> Candidate:
+        """Materialize ``cand`` (compress + export), measure it, recalibrate, store the measurement.
+
+        ``score=False``: a re-measurement of a structure already measured (distilled weights, a winner found
+        by another worker) — not counted in the prediction error."""
         known = self.by_hash.get(cand.plan_hash)
         if known is not None and (known.measured or known.error):
             self._copy_measured(known, cand)
@@ -215,7 +218,7 @@ class SearchLoop:
         except Exception as exc:  # pragma: no cover - mapping is best effort
             log.warning("node mapping failed for %s: %s", mat.path, exc)
             node_map = None
-        split = self.problem.learn(cand, timing, mat, node_map)
+        split = self.problem.learn(cand, timing, mat, node_map, score=score)
         cand.measured_ms, cand.p90_ms = timing.p50_ms, timing.p90_ms
         cand.measured_memory_mb = timing.peak_rss_mb
         cand.size_bytes, cand.params, cand.macs = mat.size_bytes, mat.params, mat.macs
@@ -361,11 +364,12 @@ class SearchLoop:
         plan = Plan(plan.rules, distill=cfg)
         d = replace(cand, plan_hash=plan_hash(plan), tags=[*cand.tags], measured_ms=None, metric=None, path=None)
         d.distilled = True
-        d = self.evaluate(d, tag="distill", plan=plan)
-        better = d.measured and d.error is None and (d.passes(self.budget) or d.drop < cand.drop)
-        if better and (not cand.passes(self.budget) or d.drop <= cand.drop):
-            return d
-        return cand
+        d = self.evaluate(d, tag="distill", plan=plan, score=False)
+        if not d.measured or d.error is not None:
+            return cand
+        if cand.passes(self.budget):
+            return d if d.passes(self.budget) and d.drop <= cand.drop else cand
+        return d if d.passes(self.budget) or d.drop < cand.drop else cand
 
     def outcome(self, baseline: Candidate, *, others: list[Candidate] | None = None) -> SearchOutcome:
         for c in others or []:

@@ -6,11 +6,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from devicefit.compressor.latency import CalibratedModel, LayerSpec, Roofline, plan_costs, predicted_size_bytes
+from devicefit.compressor.latency import (
+    CalibratedModel,
+    LayerSpec,
+    Roofline,
+    plan_costs,
+    predicted_size_bytes,
+)
 from devicefit.compressor.latency.roofline import dtype_of, structural_scales
 from devicefit.compressor.plan import LayerChoice, Plan
-from devicefit.compressor.techniques import ChannelPrune, Int4WeightOnly, Int8Dynamic, Int8Static, KeepFloat, LowRank
+from devicefit.compressor.techniques import (
+    ChannelPrune,
+    Int4WeightOnly,
+    Int8Dynamic,
+    Int8Static,
+    KeepFloat,
+    LowRank,
+)
 
 ROOF = Roofline(peak_gops_fp32=100.0, peak_gops_int8=400.0, mem_bandwidth_gbs=10.0, kernel_overhead_ms=0.0)
 
@@ -123,9 +135,8 @@ def test_calibrated_model_persists_per_device(tmp_path: Path) -> None:
 
 def test_node_map_attributes_nodes_to_layers(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    from onnxruntime.quantization import quantize_dynamic
-
     from devicefit.compressor.latency import node_map_for
+    from onnxruntime.quantization import quantize_dynamic
 
     class M(torch.nn.Module):
         def __init__(self) -> None:

@@ -1,0 +1,98 @@
+"""devicefit.fit / `devicefit fit` on zoo:digits-cnn, measured on the host, with a small search budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from devicefit.compressor.plan import Plan
+from devicefit.errors import UserInputError
+
+pytestmark = [pytest.mark.timeout(600)]
+
+RESULT_KEYS = {"params", "macs", "size_bytes", "compression_ratio", "metric", "latency", "budget_met"}
+
+
+def _check_report(rep: dict[str, Any], out: Path) -> None:
+    assert {"model", "profile", "budget", "result", "pareto", "search", "baseline", "layers"} <= set(rep)
+    assert {"params", "macs", "size_bytes"} <= set(rep["model"]) and rep["model"]["params"] > 200_000
+    assert set(rep["result"]) >= RESULT_KEYS
+    assert set(rep["result"]["metric"]) >= {"name", "baseline", "compressed", "drop"}
+    assert rep["result"]["metric"]["name"] == "accuracy"
+    assert set(rep["result"]["latency"]) >= {"p50_ms", "p90_ms", "source", "device"}
+    assert {"trials", "measurements", "minutes", "prediction_error"} <= set(rep["search"])
+    assert "median" in rep["search"]["prediction_error"]
+    for p in rep["pareto"]:
+        assert {"predicted_ms", "measured_ms", "metric_drop", "size_bytes", "source"} <= set(p)
+        assert (p["measured_ms"] is not None) == (p["source"] == "measured")
+    for name in ("model.onnx", "manifest.json", "plan.yaml", "report.json", "report.html"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(rep, default=str))
+    from devicefit.artifact import Artifact
+
+    art = Artifact.load(out)  # manifest matches model.onnx (size + sha256)
+    assert art.path == out / "model.onnx"
+    Plan.load(out / "plan.yaml")
+
+
+@pytest.mark.slow
+def test_fit_digits_on_host_meets_budget(tmp_path: Path, digits_bundle: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import devicefit
+
+    monkeypatch.setenv("DEVICEFIT_MEASUREMENTS_DB", str(tmp_path / "m.db"))
+    out = tmp_path / "out"
+    res = devicefit.fit(digits_bundle, profile="localhost", max_latency_ms=20.0, max_accuracy_drop=0.01, trials=25,
+                        max_measurements=3, out=out, progress=False, sensitivity_samples=128, runs=20)
+    rep = res.to_dict()
+    _check_report(rep, out)
+    r = rep["result"]
+    # budget_met means: a candidate *measured* (on the host here) within every budget
+    assert res.budget_met and r["budget_met"] is True and r["shortfall"] == {}
+    assert r["latency"]["source"] == "measured" and r["latency"]["device"] == "host"
+    assert r["latency"]["p50_ms"] <= 20.0 and r["metric"]["drop"] <= 0.01
+    assert rep["budget"]["latency_ms"] == 20.0 and rep["budget"]["origin"]["latency_ms"] == "given"
+    assert rep["budget"]["origin"]["memory_mb"] == "profile"  # budgets not given come from the profile
+    assert rep["search"]["trials"] >= 25 and 0 <= rep["search"]["measurements"] <= 3
+    assert rep["baseline"]["latency"]["source"] == "measured"
+    chosen = [p for p in rep["pareto"] if p["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["passes"]
+    # the fastest passing measured candidate was kept
+    passing = [p for p in rep["pareto"] if p["passes"]]
+    assert chosen[0]["measured_ms"] <= min(p["measured_ms"] for p in passing) * 1.03 + 1e-9
+
+
+@pytest.mark.slow
+def test_cli_fit_impossible_budget_exits_3_and_writes_report(tmp_path: Path, digits_bundle: Any) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DEVICEFIT_MEASUREMENTS_DB": str(tmp_path / "m.db")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "devicefit.cli", "fit", "zoo:digits-cnn", "--profile", "localhost",
+         "--max-latency-ms", "0.00001", "--max-accuracy-drop", "0.01", "--trials", "12", "--max-measurements", "2",
+         "-o", str(out), "--json"],
+        capture_output=True, text=True, env=env, timeout=500,
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    rep = json.loads(proc.stdout)  # exactly one JSON object: report.json
+    _check_report(rep, out)
+    r = rep["result"]
+    assert r["budget_met"] is False and r["shortfall"]["latency_ms"] > 0
+    assert r["latency"]["source"] == "measured"  # the closest candidate is still a measured one
+    assert "no measured candidate met the budget" in proc.stderr
+
+
+def test_fit_rejects_bad_arguments() -> None:
+    import devicefit
+
+    with pytest.raises(UserInputError, match="format"):
+        devicefit.fit("zoo:digits-cnn", format="tflite", progress=False)
+    with pytest.raises(UserInputError, match="trials"):
+        devicefit.fit("zoo:digits-cnn", trials=0, progress=False)
+    from devicefit.compressor.search.candidate import Budget
+
+    with pytest.raises(UserInputError, match="latency_ms"):
+        Budget(latency_ms=-1.0)
