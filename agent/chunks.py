@@ -6,13 +6,21 @@ and appends the data once; the decoder returns ``data`` as a memoryview into the
 small board every copy of a 50 MB artifact costs real time (see bench/transport.py).
 
 Field numbers follow protos/devicefit/v1/artifact.proto (UploadChunk): 1 schema_version, 2 upload_id,
-3 offset, 4 data, 5 crc32 (fixed32), 6 manifest, 7 activate.
+3 offset, 4 data, 5 crc32 (optional fixed32), 6 manifest, 7 activate, 8 running_sha256.
+
+:class:`FileChunks` turns a file into the encoded chunks of one upload stream, hashing as it reads (one pass:
+read, hash, send); any transport sends them as they come.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from devicefit.agent import errors as E
 from devicefit.agent.errors import AgentError
@@ -55,12 +63,13 @@ def encode_upload_chunk(
     schema_version: str,
     upload_id: str,
     offset: int,
-    data: bytes,
-    crc32: int,
+    data: bytes | memoryview,
+    crc32: int | None = None,
     manifest: artifact_pb2.ArtifactManifest | None = None,
     activate: bool = False,
+    running_sha256: bytes = b"",
 ) -> bytes:
-    """Serialized UploadChunk, byte-identical to ``UploadChunk(...).SerializeToString()``."""
+    """Serialized UploadChunk, byte-identical to ``UploadChunk(...).SerializeToString()`` (``crc32=None``: absent)."""
     head = bytearray()
     if schema_version:
         head += _len_field(1, schema_version.encode())
@@ -71,12 +80,14 @@ def encode_upload_chunk(
     if data:
         head += _varint(4 << 3 | _LEN) + _varint(len(data))
     tail = bytearray()
-    if crc32:
+    if crc32 is not None:
         tail += _varint(5 << 3 | _I32) + struct.pack("<I", crc32 & 0xFFFFFFFF)
     if manifest is not None:
         tail += _len_field(6, manifest.SerializeToString())
     if activate:
         tail += _varint(7 << 3 | _VARINT) + b"\x01"
+    if running_sha256:
+        tail += _len_field(8, running_sha256)
     return b"".join((head, data, tail))
 
 
@@ -88,9 +99,10 @@ class RawChunk:
     upload_id: str = ""
     offset: int = 0
     data: memoryview | bytes = b""
-    crc32: int = 0
+    crc32: int | None = None
     manifest: artifact_pb2.ArtifactManifest | None = None
     activate: bool = False
+    running_sha256: bytes = b""
 
     def HasField(self, name: str) -> bool:
         if name != "manifest":
@@ -127,6 +139,8 @@ def decode_upload_chunk(buf: bytes | memoryview) -> RawChunk:
                     out.data = field
                 elif num == 6:
                     out.manifest = artifact_pb2.ArtifactManifest.FromString(bytes(field))
+                elif num == 8:
+                    out.running_sha256 = bytes(field)
             elif wt == _I32:
                 if pos + 4 > end:
                     raise AgentError(E.INVALID_ARGUMENT, "upload chunk is truncated (fixed32)")
@@ -146,3 +160,67 @@ def decode_upload_chunk(buf: bytes | memoryview) -> RawChunk:
     if pos != end:
         raise AgentError(E.INVALID_ARGUMENT, "upload chunk is truncated")
     return out
+
+
+class FileChunks:
+    """The encoded UploadChunk messages of one upload stream of ``path`` from ``start``, hashed as read.
+
+    Every chunk carries ``running_sha256`` (the digest of the file's bytes up to its end); the first one also
+    the manifest (and ``activate``). Resuming at ``start`` > 0 hashes the first ``start`` bytes locally first.
+    After the iteration :attr:`digest` is the sha256 of the whole file as read (``None`` before). The file is
+    read through a memory map: a chunk's bytes are copied once, into the outgoing message.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        size: int,
+        upload_id: str,
+        schema_version: str,
+        manifest: artifact_pb2.ArtifactManifest,
+        start: int = 0,
+        chunk_size: int = 1 << 20,
+        activate: bool = False,
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> None:
+        self.path, self.size, self.upload_id, self.schema_version = Path(path), int(size), upload_id, schema_version
+        self.manifest, self.start, self.chunk_size, self.activate = manifest, int(start), int(chunk_size), activate
+        self.progress = progress
+        self.digest: bytes | None = None
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        import mmap
+
+        h = hashlib.sha256()
+        size, offset = self.size, self.start
+        with open(self.path, "rb") as f:
+            if os.fstat(f.fileno()).st_size != size:
+                raise AgentError(
+                    E.INVALID_ARGUMENT, f"{self.path} is {os.fstat(f.fileno()).st_size} bytes, the upload says {size}",
+                    "the file changed while it was being deployed; deploy it again",
+                )
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
+                if hasattr(mm, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+                    mm.madvise(mmap.MADV_SEQUENTIAL)
+                for pos in range(0, offset, 1 << 22):  # resuming: the prefix the agent already holds
+                    h.update(view[pos : min(pos + (1 << 22), offset)])
+                first = True
+                while first or offset < size:
+                    end = min(offset + self.chunk_size, size)
+                    with view[offset:end] as data:
+                        h.update(data)
+                        msg = encode_upload_chunk(
+                            schema_version=self.schema_version, upload_id=self.upload_id, offset=offset, data=data,
+                            manifest=self.manifest if first else None, activate=self.activate and first,
+                            running_sha256=h.digest(),
+                        )
+                    first = False
+                    offset = end
+                    self.sent = offset - self.start
+                    if offset >= size:
+                        self.digest = h.digest()
+                    yield msg
+                    if self.progress is not None:
+                        self.progress(offset, size)

@@ -25,6 +25,7 @@ from devicefit.agent.errors import AgentError
 from devicefit.agent.rss import current_rss_mb
 from devicefit.agent.runners import RUNNERS, Runner, runner_for
 from devicefit.agent.store import Entry, ModelStore
+from devicefit.agent.upload import UploadSpec
 from devicefit.errors import DevicefitError
 from devicefit.protos.devicefit.v1 import agent_pb2, artifact_pb2, benchmark_pb2, common_pb2
 from devicefit.protos.schema import stamp
@@ -51,6 +52,23 @@ def _handler(response_type: Callable[..., Any]) -> Callable[[Callable[..., Any]]
         return wrapper
 
     return deco
+
+
+def upload_spec(pb: artifact_pb2.ArtifactManifest) -> UploadSpec:
+    """The manifest of an upload's first chunk; its sha256 may be left to the stream (``running_sha256``)."""
+    if pb.sha256:
+        return UploadSpec.of(wire.manifest_from_proto(pb))
+    probe = artifact_pb2.ArtifactManifest()
+    probe.CopyFrom(pb)
+    probe.sha256 = "0" * 64  # validate every other field now, before any byte is stored
+    return UploadSpec.pending(wire.manifest_from_proto(probe))
+
+
+def _crc32(chunk: Any) -> int | None:
+    """The chunk's optional CRC32 (a decoded RawChunk or a generated UploadChunk)."""
+    if isinstance(chunk, artifact_pb2.UploadChunk):
+        return int(chunk.crc32) if chunk.HasField("crc32") else None
+    return None if chunk.crc32 is None else int(chunk.crc32)
 
 
 class LoadedModel:
@@ -160,6 +178,8 @@ class AgentService:
         )
         if info.manifest is not None:
             pb.manifest.CopyFrom(wire.manifest_to_proto(info.manifest))
+        elif info.already_stored:  # this upload id finished before: name the blob it became
+            pb.manifest.CopyFrom(wire.manifest_to_proto(self.store.resolve(info.stored_sha256).manifest))
         return pb
 
     @_handler(artifact_pb2.UploadResult)
@@ -171,27 +191,28 @@ class AgentService:
         wire.check_schema(first)
         if not first.HasField("manifest"):
             raise AgentError(E.INVALID_ARGUMENT, "the first upload chunk has no manifest", "send it in the first chunk")
-        manifest = wire.manifest_from_proto(first.manifest)
+        spec = upload_spec(first.manifest)
         res = artifact_pb2.UploadResult(
-            status=wire.ok_status(), upload_id=first.upload_id, model_id=manifest.model_id,
-            sha256=manifest.sha256, size_bytes=manifest.size_bytes,
+            status=wire.ok_status(), upload_id=first.upload_id, model_id=str(spec.fields["model_id"]),
+            sha256=spec.sha256, size_bytes=spec.size_bytes,
         )
-        if self.store.has_blob(manifest.sha256):
+        if not spec.pending_digest and self.store.has_blob(spec.sha256):
             for _ in it:  # nothing to store; drain whatever the client sent
                 pass
-            entry = self.store.add_entry(manifest)  # refresh id/version/metrics of the stored blob
+            entry = self.store.add_entry(spec.manifest())  # refresh id/version/metrics of the stored blob
             res.already_stored = True
-            res.committed_offset = res.resumed_from = manifest.size_bytes
+            res.committed_offset = res.resumed_from = spec.size_bytes
         else:
-            part = self.store.begin_upload(first.upload_id, manifest)
+            part = self.store.begin_upload(first.upload_id, spec)
             res.resumed_from = part.resumed_from
             try:
-                chunk: artifact_pb2.UploadChunk | None = first
+                chunk: Any = first
                 while chunk is not None:
                     if chunk is not first:
                         wire.check_schema(chunk)
-                    part.write(int(chunk.offset), chunk.data, int(chunk.crc32))
+                    part.write(int(chunk.offset), chunk.data, _crc32(chunk), chunk.running_sha256 or None)
                     chunk = next(it, None)
+                part.sync()  # raises a chunk the writer rejected
                 res.bytes_received = part.received - part.resumed_from
                 if not part.complete:
                     part.close()
@@ -199,12 +220,13 @@ class AgentService:
                     res.status.CopyFrom(
                         wire.error_status(
                             E.INCOMPLETE, f"upload {first.upload_id} stopped at {part.committed} of "
-                            f"{manifest.size_bytes} bytes", "resume it (devicefit deploy resumes automatically)",
+                            f"{spec.size_bytes} bytes", "resume it (devicefit deploy resumes automatically)",
                         )
                     )
                     return res
                 entry = part.finish()
-                res.committed_offset = manifest.size_bytes
+                res.committed_offset = spec.size_bytes
+                res.sha256 = entry.sha256
             finally:
                 part.close()
         if first.activate:

@@ -5,13 +5,15 @@ Layout under the store root::
     blobs/<sha256>.<onnx|tflite>   verified model files (never modified after the rename into place)
     uploads/<upload_id>.part       bytes received so far (may run ahead of the committed offset)
     uploads/<upload_id>.json       {"committed": N, "manifest": {...}}: the first N bytes of .part are fsynced
-    state.json                     {"models": {sha: {...}}, "active": sha|null, "previous": [sha, ...]}
+                                   (written at the first commit; the manifest's sha256 is "" while pending)
+    state.json                     {"models": {sha: {...}}, "active": sha|null, "previous": [sha, ...],
+                                    "uploads": {upload_id: sha}}  (recent uploads whose id is not their sha)
 
 Every file that matters is written to a temp file, fsynced, renamed into place, and its directory fsynced,
 so a crash (or SIGKILL) at any point leaves either the old or the new version. A partial upload commits
 (fsync data, then persist the offset) periodically (see :class:`PartialUpload`), when the stream pauses
 and when it ends; after a restart it resumes from the committed offset (a .part longer than that is
-truncated back to it).
+truncated back to it; a meta file whose .part is missing counts as nothing committed).
 A finished upload enters ``blobs/`` only after its size and sha256 (and signature, when a
 :class:`Verifier` is configured) check out. Loading/activating is the service's job (see service.py): the
 store only records which blob is active and the rollback history.
@@ -29,10 +31,13 @@ from typing import Any, Protocol
 from devicefit.agent import errors as E
 from devicefit.agent.errors import AgentError
 from devicefit.agent.manifest import Manifest, utc_now
-from devicefit.agent.upload import PartialUpload, atomic_write
+from devicefit.agent.upload import PartialUpload, UploadSpec, atomic_write
+from devicefit.errors import DevicefitError
 
 _UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 STATE_VERSION = 1
+#: how many finished uploads (upload id -> sha256) the store remembers for QueryUpload
+MAX_RECENT_UPLOADS = 64
 
 
 class Verifier(Protocol):
@@ -63,8 +68,11 @@ class UploadInfo:
     upload_id: str
     exists: bool
     committed: int
-    manifest: Manifest | None
+    manifest: Manifest | None  # None also while the partial upload's sha256 is pending
     already_stored: bool = False
+    spec: UploadSpec | None = None
+    #: sha256 of the stored blob when ``already_stored``
+    stored_sha256: str = ""
 
 
 class ModelStore:
@@ -98,7 +106,7 @@ class ModelStore:
     # ---- state -------------------------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
         if not self.state_path.exists():
-            return {"state_version": STATE_VERSION, "models": {}, "active": None, "previous": []}
+            return {"state_version": STATE_VERSION, "models": {}, "active": None, "previous": [], "uploads": {}}
         try:
             state = json.loads(self.state_path.read_text())
         except (OSError, ValueError) as exc:
@@ -111,6 +119,7 @@ class ModelStore:
         state["previous"] = [s for s in state.get("previous", []) if s in state["models"]]
         if state.get("active") not in state["models"]:
             state["active"] = None
+        state["uploads"] = {u: sha for u, sha in state.get("uploads", {}).items() if sha in state["models"]}
         return state
 
     def _save(self) -> None:
@@ -124,9 +133,16 @@ class ModelStore:
         m = Manifest.from_dict(rec["manifest"])
         return Entry(m, rec["stored_at"], self.blob_path(m))
 
-    def add_entry(self, m: Manifest) -> Entry:
+    def add_entry(self, m: Manifest, *, upload_id: str = "") -> Entry:
+        """Record a stored blob (and, for an upload id that is not the sha256, which blob it became)."""
         with self._lock:
             self._state["models"][m.sha256] = {"manifest": m.to_dict(), "stored_at": utc_now()}
+            if upload_id and upload_id != m.sha256:
+                uploads = self._state.setdefault("uploads", {})
+                uploads.pop(upload_id, None)
+                uploads[upload_id] = m.sha256
+                for old in list(uploads)[: max(0, len(uploads) - MAX_RECENT_UPLOADS)]:
+                    del uploads[old]
             self._save()
             return self._entry(m.sha256)
 
@@ -143,17 +159,32 @@ class ModelStore:
             return sha256 in self._state["models"]
 
     def upload_info(self, upload_id: str, sha256: str = "") -> UploadInfo:
+        """The partial upload ``upload_id`` (committed offset, manifest), and whether its blob is stored:
+        the blob ``sha256`` names, or the one this upload id finished as (when no partial upload is left)."""
         self._check_upload_id(upload_id)
         meta = self.uploads_dir / f"{upload_id}.json"
-        stored = bool(sha256) and self.has_blob(sha256)
-        if not meta.exists():
-            return UploadInfo(upload_id, False, 0, None, stored)
-        d = json.loads(meta.read_text())
-        return UploadInfo(upload_id, True, int(d["committed"]), Manifest.from_dict(d["manifest"]), stored)
+        part = self.uploads_dir / f"{upload_id}.part"
+        stored_sha = sha256 if sha256 and self.has_blob(sha256) else ""
+        spec: UploadSpec | None = None
+        committed = 0
+        if meta.exists() and part.exists():
+            try:
+                d = json.loads(meta.read_text())
+                spec = UploadSpec.from_dict(d["manifest"])
+                committed = min(int(d["committed"]), part.stat().st_size, spec.size_bytes)
+            except (OSError, ValueError, KeyError, DevicefitError):
+                spec, committed = None, 0  # unreadable leftovers count as nothing committed
+        if spec is None and not stored_sha:
+            with self._lock:
+                done = self._state.get("uploads", {}).get(upload_id, "")
+                stored_sha = done if done in self._state["models"] else ""
+        manifest = spec.manifest() if spec is not None and not spec.pending_digest else None
+        return UploadInfo(upload_id, spec is not None, committed, manifest, bool(stored_sha), spec, stored_sha)
 
-    def begin_upload(self, upload_id: str, manifest: Manifest) -> PartialUpload:
+    def begin_upload(self, upload_id: str, manifest: Manifest | UploadSpec) -> PartialUpload:
         """Open (or resume) an upload. A leftover partial upload of different content is discarded."""
         self._check_upload_id(upload_id)
+        spec = UploadSpec.of(manifest)
         with self._lock:
             if upload_id in self._uploading:
                 raise AgentError(E.BUSY, f"upload {upload_id} is already being received", "wait for it to finish")
@@ -161,9 +192,11 @@ class ModelStore:
         try:
             info = self.upload_info(upload_id)
             committed = 0
-            if info.exists and info.manifest is not None and info.manifest.sha256 == manifest.sha256:
-                committed = min(info.committed, manifest.size_bytes)
-            return PartialUpload(self, upload_id, manifest, committed)
+            if info.spec is not None and info.spec.same_upload(spec):
+                committed = info.committed
+            else:  # nothing to resume: a leftover offset must not outlive the bytes it describes
+                (self.uploads_dir / f"{upload_id}.json").unlink(missing_ok=True)
+            return PartialUpload(self, upload_id, spec, committed)
         except BaseException:
             self._release(upload_id)
             raise

@@ -3,6 +3,12 @@
 Crash safety: data and the committed offset are made durable with fsync before they count, and files
 enter the store by rename (then the directory is fsynced), so a SIGKILL at any point leaves a state a
 restarted agent resumes from.
+
+Cost per byte (what bench/transport.py measures): the receiving thread hashes each chunk (sha256 releases the
+GIL, so gRPC keeps receiving meanwhile) and hands it to a writer thread, which appends it with ``os.write`` and
+asks the kernel to start writing it back (``sync_file_range``, a hint), so the fsyncs at commit points and at
+the end find little left to flush. The sha256 the agent must compute anyway doubles as the per-chunk integrity
+check (``running_sha256``), so a chunk costs no separate checksum.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ import hashlib
 import json
 import os
 import queue
+import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from devicefit.agent import errors as E
 from devicefit.agent.errors import AgentError
@@ -24,6 +33,9 @@ from devicefit.agent.manifest import Manifest
 
 if TYPE_CHECKING:
     from devicefit.agent.store import Entry, ModelStore
+
+#: stands in for a pending sha256 only while the other manifest fields are validated; never stored
+_VALIDATION_SHA = "0" * 64
 
 
 def fsync_dir(path: Path) -> None:
@@ -45,55 +57,151 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+_fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+_writeback: Callable[[int, int, int], None] | bool | None = False  # False: not looked up yet
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing ``[offset, offset + nbytes)`` of ``fd`` to disk now (Linux
+    ``sync_file_range(SYNC_FILE_RANGE_WRITE)``). Only a hint that spreads the disk work over the transfer:
+    durability still comes from fsync. A no-op elsewhere or when unavailable."""
+    global _writeback
+    if _writeback is False:
+        _writeback = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+
+                def _start(fd: int, offset: int, nbytes: int) -> None:
+                    fn(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE; errors are ignored (a hint)
+
+                _writeback = _start
+            except (OSError, AttributeError):
+                pass
+    if callable(_writeback):
+        _writeback(fd, offset, nbytes)
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """What an upload becomes: its manifest as a dict (:meth:`Manifest.to_dict` form). ``sha256`` is "" while
+    the digest is pending: the sender hashes as it streams and the last chunk's ``running_sha256`` names it."""
+
+    fields: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, manifest: Manifest | UploadSpec) -> UploadSpec:
+        return manifest if isinstance(manifest, UploadSpec) else cls(manifest.to_dict())
+
+    @classmethod
+    def pending(cls, manifest: Manifest) -> UploadSpec:
+        """``manifest`` (validated with any sha256) with its sha256 left to the stream."""
+        if manifest.signature:
+            raise AgentError(
+                E.INVALID_ARGUMENT, "a signed manifest must name its sha256 (the signature is over it)",
+                "send the manifest's sha256 in the first chunk",
+            )
+        return cls({**manifest.to_dict(), "sha256": ""})
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UploadSpec:
+        if d.get("sha256"):
+            return cls(Manifest.from_dict(d).to_dict())
+        return cls.pending(Manifest.from_dict({**d, "sha256": _VALIDATION_SHA}))
+
+    @property
+    def sha256(self) -> str:
+        return str(self.fields["sha256"])
+
+    @property
+    def pending_digest(self) -> bool:
+        return not self.sha256
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.fields["size_bytes"])
+
+    def manifest(self, sha256: str | None = None) -> Manifest:
+        """The manifest with its digest (``sha256`` fills a pending one)."""
+        return Manifest.from_dict({**self.fields, "sha256": sha256 or self.sha256})
+
+    def same_upload(self, other: UploadSpec) -> bool:
+        """Whether a partial upload of ``other`` can be resumed for ``self``. Known digests must be equal;
+        pending ones need the same size and format (the first resumed chunk's running_sha256 then proves
+        that the stored prefix is the sender's)."""
+        if self.sha256 or other.sha256:
+            return self.sha256 == other.sha256
+        return self.size_bytes == other.size_bytes and self.fields["format"] == other.fields["format"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+
 class PartialUpload:
     """An upload in progress (one stream at a time per upload id). Use via :meth:`ModelStore.begin_upload`.
 
-    ``write`` checks offset, CRC32 and size on the caller's thread and hands the bytes to a writer thread
-    (bounded queue), which appends them and feeds the sha256, so receiving goes on meanwhile. The writer
-    commits when at least ``commit_every`` bytes and ``commit_interval_s`` seconds have passed since the
-    last commit, and whenever the stream pauses for ``commit_interval_s`` (fsync costs milliseconds: a
-    fast transfer is not slowed by many small commits, a crash loses at most about one interval of
-    transfer). ``received`` >= ``written`` >= ``committed``.
+    ``write`` checks offset, size and integrity (``running_sha256`` and/or CRC32) and feeds the sha256 on the
+    caller's thread, then hands the bytes to a writer thread (bounded queue) that appends them. The writer
+    commits (fsync the data, then persist the offset) when at least ``commit_every`` bytes and
+    ``commit_interval_s`` seconds have passed since the last commit, and whenever the stream pauses for
+    ``commit_interval_s``. ``received`` >= ``written`` >= ``committed``.
     """
 
     QUEUE_CHUNKS = 8
+    #: start the kernel's writeback every this many bytes (see :func:`start_writeback`)
+    WRITEBACK_BYTES = 4 * 1024 * 1024
 
-    def __init__(self, store: ModelStore, upload_id: str, manifest: Manifest, committed: int) -> None:
+    def __init__(self, store: ModelStore, upload_id: str, spec: UploadSpec, committed: int) -> None:
         self.store = store
         self.upload_id = upload_id
-        self.manifest = manifest
+        self.spec = spec
         self.part = store.uploads_dir / f"{upload_id}.part"
         self.meta = store.uploads_dir / f"{upload_id}.json"
-        self.resumed_from = self.committed = self.written = self.received = committed
         self._hash = hashlib.sha256()
-        mode = "r+b" if self.part.exists() else "w+b"
-        self._f = open(self.part, mode)  # noqa: SIM115 - closed in close()
-        self._f.truncate(committed)  # drop bytes written after the last commit
-        self._f.seek(0)
-        left = committed
-        while left:
-            block = self._f.read(min(left, 1 << 20))
-            if not block:
-                break
-            self._hash.update(block)
-            left -= len(block)
-        if left:
-            self._f.close()
-            raise AgentError(E.INTERNAL, f"partial upload {upload_id} is shorter than its committed offset")
-        self._f.seek(committed)
-        self._persist()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self.QUEUE_CHUNKS)
+        self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(self._fd).st_size < committed:  # cannot happen unless the file was tampered with
+                committed = 0
+            os.ftruncate(self._fd, committed)  # drop bytes written after the last commit
+            pos = 0
+            while pos < committed:
+                block = os.pread(self._fd, min(committed - pos, 1 << 22), pos)
+                if not block:
+                    raise AgentError(E.INTERNAL, f"partial upload {upload_id} is shorter than its committed offset")
+                self._hash.update(block)
+                pos += len(block)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.resumed_from = self.committed = self.written = self.received = committed
+        self._writeback_from = committed
+        #: the sender's running_sha256 of the last chunk that had one, and the offset it covers
+        self._running: tuple[int, bytes] | None = None
+        self._closed = False
+        self._queue: queue.Queue[tuple[int, bytes | memoryview, bytes | None] | None] = queue.Queue(
+            maxsize=self.QUEUE_CHUNKS
+        )
         self._error: BaseException | None = None
+        self._discard_on_error = False
         self._last_commit = time.monotonic()
         self._writer = threading.Thread(target=self._drain, name=f"upload-{upload_id[:12]}", daemon=True)
         self._writer.start()
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The manifest, when its sha256 is known (before the end of a pending upload it is not)."""
+        return None if self.spec.pending_digest else self.spec.manifest()
 
     # ---- writer thread -----------------------------------------------------------------------------
     def _drain(self) -> None:
         interval = self.store.commit_interval_s
         while True:
             try:
-                data = self._queue.get(timeout=max(interval, 0.05))
+                item = self._queue.get(timeout=max(interval, 0.05))
             except queue.Empty:  # the stream paused: make what arrived durable
                 try:
                     if self._error is None:
@@ -102,12 +210,10 @@ class PartialUpload:
                     self._error = exc
                 continue
             try:
-                if data is None:
+                if item is None:
                     return
                 if self._error is None:
-                    self._f.write(data)
-                    self._hash.update(data)
-                    self.written += len(data)
+                    self._take(*item)
                     if (
                         self.written - self.committed >= self.store.commit_every
                         and time.monotonic() - self._last_commit >= interval
@@ -118,18 +224,68 @@ class PartialUpload:
             finally:
                 self._queue.task_done()
 
+    def _take(self, offset: int, data: bytes | memoryview, running_sha256: bytes | None) -> None:
+        """Hash one chunk, check it against the sender's running sha256, append it (writer thread)."""
+        if running_sha256 is not None:
+            h = self._hash.copy()
+            h.update(data)
+            if h.digest() != running_sha256:
+                self._error = self._chunk_error(offset, len(data))
+                return
+            self._hash = h
+            self._running = (offset + len(data), running_sha256)
+        else:
+            self._hash.update(data)
+        if len(data):
+            self._append(data)
+
+    def _chunk_error(self, offset: int, n: int) -> AgentError:
+        if offset == self.resumed_from > 0:  # the stored prefix is not the sender's file: start over
+            self._discard_on_error = True
+            return AgentError(
+                E.CHUNK_CORRUPT,
+                f"upload {self.upload_id} resumed at offset {offset}, but the stored {offset} bytes differ from the "
+                "sender's (running sha256 mismatch); the partial upload was discarded",
+                "send it again from offset 0 (devicefit deploy retries automatically)",
+            )
+        return AgentError(
+            E.CHUNK_CORRUPT,
+            f"chunk at offset {offset} of upload {self.upload_id} failed its integrity check (running sha256 "
+            f"mismatch, {n} bytes; the upload keeps the {offset} bytes before it)",
+            "resend from the committed offset (devicefit deploy resumes automatically)",
+        )
+
+    def _append(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], self.written + done)
+        self.written += done
+        if self.written - self._writeback_from >= self.WRITEBACK_BYTES:
+            start_writeback(self._fd, self._writeback_from, self.written - self._writeback_from)
+            self._writeback_from = self.written
+
     def _commit_written(self) -> None:
         if self.written == self.committed:
             return
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        _fdatasync(self._fd)
         self.committed = self.written
         self._persist()
         self._last_commit = time.monotonic()
 
     def _raise_writer_error(self) -> None:
-        if self._error is not None:
-            raise AgentError(E.INTERNAL, f"writing upload {self.upload_id} failed: {self._error}") from self._error
+        err = self._error
+        if err is None:
+            return
+        if isinstance(err, AgentError):  # a rejected chunk
+            if self._discard_on_error:
+                self.discard()
+            raise err
+        raise AgentError(E.INTERNAL, f"writing upload {self.upload_id} failed: {err}") from err
+
+    def sync(self) -> None:
+        """Wait until the writer has hashed, checked and written everything queued; raise what it rejected."""
+        self._sync()
 
     def _sync(self) -> None:
         """Wait until the writer has written everything queued."""
@@ -142,13 +298,24 @@ class PartialUpload:
             self._writer.join()
 
     # ---- caller side -------------------------------------------------------------------------------
-    def write(self, offset: int, data: bytes, crc32: int | None = None) -> None:
+    def write(
+        self, offset: int, data: bytes | memoryview, crc32: int | None = None, running_sha256: bytes | None = None
+    ) -> None:
+        """Append one chunk. ``running_sha256``: the sender's sha256 of bytes [0, offset + len(data)), checked
+        by the writer thread as it hashes (a mismatch is raised by the next ``write``, ``sync`` or ``finish``,
+        and nothing from that chunk on is stored); ``crc32``: zlib CRC32 of ``data``, checked here."""
         self._raise_writer_error()
         if offset != self.received:
             raise AgentError(
                 E.OFFSET_MISMATCH,
                 f"chunk of upload {self.upload_id} starts at offset {offset}, expected {self.received}",
                 "ask the agent for the committed offset (QueryUpload) and resume from there",
+            )
+        if self.received + len(data) > self.spec.size_bytes:
+            raise AgentError(
+                E.INVALID_ARGUMENT,
+                f"upload {self.upload_id} sends more than the manifest's size_bytes={self.spec.size_bytes}",
+                "regenerate the manifest from the file being sent",
             )
         if crc32 is not None and zlib.crc32(data) != crc32:
             raise AgentError(
@@ -157,76 +324,92 @@ class PartialUpload:
                 f"({len(data)} bytes; the upload keeps the {self.received} bytes before it)",
                 "resend from the committed offset (devicefit deploy resumes automatically)",
             )
-        if self.received + len(data) > self.manifest.size_bytes:
-            raise AgentError(
-                E.INVALID_ARGUMENT,
-                f"upload {self.upload_id} sends more than the manifest's size_bytes={self.manifest.size_bytes}",
-                "regenerate the manifest from the file being sent",
-            )
-        if data:
-            self._queue.put(data)
+        if running_sha256 and len(running_sha256) != 32:
+            raise AgentError(E.INVALID_ARGUMENT, f"running_sha256 has {len(running_sha256)} bytes, not 32")
+        if len(data) or running_sha256:
+            self._queue.put((offset, data, running_sha256 or None))
             self.received += len(data)
 
     def commit(self) -> None:
         """Make everything received so far durable and record it as the resume point."""
-        if self._f.closed:
+        if self._closed:
             return
         self._sync()
         self._commit_written()
 
     def _persist(self) -> None:
-        meta = {"committed": self.committed, "manifest": self.manifest.to_dict()}
+        meta = {"committed": self.committed, "manifest": self.spec.to_dict()}
         atomic_write(self.meta, json.dumps(meta).encode())
 
     @property
     def complete(self) -> bool:
-        return self.received == self.manifest.size_bytes
+        return self.received == self.spec.size_bytes
 
     def finish(self) -> Entry:
-        """Verify size + sha256 (+ signature) and move the file into the store."""
-        self.commit()
-        m = self.manifest
+        """Verify size + sha256 (+ signature), make the file durable and move it into the store."""
+        self._sync()
+        spec = self.spec
         if not self.complete:
             raise AgentError(
                 E.INCOMPLETE,
-                f"upload {self.upload_id} ended at {self.received} of {m.size_bytes} bytes",
+                f"upload {self.upload_id} ended at {self.received} of {spec.size_bytes} bytes",
                 "resume the upload (devicefit deploy resumes from the committed offset)",
             )
-        self._stop_writer()
         digest = self._hash.digest()
-        if digest.hex() != m.sha256:
+        claimed = spec.sha256
+        if not claimed:
+            if self._running is None or self._running[0] != spec.size_bytes:
+                self.discard()
+                raise AgentError(
+                    E.INVALID_ARGUMENT,
+                    f"upload {self.upload_id} has no sha256: the manifest left it to the stream, but the last chunk "
+                    "carries no running_sha256; the partial upload was discarded",
+                    "send running_sha256 on every chunk, or the sha256 in the manifest",
+                )
+            claimed = self._running[1].hex()
+        if digest.hex() != claimed:
             self.discard()
             raise AgentError(
                 E.CHECKSUM_MISMATCH,
-                f"upload {self.upload_id}: received data has sha256 {digest.hex()}, the manifest says {m.sha256}; "
+                f"upload {self.upload_id}: received data has sha256 {digest.hex()}, the manifest says {claimed}; "
                 "the partial upload was discarded and the store is unchanged",
                 "redeploy; if it persists, the file changed after the manifest was made — rebuild the manifest",
             )
+        m = spec.manifest(digest.hex())
         if self.store.verifier is not None:
             try:
                 self.store.verifier.verify(m, digest)
             except AgentError:
                 self.discard()
                 raise
-        self._f.close()
+        self._stop_writer()
+        _fdatasync(self._fd)  # the data is durable before the rename makes it visible
+        os.close(self._fd)
+        self._closed = True
         dest = self.store.blob_path(m)
         os.replace(self.part, dest)
         fsync_dir(dest.parent)
+        entry = self.store.add_entry(m, upload_id=self.upload_id)
+        # a stale meta whose .part is gone reads as "nothing committed" (see ModelStore.upload_info): no fsync
         self.meta.unlink(missing_ok=True)
-        fsync_dir(self.meta.parent)
         self.store._release(self.upload_id)
-        return self.store.add_entry(m)
+        return entry
 
     def discard(self) -> None:
-        self.close()
+        if not self._closed:
+            self._stop_writer()
+            os.close(self._fd)
+            self._closed = True
         self.part.unlink(missing_ok=True)
         self.meta.unlink(missing_ok=True)
+        self.store._release(self.upload_id)
 
     def close(self) -> None:
         """Commit what was received and let another stream resume this upload."""
-        if not self._f.closed:
+        if not self._closed:
             with contextlib.suppress(OSError, AgentError):
                 self.commit()
             self._stop_writer()
-            self._f.close()
+            os.close(self._fd)
+            self._closed = True
         self.store._release(self.upload_id)

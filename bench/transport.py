@@ -1,13 +1,18 @@
 """Deploy throughput vs a raw gRPC streaming baseline, and on-device vs host latency — same machine, same run.
 
-    .venv/bin/python bench/transport.py [--size-mb 50] [--chunk-kib 512] [--trials 3] [--model FILE.onnx ...]
+    .venv/bin/python bench/transport.py [--size-mb 50] [--chunk-kib 1024] [--trials 7] [--model FILE.onnx ...]
 
-1. Transport: a real agent process (``python -m devicefit.agent``) on loopback receives a SIZE MB artifact
-   through ``Device.deploy`` (activate=False: the upload, CRC, sha256, fsync'd commits and the atomic store
-   are measured, not model loading). The baseline is a bytes-only gRPC client-streaming service in its own
-   process, fed with the same chunk size from the same file; a second baseline also writes the bytes to a
-   file and fsyncs it (the least a deploy must do). Trials alternate; medians are printed with the ratios. "deploy" includes the client's sha256 of the file; "upload" starts from a
-   precomputed manifest.
+1. Transport: a real agent process (``python -m devicefit.agent``) on loopback receives a SIZE MB artifact.
+   "deploy" is ``Device.deploy(file)`` of a bare file (activate=False: the upload, the sha256 on both sides,
+   the per-chunk check, the fsync'd commits and the atomic entry into the store are measured, not model
+   loading): the client hashes the file as it streams it. "upload" starts from a manifest whose sha256 is
+   already known (an Artifact). The baseline, "raw gRPC stream", is a bytes-only client-streaming service in
+   its own child process that discards what it receives, fed with the same chunk size from the same file over
+   the same channel options (one warm channel, like the Device's). Two more bytes-only services give context,
+   not targets: "raw + write + fsync" writes the bytes to a file and fsyncs it; "raw + sha256 + write + fsync"
+   also hashes them — the least any deploy that verifies and persists what it receives must do. Trials are
+   interleaved (the order rotates each trial); medians are printed with the ratios and the CPU seconds that
+   client + server spent per transfer.
 2. Latency: the agent's p50 for each model vs ``benchmark_onnx`` on the host for the same file, same
    threads, alternating rounds; the ratio agent / host.
 3. The agent's RSS when idle (no model) and with a model active.
@@ -18,25 +23,27 @@ The machine may be shared: numbers are noisy; rerun before drawing conclusions.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-RAW_METHOD = "/devicefit.bench.Raw/Upload"
-RAW_STORE_METHOD = "/devicefit.bench.Raw/Store"
+RAW_SERVICE = "devicefit.bench.Raw"
 
 
 # ---- raw baseline server (runs in a child process) ------------------------------------------------------
 def raw_server() -> int:
     from concurrent import futures
+
+    from devicefit.agent.server import GRPC_OPTIONS
 
     def upload(request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         n = 0
@@ -44,23 +51,32 @@ def raw_server() -> int:
             n += len(chunk)
         return str(n).encode()
 
-    def store(request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        """The least any deploy must do with the bytes: write them to a file and fsync it."""
+    def store(request_iterator: Iterator[bytes], context: grpc.ServicerContext, hash_: bool = False) -> bytes:
+        """Write the bytes to a file and fsync it (and hash them): the least a deploy must do with them."""
         n = 0
-        with tempfile.NamedTemporaryFile(dir=os.environ.get("RAW_STORE_DIR")) as f:
+        h = hashlib.sha256()
+        fd, name = tempfile.mkstemp(dir=os.environ.get("RAW_STORE_DIR"))
+        try:
             for chunk in request_iterator:
-                f.write(chunk)
+                if hash_:
+                    h.update(chunk)
+                os.write(fd, chunk)
                 n += len(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        return str(n).encode()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+        return f"{n} {h.hexdigest() if hash_ else ''}".encode()
+
+    def hash_store(request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        return store(request_iterator, context, hash_=True)
 
     handler = grpc.method_handlers_generic_handler(
-        "devicefit.bench.Raw",
-        {"Upload": grpc.stream_unary_rpc_method_handler(upload), "Store": grpc.stream_unary_rpc_method_handler(store)},
+        RAW_SERVICE,
+        {"Upload": grpc.stream_unary_rpc_method_handler(upload), "Store": grpc.stream_unary_rpc_method_handler(store),
+         "HashStore": grpc.stream_unary_rpc_method_handler(hash_store)},
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
-                         options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=GRPC_OPTIONS)  # as the agent's
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -70,19 +86,17 @@ def raw_server() -> int:
     return 0
 
 
-def raw_upload(target: str, path: Path, chunk: int, method: str = RAW_METHOD) -> float:
+def raw_upload(channel: grpc.Channel, path: Path, chunk: int, method: str = "Upload") -> float:
     """Seconds to stream ``path`` to the raw server in ``chunk``-byte messages."""
     def gen() -> Iterator[bytes]:
         with open(path, "rb") as f:
             while block := f.read(chunk):
                 yield block
 
-    with grpc.insecure_channel(target) as ch:
-        grpc.channel_ready_future(ch).result(timeout=30)
-        call = ch.stream_unary(method)
-        t0 = time.perf_counter()
-        n = int(call(gen(), timeout=300))
-        dt = time.perf_counter() - t0
+    call = channel.stream_unary(f"/{RAW_SERVICE}/{method}")
+    t0 = time.perf_counter()
+    n = int(call(gen(), timeout=300).split()[0])
+    dt = time.perf_counter() - t0
     assert n == path.stat().st_size, (n, path.stat().st_size)
     return dt
 
@@ -116,15 +130,23 @@ def rss_mb(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 2**20
 
 
+def cpu_s(*pids: int) -> float:
+    """User + system CPU seconds of these processes so far (all threads)."""
+    import psutil
+
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=float, default=50.0)
-    ap.add_argument("--chunk-kib", type=int, default=512)
-    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--chunk-kib", type=int, default=1024)
+    ap.add_argument("--trials", type=int, default=7)
     ap.add_argument("--model", type=Path, action="append", default=[], help="model(s) for the latency comparison")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--transport-only", action="store_true", help="skip the latency and memory sections")
     ap.add_argument("--raw-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.raw_server:
@@ -134,49 +156,79 @@ def main() -> int:
     from devicefit.agent.benchmark import benchmark_onnx
     from devicefit.agent.launch import spawn_agent
     from devicefit.agent.manifest import Manifest
+    from devicefit.transport.grpc_transport import CHANNEL_OPTIONS
 
     chunk = args.chunk_kib * 1024
     work = Path(tempfile.mkdtemp(prefix="devicefit-bench-transport-"))
     blob = work / "artifact.onnx"
     size = int(args.size_mb * 1e6)
     blob.write_bytes(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
-    print(f"# devicefit bench/transport.py — {os.cpu_count()} CPUs, artifact {size / 1e6:.1f} MB, chunk {args.chunk_kib} KiB"
-          " (shared machine: numbers are noisy)")
+    print(f"# devicefit bench/transport.py — {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, artifact "
+          f"{size / 1e6:.1f} MB, chunk {args.chunk_kib} KiB, {args.trials} trials (shared machine: numbers are noisy)")
 
     raw = subprocess.Popen([sys.executable, __file__, "--raw-server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                            text=True, env={**os.environ, "RAW_STORE_DIR": str(work)})
     assert raw.stdout is not None
     raw_target = raw.stdout.readline().split()[-1]
     agent = spawn_agent(work / "store", device_id="bench")
+    raw_ch = grpc.insecure_channel(raw_target, options=CHANNEL_OPTIONS)
     try:
+        grpc.channel_ready_future(raw_ch).result(timeout=30)
         dev = devicefit.connect(agent.url)
         time.sleep(1.0)
         idle_info_rss = dev.info()["agent_rss_mb"]
         idle_rss = rss_mb(agent.pid)
-        raw_s, rawfs_s, deploy_s, upload_s = [], [], [], []
         manifest = Manifest.for_file(blob, model_id="blob")
-        for _ in range(args.trials):
-            raw_s.append(raw_upload(raw_target, blob, chunk))
-            rawfs_s.append(raw_upload(raw_target, blob, chunk, RAW_STORE_METHOD))
-            t0 = time.perf_counter()
+
+        def deploy() -> None:
             res = dev.deploy(blob, progress=False, activate=False, chunk_size=chunk, model_id="blob")
-            deploy_s.append(time.perf_counter() - t0)
-            assert res.bytes_sent == size and not res.already_stored
-            dev.delete("blob")
-            t0 = time.perf_counter()
+            assert res.bytes_sent == size and not res.already_stored and res.sha256 == manifest.sha256
+
+        def upload() -> None:
             up = dev.transport.upload(blob, manifest, activate=False, chunk_size=chunk)
-            upload_s.append(time.perf_counter() - t0)
-            assert up["bytes_sent"] == size
+            assert up["bytes_sent"] == size and not up["already_stored"]
+
+        def forget() -> None:  # untimed: the next deploy must transfer everything again
             dev.delete("blob")
-        mbps = {k: size / 1e6 / statistics.median(v) for k, v in
-                (("raw", raw_s), ("rawfs", rawfs_s), ("deploy", deploy_s), ("upload", upload_s))}
-        print(f"\n## transport (median of {args.trials} trials, MB/s)")
-        print(f"raw gRPC stream   {mbps['raw']:8.1f} MB/s   trials s: {', '.join(f'{s:.3f}' for s in raw_s)}")
-        print(f"raw + file+fsync  {mbps['rawfs']:8.1f} MB/s   trials s: {', '.join(f'{s:.3f}' for s in rawfs_s)}")
-        for key in ("deploy", "upload"):
-            times = deploy_s if key == "deploy" else upload_s
-            print(f"devicefit {key:<7} {mbps[key]:8.1f} MB/s   trials s: {', '.join(f'{s:.3f}' for s in times)}"
-                  f"   ratio {key}/raw = {mbps[key] / mbps['raw']:.2f}   {key}/(raw+fsync) = {mbps[key] / mbps['rawfs']:.2f}")
+
+        def nothing() -> None:
+            pass
+
+        lines: dict[str, tuple[Callable[[], object], int, Callable[[], None]]] = {
+            "raw gRPC stream": (lambda: raw_upload(raw_ch, blob, chunk), raw.pid, nothing),
+            "raw + write + fsync": (lambda: raw_upload(raw_ch, blob, chunk, "Store"), raw.pid, nothing),
+            "raw + sha256 + write + fsync": (lambda: raw_upload(raw_ch, blob, chunk, "HashStore"), raw.pid, nothing),
+            "devicefit deploy": (deploy, agent.pid, forget),
+            "devicefit upload": (upload, agent.pid, forget),
+        }
+        for fn, _, after in lines.values():  # warm-up: connections, imports, first-touch of the page cache
+            fn()
+            after()
+        secs: dict[str, list[float]] = {k: [] for k in lines}
+        cpus: dict[str, list[float]] = {k: [] for k in lines}
+        names = list(lines)
+        for trial in range(args.trials):
+            for name in names[trial % len(names):] + names[: trial % len(names)]:  # rotate the order
+                fn, server_pid, after = lines[name]
+                c0 = cpu_s(os.getpid(), server_pid)
+                t0 = time.perf_counter()
+                fn()
+                secs[name].append(time.perf_counter() - t0)
+                cpus[name].append(cpu_s(os.getpid(), server_pid) - c0)
+                after()
+        mbps = {k: size / 1e6 / statistics.median(v) for k, v in secs.items()}
+        print(f"\n## transport (median of {args.trials} interleaved trials)")
+        for name in names:
+            ratios = ""
+            if name.startswith("devicefit"):
+                ratios = (f"   ratio /raw = {mbps[name] / mbps['raw gRPC stream']:.2f}"
+                          f"   /(raw+fsync) = {mbps[name] / mbps['raw + write + fsync']:.2f}"
+                          f"   /(raw+sha256+fsync) = {mbps[name] / mbps['raw + sha256 + write + fsync']:.2f}")
+            print(f"{name:<30} {mbps[name]:7.1f} MB/s   cpu {statistics.median(cpus[name]):.3f} s{ratios}")
+            print(f"{'':<30} trials s: {', '.join(f'{x:.3f}' for x in secs[name])}")
+        if args.transport_only:
+            dev.close()
+            return 0
 
         models = args.model or [write_mlp(work / "mlp512x8.onnx")]
         print(f"\n## latency: agent vs host, threads={args.threads}, runs={args.runs}, median p50 of {args.rounds} rounds")
@@ -195,6 +247,7 @@ def main() -> int:
         print(f"with {models[-1].name} active: RSS {active_rss:.1f} MB")
         dev.close()
     finally:
+        raw_ch.close()
         agent.stop()
         assert raw.stdin is not None
         raw.stdin.close()

@@ -15,7 +15,9 @@ match; structurally pruned layers change shape and are skipped (listed in ``note
 
 Budget: ``cfg.steps``, ``cfg.epochs`` and ``cfg.seconds`` — the first reached ends training. The student
 trains in **eval mode** (BatchNorm statistics frozen, dropout off: the objective matches inference), with
-AdamW at ``cfg.lr``; the thread count is whatever ``torch.set_num_threads`` says (no workers spawned).
+AdamW at ``cfg.lr`` (linear warm-up over the first 10 % of steps, ≤ 20, then cosine decay to 0.1·lr when
+the budget is in steps); ``nn.Embedding`` tables are frozen. The thread count is whatever
+``torch.set_num_threads`` says (no workers spawned).
 Weights that are exactly zero when distillation starts (unstructured / N:M pruning) are kept at zero.
 
 Best checkpoint: a held-out slice of the calibration data (10 %, 16–256 samples; the last samples) is
@@ -37,12 +39,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from devicefit.compressor.prune.calib import LAYER_TYPES, batch_tensors, first_output
 from devicefit.compressor.techniques import Distill
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
+from torch import nn
 
 LossKind = Literal["auto", "kl", "cosine", "mse"]
 
@@ -187,6 +188,11 @@ def distill(
         p.requires_grad_(False)
     for p in student.parameters():
         p.requires_grad_(True)
+    frozen = 0
+    for mod in student.modules():  # lookup tables: only the rows in the data would move; keep them as is
+        if isinstance(mod, nn.Embedding):
+            mod.weight.requires_grad_(False)
+            frozen += mod.weight.numel()
     names = list(input_names)
 
     def tensors(idx: np.ndarray) -> list[torch.Tensor]:
@@ -206,8 +212,19 @@ def distill(
     masks = _sparsity_masks(student)
     if masks:
         notes.append(f"kept the zeros of {len(masks)} sparse weight(s) at zero")
+    if frozen:
+        notes.append(f"embedding tables ({frozen} params) are frozen")
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    warmup = max(1, min(20, int(max_steps) // 10)) if max_steps != math.inf else 10
+
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine decay to 10 % when the step budget is known
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        if max_steps == math.inf:
+            return cfg.lr
+        frac = (step - warmup) / max(1, max_steps - warmup)
+        return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
         xs = tensors(idx)
@@ -247,6 +264,8 @@ def distill(
                 order, pos = rng.permutation(n_train), 0
             idx = order[pos : pos + bs]
             pos += bs
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
             opt.zero_grad(set_to_none=True)
             lossv = batch_loss(idx)
             lossv.backward()

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
-
 from devicefit.compressor.lowrank.apply import apply_lowrank
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.prune.calib import LAYER_TYPES, collect_input_stats, layer_names
@@ -45,6 +43,7 @@ from devicefit.compressor.techniques import (
 )
 from devicefit.data import Dataset
 from devicefit.errors import DevicefitError, UserInputError
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -116,14 +115,14 @@ def apply_structural(
             else:
                 result.refused.append(_step(n, t, out.refused.get(n, "not applied")))
     # 2. low-rank
-    lowrank = {n: t for n, t in lowrank.items() if needs_data(n, t)}
-    if lowrank:
-        lr = apply_lowrank(m, lowrank, data=calib, input_names=names_in, example_inputs=example_inputs)
-        for n, t in lowrank.items():
+    factorize = {n: t for n, t in lowrank.items() if needs_data(n, t)}
+    if factorize:
+        lr = apply_lowrank(m, factorize, data=calib, input_names=names_in, example_inputs=example_inputs)
+        for n, lt in factorize.items():
             if n in lr.applied:
-                result.applied.append(_step(n, t, lr.applied[n]))
+                result.applied.append(_step(n, lt, lr.applied[n]))
             else:
-                result.refused.append(_step(n, t, lr.refused[n]))
+                result.refused.append(_step(n, lt, lr.refused[n]))
     # 3. unstructured / N:M on the (possibly factorized) layers
     masks = {n: t for n, t in prune.items() if not isinstance(t, ChannelPrune) and needs_data(n, t)}
     if masks:

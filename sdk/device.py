@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from devicefit.agent.benchmark import BenchReport
+from devicefit.agent.manifest import default_model_id
 from devicefit.artifact import Artifact
 from devicefit.transport import DEFAULT_CHUNK, Transport, open_transport
 
@@ -110,19 +111,33 @@ class Device:
     ) -> DeployResult:
         """Upload a model (resuming a partial upload), have the agent verify it and (by default) activate it.
 
+        A bare file is hashed while it streams when the transport can (gRPC: ``upload_file``); an
+        :class:`Artifact` brings its sha256, so an agent that already stores it receives nothing.
         The agent keeps the previously active model until the new one has loaded and run once.
         ``progress=True`` draws a progress bar on stderr; a callable receives (bytes_done, bytes_total).
         """
-        art = path if isinstance(path, Artifact) else Artifact.from_file(path, model_id=model_id)
-        if model_id and art.manifest.model_id != model_id:
-            art = Artifact(art.path, art.manifest.with_(model_id=model_id))
-        bar = _ProgressBar(progress is True, f"deploy {art.manifest.model_id}", art.manifest.size_bytes)
-        cb = progress if callable(progress) else bar
+        upload_file = getattr(self.transport, "upload_file", None)
         t0 = time.perf_counter()
-        try:
-            res = self.transport.upload(art.path, art.manifest, activate=activate, chunk_size=chunk_size, progress=cb)
-        finally:
-            bar.close()
+        if isinstance(path, Artifact) or upload_file is None:
+            art = path if isinstance(path, Artifact) else Artifact.from_file(path, model_id=model_id)
+            if model_id and art.manifest.model_id != model_id:
+                art = Artifact(art.path, art.manifest.with_(model_id=model_id))
+            bar = _ProgressBar(progress is True, f"deploy {art.manifest.model_id}", art.manifest.size_bytes)
+            cb = progress if callable(progress) else bar
+            try:
+                res = self.transport.upload(art.path, art.manifest, activate=activate, chunk_size=chunk_size,
+                                            progress=cb)
+            finally:
+                bar.close()
+        else:  # a bare file: the transport hashes it while it streams (one pass, no hashing beforehand)
+            p = Path(path)
+            bar = _ProgressBar(progress is True, f"deploy {model_id or default_model_id(p)}",
+                               p.stat().st_size if p.is_file() else 0)
+            cb = progress if callable(progress) else bar
+            try:
+                res = upload_file(p, model_id=model_id, activate=activate, chunk_size=chunk_size, progress=cb)
+            finally:
+                bar.close()
         seconds = time.perf_counter() - t0
         return DeployResult(
             model_id=res["model_id"],

@@ -113,10 +113,8 @@ class FitEvaluator:
         from devicefit.compress import compress
 
         fp32 = self.fp32()
-        source: ModelBundle = self.bundle
-        if not (plan.uses("prune") or plan.uses("lowrank")) and plan.distill is None:
-            # graph-level plan: quantize the fp32 export we already have instead of exporting again
-            source = replace(self.bundle, onnx_path=fp32.path, module=None)
+        # the fp32 export we already have is the quantizers' input (graph-level plans) and the reference
+        source: ModelBundle = replace(self.bundle, onnx_path=fp32.path)
         res = compress(source, plan, out=self.workdir / f"{name}.onnx", profile=self.profile, progress=False)
         metric = res.metric.to_dict() if hasattr(res.metric, "to_dict") else dict(res.metric)
         params = int(getattr(res, "params", 0) or 0) or fp32.params

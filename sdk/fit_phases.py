@@ -12,6 +12,7 @@ class Phases:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._progress: Any = None
+        self._lines: Any = None
         self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> Phases:
@@ -19,6 +20,10 @@ class Phases:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+            console = Console(stderr=True)
+            if not console.is_terminal:  # a log file / CI: one line per phase start and end, no redraws
+                self._lines = console
+                return self
             self._progress = Progress(
                 TextColumn("[bold]{task.fields[phase]:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TextColumn("{task.description}"), console=Console(stderr=True), transient=False,
@@ -30,7 +35,14 @@ class Phases:
         if self._progress is not None:
             self._progress.stop()
 
+    def _line(self, phase: str, text: str) -> None:
+        if self._lines is not None:
+            import time
+
+            self._lines.print(f"[{time.strftime('%H:%M:%S')}] {phase:<12} {text}", highlight=False, soft_wrap=True)
+
     def start(self, phase: str, total: int | None = None, description: str = "") -> None:
+        self._line(phase, description or "started")
         if self._progress is None:
             return
         if phase in self._tasks:
@@ -51,6 +63,8 @@ class Phases:
         self._progress.update(self._tasks[phase], **kw)
 
     def finish(self, phase: str, description: str | None = None) -> None:
+        if description:
+            self._line(phase, description)
         if self._progress is None or phase not in self._tasks:
             return
         task = self._tasks[phase]
@@ -59,4 +73,6 @@ class Phases:
 
     def search_callback(self, phase: str, done: int, total: int, msg: str) -> None:
         """Adapter for :class:`devicefit.compressor.search.study.SearchLoop` progress."""
+        if phase == "measure":
+            self._line(phase, msg)
         self.update(phase, done, total or None, msg)

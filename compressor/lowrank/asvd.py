@@ -20,11 +20,17 @@ of the output on the calibration data, not of the weights). Layer naming as in :
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from devicefit.compressor.lowrank.svd import as_linear_pair, choose_rank, make_linear_pair, split_factors, weight_matrix
+from devicefit.compressor.lowrank.svd import (
+    as_linear_pair,
+    bias_and_dtype,
+    choose_rank,
+    make_linear_pair,
+    split_factors,
+    weight_matrix,
+)
 from devicefit.compressor.prune.calib import ChannelStats
 from devicefit.errors import UserInputError
+from torch import nn
 
 METHODS = ("whiten", "scale")
 
@@ -63,7 +69,8 @@ def asvd_linear(
     if method not in METHODS:
         raise UserInputError(f"ASVD method {method!r} is invalid", f"use one of {', '.join(METHODS)}")
     w = weight_matrix(name, layer)
-    bias = layer.bias.detach().double() if getattr(layer, "bias", None) is not None else None  # type: ignore[union-attr]
+    bias, dtype = bias_and_dtype(layer)
+    bias = bias.double() if bias is not None else None
     if method == "whiten":
         s_mat, s_inv = _whitener(stats, damp)
         u, sv, vh = torch.linalg.svd(w @ s_mat, full_matrices=False)
@@ -80,5 +87,4 @@ def asvd_linear(
         rank = choose_rank(name, sv, w.shape[1], w.shape[0], ratio=ratio, energy=energy)
         up_w, down_w = split_factors(u, sv, vh, rank)
         down_w = down_w / scale[None, :]
-    dtype = layer.weight.dtype  # type: ignore[union-attr]
-    return as_linear_pair(layer, make_linear_pair(up_w, down_w, bias, dtype))  # type: ignore[arg-type]
+    return as_linear_pair(layer, make_linear_pair(up_w, down_w, bias, dtype))

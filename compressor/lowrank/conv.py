@@ -21,10 +21,9 @@ import math
 from collections import OrderedDict
 
 import torch
-from torch import nn
-
 from devicefit.compressor.lowrank.svd import LowRankRefused, rank_for_energy, rank_for_ratio, split_factors
 from devicefit.errors import UserInputError
+from torch import nn
 
 
 class LowRankConv2d(nn.Sequential):
@@ -151,7 +150,7 @@ def spatial_svd_conv(
     if rank < 1:
         raise LowRankRefused(f"{name}: the requested reduction leaves rank {rank}", "remove a smaller fraction")
     (sh, sw), (ph, pw), (dh, dw) = _pair(c.stride), _pair(c.padding), _pair(c.dilation)
-    h_in, w_in, h_out, w_out = _sizes(c, spatial)
+    _, w_in, h_out, w_out = _sizes(c, spatial)
     old_p = n_out * n_in * kh * kw
     new_p = rank * (n_in * kh + n_out * kw)
     old_macs = old_p * h_out * w_out

@@ -18,9 +18,8 @@ import math
 from collections import OrderedDict
 
 import torch
-from torch import nn
-
 from devicefit.errors import UserInputError
+from torch import nn
 
 
 class LowRankRefused(UserInputError):
@@ -33,17 +32,22 @@ class LowRankLinear(nn.Sequential):
     def __init__(self, down: nn.Linear, up: nn.Linear) -> None:
         super().__init__(OrderedDict(down=down, up=up))
 
+    def _part(self, name: str) -> nn.Linear:
+        m = self._modules[name]
+        assert isinstance(m, nn.Linear)
+        return m
+
     @property
     def in_features(self) -> int:
-        return int(self.down.in_features)  # type: ignore[arg-type]
+        return self._part("down").in_features
 
     @property
     def out_features(self) -> int:
-        return int(self.up.out_features)  # type: ignore[arg-type]
+        return self._part("up").out_features
 
     @property
     def rank(self) -> int:
-        return int(self.down.out_features)  # type: ignore[arg-type]
+        return self._part("down").out_features
 
 
 class LowRankConv1x1(nn.Sequential):
@@ -54,7 +58,9 @@ class LowRankConv1x1(nn.Sequential):
 
     @property
     def rank(self) -> int:
-        return int(self.down.out_channels)  # type: ignore[arg-type]
+        m = self._modules["down"]
+        assert isinstance(m, nn.Conv2d)
+        return m.out_channels
 
 
 def breakeven_rank(n_in: int, n_out: int) -> float:
@@ -129,7 +135,8 @@ def as_linear_pair(layer: nn.Module, pair: LowRankLinear) -> nn.Module:
     assert isinstance(layer, nn.Conv2d)
     down_l, up_l = pair.down, pair.up
     assert isinstance(down_l, nn.Linear) and isinstance(up_l, nn.Linear)
-    down = nn.Conv2d(layer.in_channels, pair.rank, 1, stride=layer.stride, bias=False)
+    stride = (int(layer.stride[0]), int(layer.stride[1]))
+    down = nn.Conv2d(layer.in_channels, pair.rank, 1, stride=stride, bias=False)
     up = nn.Conv2d(pair.rank, layer.out_channels, 1, bias=up_l.bias is not None)
     with torch.no_grad():
         down.weight.copy_(down_l.weight[:, :, None, None])
@@ -167,6 +174,12 @@ def svd_linear(
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     rank = choose_rank(name, s, w.shape[1], w.shape[0], ratio=ratio, energy=energy)
     up_w, down_w = split_factors(u, s, vh, rank)
-    bias = layer.bias.detach() if getattr(layer, "bias", None) is not None else None  # type: ignore[union-attr]
-    dtype = layer.weight.dtype  # type: ignore[union-attr]
-    return as_linear_pair(layer, make_linear_pair(up_w, down_w, bias, dtype))  # type: ignore[arg-type]
+    bias, dtype = bias_and_dtype(layer)
+    return as_linear_pair(layer, make_linear_pair(up_w, down_w, bias, dtype))
+
+
+def bias_and_dtype(layer: nn.Module) -> tuple[torch.Tensor | None, torch.dtype]:
+    """(detached bias or None, weight dtype) of a Linear / Conv2d."""
+    assert isinstance(layer, (nn.Linear, nn.Conv2d))
+    bias = layer.bias.detach() if layer.bias is not None else None
+    return bias, layer.weight.dtype

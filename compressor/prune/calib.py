@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
-
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
+from torch import nn
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
@@ -168,7 +167,7 @@ def collect_input_stats(
     module.eval()
     try:
         subset = data.take(max_samples)
-        mask_idx = list(input_names).index(token_mask) if token_mask in input_names else None
+        mask_idx = list(input_names).index(token_mask) if token_mask is not None and token_mask in input_names else None
         for tensors in iter_batches(subset, input_names, batch_size):
             current_mask[0] = tensors[mask_idx] if mask_idx is not None else None
             module(*tensors)

@@ -27,13 +27,12 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from torch import nn
-
 from devicefit.compressor.prune import transformer as tr
 from devicefit.compressor.prune.calib import LAYER_TYPES, collect_input_stats, get_module, iter_batches
 from devicefit.compressor.techniques import ChannelPrune
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
+from torch import nn
 
 
 @dataclass
@@ -147,10 +146,11 @@ class ActivationAwareImportance(tp.importance.GroupMagnitudeImportance):  # type
 
     @staticmethod
     def _column_norms(layer: nn.Module) -> torch.Tensor:
-        w = layer.weight.detach()  # type: ignore[union-attr]
+        assert isinstance(layer, (nn.Linear, nn.Conv2d))
+        w = layer.weight.detach()
         if isinstance(layer, nn.Linear):
             return w.norm(dim=0)
-        g = layer.groups  # type: ignore[union-attr]
+        g = layer.groups
         wg = w.reshape(g, w.shape[0] // g, w.shape[1], -1)
         return wg.pow(2).sum(dim=(1, 3)).sqrt().reshape(-1)
 

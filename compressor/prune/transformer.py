@@ -23,10 +23,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from devicefit.compressor.prune.calib import collect_input_stats, forward, get_module, iter_batches, set_module
+from devicefit.compressor.prune.calib import (
+    collect_input_stats,
+    forward,
+    get_module,
+    iter_batches,
+    set_module,
+)
 from devicefit.data import Dataset
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,22 @@ def _wg(layer: nn.Linear, dim: int) -> torch.Tensor:
     return wg.sum(0)
 
 
+def _head_taylor(module: nn.Module, a: AttentionSite) -> Callable[[], torch.Tensor]:
+    q, k, v = (_lin(module, n) for n in a.qkv)
+    o, heads = _lin(module, a.out), _int_attr(get_module(module, a.name), "num_heads")
+    return lambda: (_wg(q, 0) + _wg(k, 0) + _wg(v, 0) + _wg(o, 1)).reshape(heads, -1).sum(1)
+
+
+def _ffn_taylor(up: nn.Linear, down: nn.Linear) -> Callable[[], torch.Tensor]:
+    return lambda: _wg(up, 0) + _wg(down, 1)
+
+
+def _int_attr(m: nn.Module, name: str) -> int:
+    v = getattr(m, name)
+    assert isinstance(v, int)
+    return v
+
+
 def _norms(layer: nn.Linear, dim: int, p: int) -> torch.Tensor:
     w = layer.weight.detach()
     return w.norm(p=p, dim=1 - dim) if dim == 0 else w.norm(p=p, dim=0)
@@ -152,21 +173,17 @@ def unit_scores(
         assert data is not None
         groups: dict[str, Callable[[], torch.Tensor]] = {}
         for a in attn:
-            q, k, v = (_lin(module, n) for n in a.qkv)
-            o = _lin(module, a.out)
-            h = int(get_module(module, a.name).num_heads)  # type: ignore[arg-type]
             # one Taylor term per head: Σ w·g over all the head's weights, squared per batch
-            groups[a.name] = lambda q=q, k=k, v=v, o=o, h=h: (_wg(q, 0) + _wg(k, 0) + _wg(v, 0) + _wg(o, 1)).reshape(h, -1).sum(1)
+            groups[a.name] = _head_taylor(module, a)
         for f in ffn:
-            up, down = _lin(module, f.up), _lin(module, f.down)
-            groups[f.up] = lambda up=up, down=down: _wg(up, 0) + _wg(down, 1)
+            groups[f.up] = _ffn_taylor(_lin(module, f.up), _lin(module, f.down))
         return taylor_scores(module, groups, data, input_names) if groups else {}
     stats = None
     if importance == "activation":
         assert data is not None
         stats = collect_input_stats(module, [a.out for a in attn] + [f.down for f in ffn], data, input_names)
     for a in attn:
-        heads = int(get_module(module, a.name).num_heads)  # type: ignore[arg-type]
+        heads = _int_attr(get_module(module, a.name), "num_heads")
         o = _lin(module, a.out)
         if stats is not None:
             ch = stats[a.out].l2.float() * _norms(o, 1, 2)
@@ -200,14 +217,14 @@ def _slice_linear(layer: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
 
 def remove_heads(module: nn.Module, site: AttentionSite, keep_heads: torch.Tensor) -> None:
     att = get_module(module, site.name)
-    hd = int(att.head_dim)  # type: ignore[arg-type]
+    hd = _int_attr(att, "head_dim")
     keep = (keep_heads.sort().values[:, None] * hd + torch.arange(hd)[None, :]).reshape(-1)
     for n in site.qkv:
         set_module(module, n, _slice_linear(_lin(module, n), keep, 0))
     set_module(module, site.out, _slice_linear(_lin(module, site.out), keep, 1))
-    att.num_heads = len(keep_heads)
+    setattr(att, "num_heads", len(keep_heads))  # noqa: B010 (plain int attribute read at run time)
     if hasattr(att, "all_head_size"):
-        att.all_head_size = len(keep_heads) * hd
+        setattr(att, "all_head_size", len(keep_heads) * hd)  # noqa: B010
 
 
 def remove_channels(module: nn.Module, site: FFNSite, keep: torch.Tensor) -> None:

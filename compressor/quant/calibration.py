@@ -20,12 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
+from devicefit.data import Dataset
 from onnxruntime.quantization import CalibrationDataReader
 
-from devicefit.data import Dataset
-
 NUM_BINS = 2048
-_NP_TYPES = {
+_NP_TYPES: dict[int, type] = {
     onnx.TensorProto.FLOAT: np.float32,
     onnx.TensorProto.FLOAT16: np.float16,
     onnx.TensorProto.INT64: np.int64,
@@ -39,7 +38,7 @@ _NP_TYPES = {
 def input_dtypes(model: onnx.ModelProto) -> dict[str, type]:
     inits = {t.name for t in model.graph.initializer}
     return {
-        i.name: _NP_TYPES.get(i.type.tensor_type.elem_type, np.float32)
+        i.name: _NP_TYPES.get(int(i.type.tensor_type.elem_type), np.float32)
         for i in model.graph.input
         if i.name not in inits
     }
@@ -159,8 +158,8 @@ class _Hist:
         cdf = np.cumsum(self.hist) / max(self.hist.sum(), 1)
         cut = (100.0 - pct) / 200.0
         e = self.edges
-        lo = float(e[min(np.searchsorted(cdf, cut), len(e) - 1)])
-        hi = float(e[min(np.searchsorted(cdf, 1.0 - cut) + 1, len(e) - 1)])
+        lo = float(e[min(int(np.searchsorted(cdf, cut)), len(e) - 1)])
+        hi = float(e[min(int(np.searchsorted(cdf, 1.0 - cut)) + 1, len(e) - 1)])
         return max(lo, self.lo), min(hi, self.hi)
 
     def entropy(self) -> tuple[float, float]:

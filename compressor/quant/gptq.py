@@ -14,10 +14,24 @@ neural-compressor, which is not a dependency; this is a self-contained torch imp
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
-
 from devicefit.compressor.quant.nbits import BlockQuant, block_params
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread: the column loop is many tiny ops, which multi-threading only slows
+    (measured 0.7 s vs 5.3 s for a 1536x384 layer on a busy 2-core host)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class HessianAccumulator:
@@ -28,14 +42,14 @@ class HessianAccumulator:
         self.n = 0
 
     def add(self, x: np.ndarray) -> None:
-        x2 = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(-1, self.H.shape[0]).double()
+        x2 = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(-1, self.H.shape[0])
         m = x2.shape[0]
         if m == 0:
             return
         self.H *= self.n / (self.n + m)
         self.n += m
-        x2 = x2 * (2.0 / self.n) ** 0.5
-        self.H += x2.T @ x2
+        with single_thread():
+            self.H += (x2.T @ x2).double() * (2.0 / self.n)
 
     def hessian(self) -> np.ndarray:
         return self.H.numpy()
@@ -51,6 +65,11 @@ def gptq(
     block: int = 128,
 ) -> BlockQuant:
     """Quantize ``W[K, N]`` with GPTQ given the input Hessian ``H[K, K]``."""
+    with single_thread(), torch.no_grad():
+        return _gptq(w_kn, H, bits=bits, group_size=group_size, percdamp=percdamp, block=block)
+
+
+def _gptq(w_kn: np.ndarray, H: np.ndarray, *, bits: int, group_size: int, percdamp: float, block: int) -> BlockQuant:
     K, N = w_kn.shape
     pad = (-K) % group_size
     Kp = K + pad
@@ -63,13 +82,14 @@ def gptq(
     W[:, dead] = 0.0
     damp = percdamp * torch.mean(torch.diag(Hs))
     Hs += damp * torch.eye(Kp, dtype=torch.float64)
-    Hinv = _inverse_cholesky_upper(Hs)
+    Hinv = _inverse_cholesky_upper(Hs).float()
+    W = W.float()
 
     qmax = (1 << bits) - 1
-    Q = torch.zeros(N, Kp, dtype=torch.float64)
+    Q = torch.zeros(N, Kp, dtype=torch.float32)
     n_groups = Kp // group_size
-    scales = torch.zeros(N, n_groups, dtype=torch.float64)
-    zeros = torch.zeros(N, n_groups, dtype=torch.float64)
+    scales = torch.zeros(N, n_groups, dtype=torch.float32)
+    zeros = torch.zeros(N, n_groups, dtype=torch.float32)
     block = max(block, group_size) // group_size * group_size
     for i1 in range(0, Kp, block):
         i2 = min(i1 + block, Kp)
@@ -81,8 +101,8 @@ def gptq(
             if col % group_size == 0:
                 g = col // group_size
                 s, z = block_params(W1[:, i : i + group_size].numpy(), bits)
-                scales[:, g] = torch.from_numpy(s).double()
-                zeros[:, g] = torch.from_numpy(z).double()
+                scales[:, g] = torch.from_numpy(s)
+                zeros[:, g] = torch.from_numpy(z)
             g = col // group_size
             w = W1[:, i]
             q = torch.clamp(torch.round(w / scales[:, g]) + zeros[:, g], 0, qmax)
@@ -109,7 +129,9 @@ def _inverse_cholesky_upper(H: torch.Tensor) -> torch.Tensor:
     for _ in range(6):
         try:
             L = torch.linalg.cholesky(H + extra * eye)
-            Hinv = torch.cholesky_inverse(L)
+            # H⁻¹ = L⁻ᵀ L⁻¹ (cholesky_inverse is pathologically slow in some CPU builds)
+            Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+            Hinv = Linv.T @ Linv
             return torch.linalg.cholesky(Hinv, upper=True)
         except RuntimeError:
             extra = max(extra * 10, 1e-6 * float(torch.mean(torch.diag(H))))

@@ -159,6 +159,10 @@ def topo_insert(model: onnx.ModelProto, new_nodes: list[onnx.NodeProto], *, befo
 
 
 def replace_node(model: onnx.ModelProto, old: onnx.NodeProto, new_nodes: list[onnx.NodeProto]) -> None:
+    if len(new_nodes) == 1:  # in place: no copy of the node list
+        target = next(n for n in model.graph.node if n.name == old.name)
+        target.CopyFrom(new_nodes[0])
+        return
     nodes = list(model.graph.node)
     idx = next(i for i, n in enumerate(nodes) if n.name == old.name)
     del model.graph.node[:]

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-
 from devicefit.compressor.quant import graph as G
 
 COMPUTE_OPS = ("MatMul", "Gemm", "Conv")
@@ -217,7 +216,9 @@ def canonicalize(model: onnx.ModelProto, lmap: LayerMap) -> LayerMap:
         for ln in lns:
             target = canonical_weight_name(ln)
             w = ln.weight
-            if w in renamed:
+            if w in weight_key(layer):  # already named after the layer (export restores param names)
+                pass
+            elif w in renamed:
                 w = renamed[w]
             elif w != target and target not in taken:
                 G.rename_tensor(model, w, target)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-
 from devicefit.compressor.quant import graph as G
 from devicefit.compressor.quant.mapping import LayerNode
 
@@ -136,7 +135,7 @@ def write_matmulnbits(
     ``pre_scale`` (AWQ) multiplies the input per channel first (an inserted ``Mul``)."""
     if ln.op_type == "Gemm":
         nb = G.node_by_name(model)[ln.node]
-        if float(G.attr(nb, "alpha", 1.0)) != 1.0 or float(G.attr(nb, "beta", 1.0)) != 1.0 or G.attr(nb, "transA", 0):
+        if G.attr(nb, "alpha", 1.0) != 1.0 or G.attr(nb, "beta", 1.0) != 1.0 or G.attr(nb, "transA", 0):
             raise ValueError(f"{ln.layer}: Gemm with alpha/beta/transA is not supported for MatMulNBits")
     nodes = G.node_by_name(model)
     node = nodes[ln.node]
@@ -155,11 +154,13 @@ def write_matmulnbits(
     inputs = [a, base, f"{base}_scales", f"{base}_zero_points"]
     if ln.bias is not None:
         inputs += ["", ln.bias]
-    kwargs = {"K": bq.K, "N": bq.N, "bits": bq.bits, "block_size": bq.block_size}
+    attrs = {"K": bq.K, "N": bq.N, "bits": bq.bits, "block_size": bq.block_size}
     if accuracy_level:
-        kwargs["accuracy_level"] = accuracy_level
+        attrs["accuracy_level"] = accuracy_level
     name = f"{ln.node}_MatMulNBits{bq.bits}"
-    new_nodes.append(onnx.helper.make_node("MatMulNBits", inputs, [ln.output], name=name, domain=MS_DOMAIN, **kwargs))
+    mnb = onnx.helper.make_node("MatMulNBits", inputs, [ln.output], name=name, domain=MS_DOMAIN)
+    mnb.attribute.extend(onnx.helper.make_attribute(k, v) for k, v in attrs.items())
+    new_nodes.append(mnb)
     G.replace_node(model, node, new_nodes)
     if ln.bias_add is not None:
         model.graph.node.remove(G.node_by_name(model)[ln.bias_add])

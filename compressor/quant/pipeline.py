@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
-
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.quant import calibration as C
 from devicefit.compressor.quant import graph as G
@@ -160,7 +159,7 @@ def _weight_only(
 
 
 def _static(
-    model: onnx.ModelProto, lmap: LayerMap, layers: dict[str, Technique], feeds: list[dict[str, Any]], fmt: IntFormat
+    model: onnx.ModelProto, lmap: LayerMap, layers: Mapping[str, Technique], feeds: list[dict[str, Any]], fmt: IntFormat
 ) -> onnx.ModelProto:
     specs: dict[str, C.RangeSpec] = {}
     per_channel: dict[bool, list[str]] = defaultdict(list)
@@ -224,20 +223,22 @@ def quantize_onnx(
         )
     feeds = C.batches(calib, model, batch_size=batch_size, limit=calib_samples) if calib is not None else []
 
-    say("collecting calibration statistics")
+    if any(isinstance(t, (SmoothQuant, Int4WeightOnly)) and t.needs_calibration for t in chosen.values()):
+        say("collecting calibration statistics (GPTQ / AWQ / SmoothQuant)")
     hess, ins, amax = _capture_stats(model, lmap, chosen, feeds)
     sq = {k: t for k, t in chosen.items() if isinstance(t, SmoothQuant)}
     if sq:
         say("smoothing activations (SmoothQuant)")
         by_alpha: dict[float, dict[str, list[LayerNode]]] = defaultdict(lambda: defaultdict(list))
-        for layer, t in sq.items():
+        for layer, sqt in sq.items():
             for ln in lmap.nodes[layer]:
-                by_alpha[t.alpha][ln.input].append(ln)
+                by_alpha[sqt.alpha][ln.input].append(ln)
         for alpha, groups in by_alpha.items():
             how = smoothquant.apply(model, groups, {k: v.value for k, v in amax.items() if v.value is not None}, alpha)
             notes += [f"smoothquant {t}: {h}" for t, h in how.items()]
         lmap = canonicalize(model, map_layers(model, list(lmap.nodes)))
-    say("weight-only layers")
+    if any(isinstance(t, (Int8WeightOnly, Int4WeightOnly)) for t in chosen.values()):
+        say("weight-only layers (MatMulNBits)")
     _weight_only(model, lmap, chosen, hess, ins, accuracy_level, notes)
     static = {k: t for k, t in chosen.items() if isinstance(t, (Int8Static, SmoothQuant))}
     if static:

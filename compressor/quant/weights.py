@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-
 from devicefit.compressor.quant import graph as G
 from devicefit.compressor.quant.mapping import LayerNode
 
@@ -66,10 +65,11 @@ def int8_dequant(model: onnx.ModelProto, ln: LayerNode, *, per_channel: bool = T
     G.set_initializer(model, f"{base}_scale", scale)
     G.set_initializer(model, f"{base}_zero_point", np.zeros(scale.shape, np.int8))
     out = f"{base}_dequantized"
-    kw = {"axis": axis} if per_channel else {}
     dq = onnx.helper.make_node(
-        "DequantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"], [out], name=f"{base}_DequantizeLinear", **kw
+        "DequantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"], [out], name=f"{base}_DequantizeLinear"
     )
+    if per_channel:
+        dq.attribute.append(onnx.helper.make_attribute("axis", axis))
     reader = ln.transpose or ln.node
     _rewire(model, reader, ln.weight, out)
     G.topo_insert(model, [dq], before=G.node_by_name(model)[reader])

@@ -1,15 +1,20 @@
 """gRPC transport: ``grpc://HOST:PORT``.
 
-Uploads stream the file in chunks (256 KiB-1 MiB, default 512 KiB; no message over 4 MiB), each with a
-CRC32; before sending, the transport asks the agent for the committed offset of this upload (id = the
-file's sha256) and resumes from there — after a dropped connection or an agent restart only the missing
-bytes travel. Every call has a deadline; an unreachable agent is one clear DeviceError.
+Uploads stream the file in chunks (256 KiB-1 MiB, default 512 KiB; no message over 4 MiB), hashing it as
+they read it: each chunk carries the running sha256 of the file so far, which the agent checks against its
+own (it hashes everything anyway), so a corrupted chunk is rejected where it happens at no extra cost on the
+device. Before sending, the transport asks the agent for the committed offset of this upload (id = the file's
+sha256, or a name of the file when its sha256 is not known yet: see :meth:`GrpcTransport.upload_file`) and
+resumes from there — after a dropped connection or an agent restart only the missing bytes travel. Every
+call has a deadline; an unreachable agent is one clear DeviceError.
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Iterator, Mapping
+import hashlib
+import os
+import socket
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,9 +24,9 @@ import numpy as np
 from devicefit.agent import errors as E
 from devicefit.agent import wire
 from devicefit.agent.benchmark import BenchReport
-from devicefit.agent.chunks import encode_upload_chunk
+from devicefit.agent.chunks import FileChunks, encode_upload_chunk
 from devicefit.agent.errors import AgentError
-from devicefit.agent.manifest import Manifest
+from devicefit.agent.manifest import Manifest, default_model_id, format_for_path, sha256_file, utc_now
 from devicefit.errors import DeviceError, UserInputError
 from devicefit.protos.devicefit.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, benchmark_pb2, common_pb2
 from devicefit.protos.schema import SCHEMA_VERSION, stamp
@@ -29,8 +34,30 @@ from devicefit.transport import DEFAULT_CHUNK, ProgressFn, check_chunk_size
 
 DEFAULT_PORT = 50051
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: options of the channel to an agent (bench/transport.py gives its raw baseline the same)
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
 #: errors after which an upload is retried from the agent's committed offset
 _RETRY_CODES = {E.INCOMPLETE, E.OFFSET_MISMATCH, E.CHUNK_CORRUPT}
+#: validates a draft manifest whose sha256 the stream will deliver; never sent
+_DRAFT_SHA = "0" * 64
+
+
+def _file_size(path: Path) -> int:
+    if not path.is_file():
+        raise UserInputError(f"model file {str(path)!r} does not exist", "pass the path of an .onnx or .tflite file")
+    return path.stat().st_size
+
+
+def file_upload_id(path: Path) -> str:
+    """An upload id naming this version of the file on this host (path, device, inode, size, mtime, ctime):
+    the same until the file changes, so an interrupted upload of it resumes."""
+    st = path.stat()
+    key = "\0".join(str(x) for x in (socket.gethostname(), os.path.realpath(path), st.st_dev, st.st_ino, st.st_size,
+                                     st.st_mtime_ns, st.st_ctime_ns))
+    return "file-" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 def parse_grpc_url(url: str) -> str:
@@ -52,13 +79,7 @@ class GrpcTransport:
         self.target = parse_grpc_url(url)
         self.timeout = timeout
         self.benchmark_timeout = benchmark_timeout
-        self._channel = grpc.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         self._stub = agent_pb2_grpc.DeviceAgentStub(self._channel)
         # Upload sends pre-serialized chunks (no protobuf copy of the payload)
         self._upload_call = self._channel.stream_unary(
@@ -107,29 +128,69 @@ class GrpcTransport:
             "already_stored": pb.already_stored, "sha256": pb.manifest.sha256 if pb.HasField("manifest") else "",
         }
 
-    def _chunks(
-        self, path: Path, manifest: Manifest, upload_id: str, start: int, chunk_size: int, activate: bool,
-        progress: ProgressFn | None,
-    ) -> Iterator[bytes]:
-        """Serialized UploadChunk messages (zero-copy encoder, see devicefit.agent.chunks)."""
-        pb_manifest = wire.manifest_to_proto(manifest)
-        size = manifest.size_bytes
-        with open(path, "rb") as f:
-            f.seek(start)
-            offset, first = start, True
-            while first or offset < size:
-                data = f.read(min(chunk_size, size - offset)) if offset < size else b""
-                chunk = encode_upload_chunk(
-                    schema_version=SCHEMA_VERSION, upload_id=upload_id, offset=offset, data=data,
-                    crc32=zlib.crc32(data), manifest=pb_manifest if first else None, activate=activate and first,
+    def _stream(
+        self, path: Path, pb_manifest: artifact_pb2.ArtifactManifest, upload_id: str, start: int, size: int,
+        chunk_size: int, activate: bool, progress: ProgressFn | None,
+    ) -> tuple[artifact_pb2.UploadResult, FileChunks | None]:
+        """One Upload stream from ``start``; ``start == size`` sends the manifest alone (nothing left to send)."""
+        chunks: FileChunks | None = None
+        if start >= size:
+            msgs: Iterable[bytes] = [
+                encode_upload_chunk(schema_version=SCHEMA_VERSION, upload_id=upload_id, offset=size, data=b"",
+                                    manifest=pb_manifest, activate=activate)
+            ]
+        else:
+            chunks = FileChunks(path, size=size, upload_id=upload_id, schema_version=SCHEMA_VERSION,
+                                manifest=pb_manifest, start=start, chunk_size=chunk_size, activate=activate,
+                                progress=progress)
+            msgs = chunks
+        timeout = 60.0 + (size - start) / 2e6  # generous: 2 MB/s floor
+        try:
+            res = self._upload_call(iter(msgs), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self._rpc_error("Upload", exc) from None
+        return res, chunks
+
+    def _upload(
+        self, path: Path, pb_manifest: artifact_pb2.ArtifactManifest, upload_id: str, *, activate: bool,
+        chunk_size: int, progress: ProgressFn | None, retries: int,
+    ) -> dict[str, Any]:
+        """Upload, resuming from the agent's committed offset; retried from there after a broken stream."""
+        chunk_size = check_chunk_size(chunk_size)
+        sha, size = pb_manifest.sha256, int(pb_manifest.size_bytes)
+        first_start: int | None = None
+        sent = 0
+        for attempt in range(retries + 1):
+            state = self.query_upload(upload_id, sha)
+            if sha and state["already_stored"]:
+                start = size
+            elif state["exists"] and state["sha256"] == sha:  # both "" for a digest the stream delivers
+                start = int(state["committed_offset"])
+            else:
+                start = 0
+            first_start = start if first_start is None else first_start
+            if progress is not None:
+                progress(start, size)
+            res, chunks = self._stream(path, pb_manifest, upload_id, start, size, chunk_size, activate, progress)
+            sent += int(res.bytes_received)
+            try:
+                wire.raise_for_status(res, where=f"Upload to {self.url}")
+            except AgentError as exc:
+                if exc.code in _RETRY_CODES and attempt < retries:
+                    continue
+                raise
+            if chunks is not None and chunks.digest is not None and res.sha256 != chunks.digest.hex():
+                raise DeviceError(
+                    f"the agent at {self.url} stored sha256 {res.sha256} for {path}, which hashed to "
+                    f"{chunks.digest.hex()} as it was sent", "redeploy; report this if it persists",
                 )
-                first = False
-                offset += len(data)
-                yield chunk
-                if progress is not None:
-                    progress(offset, size)
-                if not data:
-                    break
+            return {
+                "upload_id": res.upload_id, "model_id": res.model_id, "sha256": res.sha256,
+                "size_bytes": res.size_bytes, "resumed_from": first_start, "bytes_sent": sent,
+                "already_stored": res.already_stored, "activated": res.activated, "load_ms": res.load_ms,
+                "first_run_ms": res.first_run_ms,
+            }
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def upload(
         self,
@@ -141,42 +202,41 @@ class GrpcTransport:
         progress: ProgressFn | None = None,
         retries: int = 2,
     ) -> dict[str, Any]:
-        chunk_size = check_chunk_size(chunk_size)
-        upload_id = manifest.sha256
-        first_start: int | None = None
-        sent = 0
-        for attempt in range(retries + 1):
-            state = self.query_upload(upload_id, manifest.sha256)
-            if state["already_stored"]:
-                start = manifest.size_bytes
-            elif state["exists"] and state["sha256"] == manifest.sha256:
-                start = int(state["committed_offset"])
-            else:
-                start = 0
-            first_start = start if first_start is None else first_start
-            if progress is not None:
-                progress(start, manifest.size_bytes)
-            timeout = 60.0 + (manifest.size_bytes - start) / 2e6  # generous: 2 MB/s floor
-            try:
-                res = self._upload_call(
-                    self._chunks(path, manifest, upload_id, start, chunk_size, activate, progress), timeout=timeout
-                )
-            except grpc.RpcError as exc:
-                raise self._rpc_error("Upload", exc) from None
-            sent += int(res.bytes_received)
-            try:
-                wire.raise_for_status(res, where=f"Upload to {self.url}")
-            except AgentError as exc:
-                if exc.code in _RETRY_CODES and attempt < retries:
-                    continue
-                raise
-            return {
-                "upload_id": res.upload_id, "model_id": res.model_id, "sha256": res.sha256,
-                "size_bytes": res.size_bytes, "resumed_from": first_start, "bytes_sent": sent,
-                "already_stored": res.already_stored, "activated": res.activated, "load_ms": res.load_ms,
-                "first_run_ms": res.first_run_ms,
-            }
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Upload ``path`` described by ``manifest`` (sha256 known: nothing is sent when the agent has it)."""
+        return self._upload(
+            Path(path), wire.manifest_to_proto(manifest), manifest.sha256, activate=activate, chunk_size=chunk_size,
+            progress=progress, retries=retries,
+        )
+
+    def upload_file(
+        self,
+        path: str | Path,
+        *,
+        model_id: str | None = None,
+        version: str = "1",
+        activate: bool = True,
+        chunk_size: int = DEFAULT_CHUNK,
+        progress: ProgressFn | None = None,
+        retries: int = 2,
+    ) -> dict[str, Any]:
+        """Upload a model file whose sha256 is not known yet, hashing it while it streams (one pass over the
+        file): the manifest leaves the sha256 to the chunks' ``running_sha256``. The upload id names the file
+        (path, size, inode, times) so an interrupted upload resumes; when the agent reports that this id
+        already became a stored blob, the file is hashed and, if it still matches, nothing is sent."""
+        p = Path(path)
+        draft = Manifest(
+            model_id=model_id or default_model_id(p), format=format_for_path(p), size_bytes=_file_size(p),
+            sha256=_DRAFT_SHA, version=version, created_at=utc_now(), file_name=p.name,
+        )
+        upload_id = file_upload_id(p)
+        state = self.query_upload(upload_id)
+        if state["already_stored"] and state["sha256"] and sha256_file(p) == state["sha256"]:
+            return self.upload(p, draft.with_(sha256=state["sha256"]), activate=activate, chunk_size=chunk_size,
+                               progress=progress, retries=retries)
+        pb = wire.manifest_to_proto(draft)
+        pb.sha256 = ""  # the stream delivers it
+        return self._upload(p, pb, upload_id, activate=activate, chunk_size=chunk_size, progress=progress,
+                            retries=retries)
 
     def benchmark(
         self,

@@ -1,12 +1,15 @@
-"""The zero-copy UploadChunk codec speaks exactly the generated protobuf wire format."""
+"""The zero-copy UploadChunk codec speaks exactly the generated protobuf wire format; FileChunks streams a
+file as chunks that carry its running sha256."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zlib
+from pathlib import Path
 
 import pytest
-from devicefit.agent.chunks import decode_upload_chunk, encode_upload_chunk
+from devicefit.agent.chunks import FileChunks, decode_upload_chunk, encode_upload_chunk
 from devicefit.agent.errors import AgentError
 from devicefit.protos.devicefit.v1 import artifact_pb2
 
@@ -16,11 +19,12 @@ MANIFEST = artifact_pb2.ArtifactManifest(schema_version="1.0", model_id="m", siz
 @pytest.mark.parametrize(
     "kw",
     [
-        {"schema_version": "1.0", "upload_id": "u" * 64, "offset": 0, "data": b"", "crc32": 0},
+        {"schema_version": "1.0", "upload_id": "u" * 64, "offset": 0, "data": b""},
         {"schema_version": "1.0", "upload_id": "x", "offset": 300, "data": os.urandom(1000), "crc32": 0},
         {"schema_version": "1.0", "upload_id": "x", "offset": 2**40, "data": os.urandom(70_000), "crc32": 0xFFFFFFFF,
-         "manifest": MANIFEST, "activate": True},
+         "manifest": MANIFEST, "activate": True, "running_sha256": os.urandom(32)},
         {"schema_version": "", "upload_id": "", "offset": 1, "data": b"\x00", "crc32": 1, "activate": False},
+        {"schema_version": "1.1", "upload_id": "f", "offset": 9, "data": os.urandom(300), "running_sha256": b"\x07" * 32},
     ],
 )
 def test_encoding_is_byte_identical_and_round_trips(kw: dict) -> None:
@@ -29,8 +33,9 @@ def test_encoding_is_byte_identical_and_round_trips(kw: dict) -> None:
     assert fast == slow
     parsed = artifact_pb2.UploadChunk.FromString(fast)
     dec = decode_upload_chunk(slow)
-    for key in ("schema_version", "upload_id", "offset", "crc32", "activate"):
+    for key in ("schema_version", "upload_id", "offset", "activate", "running_sha256"):
         assert getattr(dec, key) == getattr(parsed, key) == kw.get(key, getattr(parsed, key))
+    assert dec.crc32 == kw.get("crc32") and parsed.HasField("crc32") == ("crc32" in kw)  # presence survives
     assert bytes(dec.data) == kw["data"] and dec.HasField("manifest") == ("manifest" in kw)
     if "manifest" in kw:
         assert dec.manifest == MANIFEST
@@ -48,3 +53,24 @@ def test_decoder_skips_unknown_fields_and_rejects_garbage() -> None:
         decode_upload_chunk(b"\x0b")
     with pytest.raises(AgentError, match="varint"):
         decode_upload_chunk(b"\x18\xff")
+
+
+@pytest.mark.parametrize("start", [0, 3 * 1024, 10_000])
+def test_file_chunks_carry_the_running_sha256(tmp_path: Path, start: int) -> None:
+    data = os.urandom(10_000)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    seen: list[tuple[int, int]] = []
+    stream = FileChunks(path, size=len(data), upload_id="u", schema_version="1.0", manifest=MANIFEST, start=start,
+                        chunk_size=4096, activate=True, progress=lambda d, t: seen.append((d, t)))
+    msgs = [decode_upload_chunk(m) for m in stream]
+    assert [c.offset for c in msgs] == (list(range(start, len(data), 4096)) or [len(data)])
+    assert b"".join(bytes(c.data) for c in msgs) == data[start:]
+    for c in msgs:  # each chunk names the digest of the file up to its end
+        assert c.running_sha256 == hashlib.sha256(data[: c.offset + len(c.data)]).digest() and c.crc32 is None
+    assert msgs[0].manifest == MANIFEST and msgs[0].activate and all(c.manifest is None for c in msgs[1:])
+    assert stream.digest == hashlib.sha256(data).digest() and stream.sent == len(data) - start
+    assert seen[-1] == (len(data), len(data))
+    path.write_bytes(data + b"x")  # the file changed size since the manifest was made
+    with pytest.raises(AgentError, match="changed while it was being deployed"):
+        list(FileChunks(path, size=len(data), upload_id="u", schema_version="1.0", manifest=MANIFEST))

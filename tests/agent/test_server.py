@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -62,6 +63,7 @@ def test_deploy_benchmark_rollback_delete(dev: Device, tiny_onnx: Path, tiny_onn
     a = dev.deploy(tiny_onnx, progress=lambda d, t: seen.append((d, t)))
     assert a.active and a.model_id == "tiny_text" and a.device_id == "test-dev"
     assert a.bytes_sent == a.size_bytes == tiny_onnx.stat().st_size and a.first_run_ms > 0
+    assert a.sha256 == hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()  # hashed while it streamed
     assert seen[-1] == (a.size_bytes, a.size_bytes)
     again = dev.deploy(tiny_onnx, progress=False)
     assert again.already_stored and again.bytes_sent == 0 and again.active
@@ -110,7 +112,8 @@ def test_broken_model_never_replaces_the_active_one(dev: Device, tiny_onnx: Path
     assert _active(dev) == before
 
 
-def test_wrong_sha_and_corrupt_chunk_rejected(dev: Device, agent: AgentProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("check", ["running_sha256", "crc32"])
+def test_wrong_sha_and_corrupt_chunk_rejected(dev: Device, agent: AgentProcess, tmp_path: Path, check: str) -> None:
     path = tmp_path / "blob.onnx"
     data = os.urandom(3 * 256 * 1024)
     path.write_bytes(data)
@@ -122,20 +125,32 @@ def test_wrong_sha_and_corrupt_chunk_rejected(dev: Device, agent: AgentProcess, 
     assert exc.value.code == E.CHECKSUM_MISMATCH and "store is unchanged" in exc.value.problem  # type: ignore[attr-defined]
 
     m = wire.manifest_to_proto(Manifest.for_file(path, model_id="corrupt"))
+    if check == "running_sha256":
+        m.sha256 = ""  # as a bare-file deploy sends it: the digest comes with the chunks
+
+    def integrity(piece: bytes, end: int) -> dict[str, object]:
+        """What the sender computed over its file (not over what arrives)."""
+        if check == "crc32":
+            return {"crc32": zlib.crc32(piece)}
+        return {"running_sha256": hashlib.sha256(data[:end]).digest()}
 
     def chunks() -> Iterator[artifact_pb2.UploadChunk]:
         piece = data[:262144]
-        yield artifact_pb2.UploadChunk(schema_version=SCHEMA_VERSION, upload_id="c1", offset=0, data=piece,
-                                       crc32=zlib.crc32(piece), manifest=m, activate=True)
-        bad = bytes([data[262144] ^ 1]) + data[262145:524288]
-        yield artifact_pb2.UploadChunk(schema_version=SCHEMA_VERSION, upload_id="c1", offset=262144, data=bad,
-                                       crc32=zlib.crc32(data[262144:524288]))
+        yield artifact_pb2.UploadChunk(schema_version=SCHEMA_VERSION, upload_id=f"c-{check}", offset=0, data=piece,
+                                       manifest=m, activate=True, **integrity(piece, 262144))  # type: ignore[arg-type]
+        bad = bytes([data[262144] ^ 1]) + data[262145:524288]  # one bit flipped in transit
+        yield artifact_pb2.UploadChunk(schema_version=SCHEMA_VERSION, upload_id=f"c-{check}", offset=262144, data=bad,
+                                       **integrity(data[262144:524288], 524288))  # type: ignore[arg-type]
 
     ch, stub = _stub(agent.url)
     with ch:
         res = stub.Upload(chunks(), timeout=30)
+        state = stub.QueryUpload(artifact_pb2.QueryUploadRequest(schema_version=SCHEMA_VERSION,
+                                                                 upload_id=f"c-{check}"), timeout=10)
     assert not res.status.ok and res.status.code == E.CHUNK_CORRUPT and "offset 262144" in res.status.message
+    assert ("running sha256" if check == "running_sha256" else "CRC32") in res.status.message
     assert dev.models() == models_before and _active(dev) == active_before
+    assert state.committed_offset == 262144  # the good chunk before it is kept: a retry resumes there
 
 
 def test_schema_mismatch_is_a_clear_error(agent: AgentProcess) -> None:

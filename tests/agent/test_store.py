@@ -22,13 +22,18 @@ def _manifest(data: bytes, model_id: str = "m", **kw: object) -> Manifest:
     return Manifest(model_id=model_id, format="onnx", size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), **kw)  # type: ignore[arg-type]
 
 
+def _running(data: bytes, end: int) -> bytes:
+    """The running_sha256 a sender puts on the chunk that ends at ``end``."""
+    return hashlib.sha256(data[:end]).digest()
+
+
 def _upload(store: ModelStore, data: bytes, model_id: str = "m", upload_id: str | None = None) -> str:
     m = _manifest(data, model_id)
     part = store.begin_upload(upload_id or m.sha256, m)
     try:
         for off in range(part.received, len(data), CHUNK):
             piece = data[off : off + CHUNK]
-            part.write(off, piece, zlib.crc32(piece))
+            part.write(off, piece, None, _running(data, off + len(piece)))
         return part.finish().sha256
     finally:
         part.close()
@@ -65,9 +70,8 @@ def test_resume_from_committed_offset_after_restart(tmp_path: Path) -> None:
     # simulate a crash: the file holds 7 chunks, but only 6 were committed (every 3 chunks)
     part._sync()
     part._stop_writer()
-    part._f.flush()
     assert part.committed == 6 * CHUNK and part.received == 7 * CHUNK
-    part._f.close()
+    os.close(part._fd)
     store._release("up1")
     assert (tmp_path / "uploads" / "up1.part").stat().st_size == 7 * CHUNK
 
@@ -142,6 +146,103 @@ def test_corrupt_chunk_rejected(tmp_path: Path) -> None:
         part.write(CHUNK, os.urandom(3 * CHUNK), None)
     part.close()
     assert store.entries() == [] and store.upload_info("c").committed == CHUNK
+
+
+def test_corrupt_chunk_rejected_by_running_sha256_and_store_unchanged(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    good = _upload(store, os.urandom(1000), "good")
+    store.set_active(good)
+    before = _snapshot(store)
+    data = os.urandom(3 * CHUNK)
+    part = store.begin_upload("c", _manifest(data))
+    part.write(0, data[:CHUNK], None, _running(data, CHUNK))
+    flipped = bytes([data[CHUNK] ^ 0x01]) + data[CHUNK + 1 : 2 * CHUNK]
+    # one flipped bit, and the digest the sender computed over its file; the writer checks it as it hashes
+    part.write(CHUNK, flipped, None, _running(data, 2 * CHUNK))
+    with pytest.raises(AgentError) as exc:
+        part.write(2 * CHUNK, data[2 * CHUNK :], None, _running(data, 3 * CHUNK))  # or sync() / finish()
+    assert exc.value.code == E.CHUNK_CORRUPT and "offset 65536" in exc.value.problem
+    assert "running sha256" in exc.value.problem
+    with pytest.raises(AgentError, match="offset 65536"):
+        part.finish()
+    part.close()
+    assert _snapshot(store) == before and store.upload_info("c").committed == CHUNK  # not appended
+    assert (store.uploads_dir / "c.part").read_bytes() == data[:CHUNK]
+    part = store.begin_upload("c", _manifest(data))  # the sender resumes: the resent chunk is taken
+    assert part.resumed_from == CHUNK
+    for off in (CHUNK, 2 * CHUNK):
+        part.write(off, data[off : off + CHUNK], None, _running(data, off + CHUNK))
+    assert part.finish().path.read_bytes() == data
+    part.close()
+
+
+def test_pending_sha256_comes_from_the_stream(tmp_path: Path) -> None:
+    from devicefit.agent.upload import UploadSpec
+
+    store = ModelStore(tmp_path)
+    data = os.urandom(5 * CHUNK + 7)
+    spec = UploadSpec.pending(_manifest(data, "streamed"))
+    assert spec.pending_digest and spec.sha256 == ""
+    part = store.begin_upload("file-abc", spec)
+    assert part.manifest is None
+    for off in range(0, len(data), CHUNK):
+        part.write(off, data[off : off + CHUNK], None, _running(data, min(off + CHUNK, len(data))))
+    entry = part.finish()
+    part.close()
+    sha = hashlib.sha256(data).hexdigest()
+    assert entry.sha256 == sha and entry.model_id == "streamed" and entry.path.read_bytes() == data
+    info = store.upload_info("file-abc")  # the id remembers which blob it became (a hint for the client)
+    assert not info.exists and info.already_stored and info.stored_sha256 == sha
+    assert ModelStore(tmp_path).upload_info("file-abc").stored_sha256 == sha  # survives a restart
+
+    # a pending upload must end with the sender's digest of the whole file
+    other = os.urandom(2 * CHUNK)
+    part = store.begin_upload("file-def", UploadSpec.pending(_manifest(other)))
+    part.write(0, other[:CHUNK], None, _running(other, CHUNK))
+    part.write(CHUNK, other[CHUNK:])  # no running_sha256 on the last chunk
+    with pytest.raises(AgentError) as exc:
+        part.finish()
+    part.close()
+    assert exc.value.code == E.INVALID_ARGUMENT and "no sha256" in exc.value.problem
+    assert store.entries() == [entry] and list(store.uploads_dir.iterdir()) == []
+    with pytest.raises(AgentError, match="signed manifest must name its sha256"):
+        UploadSpec.pending(_manifest(other, signature=b"sig"))
+
+
+def test_resumed_prefix_that_differs_from_the_sender_is_discarded(tmp_path: Path) -> None:
+    from devicefit.agent.upload import UploadSpec
+
+    store = ModelStore(tmp_path, commit_every=CHUNK, commit_interval_s=0)
+    old, new = os.urandom(4 * CHUNK), os.urandom(4 * CHUNK)  # same size: a file replaced in place
+    part = store.begin_upload("file-x", UploadSpec.pending(_manifest(old)))
+    for off in (0, CHUNK):
+        part.write(off, old[off : off + CHUNK], None, _running(old, off + CHUNK))
+    part.close()
+    assert store.upload_info("file-x").committed == 2 * CHUNK
+    part = store.begin_upload("file-x", UploadSpec.pending(_manifest(new)))
+    assert part.resumed_from == 2 * CHUNK
+    part.write(2 * CHUNK, new[2 * CHUNK : 3 * CHUNK], None, _running(new, 3 * CHUNK))
+    with pytest.raises(AgentError) as exc:
+        part.sync()
+    part.close()
+    assert exc.value.code == E.CHUNK_CORRUPT and "discarded" in exc.value.problem
+    assert not store.upload_info("file-x").exists and list(store.uploads_dir.iterdir()) == []
+    assert _upload(store, new, upload_id="file-x") == hashlib.sha256(new).hexdigest()  # the retry from 0
+
+
+def test_meta_without_its_part_counts_as_nothing_committed(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, commit_every=CHUNK, commit_interval_s=0)
+    data = os.urandom(3 * CHUNK)
+    part = store.begin_upload("u", _manifest(data))
+    part.write(0, data[:CHUNK], None, _running(data, CHUNK))
+    part.close()
+    assert store.upload_info("u").committed == CHUNK
+    (store.uploads_dir / "u.part").unlink()  # e.g. a crash after the .part was renamed into blobs/
+    info = store.upload_info("u")
+    assert not info.exists and info.committed == 0
+    part = store.begin_upload("u", _manifest(data))
+    assert part.resumed_from == 0
+    part.close()
 
 
 def test_busy_and_invalid_upload_ids(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ class ArtifactManifest(_message.Message):
     def __init__(self, schema_version: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[str] = ..., format: _Optional[_Union[ModelFormat, str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., signature: _Optional[bytes] = ..., signature_key_id: _Optional[str] = ..., plan_summary_json: _Optional[str] = ..., metrics_json: _Optional[str] = ..., created_at: _Optional[str] = ..., file_name: _Optional[str] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
-    __slots__ = ("schema_version", "upload_id", "offset", "data", "crc32", "manifest", "activate")
+    __slots__ = ("schema_version", "upload_id", "offset", "data", "crc32", "manifest", "activate", "running_sha256")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class UploadChunk(_message.Message):
     CRC32_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     ACTIVATE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_SHA256_FIELD_NUMBER: _ClassVar[int]
     schema_version: str
     upload_id: str
     offset: int
@@ -60,7 +61,8 @@ class UploadChunk(_message.Message):
     crc32: int
     manifest: ArtifactManifest
     activate: bool
-    def __init__(self, schema_version: _Optional[str] = ..., upload_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ..., manifest: _Optional[_Union[ArtifactManifest, _Mapping]] = ..., activate: _Optional[bool] = ...) -> None: ...
+    running_sha256: bytes
+    def __init__(self, schema_version: _Optional[str] = ..., upload_id: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ..., manifest: _Optional[_Union[ArtifactManifest, _Mapping]] = ..., activate: _Optional[bool] = ..., running_sha256: _Optional[bytes] = ...) -> None: ...
 
 class UploadResult(_message.Message):
     __slots__ = ("schema_version", "status", "upload_id", "model_id", "sha256", "size_bytes", "committed_offset", "resumed_from", "bytes_received", "already_stored", "activated", "load_ms", "first_run_ms")

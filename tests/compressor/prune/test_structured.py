@@ -9,8 +9,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
-
 from devicefit.compressor.export import export_onnx
 from devicefit.compressor.prune import prune_structured
 from devicefit.compressor.prune.calib import layer_names
@@ -18,6 +16,7 @@ from devicefit.compressor.techniques import ChannelPrune
 from devicefit.data import Dataset
 from devicefit.runtime import make_session
 from devicefit.zoo.minilm import MiniLM
+from torch import nn
 
 torch.set_num_threads(1)
 

