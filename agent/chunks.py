@@ -167,8 +167,8 @@ class FileChunks:
 
     Every chunk carries ``running_sha256`` (the digest of the file's bytes up to its end); the first one also
     the manifest (and ``activate``). Resuming at ``start`` > 0 hashes the first ``start`` bytes locally first.
-    After the iteration :attr:`digest` is the sha256 of the whole file as read (``None`` before). The file is
-    read through a memory map: a chunk's bytes are copied once, into the outgoing message.
+    After the iteration :attr:`digest` is the sha256 of the whole file as read (``None`` before). (Not read
+    through mmap, which would save one in-cache copy per chunk but dies of SIGBUS if the file shrinks.)
     """
 
     def __init__(
@@ -191,36 +191,39 @@ class FileChunks:
         self.sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
-        import mmap
-
         h = hashlib.sha256()
         size, offset = self.size, self.start
-        with open(self.path, "rb") as f:
-            if os.fstat(f.fileno()).st_size != size:
+        with open(self.path, "rb", buffering=0) as f:
+            actual = os.fstat(f.fileno()).st_size
+            if actual != size:
                 raise AgentError(
-                    E.INVALID_ARGUMENT, f"{self.path} is {os.fstat(f.fileno()).st_size} bytes, the upload says {size}",
+                    E.INVALID_ARGUMENT, f"{self.path} is {actual} bytes, the upload says {size}",
                     "the file changed while it was being deployed; deploy it again",
                 )
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
-                if hasattr(mm, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
-                    mm.madvise(mmap.MADV_SEQUENTIAL)
-                for pos in range(0, offset, 1 << 22):  # resuming: the prefix the agent already holds
-                    h.update(view[pos : min(pos + (1 << 22), offset)])
-                first = True
-                while first or offset < size:
-                    end = min(offset + self.chunk_size, size)
-                    with view[offset:end] as data:
-                        h.update(data)
-                        msg = encode_upload_chunk(
-                            schema_version=self.schema_version, upload_id=self.upload_id, offset=offset, data=data,
-                            manifest=self.manifest if first else None, activate=self.activate and first,
-                            running_sha256=h.digest(),
-                        )
-                    first = False
-                    offset = end
-                    self.sent = offset - self.start
-                    if offset >= size:
-                        self.digest = h.digest()
-                    yield msg
-                    if self.progress is not None:
-                        self.progress(offset, size)
+            while f.tell() < offset:  # resuming: hash the prefix the agent already holds
+                block = f.read(min(offset - f.tell(), 1 << 22))
+                if not block:
+                    break
+                h.update(block)
+            first = True
+            while first or offset < size:
+                data = f.read(min(self.chunk_size, size - offset)) if offset < size else b""
+                if offset < size and not data:
+                    raise AgentError(
+                        E.INVALID_ARGUMENT, f"{self.path} ended at {offset} of {size} bytes",
+                        "the file changed while it was being deployed; deploy it again",
+                    )
+                h.update(data)  # releases the GIL for big buffers
+                msg = encode_upload_chunk(
+                    schema_version=self.schema_version, upload_id=self.upload_id, offset=offset, data=data,
+                    manifest=self.manifest if first else None, activate=self.activate and first,
+                    running_sha256=h.digest(),
+                )
+                first = False
+                offset += len(data)
+                self.sent = offset - self.start
+                if offset >= size:
+                    self.digest = h.digest()
+                yield msg
+                if self.progress is not None:
+                    self.progress(offset, size)

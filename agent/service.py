@@ -212,7 +212,7 @@ class AgentService:
                         wire.check_schema(chunk)
                     part.write(int(chunk.offset), chunk.data, _crc32(chunk), chunk.running_sha256 or None)
                     chunk = next(it, None)
-                part.sync()  # raises a chunk the writer rejected
+                part.sync()  # all received bytes written (raises a write error)
                 res.bytes_received = part.received - part.resumed_from
                 if not part.complete:
                     part.close()

@@ -5,10 +5,12 @@ enter the store by rename (then the directory is fsynced), so a SIGKILL at any p
 restarted agent resumes from.
 
 Cost per byte (what bench/transport.py measures): the receiving thread hashes each chunk (sha256 releases the
-GIL, so gRPC keeps receiving meanwhile) and hands it to a writer thread, which appends it with ``os.write`` and
-asks the kernel to start writing it back (``sync_file_range``, a hint), so the fsyncs at commit points and at
-the end find little left to flush. The sha256 the agent must compute anyway doubles as the per-chunk integrity
-check (``running_sha256``), so a chunk costs no separate checksum.
+GIL, so gRPC keeps receiving meanwhile) and hands it to a writer thread, which appends it with ``os.pwrite``
+and asks the kernel to start writing it back (``sync_file_range``, a hint), so the fsyncs at commit points
+and at the end find little left to flush. The sha256 the agent must compute anyway doubles as the per-chunk
+integrity check (``running_sha256``), so a chunk costs no separate checksum. A fresh upload writes no
+metadata until its first commit, and the end costs one fsync of the data, the rename with its directory
+fsync, and the state file.
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-_fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 _writeback: Callable[[int, int, int], None] | bool | None = False  # False: not looked up yet
 
 
@@ -182,11 +183,9 @@ class PartialUpload:
         #: the sender's running_sha256 of the last chunk that had one, and the offset it covers
         self._running: tuple[int, bytes] | None = None
         self._closed = False
-        self._queue: queue.Queue[tuple[int, bytes | memoryview, bytes | None] | None] = queue.Queue(
-            maxsize=self.QUEUE_CHUNKS
-        )
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=self.QUEUE_CHUNKS)
         self._error: BaseException | None = None
-        self._discard_on_error = False
+        self._commit_lock = threading.Lock()
         self._last_commit = time.monotonic()
         self._writer = threading.Thread(target=self._drain, name=f"upload-{upload_id[:12]}", daemon=True)
         self._writer.start()
@@ -201,7 +200,7 @@ class PartialUpload:
         interval = self.store.commit_interval_s
         while True:
             try:
-                item = self._queue.get(timeout=max(interval, 0.05))
+                data = self._queue.get(timeout=max(interval, 0.05))
             except queue.Empty:  # the stream paused: make what arrived durable
                 try:
                     if self._error is None:
@@ -210,10 +209,10 @@ class PartialUpload:
                     self._error = exc
                 continue
             try:
-                if item is None:
+                if data is None:
                     return
                 if self._error is None:
-                    self._take(*item)
+                    self._append(data)
                     if (
                         self.written - self.committed >= self.store.commit_every
                         and time.monotonic() - self._last_commit >= interval
@@ -223,37 +222,6 @@ class PartialUpload:
                 self._error = exc
             finally:
                 self._queue.task_done()
-
-    def _take(self, offset: int, data: bytes | memoryview, running_sha256: bytes | None) -> None:
-        """Hash one chunk, check it against the sender's running sha256, append it (writer thread)."""
-        if running_sha256 is not None:
-            h = self._hash.copy()
-            h.update(data)
-            if h.digest() != running_sha256:
-                self._error = self._chunk_error(offset, len(data))
-                return
-            self._hash = h
-            self._running = (offset + len(data), running_sha256)
-        else:
-            self._hash.update(data)
-        if len(data):
-            self._append(data)
-
-    def _chunk_error(self, offset: int, n: int) -> AgentError:
-        if offset == self.resumed_from > 0:  # the stored prefix is not the sender's file: start over
-            self._discard_on_error = True
-            return AgentError(
-                E.CHUNK_CORRUPT,
-                f"upload {self.upload_id} resumed at offset {offset}, but the stored {offset} bytes differ from the "
-                "sender's (running sha256 mismatch); the partial upload was discarded",
-                "send it again from offset 0 (devicefit deploy retries automatically)",
-            )
-        return AgentError(
-            E.CHUNK_CORRUPT,
-            f"chunk at offset {offset} of upload {self.upload_id} failed its integrity check (running sha256 "
-            f"mismatch, {n} bytes; the upload keeps the {offset} bytes before it)",
-            "resend from the committed offset (devicefit deploy resumes automatically)",
-        )
 
     def _append(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -266,25 +234,21 @@ class PartialUpload:
             self._writeback_from = self.written
 
     def _commit_written(self) -> None:
-        if self.written == self.committed:
-            return
-        _fdatasync(self._fd)
-        self.committed = self.written
-        self._persist()
-        self._last_commit = time.monotonic()
+        with self._commit_lock:  # the writer (on a pause) and the caller (commit) may both get here
+            written = self.written
+            if written == self.committed:
+                return
+            os.fsync(self._fd)
+            self.committed = written
+            self._persist()
+            self._last_commit = time.monotonic()
 
     def _raise_writer_error(self) -> None:
-        err = self._error
-        if err is None:
-            return
-        if isinstance(err, AgentError):  # a rejected chunk
-            if self._discard_on_error:
-                self.discard()
-            raise err
-        raise AgentError(E.INTERNAL, f"writing upload {self.upload_id} failed: {err}") from err
+        if self._error is not None:
+            raise AgentError(E.INTERNAL, f"writing upload {self.upload_id} failed: {self._error}") from self._error
 
     def sync(self) -> None:
-        """Wait until the writer has hashed, checked and written everything queued; raise what it rejected."""
+        """Wait until the writer has written everything received (raises its I/O error, if any)."""
         self._sync()
 
     def _sync(self) -> None:
@@ -301,9 +265,8 @@ class PartialUpload:
     def write(
         self, offset: int, data: bytes | memoryview, crc32: int | None = None, running_sha256: bytes | None = None
     ) -> None:
-        """Append one chunk. ``running_sha256``: the sender's sha256 of bytes [0, offset + len(data)), checked
-        by the writer thread as it hashes (a mismatch is raised by the next ``write``, ``sync`` or ``finish``,
-        and nothing from that chunk on is stored); ``crc32``: zlib CRC32 of ``data``, checked here."""
+        """Append one chunk. ``running_sha256``: the sender's sha256 of bytes [0, offset + len(data));
+        ``crc32``: zlib CRC32 of ``data``. Either rejects a corrupted chunk here, before it is stored."""
         self._raise_writer_error()
         if offset != self.received:
             raise AgentError(
@@ -324,11 +287,37 @@ class PartialUpload:
                 f"({len(data)} bytes; the upload keeps the {self.received} bytes before it)",
                 "resend from the committed offset (devicefit deploy resumes automatically)",
             )
-        if running_sha256 and len(running_sha256) != 32:
-            raise AgentError(E.INVALID_ARGUMENT, f"running_sha256 has {len(running_sha256)} bytes, not 32")
-        if len(data) or running_sha256:
-            self._queue.put((offset, data, running_sha256 or None))
+        if running_sha256:
+            if len(running_sha256) != 32:
+                raise AgentError(E.INVALID_ARGUMENT, f"running_sha256 has {len(running_sha256)} bytes, not 32")
+            h = self._hash.copy()
+            h.update(data)  # releases the GIL: gRPC goes on receiving meanwhile
+            if h.digest() != running_sha256:
+                raise self._reject(offset, len(data))
+            self._hash = h
+            self._running = (offset + len(data), running_sha256)
+        else:
+            self._hash.update(data)
+        if len(data):
+            self._queue.put(data)
             self.received += len(data)
+
+    def _reject(self, offset: int, n: int) -> AgentError:
+        """The error for a chunk that failed its running sha256 check."""
+        if offset == self.resumed_from > 0:  # the stored prefix is not the sender's file: start over
+            self.discard()
+            return AgentError(
+                E.CHUNK_CORRUPT,
+                f"upload {self.upload_id} resumed at offset {offset}, but the stored {offset} bytes differ from the "
+                "sender's (running sha256 mismatch); the partial upload was discarded",
+                "send it again from offset 0 (devicefit deploy retries automatically)",
+            )
+        return AgentError(
+            E.CHUNK_CORRUPT,
+            f"chunk at offset {offset} of upload {self.upload_id} failed its integrity check (running sha256 "
+            f"mismatch, {n} bytes; the upload keeps the {offset} bytes before it)",
+            "resend from the committed offset (devicefit deploy resumes automatically)",
+        )
 
     def commit(self) -> None:
         """Make everything received so far durable and record it as the resume point."""
@@ -383,7 +372,7 @@ class PartialUpload:
                 self.discard()
                 raise
         self._stop_writer()
-        _fdatasync(self._fd)  # the data is durable before the rename makes it visible
+        os.fsync(self._fd)  # the data is durable before the rename makes it visible
         os.close(self._fd)
         self._closed = True
         dest = self.store.blob_path(m)
@@ -405,11 +394,11 @@ class PartialUpload:
         self.store._release(self.upload_id)
 
     def close(self) -> None:
-        """Commit what was received and let another stream resume this upload."""
+        """Commit what was received and checked, and let another stream resume this upload."""
         if not self._closed:
+            self._stop_writer()  # it writes everything queued first
             with contextlib.suppress(OSError, AgentError):
-                self.commit()
-            self._stop_writer()
+                self._commit_written()
             os.close(self._fd)
             self._closed = True
         self.store._release(self.upload_id)

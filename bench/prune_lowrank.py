@@ -11,7 +11,8 @@ Rows per model (each metric before → after distillation with the same budget):
 * plain vs activation-aware SVD at **equal params** (MiniLM: the 12 FFN matrices, 50 % of their params;
   digits: fc1; EfficientNet: the 1×1 convs) — fidelity;
 * structured channel pruning (digits 30 %, MiniLM 25 % of heads + 50 % of FFN channels, EfficientNet
-  25 %) — MAC ratio next to the **measured** host p50 ratio (``benchmark_onnx``, threads=1, batch 1).
+  25 %) — MAC ratio next to the **measured** host p50 ratio (``benchmark_onnx``, threads=1, batch 1 and
+  ``--batch``).
 
 Latency: each ONNX file is benchmarked in alternating rounds (fp32, pruned, fp32, pruned …) and the median
 p50 over rounds is reported, so slow drift hits both. The host is shared with other jobs (2 cores): treat
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_STEPS = {"digits-cnn": 150, "minilm-l6": 60, "efficientnet-lite0": 20}
+DEFAULT_STEPS = {"digits-cnn": 150, "minilm-l6": 40, "efficientnet-lite0": 20}
 DISTILL = {"digits-cnn": dict(lr=1e-3, batch_size=64), "minilm-l6": dict(lr=5e-5, batch_size=16),
            "efficientnet-lite0": dict(lr=2e-5, batch_size=8)}
 
@@ -109,6 +110,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
     base = analyze(bundle.module, bundle.example_inputs)
     fp32 = export_bundle(bundle, work / f"{name}-fp32.onnx").path
     inputs = {k: v[:1] for k, v in bundle.eval.inputs.items()}
+    batch = {k: v[: args.batch] for k, v in bundle.eval.inputs.items()}
     rows = []
     for label, spec in plans(name, layer_names(bundle.module)).items():
         t0 = time.monotonic()
@@ -125,8 +127,11 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
         if spec["kind"] == "latency":
             path = export_bundle(bundle, work / f"{name}-structured.onnx", module=student).path
             lat = p50s({"fp32": fp32, "pruned": path}, inputs, args.runs, args.rounds)
+            latb = p50s({"fp32": fp32, "pruned": path}, batch, max(5, args.runs // 4), args.rounds)
             row.update(onnx_params_ratio=onnx_params(path) / onnx_params(fp32), fp32_p50_ms=lat["fp32"],
-                       p50_ms=lat["pruned"], latency_ratio=lat["pruned"] / lat["fp32"])
+                       p50_ms=lat["pruned"], latency_ratio=lat["pruned"] / lat["fp32"],
+                       batch=args.batch, fp32_p50_batch_ms=latb["fp32"], p50_batch_ms=latb["pruned"],
+                       latency_ratio_batch=latb["pruned"] / latb["fp32"])
         rows.append(row)
         print(_fmt(row), flush=True)
     return rows
@@ -136,8 +141,9 @@ def _fmt(r: dict[str, Any]) -> str:
     s = (f"{r['model']:<18} {r['row']:<34} {r['metric']:<14} {r['before_distill']:.4f} → {r['after_distill']:.4f}"
          f"  params×{r['params_ratio']:.3f} MACs×{r['macs_ratio']:.3f}")
     if "latency_ratio" in r:
-        s += (f"  onnx-params×{r['onnx_params_ratio']:.3f}  p50 {r['fp32_p50_ms']:.3f}→{r['p50_ms']:.3f} ms"
-              f" (×{r['latency_ratio']:.3f})")
+        s += (f"  onnx-params×{r['onnx_params_ratio']:.3f}  p50@1 {r['fp32_p50_ms']:.3f}→{r['p50_ms']:.3f} ms"
+              f" (×{r['latency_ratio']:.3f})  p50@{r['batch']} {r['fp32_p50_batch_ms']:.2f}→{r['p50_batch_ms']:.2f} ms"
+              f" (×{r['latency_ratio_batch']:.3f})")
     return s + f"  [{r['applied']} applied, {r['refused']} refused, {r['seconds']}s]"
 
 
@@ -146,6 +152,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["digits-cnn", "minilm-l6", "efficientnet-lite0"])
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=16, help="second latency point: this batch size")
     ap.add_argument("--distill-steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for compression / distillation")
     ap.add_argument("--out", type=Path, default=None)

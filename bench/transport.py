@@ -1,18 +1,21 @@
 """Deploy throughput vs a raw gRPC streaming baseline, and on-device vs host latency — same machine, same run.
 
-    .venv/bin/python bench/transport.py [--size-mb 50] [--chunk-kib 1024] [--trials 7] [--model FILE.onnx ...]
+    .venv/bin/python bench/transport.py [--size-mb 50] [--chunk-kib 512] [--trials 7] [--transport-only]
+                                        [--model FILE.onnx ...]
 
 1. Transport: a real agent process (``python -m devicefit.agent``) on loopback receives a SIZE MB artifact.
    "deploy" is ``Device.deploy(file)`` of a bare file (activate=False: the upload, the sha256 on both sides,
    the per-chunk check, the fsync'd commits and the atomic entry into the store are measured, not model
    loading): the client hashes the file as it streams it. "upload" starts from a manifest whose sha256 is
    already known (an Artifact). The baseline, "raw gRPC stream", is a bytes-only client-streaming service in
-   its own child process that discards what it receives, fed with the same chunk size from the same file over
-   the same channel options (one warm channel, like the Device's). Two more bytes-only services give context,
-   not targets: "raw + write + fsync" writes the bytes to a file and fsyncs it; "raw + sha256 + write + fsync"
-   also hashes them — the least any deploy that verifies and persists what it receives must do. Trials are
-   interleaved (the order rotates each trial); medians are printed with the ratios and the CPU seconds that
-   client + server spent per transfer.
+   its own child process that discards what it receives, fed with the same chunk size (default: the SDK's)
+   from the same file over the same channel and server options (one warm channel, like the Device's). Two
+   more bytes-only services give context, not targets: "raw + write + fsync" writes the bytes to a file and
+   fsyncs it; "raw + sha256 + write + fsync" also hashes them (in the handler, one thread) — the least a
+   deploy that verifies and persists what it receives must do. Trials are interleaved (the order rotates
+   each trial; an untimed ``os.sync()`` between runs, so none pays for the previous one's writeback);
+   medians are printed with the ratios and the CPU seconds that client + server spent per transfer
+   (psutil, 10 ms ticks).
 2. Latency: the agent's p50 for each model vs ``benchmark_onnx`` on the host for the same file, same
    threads, alternating rounds; the ratio agent / host.
 3. The agent's RSS when idle (no model) and with a model active.
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from devicefit.transport import DEFAULT_CHUNK
 
 RAW_SERVICE = "devicefit.bench.Raw"
 
@@ -140,7 +144,7 @@ def cpu_s(*pids: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=float, default=50.0)
-    ap.add_argument("--chunk-kib", type=int, default=1024)
+    ap.add_argument("--chunk-kib", type=int, default=DEFAULT_CHUNK // 1024, help="chunk size of both (256-1024)")
     ap.add_argument("--trials", type=int, default=7)
     ap.add_argument("--model", type=Path, action="append", default=[], help="model(s) for the latency comparison")
     ap.add_argument("--runs", type=int, default=50)
@@ -204,6 +208,7 @@ def main() -> int:
         for fn, _, after in lines.values():  # warm-up: connections, imports, first-touch of the page cache
             fn()
             after()
+        os.sync()
         secs: dict[str, list[float]] = {k: [] for k in lines}
         cpus: dict[str, list[float]] = {k: [] for k in lines}
         names = list(lines)
@@ -216,6 +221,7 @@ def main() -> int:
                 secs[name].append(time.perf_counter() - t0)
                 cpus[name].append(cpu_s(os.getpid(), server_pid) - c0)
                 after()
+                os.sync()  # untimed: no trial pays for the previous one's dirty pages or freed blocks
         mbps = {k: size / 1e6 / statistics.median(v) for k, v in secs.items()}
         print(f"\n## transport (median of {args.trials} interleaved trials)")
         for name in names:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from devicefit.compressor.prune.calib import LAYER_TYPES, batch_tensors, first_output
+from devicefit.compressor.prune.calib import LAYER_TYPES, batch_tensors, first_output, trim_padding
 from devicefit.compressor.techniques import Distill
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
@@ -195,12 +195,16 @@ def distill(
             frozen += mod.weight.numel()
     names = list(input_names)
 
-    def tensors(idx: np.ndarray) -> list[torch.Tensor]:
-        return batch_tensors({k: v[idx] for k, v in calib.inputs.items()}, names)
-
-    probe = tensors(np.arange(min(2, n)))
+    probe = batch_tensors({k: v[: min(2, n)] for k, v in calib.inputs.items()}, names)
     with torch.no_grad():
-        kind = pick_loss(first_output(teacher(*probe))) if loss == "auto" else loss
+        probe_out = first_output(teacher(*probe))
+    kind = pick_loss(probe_out) if loss == "auto" else loss
+    pooled = probe_out.dim() == 2  # one row per sample: padding can be trimmed, teacher rows cached
+
+    def tensors(idx: np.ndarray) -> list[torch.Tensor]:
+        xs = batch_tensors({k: v[idx] for k, v in calib.inputs.items()}, names)
+        return trim_padding(xs, names) if pooled else xs
+
     notes: list[str] = []
     hidden_names: list[str] = []
     hidden: _Hidden | None = None
@@ -226,10 +230,23 @@ def distill(
         frac = (step - warmup) / max(1, max_steps - warmup)
         return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
+    cache: dict[int, torch.Tensor] = {}
+
+    def teacher_rows(idx: np.ndarray, xs: list[torch.Tensor]) -> torch.Tensor:
+        """Teacher outputs for ``idx``; cached per sample when nothing else (hidden states) is needed."""
+        if hidden is not None or not pooled:
+            with torch.no_grad():
+                return first_output(teacher(*xs))
+        missing = [i for i in idx.tolist() if i not in cache]
+        if missing:
+            with torch.no_grad():
+                rows = first_output(teacher(*tensors(np.asarray(missing))))
+            cache.update(zip(missing, rows, strict=True))
+        return torch.stack([cache[i] for i in idx.tolist()])
+
     def batch_loss(idx: np.ndarray) -> torch.Tensor:
         xs = tensors(idx)
-        with torch.no_grad():
-            t_out = first_output(teacher(*xs))
+        t_out = teacher_rows(idx, xs)
         s_out = first_output(student(*xs))
         total = output_loss(kind, s_out, t_out, cfg.temperature)
         if labels is not None and kind == "kl":
@@ -290,7 +307,7 @@ def distill(
             history.append(entry)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{lv:.4f}", best=f"{best:.4f}")
+                bar.set_postfix(loss=f"{lv:.4f}", best=f"{best:.4f}", refresh=False)
     finally:
         if bar is not None:
             bar.close()
@@ -320,4 +337,7 @@ def _bar(total: float, progress: bool) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=None if total == math.inf else int(total), desc="distill", file=sys.stderr, leave=False)
+    return tqdm(
+        total=None if total == math.inf else int(total), desc="distill", file=sys.stderr, leave=False,
+        mininterval=1.0, dynamic_ncols=True,
+    )

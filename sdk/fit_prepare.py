@@ -48,7 +48,7 @@ class FitSpec:
     sens_seconds: float = 60.0
     distill_steps: int | None = 150
     store: str | None = None
-    #: measure each quant scheme's speed-up on the device with a probe of the model's layer shapes first
+    #: measure each quant scheme on half the layers first (calibration probes, see compressor.search.probes)
     probe: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,28 +117,6 @@ def _sens_samples(spec: FitSpec, bundle: Any, data: Any, n_evals: int) -> int:
     n = int(spec.sens_seconds / max(1, n_evals) / max(per_sample, 1e-6))
     n = 2 ** max(3, min(12, n.bit_length() - 1)) if n >= 8 else 8
     return min(len(data), n)
-
-
-def _probe(spec: FitSpec, bundle: Any, specs: list[Any], analysis: Any, space: Any, latency: Any, evaluator: Any,
-           profile: Any, work: Path, phases: Phases) -> None:
-    """Run the calibration probe for the quant schemes whose speed-up this device has not shown yet."""
-    from devicefit.compressor.latency import dtype_of
-    from devicefit.fit_probe import run_probe, summary
-
-    quants: dict[str, Any] = {}
-    for layer in space.layers:
-        for opt in space.atomic(layer):
-            if opt.quant is not None and not opt.structural:
-                quants.setdefault(opt.label, opt.quant)
-    kinds = {s.kind for s in specs}
-    todo = {lab: t for lab, t in quants.items()
-            if any(f"{k}/{dtype_of(t)}" not in latency.speedups for k in kinds if k in t.layer_types)}
-    if not todo:
-        return
-    phases.start("probe", None, f"speed-up of {', '.join(todo)} on {evaluator.device_id}")
-    found = run_probe(bundle, specs, analysis, evaluator=evaluator, quants=todo, work=work / "probe", profile=profile)
-    latency.speedups.update(found)
-    phases.finish("probe", summary(found) or "no scheme could be probed")
 
 
 def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None, data_obj: Any = None,
@@ -232,9 +210,6 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     baseline.tags.append("fp32")
     phases.finish("baseline", f"fp32 p50 {timing.p50_ms:.2f} ms on {timing.device}")
 
-    if spec.probe:
-        _probe(spec, bundle, specs, analysis, space, latency, evaluator, profile, work, phases)
-
     store = MeasurementStore(spec.store) if spec.store else MeasurementStore()
     cfg = LoopConfig(trials=spec.trials, minutes=spec.minutes, max_measurements=spec.max_measurements, seed=spec.seed,
                      distill=Distill(steps=spec.distill_steps) if spec.distill_steps else None)
@@ -244,5 +219,13 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     from devicefit.compressor.plan import Plan
 
     loop.record(baseline, Plan(), timing, split)
+    if spec.probe:
+        from devicefit.compressor.search.probes import run_probes
+
+        phases.start("probe", None, "each quant scheme on every other layer, measured (calibration)")
+        probes = run_probes(loop, note=lambda msg: phases.update("probe", len(loop.probes), None, msg))
+        ok = [p for p in probes if p.measured]
+        phases.finish("probe", ", ".join(f"{p.tags[-1]} {p.measured_ms:.2f} ms (prior said {p.predicted_ms:.2f})"
+                                         for p in ok) or "nothing to calibrate")
     return Prepared(spec, bundle, profile, analysis, specs, deps, problem, evaluator, loop, store, baseline, mhash,
                     latency_path, sensitivity_data=f"{len(sens_data)} samples of {data.description or 'eval'}")

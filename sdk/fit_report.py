@@ -112,8 +112,15 @@ def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], s
             "device": ctx.evaluator.device_id, "measured_on": "device" if spec.device else "host",
             "prediction_error": {"median": med, "count": len(errors), "points": errors,
                                  "definition": "median |predicted - measured| / measured p50 over the candidates measured "
-                                               "in this search, each predicted before it was measured"},
+                                               "in this search, each predicted before it was measured (calibration "
+                                               "probes are listed under search.calibration with their own errors)"},
             "failed_candidates": [{"trial": c.trial, "error": c.error} for c in failed],
+            "calibration": [
+                {"probe": (c.tags or ["probe"])[-1], "predicted_ms": c.predicted_ms, "measured_ms": c.measured_ms,
+                 "rel_error": abs(c.predicted_ms - c.measured_ms) / c.measured_ms if c.measured_ms else None,
+                 "summary": summarize(c.labels), "error": c.error}
+                for c in ctx.loop.probes
+            ],
             "sensitivity": {"samples": ctx.problem.sensitivity.samples, "seconds": round(ctx.problem.sensitivity.seconds, 2),
                             "cached": ctx.problem.sensitivity.cached, "data": ctx.sensitivity_data,
                             "method": "torch fake-compress of one layer at a time on a small eval slice (ranking only)"},

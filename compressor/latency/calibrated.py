@@ -64,8 +64,6 @@ class CalibratedModel:
     kind_ratios: dict[str, list[float]] = field(default_factory=dict)
     #: this model's kind×dtype ratios
     model_kind_ratios: dict[str, list[float]] = field(default_factory=dict)
-    #: speed-up over fp32 per kind×dtype measured on this device with a probe of this model's layer shapes
-    speedups: dict[str, list[float]] = field(default_factory=dict)
     layer_ratios: dict[str, list[float]] = field(default_factory=dict)
     #: (number of layers per non-fp32 dtype, other ms) per per-node measurement
     other_points: list[tuple[dict[str, int], float]] = field(default_factory=list)
@@ -78,10 +76,10 @@ class CalibratedModel:
         """(predicted ms, whether this dtype was measured for this model on this device) for one layer.
 
         Most specific first: this layer at this dtype → this model's layers of the same kind at this dtype.
-        A dtype not yet measured in this model's candidates starts from the layer's own fp32 time divided
-        by the dtype's speed-up measured on this device by the calibration probe (``speedups``; counts as
-        calibrated); without one, by the speed-up seen for *other* models on this device, else capped at
-        :data:`PRIOR_SPEEDUP` (and never faster than the roofline says) — those two count as uncalibrated.
+        A dtype not yet measured for this model starts from the layer's own fp32 efficiency, scaled by the
+        dtype's speed-up over fp32 seen for *other* models on this device when there is one, else capped
+        at :data:`PRIOR_SPEEDUP` (and never faster than the roofline says); both count as uncalibrated.
+        (A fit's calibration probes measure every dtype in the model itself before the search.)
         """
         roof = self.roofline.layer_ms(cost)
         for src, key in ((self.layer_ratios, f"{cost.name}|{cost.dtype}"), (self.model_kind_ratios, f"{cost.kind}/{cost.dtype}")):
@@ -94,9 +92,6 @@ class CalibratedModel:
         if cost.dtype == "fp32":
             return ratio * roof, True
         as_fp32 = ratio * self.roofline.layer_ms(with_dtype(cost, "fp32"))
-        probed = self.speedups.get(f"{cost.kind}/{cost.dtype}")
-        if probed:
-            return as_fp32 / max(statistics.median(probed), 1e-3), True
         dev_d, dev_f = self.kind_ratios.get(f"{cost.kind}/{cost.dtype}"), self.kind_ratios.get(f"{cost.kind}/fp32")
         if dev_d and dev_f:
             return ratio * statistics.median(dev_d) / statistics.median(dev_f) * roof, False
@@ -217,7 +212,6 @@ class CalibratedModel:
             "roofline": self.roofline.to_dict(),
             "kind_ratios": self.kind_ratios,
             "models": {self.model_key: {"layer_ratios": self.layer_ratios, "kind_ratios": self.model_kind_ratios,
-                                        "speedups": self.speedups,
                                         "other_points": [[c, v] for c, v in self.other_points],
                                         "sources": self.sources}},
             "errors": self.errors[-256:],
@@ -258,7 +252,6 @@ class CalibratedModel:
         m = data.get("models", {}).get(model_key, {})
         model.layer_ratios = {k: [float(x) for x in v] for k, v in m.get("layer_ratios", {}).items()}
         model.model_kind_ratios = {k: [float(x) for x in v] for k, v in m.get("kind_ratios", {}).items()}
-        model.speedups = {k: [float(x) for x in v] for k, v in m.get("speedups", {}).items()}
         model.other_points = [({str(k): int(n) for k, n in c.items()}, float(v)) for c, v in m.get("other_points", [])]
         model.sources = {str(k): int(v) for k, v in m.get("sources", {}).items()}
         return model

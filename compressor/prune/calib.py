@@ -54,6 +54,22 @@ def batch_tensors(batch: dict[str, np.ndarray], input_names: Sequence[str]) -> l
     return [to_tensor(batch[n]) for n in input_names]
 
 
+def trim_padding(tensors: list[torch.Tensor], input_names: Sequence[str], mask_name: str = "attention_mask") -> list[torch.Tensor]:
+    """Drop trailing sequence positions that are padding in every sample of the batch (Hugging Face
+    convention: a 2-D ``attention_mask`` input, padding at the end). Pooled outputs and the statistics of
+    real tokens do not change; it only saves compute. Per-token outputs get shorter: callers use it only
+    where outputs are compared batch by batch."""
+    if mask_name not in input_names:
+        return tensors
+    mask = tensors[list(input_names).index(mask_name)]
+    if mask.dim() != 2 or not bool(mask.any()):
+        return tensors
+    keep = int(mask.any(dim=0).nonzero().max()) + 1
+    if keep == mask.shape[1]:
+        return tensors
+    return [t[:, :keep] if t.dim() >= 2 and t.shape[:2] == mask.shape else t for t in tensors]
+
+
 def first_output(out: object) -> torch.Tensor:
     """The first tensor of a model output (tensor, tuple/list or dict)."""
     if isinstance(out, torch.Tensor):
@@ -169,6 +185,7 @@ def collect_input_stats(
         subset = data.take(max_samples)
         mask_idx = list(input_names).index(token_mask) if token_mask is not None and token_mask in input_names else None
         for tensors in iter_batches(subset, input_names, batch_size):
+            tensors = trim_padding(tensors, input_names)
             current_mask[0] = tensors[mask_idx] if mask_idx is not None else None
             module(*tensors)
     finally:

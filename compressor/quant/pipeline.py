@@ -26,8 +26,8 @@ from typing import Any
 import onnx
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.quant import calibration as C
+from devicefit.compressor.quant import embeddings, nbits, ort_int8, smoothquant, verify, weights
 from devicefit.compressor.quant import graph as G
-from devicefit.compressor.quant import nbits, ort_int8, smoothquant, verify, weights
 from devicefit.compressor.quant.awq import InputStats, awq
 from devicefit.compressor.quant.gptq import HessianAccumulator, gptq
 from devicefit.compressor.quant.isa import IntFormat, int_format
@@ -63,6 +63,7 @@ class QuantResult:
     schemes: dict[str, str] = field(default_factory=dict)
     layer_status: dict[str, str] = field(default_factory=dict)
     int_format: dict[str, Any] = field(default_factory=dict)
+    embeddings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,6 +193,7 @@ def quantize_onnx(
     calib_samples: int = 128,
     batch_size: int = 16,
     accuracy_level: int = 4,
+    embeddings_int8: bool = True,
     progress: Progress | None = None,
 ) -> QuantResult:
     """Quantize ``fp32_onnx`` per ``plan`` (quant family) into ``out``; verify what runs.
@@ -200,7 +202,9 @@ def quantize_onnx(
     ``calib``: calibration data (needed by static / SmoothQuant / GPTQ / AWQ); ``calib_samples`` of it
     are used, ``batch_size`` at a time. ``profile``: target DeviceProfile (ISA → int formats; host when
     None). ``module``: the torch model, used to map layers by weight value when names do not tell.
-    ``accuracy_level``: MatMulNBits compute (4 = int8 activations, 0 = float). ``input_names`` is accepted
+    ``accuracy_level``: MatMulNBits compute (4 = int8 activations, 0 = float). ``embeddings_int8``: when any
+    layer is quantized, store large embedding tables (Gather) in 8 bits unless the plan keeps their module
+    float (:mod:`.embeddings`). ``input_names`` is accepted
     for symmetry with the torch side; feeds are matched to the graph's own inputs.
     """
     say = progress or (lambda _msg: None)
@@ -254,6 +258,14 @@ def quantize_onnx(
         if isinstance(t, Float16):
             for ln in lmap.nodes[layer]:
                 weights.float16(model, ln)
+    tables = []
+    if embeddings_int8 and any(not isinstance(t, Float16) for t in chosen.values()):
+        for node in embeddings.candidates(model):
+            name = embeddings.table_name(node.input[0])
+            if not isinstance(plan.choice_for(name).quant, KeepFloat):
+                tables.append(embeddings.quantize_gather(model, node))
+        if tables:
+            say(f"int8 embedding tables: {', '.join(tables)}")
     path = G.save(model, out)
 
     say("checking the optimized graph")
@@ -273,5 +285,6 @@ def quantize_onnx(
         schemes={k: t.label() for k, t in chosen.items()},
         layer_status={k: v.kind for k, v in insp.layers.items()},
         int_format=asdict(fmt),
+        embeddings=tables,
         notes=notes,
     )

@@ -36,6 +36,7 @@ INT_OPS = frozenset(
         "ConvInteger", "QGemm", "MatMulNBits", "QAttention", "DynamicQuantizeLSTM", "QOrderedMatMul",
         "MatMulBnb4", "QLinearAdd", "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool",
         "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearReduceMean",
+        "GatherBlockQuantized",
     }
 )
 #: integer kernels that are the compute of a layer (not elementwise helpers)
@@ -126,10 +127,8 @@ def inspect(path: str | Path, layers: list[str], *, model: onnx.ModelProto | Non
     for node in opt.graph.node:
         if node.op_type not in INT_COMPUTE and node.op_type not in FLOAT_COMPUTE:
             continue
-        for init in anc.get(node.name, ()):
-            layer = layer_of_initializer(init, layers)
-            if layer is None:
-                continue
+        owners = {layer_of_initializer(init, layers) for init in anc.get(node.name, ())}
+        for layer in sorted(x for x in owners if x is not None):
             st = status.setdefault(layer, LayerStatus("float"))
             st.ops.append(node.op_type)
             st.nodes.append(node.name)

@@ -136,6 +136,7 @@ class SearchLoop:
         self.candidates: dict[int, Candidate] = {}
         self.by_hash: dict[str, Candidate] = {}
         self.measurements = 0
+        self.probes: list[Candidate] = []
         self.start = time.monotonic()
         self.deadline = self.start + config.minutes * 60 if config.minutes else math.inf
 
@@ -189,11 +190,13 @@ class SearchLoop:
         """Register an already measured candidate (the fp32 baseline)."""
         self.by_hash[cand.plan_hash] = cand
 
-    def evaluate(self, cand: Candidate, *, tag: str = "", plan: Plan | None = None, score: bool = True) -> Candidate:
+    def evaluate(self, cand: Candidate, *, tag: str = "", plan: Plan | None = None, score: bool = True,
+                 register: bool = True) -> Candidate:
         """Materialize ``cand`` (compress + export), measure it, recalibrate, store the measurement.
 
-        ``score=False``: a re-measurement of a structure already measured (distilled weights, a winner found
-        by another worker) — not counted in the prediction error."""
+        ``score=False``: not counted in the prediction error (a re-measurement of a structure already
+        measured — distilled weights, a winner found by another worker — or a calibration probe).
+        ``register=False``: a calibration probe — not a candidate, not counted against the measurements."""
         known = self.by_hash.get(cand.plan_hash)
         if known is not None and (known.measured or known.error):
             self._copy_measured(known, cand)
@@ -201,7 +204,10 @@ class SearchLoop:
         if tag:
             cand.tags.append(tag)
         plan = plan or self.problem.space.plan(cand.labels)
-        self.measurements += 1
+        if register:
+            self.measurements += 1
+        else:
+            self.probes.append(cand)
         self._note("measure", f"trial {cand.trial}: predicted {cand.predicted_ms:.2f} ms, drop {cand.predicted_drop:.4f}")
         try:
             mat = self.evaluator.materialize(plan, name=f"trial-{cand.trial:04d}-{cand.plan_hash[:8]}")
@@ -211,7 +217,8 @@ class SearchLoop:
         except Exception as exc:  # a plan a pass cannot apply is a failed candidate, not a failed search
             log.warning("candidate %s failed: %s", cand.plan_hash, exc)
             cand.error = f"{type(exc).__name__}: {exc}"[:500]
-            self.by_hash[cand.plan_hash] = cand
+            if register:
+                self.by_hash[cand.plan_hash] = cand
             return cand
         try:
             node_map = node_map_for(mat.path, self.problem.space.layers, reference=mat.reference)
@@ -223,7 +230,8 @@ class SearchLoop:
         cand.measured_memory_mb = timing.peak_rss_mb
         cand.size_bytes, cand.params, cand.macs = mat.size_bytes, mat.params, mat.macs
         cand.metric, cand.path, cand.reference, cand.device = dict(mat.metric), mat.path, mat.reference, timing.device
-        self.by_hash[cand.plan_hash] = cand
+        if register:
+            self.by_hash[cand.plan_hash] = cand
         if not cand.reused:
             self.record(cand, plan, timing, split)
         self._note("measure", f"trial {cand.trial}: measured {timing.p50_ms:.2f} ms (predicted {cand.predicted_ms:.2f}), "

