@@ -25,7 +25,7 @@ _HOST_BENCH = (
     "import json, sys\n"
     "from devicefit.agent.benchmark import benchmark_onnx\n"
     "r = benchmark_onnx(sys.argv[1], runs=int(sys.argv[2]), warmup=int(sys.argv[3]),"
-    " threads=(int(sys.argv[4]) or None), per_node=True)\n"
+    " threads=(int(sys.argv[4]) or None), per_node=sys.argv[5] == '1')\n"
     "sys.stdout.write(json.dumps(r.to_dict()))\n"
 )
 
@@ -41,9 +41,10 @@ def _timing(rep: Any, device: str) -> Timing:
     )
 
 
-def host_benchmark(path: Path, *, runs: int, warmup: int, threads: int | None, timeout: float = 600.0) -> Timing:
-    """``benchmark_onnx`` with per-node times in a clean subprocess."""
-    cmd = [sys.executable, "-c", _HOST_BENCH, str(path), str(runs), str(warmup), str(threads or 0)]
+def host_benchmark(path: Path, *, runs: int, warmup: int, threads: int | None, per_node: bool = True,
+                   timeout: float = 600.0) -> Timing:
+    """``benchmark_onnx`` (with per-node times by default) in a clean subprocess."""
+    cmd = [sys.executable, "-c", _HOST_BENCH, str(path), str(runs), str(warmup), str(threads or 0), "1" if per_node else "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
@@ -72,6 +73,8 @@ class FitEvaluator:
         self.device = device
         self.runs, self.warmup, self.threads = runs, warmup, threads
         self._fp32: Materialized | None = None
+        self._last_model_id: str | None = None
+        self._ref: tuple[str, str] | None = None  # ("device", model id) | ("host", path)
         self._info: dict[str, Any] = {}
         if device is not None:
             self._info = dict(device.info())
@@ -126,10 +129,28 @@ class FitEvaluator:
     # ------------------------------------------------------------------------------ measure
     def measure(self, path: Path) -> Timing:
         if self.device is None:
+            self._last_model_id = str(path)
             return host_benchmark(path, runs=self.runs, warmup=self.warmup, threads=self.threads)
-        self.device.deploy(path, progress=False)
-        rep = self.device.benchmark(None, runs=self.runs, warmup=self.warmup, threads=self.threads, per_node=True)
+        dep = self.device.deploy(path, progress=False)
+        self._last_model_id = str(dep.model_id)
+        rep = self.device.benchmark(dep.model_id, runs=self.runs, warmup=self.warmup, threads=self.threads, per_node=True)
         return _timing(rep, self.device_id)
+
+    def mark_reference(self) -> None:
+        """The model measured last (the fp32 baseline) becomes the load reference."""
+        if self._last_model_id is not None:
+            self._ref = ("device" if self.device is not None else "host", self._last_model_id)
+
+    def reference_ms(self) -> float | None:
+        """p50 of a short benchmark of the reference model now (the same runner, threads and inputs)."""
+        if self._ref is None:
+            return None
+        where, ident = self._ref
+        runs = max(5, self.runs // 3)
+        if where == "host":
+            return host_benchmark(Path(ident), runs=runs, warmup=2, threads=self.threads, per_node=False).p50_ms
+        rep = self.device.benchmark(ident, runs=runs, warmup=2, threads=self.threads, per_node=False)
+        return float(rep.p50_ms)
 
     def runtime_key(self) -> tuple[dict[str, str], int]:
         if self.device is not None:

@@ -45,7 +45,7 @@ class FitSpec:
     warmup: int = 5
     threads: int | None = None
     sens_samples: int | None = None
-    sens_seconds: float = 60.0
+    sens_seconds: float = 45.0
     distill_steps: int | None = 150
     store: str | None = None
     #: measure each quant scheme on half the layers first (calibration probes, see compressor.search.probes)
@@ -99,24 +99,35 @@ class Prepared:
         self.problem.latency.save(self.latency_path)
 
 
-def _sens_samples(spec: FitSpec, bundle: Any, data: Any, n_evals: int) -> int:
-    """Samples for sensitivity: as many as fit ``sens_seconds`` for ``n_evals`` forwards (a power of 2, ≥ 8)."""
+def _sens_budget(spec: FitSpec, bundle: Any, data: Any, n_evals: int) -> tuple[int, int | None]:
+    """(samples, max full evaluations) for sensitivity within ``sens_seconds``.
+
+    Timed on this machine: the most samples (a power of 2, 8 to 256) that let all ``n_evals`` full
+    evaluations fit the budget; when even 8 do not, 8 samples and as many full evaluations as fit (the rest
+    estimated from local errors)."""
     if spec.sens_samples:
-        return min(len(data), int(spec.sens_samples))
+        return min(len(data), int(spec.sens_samples)), None
     import time
 
     import torch
+
     from devicefit.compressor.export import torch_outputs
 
-    probe = data.take(min(16, len(data)))
-    with torch.no_grad():
-        torch_outputs(bundle.module, probe, bundle.input_names, batch_size=len(probe))
-        t0 = time.perf_counter()
-        torch_outputs(bundle.module, probe, bundle.input_names, batch_size=len(probe))
-    per_sample = (time.perf_counter() - t0) / max(1, len(probe))
-    n = int(spec.sens_seconds / max(1, n_evals) / max(per_sample, 1e-6))
-    n = 2 ** max(3, min(12, n.bit_length() - 1)) if n >= 8 else 8
-    return min(len(data), n)
+    def cost(n: int) -> float:
+        probe = data.take(min(n, len(data)))
+        with torch.no_grad():
+            torch_outputs(bundle.module, probe, bundle.input_names, batch_size=len(probe))
+            t0 = time.perf_counter()
+            torch_outputs(bundle.module, probe, bundle.input_names, batch_size=len(probe))
+        return time.perf_counter() - t0
+
+    t8 = cost(8)
+    n = 8
+    while n * 2 <= min(256, len(data)) and n_evals * t8 * (n * 2) / 8 <= spec.sens_seconds:
+        n *= 2
+    if n_evals * t8 * n / 8 <= spec.sens_seconds:
+        return min(len(data), n), None
+    return min(len(data), 8), max(1, int(spec.sens_seconds / max(t8, 1e-6)))
 
 
 def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None, data_obj: Any = None,
@@ -175,12 +186,15 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     space = build_space(specs, config=SpaceConfig.from_dict(spec.space) if spec.space else SpaceConfig(format=spec.format),
                         has_calibration=bundle.calib is not None, prunable=deps.prunable)
     n_evals = sum(len(space.atomic(layer)) - 1 for layer in space.layers)
-    sens_data = data.take(_sens_samples(spec, bundle, data, n_evals))
-    phases.start("sensitivity", n_evals, f"{n_evals} layer×technique on {len(sens_data)} samples")
+    n_samples, max_full = _sens_budget(spec, bundle, data, n_evals)
+    sens_data = data.take(n_samples)
+    phases.start("sensitivity", n_evals, f"{n_evals} layer×technique on {len(sens_data)} samples"
+                 + (f" (≤ {max_full} full evaluations)" if max_full else ""))
     sens = measure_sensitivity(bundle.module, space, sens_data, input_names=bundle.input_names, metric=bundle.metric,
-                               model_hash=mhash, cache_dir=cache_root() / "sensitivity",
+                               model_hash=mhash, cache_dir=cache_root() / "sensitivity", max_full=max_full,
                                progress=lambda i, n: phases.update("sensitivity", i, n))
-    phases.finish("sensitivity", f"{len(sens_data)} samples, {sens.cached} cached, {sens.seconds:.0f} s")
+    phases.finish("sensitivity", f"{len(sens_data)} samples, {sens.cached} cached, {sens.estimated} estimated, "
+                  f"{sens.seconds:.0f} s")
 
     phases.start("baseline", 3, "fp32 export")
     device = None
@@ -216,6 +230,8 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     loop = SearchLoop(problem, evaluator, config=cfg, store=store, profile_id=getattr(profile, "id", ""),
                       progress=phases.search_callback)
     loop.add_measured(baseline)
+    evaluator.mark_reference()
+    loop.reference_ms = evaluator.reference_ms()
     from devicefit.compressor.plan import Plan
 
     loop.record(baseline, Plan(), timing, split)

@@ -122,8 +122,11 @@ def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], s
                 for c in ctx.loop.probes
             ],
             "sensitivity": {"samples": ctx.problem.sensitivity.samples, "seconds": round(ctx.problem.sensitivity.seconds, 2),
-                            "cached": ctx.problem.sensitivity.cached, "data": ctx.sensitivity_data,
-                            "method": "torch fake-compress of one layer at a time on a small eval slice (ranking only)"},
+                            "cached": ctx.problem.sensitivity.cached, "estimated": ctx.problem.sensitivity.estimated,
+                            "data": ctx.sensitivity_data,
+                            "method": "torch fake-compress of one layer at a time on a small eval slice (ranking "
+                                      "only); 'estimated' entries scale one full evaluation per layer and option "
+                                      "group by local output error"},
             "study": getattr(outcome, "study", None),
             "space": {"layers": len(ctx.problem.space.layers), "options": ctx.problem.space.size()},
             "drop_scale": ctx.problem.drops.scale,

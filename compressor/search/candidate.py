@@ -74,6 +74,16 @@ class Timing:
     source: str = "host"
     device: str = "host"
 
+    def scaled(self, factor: float) -> Timing:
+        """The same measurement divided by ``factor`` (a load factor: times at the reference load)."""
+        f = factor if factor > 0 else 1.0
+        return Timing(
+            self.p50_ms / f, self.p90_ms / f, self.mean_ms / f, self.peak_rss_mb,
+            per_node=[{**n, "mean_ms": float(n["mean_ms"]) / f} for n in self.per_node],
+            profiled_e2e_ms=self.profiled_e2e_ms / f if self.profiled_e2e_ms else None,
+            threads=self.threads, runtime=dict(self.runtime), source=self.source, device=self.device,
+        )
+
 
 @dataclass
 class Materialized:
@@ -100,6 +110,10 @@ class Evaluator(Protocol):
     def materialize(self, plan: Plan, *, name: str) -> Materialized: ...
 
     def measure(self, path: Path) -> Timing: ...
+
+    def reference_ms(self) -> float | None:
+        """A short benchmark of the fp32 model right now (the device's current load), or None."""
+        ...
 
     def runtime_key(self) -> tuple[dict[str, str], int]:
         """(runtime versions, threads) measurements are comparable under (for store reuse)."""
@@ -130,6 +144,8 @@ class Candidate:
     device: str = ""
     reused: bool = False
     distilled: bool = False
+    #: device load when measured: fp32 reference p50 now / at the baseline (predictions are scaled by it)
+    load: float | None = None
     error: str | None = None
     tags: list[str] = field(default_factory=list)
 
@@ -173,7 +189,7 @@ class Candidate:
             "predicted_size_bytes": int(self.predicted_size_bytes), "size_bytes": self.size_bytes,
             "predicted_memory_mb": self.predicted_memory_mb, "memory_mb": self.measured_memory_mb,
             "source": "measured" if self.measured else "predicted", "device": self.device or None,
-            "reused": self.reused, "distilled": self.distilled, "error": self.error, "tags": list(self.tags),
+            "reused": self.reused, "distilled": self.distilled, "load": self.load, "error": self.error, "tags": list(self.tags),
             "summary": summarize(self.labels),
         }
 

@@ -13,7 +13,9 @@ measures its candidates for real through the compress pipeline):
   the (out, in·k·k) weight keeping (1 − ratio) of its params, activation-aware (columns scaled by the
   mean |input|) for ``asvd``; unstructured / N:M: smallest |W| zeroed.
 
-Results are cached on disk per model hash + data hash + option label.
+Results are cached on disk per model hash + data hash + option label. Under a time budget
+(``max_full``), one full evaluation per layer and option group anchors estimates of the others from
+their local output errors (counted in ``SensitivityTable.estimated``).
 """
 
 from __future__ import annotations
@@ -213,6 +215,8 @@ class SensitivityTable:
     devs: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
     cached: int = 0
+    #: entries estimated from local output errors (see ``measure_sensitivity(max_full=...)``)
+    estimated: int = 0
 
     def drop(self, layer: str, option: Option) -> float:
         """Predicted drop of ``option`` on ``layer``: the sum of its parts' measured drops (≥ 0 each)."""
@@ -230,7 +234,7 @@ class SensitivityTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "baseline": self.baseline, "samples": self.samples, "seconds": self.seconds,
-                "cached": self.cached, "drops": self.drops, "devs": self.devs}
+                "cached": self.cached, "estimated": self.estimated, "drops": self.drops, "devs": self.devs}
 
 
 def _cache_file(cache_dir: Path, model_hash: str, data_hash: str) -> Path:
@@ -267,6 +271,32 @@ def _act_stats(module: nn.Module, layers: Sequence[str], run: Callable[[], np.nd
     return stats
 
 
+def _local_errors(module: nn.Module, items: Sequence[tuple[str, Option]], data: Dataset, input_names: Sequence[str],
+                  stats: dict[str, torch.Tensor]) -> dict[tuple[str, str], float]:
+    """||Δy||² / ||y||² of each layer's own output under each option, on the layer's real inputs."""
+    from devicefit.compressor.export import torch_outputs
+
+    named = dict(module.named_modules())
+    wanted = {layer for layer, _ in items}
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [named[n].register_forward_pre_hook(lambda _m, a, n=n: inputs.setdefault(n, a[0].detach())) for n in wanted]
+    try:
+        with torch.no_grad():
+            torch_outputs(module, data, input_names, batch_size=len(data))
+    finally:
+        for h in hooks:
+            h.remove()
+    out: dict[tuple[str, str], float] = {}
+    with torch.no_grad():
+        for layer, opt in items:
+            x = inputs[layer]
+            y0 = named[layer](x)
+            with applied(module, layer, opt, stats):
+                y = named[layer](x)
+            out[(layer, opt.label)] = float(((y - y0) ** 2).sum() / (y0**2).sum().clamp_min(1e-30))
+    return out
+
+
 def measure_sensitivity(
     module: nn.Module,
     space: SearchSpace,
@@ -277,9 +307,17 @@ def measure_sensitivity(
     model_hash: str,
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
+    max_full: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SensitivityTable:
-    """Drop of the bundle metric on ``data`` for every single-technique option of every layer."""
+    """Drop of the bundle metric on ``data`` for every single-technique option of every layer.
+
+    ``max_full``: at most this many full-model evaluations. When more are needed, each layer gets one full
+    evaluation per group (quant-only options; options with a structural part) — its option with the
+    largest *local* output error — and the group's other options are estimated from it in proportion to
+    their local errors (1 − cosine of the output is quadratic in a small perturbation, like the local
+    error). ``SensitivityTable.estimated`` counts them.
+    """
     from devicefit.compressor.export import torch_outputs
 
     module.eval()
@@ -300,27 +338,41 @@ def measure_sensitivity(
         except (OSError, ValueError):
             cache = {}
     todo = [(layer, opt) for layer in space.layers for opt in space.atomic(layer) if opt.parts()]
-    stats: dict[str, torch.Tensor] | None = None
+    hybrid = max_full is not None and sum(1 for lay, o in todo if f"{lay}|{o.label}" not in cache) > max_full
+    full = [(lay, o) for lay, o in todo if f"{lay}|{o.label}" not in cache or (not hybrid and cache[f"{lay}|{o.label}"].get("est"))]
+    stats = _act_stats(module, space.layers, run) if full else {}
+    local: dict[tuple[str, str], float] = {}
+    refs: dict[tuple[str, bool], str] = {}
+    if hybrid:
+        local = _local_errors(module, full, data.take(min(len(data), 4)), input_names, stats)
+        for lay, o in full:
+            key = (lay, o.structural)
+            if key not in refs or local[(lay, o.label)] > local[(lay, refs[key])]:
+                refs[key] = o.label
+        full = [(lay, o) for lay, o in full if refs[(lay, o.structural)] == o.label]
     t0 = time.perf_counter()
-    for i, (layer, opt) in enumerate(todo):
-        key = f"{layer}|{opt.label}"
-        hit = cache.get(key)
-        if hit is None:
-            if stats is None:
-                stats = _act_stats(module, space.layers, run)
-            with applied(module, layer, opt, stats):
-                out = run()
-            res = score(metric, ref, out, labels)
-            hit = {"drop": float(res.drop), "dev": float(1.0 - cosine(ref, out))}
-            if not np.isfinite(hit["drop"]):
-                hit = {"drop": 1.0, "dev": 1.0}
-            cache[key] = hit
-        else:
-            table.cached += 1
+    for i, (layer, opt) in enumerate(full):
+        with applied(module, layer, opt, stats):
+            out = run()
+        res = score(metric, ref, out, labels)
+        hit = {"drop": float(res.drop), "dev": float(1.0 - cosine(ref, out))}
+        cache[f"{layer}|{opt.label}"] = hit if np.isfinite(hit["drop"]) else {"drop": 1.0, "dev": 1.0}
+        if progress is not None:
+            progress(i + 1, len(full))
+    for (layer, structural), ref_label in refs.items():
+        r = cache[f"{layer}|{ref_label}"]
+        e_ref = local[(layer, ref_label)]
+        for (lay, lab), e in local.items():
+            if lay == layer and lab != ref_label and space.option(lay, lab).structural == structural:
+                f = e / e_ref if e_ref > 0 else 1.0
+                cache[f"{lay}|{lab}"] = {"drop": r["drop"] * f, "dev": r["dev"] * f, "est": True}
+    for layer, opt in todo:
+        hit = cache[f"{layer}|{opt.label}"]
         table.drops.setdefault(layer, {})[opt.label] = float(hit["drop"])
         table.devs.setdefault(layer, {})[opt.label] = float(hit["dev"])
-        if progress is not None:
-            progress(i + 1, len(todo))
+        table.estimated += int(bool(hit.get("est")))
+    fresh = {f"{lay}|{o.label}" for lay, o in full} | {f"{lay}|{lab}" for lay, lab in local}
+    table.cached = sum(1 for lay, o in todo if f"{lay}|{o.label}" not in fresh)
     table.seconds = time.perf_counter() - t0
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

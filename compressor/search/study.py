@@ -137,6 +137,8 @@ class SearchLoop:
         self.by_hash: dict[str, Candidate] = {}
         self.measurements = 0
         self.probes: list[Candidate] = []
+        #: fp32 reference p50 at the baseline measurement (device load is measured against it)
+        self.reference_ms: float | None = None
         self.start = time.monotonic()
         self.deadline = self.start + config.minutes * 60 if config.minutes else math.inf
 
@@ -213,7 +215,12 @@ class SearchLoop:
             mat = self.evaluator.materialize(plan, name=f"trial-{cand.trial:04d}-{cand.plan_hash[:8]}")
             timing = self._reuse(cand) if self.config.reuse else None
             cand.reused = timing is not None
-            timing = timing or self.evaluator.measure(mat.path)
+            if timing is None:
+                load = self._load()
+                cand.load = load
+                # the prediction, made now (latest calibration) and scaled to the device's current load
+                cand.predicted_ms = self.problem.predict(cand.labels).predicted_ms * load
+                timing = self.evaluator.measure(mat.path)
         except Exception as exc:  # a plan a pass cannot apply is a failed candidate, not a failed search
             log.warning("candidate %s failed: %s", cand.plan_hash, exc)
             cand.error = f"{type(exc).__name__}: {exc}"[:500]
@@ -225,7 +232,12 @@ class SearchLoop:
         except Exception as exc:  # pragma: no cover - mapping is best effort
             log.warning("node mapping failed for %s: %s", mat.path, exc)
             node_map = None
-        split = self.problem.learn(cand, timing, mat, node_map, score=score)
+        load = cand.load or 1.0
+        n_err = len(self.problem.latency.errors)
+        split = self.problem.learn(replace(cand, predicted_ms=cand.predicted_ms / load), timing.scaled(load), mat, node_map,
+                                   score=score)
+        if len(self.problem.latency.errors) > n_err:  # report the error in device time, with the load it was made for
+            self.problem.latency.errors[-1].update(predicted_ms=cand.predicted_ms, measured_ms=timing.p50_ms, load=load)
         cand.measured_ms, cand.p90_ms = timing.p50_ms, timing.p90_ms
         cand.measured_memory_mb = timing.peak_rss_mb
         cand.size_bytes, cand.params, cand.macs = mat.size_bytes, mat.params, mat.macs
@@ -237,6 +249,21 @@ class SearchLoop:
         self._note("measure", f"trial {cand.trial}: measured {timing.p50_ms:.2f} ms (predicted {cand.predicted_ms:.2f}), "
                    f"drop {mat.drop:.4f}")
         return cand
+
+    def _load(self) -> float:
+        """Current device load: a short fp32 reference benchmark now ÷ the same at the baseline (1 when the
+        evaluator cannot say). Shared boards and hosts slow down and speed up over minutes; predictions
+        are made for the load the candidate will be measured under, and measurements are learned
+        normalized to the baseline's load."""
+        ref = getattr(self.evaluator, "reference_ms", None)
+        if self.reference_ms is None or ref is None:
+            return 1.0
+        try:
+            now = ref()
+        except Exception as exc:  # pragma: no cover - best effort
+            log.warning("reference benchmark failed: %s", exc)
+            return 1.0
+        return float(now) / self.reference_ms if now else 1.0
 
     def _reuse(self, cand: Candidate) -> Timing | None:
         """An earlier measurement of the same file contents on the same device / runtime / threads."""

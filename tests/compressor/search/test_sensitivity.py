@@ -91,3 +91,25 @@ def test_sensitivity_ranks_and_caches(tmp_path: Path) -> None:
     t3 = measure_sensitivity(net, space, data.take(32), input_names=["x"], metric="top1_agreement", model_hash="abc",
                              cache_dir=tmp_path)
     assert t3.cached == 0
+
+
+def test_sensitivity_under_a_budget_estimates_from_local_errors(tmp_path: Path) -> None:
+    net = _net()
+    cfg = SpaceConfig(ratios={"prune": (0.5,), "lowrank": (0.75,)}, settings={"lowrank": {"kind": "svd"}})
+    space = build_space(_specs(), config=cfg, prunable={"fc1", "fc2"})
+    data = _data()
+    full = measure_sensitivity(net, space, data, input_names=["x"], metric="top1_agreement", model_hash="h1")
+    cheap = measure_sensitivity(net, space, data, input_names=["x"], metric="top1_agreement", model_hash="h1",
+                                cache_dir=tmp_path, max_full=5)
+    n = sum(len(v) for v in full.drops.values())
+    groups = sum(len({o.structural for o in space.atomic(layer) if o.parts()}) for layer in space.layers)
+    assert cheap.estimated == n - groups and cheap.cached == 0  # one full evaluation per layer and option group
+    # the anchors are exact; estimates keep the ordering that matters: structural >> int8 on fc1
+    for layer in space.layers:
+        anchors = [lab for lab in cheap.devs[layer] if cheap.devs[layer][lab] == full.devs[layer][lab]]
+        assert anchors
+    assert cheap.devs["fc1"]["structured@0.5"] > 10 * cheap.devs["fc1"]["int8_dynamic"]
+    # a later run without the budget recomputes the estimated entries for real
+    again = measure_sensitivity(net, space, data, input_names=["x"], metric="top1_agreement", model_hash="h1",
+                                cache_dir=tmp_path)
+    assert again.estimated == 0 and again.cached == groups and again.devs == full.devs
