@@ -152,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default="/tmp/devicefit-bench-quant")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = ap.parse_args(argv)
+    import logging
+
     import torch
+
+    logging.disable(logging.WARNING)  # onnxruntime's quantizers log every node at INFO
 
     torch.set_num_threads(1)
     table: list[dict[str, Any]] = []

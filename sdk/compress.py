@@ -169,8 +169,8 @@ def _structural(b: ModelBundle, plan: Plan, cfg: Distill | None, ph: _Phases, pr
 
         with ph("structural", "prune + low-rank"):
             res = apply_structural(student, plan, b.calib, b.example_inputs, b.input_names)
-        student = getattr(res, "module", res)
-        info = res.to_dict() if hasattr(res, "to_dict") else {}
+        student = res.module
+        info = res.to_dict()
         for step in info.get("refused", []):
             ph.say(f"refused {step['layer']} {step['method']}: {step['detail']}")
     if cfg is not None:
@@ -217,7 +217,9 @@ def compress(
         else:
             with ph("export", "fp32 reference ONNX"):
                 ref_path = export_bundle(b, work / "reference.fp32.onnx").path
-        student, sinfo, dinfo = (b.module, {}, {})
+        student: Any = b.module
+        sinfo: dict[str, Any] = {}
+        dinfo: dict[str, Any] = {}
         fp32_path = ref_path
         if structural:
             student, sinfo, dinfo = _structural(b, plan, cfg, ph, progress)

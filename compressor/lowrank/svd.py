@@ -154,9 +154,10 @@ def weight_matrix(name: str, layer: nn.Module) -> torch.Tensor:
     if isinstance(layer, nn.Conv2d):
         if layer.groups != 1:
             raise LowRankRefused(f"{name}: grouped/depthwise conv (groups={layer.groups}) is not factorized", "skip it")
-        pad = getattr(layer, "static_padding", None)
-        same_pad_subclass = type(layer) is not nn.Conv2d and not isinstance(pad, nn.Identity)
-        if layer.kernel_size != (1, 1) or layer.padding not in ((0, 0), "valid") or same_pad_subclass:
+        # "same"-padding subclasses (EfficientNet's Conv2dStaticSamePadding) pad nothing for a 1×1 kernel
+        pad = getattr(getattr(layer, "static_padding", None), "padding", 0)
+        padded = any(int(p) != 0 for p in (pad if isinstance(pad, (tuple, list)) else (pad,)))
+        if layer.kernel_size != (1, 1) or layer.padding not in ((0, 0), "valid") or padded:
             raise LowRankRefused(
                 f"{name}: svd/asvd factorize Linear and 1×1 convs; this conv is {layer.kernel_size}",
                 "use kind='tucker2' or kind='spatial' for k×k convolutions",

@@ -199,6 +199,25 @@ def collect_input_stats(
 
 
 @torch.no_grad()
+def compensate_bias(layer: nn.Module, idxs: Sequence[int] | torch.Tensor, mean: torch.Tensor) -> None:
+    """Before input channels ``idxs`` of ``layer`` are removed, fold their mean contribution
+    ``W[:, idxs] · E[x_idxs]`` (calibration mean of the layer's input) into the layer's bias (created if
+    missing). A pruned channel is rarely zero on average — e.g. a BatchNorm shift through ReLU makes a
+    "weak" channel a constant — and dropping that constant would shift every downstream activation."""
+    if not isinstance(layer, LAYER_TYPES) or (isinstance(layer, nn.Conv2d) and layer.groups != 1):
+        return
+    idx = torch.as_tensor(list(idxs) if not isinstance(idxs, torch.Tensor) else idxs, dtype=torch.long)
+    if idx.numel() == 0:
+        return
+    w = layer.weight.detach()
+    cols = w[:, idx].sum(dim=(2, 3)) if w.dim() == 4 else w[:, idx]
+    delta = cols @ mean.to(w.dtype)[idx]
+    if layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype), requires_grad=layer.weight.requires_grad)
+    layer.bias.add_(delta)
+
+
+@torch.no_grad()
 def output_spatial(module: nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict[str, tuple[int, ...]]:
     """Input and output spatial size (H_in, W_in, H_out, W_out) of every Conv2d for one forward pass."""
     sizes: dict[str, tuple[int, ...]] = {}

@@ -10,7 +10,9 @@ A plan entry ``layer: ChannelPrune(ratio, importance, global_ranking)`` removes 
 * Everything else goes to torch-pruning's ``DependencyGraph``: the layer's output channels are removed
   with the coupled input channels of consumers, BatchNorms, depthwise convs and — through residual adds —
   the other producers of the same tensor (a coupled group is pruned at the ratio of the plan entry that
-  roots it). ``global_ranking=True`` entries are ranked together in one pool (ratio = their mean).
+  roots it). With calibration data the mean contribution of every removed channel is folded into the
+  consuming layer's bias (``calib.compensate_bias``): without it, removing "weak" channels that carry a
+  constant (a BatchNorm shift through ReLU6) wrecks depthwise-separable nets such as EfficientNet. ``global_ranking=True`` entries are ranked together in one pool (ratio = their mean).
 * A layer whose output is a model output (a classifier) or the transformer residual stream is refused.
 
 Importance: ``l1`` / ``l2`` (group weight norms), ``taylor`` (first-order |w·∂L/∂w|; loss: labels →
@@ -28,7 +30,13 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from devicefit.compressor.prune import transformer as tr
-from devicefit.compressor.prune.calib import LAYER_TYPES, collect_input_stats, get_module, iter_batches
+from devicefit.compressor.prune.calib import (
+    LAYER_TYPES,
+    collect_input_stats,
+    compensate_bias,
+    get_module,
+    iter_batches,
+)
 from devicefit.compressor.techniques import ChannelPrune
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
@@ -111,6 +119,8 @@ def _prune_transformer(
         by_imp.setdefault(tech.importance, []).append(key)
     sites_a = {a.name: a for a in attn}
     sites_f = {f.up: f for f in ffn}
+    consumers = [sites_a[k].out if k in sites_a else sites_f[k].down for k in picked]
+    stats = collect_input_stats(module, consumers, data, input_names) if data is not None else {}
     for imp, keys in by_imp.items():
         scores = tr.unit_scores(
             module, [sites_a[k] for k in keys if k in sites_a], [sites_f[k] for k in keys if k in sites_f],
@@ -126,13 +136,18 @@ def _prune_transformer(
             keep = tr.keep_indices(scores[key], removals[key])
             n_before = len(scores[key])
             if key in sites_a:
-                tr.remove_heads(module, sites_a[key], keep)
+                tr.remove_heads(module, sites_a[key], keep, _mean(stats, sites_a[key].out))
                 what = f"heads {n_before}→{len(keep)}"
             else:
-                tr.remove_channels(module, sites_f[key], keep)
+                tr.remove_channels(module, sites_f[key], keep, _mean(stats, sites_f[key].down))
                 what = f"FFN channels {n_before}→{len(keep)}"
             for n in picked[key][1]:
                 outcome.applied[n] = f"{what} ({imp})"
+
+
+def _mean(stats: Mapping[str, Any], name: str) -> torch.Tensor | None:
+    st = stats.get(name)
+    return None if st is None else st.mean
 
 
 # ---------------------------------------------------------------------------------- torch-pruning
@@ -230,12 +245,12 @@ def _prune_graph(
             ratio_dict[get_module(module, n)] = float(t.ratio)
     if pool:
         ratio_dict[tuple(get_module(module, n) for n in pool)] = sum(todo[n].ratio for n in pool) / len(pool)
+    stats = collect_input_stats(module, all_layers, data, input_names, max_samples=128) if data is not None else {}
     if imp_kind == "activation":
-        assert data is not None
-        stats = collect_input_stats(module, all_layers, data, input_names, max_samples=128)
         importance: Any = ActivationAwareImportance({all_layers[n]: st.l2 for n, st in stats.items()})
     else:
         importance = _importance(imp_kind)
+    means = {all_layers[n]: st.mean for n, st in stats.items()}
     before = {n: _shape(m) for n, m in all_layers.items()}
     pruner = tp.pruner.BasePruner(
         module,
@@ -249,7 +264,12 @@ def _prune_graph(
     if imp_kind == "taylor":
         assert data is not None
         _taylor_grads(module, data, input_names)
-    pruner.step()
+    in_fns = (tp.pruner.function.prune_conv_in_channels, tp.pruner.function.prune_linear_in_channels)
+    for group in pruner.step(interactive=True):
+        for dep, idxs in group:  # keep the mean contribution of removed channels (see compensate_bias)
+            if dep.handler in in_fns and dep.target.module in means:
+                compensate_bias(dep.target.module, idxs, means[dep.target.module])
+        group.prune()
     module.zero_grad(set_to_none=True)
     module.train(was_training)
     for n, m in all_layers.items():

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from devicefit.compressor.prune.calib import (
     collect_input_stats,
+    compensate_bias,
     forward,
     get_module,
     iter_batches,
@@ -215,10 +216,23 @@ def _slice_linear(layer: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
-def remove_heads(module: nn.Module, site: AttentionSite, keep_heads: torch.Tensor) -> None:
+def _dropped(n: int, keep: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[keep] = False
+    return mask.nonzero().flatten()
+
+
+def remove_heads(
+    module: nn.Module, site: AttentionSite, keep_heads: torch.Tensor, mean: torch.Tensor | None = None
+) -> None:
+    """Remove all heads but ``keep_heads``; ``mean`` (calibration mean of the output projection's input)
+    folds the removed heads' average context into the projection bias."""
     att = get_module(module, site.name)
     hd = _int_attr(att, "head_dim")
     keep = (keep_heads.sort().values[:, None] * hd + torch.arange(hd)[None, :]).reshape(-1)
+    out = _lin(module, site.out)
+    if mean is not None:
+        compensate_bias(out, _dropped(out.in_features, keep), mean)
     for n in site.qkv:
         set_module(module, n, _slice_linear(_lin(module, n), keep, 0))
     set_module(module, site.out, _slice_linear(_lin(module, site.out), keep, 1))
@@ -227,8 +241,12 @@ def remove_heads(module: nn.Module, site: AttentionSite, keep_heads: torch.Tenso
         setattr(att, "all_head_size", len(keep_heads) * hd)  # noqa: B010
 
 
-def remove_channels(module: nn.Module, site: FFNSite, keep: torch.Tensor) -> None:
+def remove_channels(module: nn.Module, site: FFNSite, keep: torch.Tensor, mean: torch.Tensor | None = None) -> None:
+    """Keep FFN channels ``keep``; ``mean`` (calibration mean of ``down``'s input) compensates the bias."""
     keep = keep.sort().values
+    down = _lin(module, site.down)
+    if mean is not None:
+        compensate_bias(down, _dropped(down.in_features, keep), mean)
     set_module(module, site.up, _slice_linear(_lin(module, site.up), keep, 0))
     set_module(module, site.down, _slice_linear(_lin(module, site.down), keep, 1))
 

@@ -26,7 +26,7 @@ from typing import Any
 import onnx
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.quant import calibration as C
-from devicefit.compressor.quant import embeddings, nbits, ort_int8, smoothquant, verify, weights
+from devicefit.compressor.quant import embeddings, fusions, nbits, ort_int8, smoothquant, verify, weights
 from devicefit.compressor.quant import graph as G
 from devicefit.compressor.quant.awq import InputStats, awq
 from devicefit.compressor.quant.gptq import HessianAccumulator, gptq
@@ -194,6 +194,7 @@ def quantize_onnx(
     batch_size: int = 16,
     accuracy_level: int = 4,
     embeddings_int8: bool = True,
+    fuse: bool = True,
     progress: Progress | None = None,
 ) -> QuantResult:
     """Quantize ``fp32_onnx`` per ``plan`` (quant family) into ``out``; verify what runs.
@@ -204,17 +205,22 @@ def quantize_onnx(
     None). ``module``: the torch model, used to map layers by weight value when names do not tell.
     ``accuracy_level``: MatMulNBits compute (4 = int8 activations, 0 = float). ``embeddings_int8``: when any
     layer is quantized, store large embedding tables (Gather) in 8 bits unless the plan keeps their module
-    float (:mod:`.embeddings`). ``input_names`` is accepted
+    float (:mod:`.embeddings`). ``fuse``: exact fp32 rewrites first (erf-GELU → ``Gelu``, attention core →
+    ``MultiHeadAttention``, :mod:`.fusions`). ``input_names`` is accepted
     for symmetry with the torch side; feeds are matched to the graph's own inputs.
     """
     say = progress or (lambda _msg: None)
     model = G.load(fp32_onnx)
+    notes: list[str] = []
+    if fuse and any(r.quant is not None and not isinstance(r.quant, KeepFloat) for r in plan.rules):
+        n_gelu, n_attn = fusions.fuse_gelu(model), fusions.fuse_attention(model)
+        if n_gelu or n_attn:
+            notes.append(f"fused {n_gelu} GELU and {n_attn} attention subgraph(s) (exact fp32 rewrites)")
     lmap = canonicalize(model, map_layers(model, layer_names, module))
     chosen, skipped = _select(plan, lmap)
     planned_unmapped = [
         layer for layer in lmap.unmapped if plan.choice_for(layer).quant is not None
     ]
-    notes: list[str] = []
     if planned_unmapped:
         notes.append(f"{len(planned_unmapped)} planned layer(s) have no ONNX node: {', '.join(planned_unmapped[:8])}")
         log.warning(notes[-1])

@@ -42,6 +42,13 @@ def test_fit_minilm_on_agent(tmp_path: Path, minilm_onnx: Path) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-3000:]}"
     rep = json.loads(proc.stdout)
     r = rep["result"]
+    print(f"\nfp32 on the agent {fp32.p50_ms:.2f} ms, budget {budget} ms, wall {wall:.0f} s")
+    for c in rep["search"]["calibration"]:
+        print(f"  probe {c['probe']}: predicted {c['predicted_ms']:.2f} measured {c['measured_ms']} ms")
+    for p in rep["pareto"]:
+        if p["source"] == "measured":
+            print(f"  trial {p['trial']}: predicted {p['predicted_ms']:.2f} measured {p['measured_ms']:.2f} ms "
+                  f"(load {p['load']}), drop {p['metric_drop']:.4f} {p['summary']} {'<- chosen' if p['chosen'] else ''}")
     assert r["budget_met"] is True
     assert r["latency"]["source"] == "measured" and r["latency"]["device"] == "fit-e2e"
     assert r["latency"]["p50_ms"] <= budget
