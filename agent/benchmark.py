@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from devicefit.agent.rss import PeakRss
 from devicefit.agent.runners import NodeTime, Runner, TensorSpec, runner_for
 from devicefit.errors import ModelLoadError, UserInputError

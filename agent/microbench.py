@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from devicefit.errors import DevicefitError
 
 OPSET = 17

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from devicefit.agent.chunks import decode_upload_chunk
 from devicefit.agent.errors import AgentError
 from devicefit.agent.service import AgentService
 from devicefit.agent.store import ModelStore
 from devicefit.errors import UserInputError
 from devicefit.protos.devicefit.v1 import agent_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 SERVICE_NAME = "devicefit.v1.DeviceAgent"
 #: chunks are <= 1 MiB; nothing on the wire may exceed 4 MiB (the headroom covers manifests / tensors)

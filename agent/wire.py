@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
 from devicefit.agent import errors as E
 from devicefit.agent.benchmark import BenchReport
 from devicefit.agent.errors import AgentError

@@ -3,9 +3,9 @@
 For each zoo model: fp32; onnxruntime's ``quantize_dynamic``, ``quantize_static`` (QDQ, calibrated on the
 model's calibration split) and ``MatMulNBitsQuantizer`` — all with their default settings, after
 ``quant_pre_process`` where it works — and devicefit's schemes through ``quantize_onnx``. Per row: host
-latency p50 (``devicefit.agent.benchmark.benchmark_onnx``, threads=1, one real sample, batch 1; rows are
-interleaved over ``--rounds`` rounds and the median of the per-round p50s is reported, so load drift on a
-shared machine hits every row alike), speed-up vs fp32, ratio to the fastest onnxruntime row
+latency p50 (onnxruntime with the agent runner's session settings, threads=1, one real sample, batch 1;
+all rows' sessions are loaded and run in turn, one run each, ``--rounds x --runs`` turns, median per row,
+so load drift on a shared machine hits every row alike), speed-up vs fp32, ratio to the fastest onnxruntime row
 (``vs_ort`` < 1 = devicefit faster), size, and fidelity on the eval split (the zoo metric, mean cosine and
 SQNR vs fp32 outputs, and float-fallback layers found in the optimized graph).
 
@@ -35,10 +35,11 @@ DEVICEFIT_SCHEMES = {
 def ort_rows(fp32: Path, calib: Any, work: Path) -> dict[str, Path]:
     """onnxruntime's own quantizers with their defaults (after ``quant_pre_process`` where it works)."""
     import onnx
-    from devicefit.compressor.quant.calibration import DatasetReader, batches
     from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from devicefit.compressor.quant.calibration import DatasetReader, batches
 
     src = work / "ort_pre.onnx"
     try:
@@ -67,13 +68,15 @@ def ort_rows(fp32: Path, calib: Any, work: Path) -> dict[str, Path]:
 
 
 def devicefit_rows(fp32: Path, bundle: Any, schemes: list[str], work: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    import torch
+
     from devicefit.compressor.plan import Plan
     from devicefit.compressor.quant import quantize_onnx
     from devicefit.compressor.shortcuts import parse_quant
 
     out: dict[str, Path] = {}
     info: dict[str, Any] = {}
-    names = [n for n, m in bundle.module.named_modules() if type(m).__name__ in ("Linear", "Conv2d", "Conv1d")]
+    names = [n for n, m in bundle.module.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))]
     for s in schemes:
         label = f"devicefit {s}"
         path = work / f"df_{s.replace(':', '_').replace('=', '')}.onnx"
@@ -98,14 +101,33 @@ def quality(bundle: Any, fp32: Path, path: Path) -> dict[str, float]:
             "sqnr_db": f["sqnr_db"]}
 
 
-def latencies(rows: dict[str, Path], feeds: dict[str, np.ndarray], rounds: int, runs: int) -> dict[str, float]:
-    from devicefit.agent.benchmark import benchmark_onnx
+def _session(path: Path) -> Any:
+    """The agent runner's session settings (``devicefit.agent.runners.onnxruntime_runner``), one thread."""
+    import onnxruntime as ort
 
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def latencies(rows: dict[str, Path], feeds: dict[str, np.ndarray], rounds: int, runs: int) -> dict[str, float]:
+    """Median latency per row, interleaved *run by run*: every row runs once per turn, for ``rounds x runs``
+    turns, so a load spike from other processes hits all rows alike. (``benchmark_onnx`` times one file at a
+    time; on a shared 2-core host that lets load drift decide the ranking — the settings here are the same.)"""
+    sessions = {k: _session(p) for k, p in rows.items()}
+    for s in sessions.values():
+        for _ in range(5):
+            s.run(None, feeds)
     per: dict[str, list[float]] = {k: [] for k in rows}
-    for r in range(rounds):
-        order = list(rows) if r % 2 == 0 else list(reversed(rows))
-        for k in order:
-            per[k].append(benchmark_onnx(rows[k], runs=runs, warmup=5, threads=1, inputs=feeds).p50_ms)
+    for _ in range(rounds * runs):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds)
+            per[k].append((time.perf_counter() - t0) * 1000.0)
     return {k: statistics.median(v) for k, v in per.items()}
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+
 from devicefit.transport import DEFAULT_CHUNK
 
 RAW_SERVICE = "devicefit.bench.Raw"

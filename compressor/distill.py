@@ -39,11 +39,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from devicefit.compressor.prune.calib import LAYER_TYPES, batch_tensors, first_output, trim_padding
 from devicefit.compressor.techniques import Distill
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
-from torch import nn
 
 LossKind = Literal["auto", "kl", "cosine", "mse"]
 

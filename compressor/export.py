@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
 from devicefit.data import Dataset
 from devicefit.errors import ExportError
 from devicefit.metrics import cosine as mean_cosine
 
 if TYPE_CHECKING:
     import onnx
+
     from devicefit.bundle import ModelBundle
 
 #: ONNX opset of exported models (LayerNormalization needs 17; onnxruntime's quantizers handle 18).
@@ -226,6 +228,7 @@ def export_onnx(
     inputs only. ``atol`` (optional) also bounds the max abs error.
     """
     import onnx
+
     from devicefit.runtime import make_session, run_onnx
 
     out = Path(out_path)

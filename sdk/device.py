@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+
 from devicefit.agent.benchmark import BenchReport
 from devicefit.agent.manifest import default_model_id
 from devicefit.artifact import Artifact

@@ -30,6 +30,28 @@ _HOST_BENCH = (
 )
 
 
+_HOST_PAIR = (
+    "import json, sys\n"
+    "from devicefit.agent.benchmark import benchmark_onnx\n"
+    "ref, cand, rounds, runs, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]) or None\n"
+    "refs, cands = [], []\n"
+    "for _ in range(rounds):\n"
+    "    refs.append(benchmark_onnx(ref, runs=runs, warmup=2, threads=threads).p50_ms)\n"
+    "    cands.append(benchmark_onnx(cand, runs=runs, warmup=2, threads=threads).p50_ms)\n"
+    "refs.append(benchmark_onnx(ref, runs=runs, warmup=2, threads=threads).p50_ms)\n"
+    "r = benchmark_onnx(cand, runs=runs, warmup=2, threads=threads, per_node=True)\n"
+    "cands.append(r.p50_ms)\n"
+    "sys.stdout.write(json.dumps({'report': r.to_dict(), 'refs': refs, 'cands': cands}))\n"
+)
+ROUNDS = 3
+
+
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    mid = len(ys) // 2
+    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
+
+
 def _timing(rep: Any, device: str) -> Timing:
     d = rep.to_dict() if hasattr(rep, "to_dict") else dict(rep)
     return Timing(
@@ -75,6 +97,7 @@ class FitEvaluator:
         self._fp32: Materialized | None = None
         self._last_model_id: str | None = None
         self._ref: tuple[str, str] | None = None  # ("device", model id) | ("host", path)
+        self._ref_base: float | None = None
         self._info: dict[str, Any] = {}
         if device is not None:
             self._info = dict(device.info())
@@ -128,6 +151,39 @@ class FitEvaluator:
 
     # ------------------------------------------------------------------------------ measure
     def measure(self, path: Path) -> Timing:
+        """Benchmark ``path`` (per-node times included). Once a reference is set (the fp32 baseline), the
+        candidate's timed runs are interleaved with the reference's — ``ROUNDS`` × (reference, candidate),
+        a closing reference, then the per-node run — and ``Timing.load`` = median reference p50 now ÷ at
+        the baseline: the device's load while the candidate ran (shared boards and hosts speed up and
+        slow down over minutes). The candidate's p50 is the median of its rounds' p50s."""
+        if self._ref is None:
+            return self._plain(path)
+        k = max(5, self.runs // ROUNDS)
+        if self.device is None:
+            self._last_model_id = str(path)
+            cmd = [sys.executable, "-c", _HOST_PAIR, self._ref[1], str(path), str(ROUNDS), str(k), str(self.threads or 0)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+                raise DeviceError(f"host benchmark of {path.name} failed: {tail[0][:300]}", "run `devicefit bench` on it")
+            out = json.loads(proc.stdout)
+            rep, refs, cands = out["report"], list(out["refs"]), list(out["cands"])
+        else:
+            dep = self.device.deploy(path, progress=False)
+            self._last_model_id = cid = str(dep.model_id)
+            refs, cands = [], []
+            for _ in range(ROUNDS):
+                refs.append(self._device_p50(self._ref[1], k))
+                cands.append(self._device_p50(cid, k))
+            refs.append(self._device_p50(self._ref[1], k))
+            rep = self.device.benchmark(cid, runs=k, warmup=2, threads=self.threads, per_node=True)
+            cands.append(float(rep.p50_ms))
+        timing = _timing(rep, self.device_id)
+        timing.p50_ms = _median(cands)
+        timing.load = _median(refs) / self._ref_base if self._ref_base else None
+        return timing
+
+    def _plain(self, path: Path) -> Timing:
         if self.device is None:
             self._last_model_id = str(path)
             return host_benchmark(path, runs=self.runs, warmup=self.warmup, threads=self.threads)
@@ -136,10 +192,16 @@ class FitEvaluator:
         rep = self.device.benchmark(dep.model_id, runs=self.runs, warmup=self.warmup, threads=self.threads, per_node=True)
         return _timing(rep, self.device_id)
 
+    def _device_p50(self, model_id: str, runs: int) -> float:
+        return float(self.device.benchmark(model_id, runs=runs, warmup=2, threads=self.threads, per_node=False).p50_ms)
+
     def mark_reference(self) -> None:
-        """The model measured last (the fp32 baseline) becomes the load reference."""
+        """The model measured last (the fp32 baseline) becomes the load reference; its speed now (median
+        of three short runs) is the load-1 level."""
         if self._last_model_id is not None:
             self._ref = ("device" if self.device is not None else "host", self._last_model_id)
+            got = [self.reference_ms() for _ in range(ROUNDS)]
+            self._ref_base = _median([g for g in got if g]) if any(got) else None
 
     def reference_ms(self) -> float | None:
         """p50 of a short benchmark of the reference model now (the same runner, threads and inputs)."""

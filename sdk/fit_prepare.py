@@ -47,6 +47,8 @@ class FitSpec:
     sens_samples: int | None = None
     sens_seconds: float = 45.0
     distill_steps: int | None = 150
+    #: wall-clock cap on distillation (whichever of steps / seconds is reached first ends it)
+    distill_seconds: float | None = 90.0
     store: str | None = None
     #: measure each quant scheme on half the layers first (calibration probes, see compressor.search.probes)
     probe: bool = True
@@ -226,12 +228,14 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
 
     store = MeasurementStore(spec.store) if spec.store else MeasurementStore()
     cfg = LoopConfig(trials=spec.trials, minutes=spec.minutes, max_measurements=spec.max_measurements, seed=spec.seed,
-                     distill=Distill(steps=spec.distill_steps) if spec.distill_steps else None)
+                     distill=Distill(steps=spec.distill_steps, seconds=spec.distill_seconds) if spec.distill_steps else None)
     loop = SearchLoop(problem, evaluator, config=cfg, store=store, profile_id=getattr(profile, "id", ""),
                       progress=phases.search_callback)
     loop.add_measured(baseline)
+    base_layers, src = latency.split(problem.costs(baseline.labels), timing.p50_ms, split["per_layer"] or None,
+                                     split["other_ms"], timing.profiled_e2e_ms)
+    loop.baseline_layers = base_layers if src == "per-node" else {}
     evaluator.mark_reference()
-    loop.reference_ms = evaluator.reference_ms()
     from devicefit.compressor.plan import Plan
 
     loop.record(baseline, Plan(), timing, split)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from devicefit.bundle import MetricName, ModelBundle
 from devicefit.data import Dataset, load_npz
 from devicefit.errors import ModelLoadError

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
 from devicefit.data import Dataset
 from devicefit.errors import ModelLoadError, UserInputError
 

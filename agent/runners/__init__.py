@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from devicefit.errors import ModelLoadError, UserInputError
 
 

@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from devicefit.agent.runners import NodeTime, RunnerSpec, TensorSpec, register
 from devicefit.errors import ModelLoadError, UserInputError
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from devicefit.agent.runners import NodeTime, RunnerSpec, TensorSpec, register
 from devicefit.errors import ModelLoadError, UserInputError
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from devicefit.compressor.latency.roofline import LayerCost, Roofline, with_dtype
 
 _KEEP = 64  # ratios kept per key (oldest dropped)

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
 from devicefit.compressor.lowrank.asvd import asvd_linear
 from devicefit.compressor.lowrank.conv import spatial_svd_conv, tucker2_conv
 from devicefit.compressor.lowrank.svd import LowRankRefused, svd_linear
@@ -20,7 +22,6 @@ from devicefit.compressor.prune.calib import collect_input_stats, get_module, ou
 from devicefit.compressor.techniques import LowRank
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
-from torch import nn
 
 
 @dataclass

@@ -20,6 +20,8 @@ of the output on the calibration data, not of the weights). Layer naming as in :
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from devicefit.compressor.lowrank.svd import (
     as_linear_pair,
     bias_and_dtype,
@@ -30,7 +32,6 @@ from devicefit.compressor.lowrank.svd import (
 )
 from devicefit.compressor.prune.calib import ChannelStats
 from devicefit.errors import UserInputError
-from torch import nn
 
 METHODS = ("whiten", "scale")
 

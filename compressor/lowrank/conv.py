@@ -21,9 +21,10 @@ import math
 from collections import OrderedDict
 
 import torch
+from torch import nn
+
 from devicefit.compressor.lowrank.svd import LowRankRefused, rank_for_energy, rank_for_ratio, split_factors
 from devicefit.errors import UserInputError
-from torch import nn
 
 
 class LowRankConv2d(nn.Sequential):

@@ -18,8 +18,9 @@ import math
 from collections import OrderedDict
 
 import torch
-from devicefit.errors import UserInputError
 from torch import nn
+
+from devicefit.errors import UserInputError
 
 
 class LowRankRefused(UserInputError):

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
-from torch import nn
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
@@ -199,22 +200,44 @@ def collect_input_stats(
 
 
 @torch.no_grad()
+def fold_mean_shift(layer: nn.Module, removed: torch.Tensor, mean: torch.Tensor) -> None:
+    """Add ``removed · E[x]`` to ``layer``'s bias (created if missing): ``removed`` is the part of the
+    weight that pruning takes away (same shape as the weight), ``mean`` the calibration mean of the
+    layer's input channels. The layer's output then keeps its mean on the calibration data; for a conv
+    this assumes the mean holds at every pixel (exact away from zero-padded borders)."""
+    if not isinstance(layer, LAYER_TYPES):
+        return
+    w = layer.weight
+    m = mean.to(w.dtype)
+    if removed.dim() == 4:
+        g = layer.groups if isinstance(layer, nn.Conv2d) else 1
+        per_in, out = removed.shape[1], removed.shape[0]
+        # input channels seen by each output filter: its group's slice of the mean
+        m_rows = m.reshape(g, per_in).repeat_interleave(out // g, dim=0)  # [out, per_in]
+        delta = (removed.sum(dim=(2, 3)) * m_rows).sum(1)
+    else:
+        delta = removed @ m
+    if not bool(delta.abs().gt(0).any()):
+        return
+    if layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype), requires_grad=w.requires_grad)
+    layer.bias.add_(delta)
+
+
+@torch.no_grad()
 def compensate_bias(layer: nn.Module, idxs: Sequence[int] | torch.Tensor, mean: torch.Tensor) -> None:
     """Before input channels ``idxs`` of ``layer`` are removed, fold their mean contribution
-    ``W[:, idxs] · E[x_idxs]`` (calibration mean of the layer's input) into the layer's bias (created if
-    missing). A pruned channel is rarely zero on average — e.g. a BatchNorm shift through ReLU makes a
-    "weak" channel a constant — and dropping that constant would shift every downstream activation."""
+    ``W[:, idxs] · E[x_idxs]`` into the bias (:func:`fold_mean_shift`). A pruned channel is rarely zero on
+    average — a BatchNorm shift through ReLU makes a "weak" channel a constant — and dropping that
+    constant would shift every downstream activation. Grouped convs are left alone."""
     if not isinstance(layer, LAYER_TYPES) or (isinstance(layer, nn.Conv2d) and layer.groups != 1):
         return
     idx = torch.as_tensor(list(idxs) if not isinstance(idxs, torch.Tensor) else idxs, dtype=torch.long)
     if idx.numel() == 0:
         return
-    w = layer.weight.detach()
-    cols = w[:, idx].sum(dim=(2, 3)) if w.dim() == 4 else w[:, idx]
-    delta = cols @ mean.to(w.dtype)[idx]
-    if layer.bias is None:
-        layer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype), requires_grad=layer.weight.requires_grad)
-    layer.bias.add_(delta)
+    removed = torch.zeros_like(layer.weight)
+    removed[:, idx] = layer.weight.detach()[:, idx]
+    fold_mean_shift(layer, removed, mean)
 
 
 @torch.no_grad()

@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from typing import Literal
 
 import torch
+from torch import nn
+
 from devicefit.compressor.prune.calib import LAYER_TYPES, get_module
 from devicefit.errors import UserInputError
-from torch import nn
 
 
 def check_ratio(name: str, ratio: float) -> None:

@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from torch import nn
+
 from devicefit.compressor.prune.calib import ChannelStats, collect_input_stats
 from devicefit.compressor.prune.magnitude import prunable, sparsity
 from devicefit.compressor.prune.wanda import wanda_scores
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
-from torch import nn
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
+from torch import nn
+
 from devicefit.compressor.prune import transformer as tr
 from devicefit.compressor.prune.calib import (
     LAYER_TYPES,
@@ -40,7 +42,6 @@ from devicefit.compressor.prune.calib import (
 from devicefit.compressor.techniques import ChannelPrune
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
-from torch import nn
 
 
 @dataclass

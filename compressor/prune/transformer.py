@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from devicefit.compressor.prune.calib import (
     collect_input_stats,
     compensate_bias,
@@ -32,7 +34,6 @@ from devicefit.compressor.prune.calib import (
     set_module,
 )
 from devicefit.data import Dataset
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from torch import nn
+
 from devicefit.compressor.prune.calib import ChannelStats, collect_input_stats
 from devicefit.compressor.prune.magnitude import check_ratio, prunable, rowwise_mask, sparsity
 from devicefit.data import Dataset
-from torch import nn
 
 
 def wanda_scores(layer: nn.Linear | nn.Conv2d, act_norm: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from devicefit.compressor.quant.nbits import BlockQuant, rtn
 
 GRID = tuple(i / 20 for i in range(21))

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
-from devicefit.data import Dataset
 from onnxruntime.quantization import CalibrationDataReader
+
+from devicefit.data import Dataset
 
 NUM_BINS = 2048
 _NP_TYPES: dict[int, type] = {

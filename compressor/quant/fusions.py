@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import onnx
+
 from devicefit.compressor.quant import graph as G
 from devicefit.compressor.quant.nbits import MS_DOMAIN
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+
 from devicefit.compressor.quant.nbits import BlockQuant, block_params
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+
 from devicefit.compressor.quant import graph as G
 
 COMPUTE_OPS = ("MatMul", "Gemm", "Conv")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+
 from devicefit.compressor.quant import graph as G
 from devicefit.compressor.quant.mapping import LayerNode
 

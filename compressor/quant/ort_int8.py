@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
 from devicefit.compressor.quant import calibration as C
 from devicefit.compressor.quant import graph as G
 from devicefit.compressor.quant.isa import IntFormat

@@ -6,7 +6,9 @@ Order of the passes (each touches only its own layers' nodes, so schemes mix fre
 2. one calibration pass on the fp32 graph for what the weight-side algorithms need
    (GPTQ Hessians, AWQ input statistics, SmoothQuant channel maxima);
 3. SmoothQuant rewrites (scales folded into LayerNorm or an inserted Mul);
-4. weight-only: ``MatMulNBits`` (int4 RTN / GPTQ / AWQ, int8 weight-only Linear), int8+DQ (Conv);
+4. weight-only: ``MatMulNBits`` (int4 RTN / GPTQ / AWQ; ``Int8WeightOnly`` on a Linear = 8-bit
+   MatMulNBits, blocks of 128 along K, which with ``accuracy_level=4`` runs int8 dot products on CPU),
+   ``Int8WeightOnly`` on a Conv = int8 weight + Cast/Mul folded at load → float Conv (storage only);
 5. static int8 (QDQ; activation ranges calibrated on the graph as it is now, so they see the
    int4/smoothed layers upstream), including the SmoothQuant layers;
 6. dynamic int8;
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.quant import calibration as C
 from devicefit.compressor.quant import embeddings, fusions, nbits, ort_int8, smoothquant, verify, weights
@@ -140,10 +143,12 @@ def _weight_only(
             if isinstance(tech, Int8WeightOnly):
                 if ln.is_linear and ln.weight_kn(model).shape[0] >= 16:
                     w = ln.weight_kn(model)
-                    bq = nbits.rtn(w, bits=8, block_size=nbits.block_size_for(w.shape[0], 128 if tech.per_channel else 32))
+                    # MatMulNBits has no per-tensor / per-channel mode: blocks of 128 along K (finer than
+                    # per channel); ``per_channel`` applies to the Conv (DequantizeLinear) path
+                    bq = nbits.rtn(w, bits=8, block_size=nbits.block_size_for(w.shape[0], 128))
                     nbits.write_matmulnbits(model, ln, bq, accuracy_level=accuracy_level)
                 else:
-                    weights.int8_dequant(model, ln, per_channel=tech.per_channel)
+                    weights.int8_storage(model, ln, per_channel=tech.per_channel)
             elif isinstance(tech, Int4WeightOnly):
                 w = ln.weight_kn(model)
                 gs = nbits.block_size_for(w.shape[0], tech.group_size)

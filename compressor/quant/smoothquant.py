@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+
 from devicefit.compressor.quant import graph as G
 from devicefit.compressor.quant.mapping import LayerNode
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+
 from devicefit.compressor.quant import graph as G
 from devicefit.compressor.quant.mapping import layer_of_initializer
 

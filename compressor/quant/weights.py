@@ -4,14 +4,19 @@
   front of the unchanged compute node. Halves the layer's bytes; onnxruntime's CPU kernels then run in
   float32 (it constant-folds the Cast at load). (``onnxconverter-common`` is not a dependency, so this is
   our own small rewrite.)
-* :func:`int8_dequant` — int8 weight + ``DequantizeLinear`` (per output channel or per tensor) in front of
-  a float compute node: ``Int8WeightOnly`` for Conv layers (Linear layers use 8-bit ``MatMulNBits``).
+* :func:`int8_storage` — ``Int8WeightOnly`` for Conv layers (Linear layers use 8-bit ``MatMulNBits``):
+  int8 weight → ``Cast`` → ``Mul`` (per-output-channel scale) in front of the float Conv. onnxruntime
+  constant-folds Cast/Mul at load, so the file is 4x smaller and the model runs exactly as fast as fp32.
+  (A ``DequantizeLinear`` there is *not* folded — onnxruntime keeps QDQ nodes for fusion — and would
+  dequantize the weights on every run: measured 3x slower than fp32 on EfficientNet-Lite0.)
+* :func:`int8_dequant` — the ``DequantizeLinear`` form (what an unfused QDQ weight looks like; tests).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+
 from devicefit.compressor.quant import graph as G
 from devicefit.compressor.quant.mapping import LayerNode
 
@@ -73,4 +78,23 @@ def int8_dequant(model: onnx.ModelProto, ln: LayerNode, *, per_channel: bool = T
     reader = ln.transpose or ln.node
     _rewire(model, reader, ln.weight, out)
     G.topo_insert(model, [dq], before=G.node_by_name(model)[reader])
+    G.remove_unused_initializers(model)
+
+
+def int8_storage(model: onnx.ModelProto, ln: LayerNode, *, per_channel: bool = True) -> None:
+    """int8 weight + ``Cast`` + ``Mul`` (folded to a float weight by onnxruntime at load)."""
+    w = G.to_array(G.initializers(model)[ln.weight]).astype(np.float32)
+    axis = 1 if ln.layout == "kn" else 0
+    red = tuple(i for i in range(w.ndim) if i != axis) if per_channel else tuple(range(w.ndim))
+    amax = np.abs(w).max(axis=red, keepdims=True)
+    scale = np.where(amax == 0, 1.0, amax / 127.0).astype(np.float32)
+    q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+    base = f"{ln.weight}_int8"
+    G.set_initializer(model, base, q)
+    G.set_initializer(model, f"{base}_scale", scale)
+    cast = onnx.helper.make_node("Cast", [base], [f"{base}_float"], to=onnx.TensorProto.FLOAT, name=f"{base}_Cast")
+    mul = onnx.helper.make_node("Mul", [f"{base}_float", f"{base}_scale"], [f"{base}_dequantized"], name=f"{base}_Mul")
+    reader = ln.transpose or ln.node
+    _rewire(model, reader, ln.weight, f"{base}_dequantized")
+    G.topo_insert(model, [cast, mul], before=G.node_by_name(model)[reader])
     G.remove_unused_initializers(model)

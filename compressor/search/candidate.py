@@ -73,6 +73,8 @@ class Timing:
     runtime: dict[str, str] = field(default_factory=dict)
     source: str = "host"
     device: str = "host"
+    #: device load while measured (reference p50 now ÷ at the baseline), when the evaluator measured it
+    load: float | None = None
 
     def scaled(self, factor: float) -> Timing:
         """The same measurement divided by ``factor`` (a load factor: times at the reference load)."""
@@ -109,10 +111,8 @@ class Evaluator(Protocol):
 
     def materialize(self, plan: Plan, *, name: str) -> Materialized: ...
 
-    def measure(self, path: Path) -> Timing: ...
-
-    def reference_ms(self) -> float | None:
-        """A short benchmark of the fp32 model right now (the device's current load), or None."""
+    def measure(self, path: Path) -> Timing:
+        """Benchmark the file; ``Timing.load`` may carry the device load measured alongside."""
         ...
 
     def runtime_key(self) -> tuple[dict[str, str], int]:

@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from devicefit.compressor.search.space import Option, SearchSpace
 from devicefit.compressor.techniques import Technique
 from devicefit.data import Dataset
 from devicefit.metrics import cosine, score
-from torch import nn
 
 # ------------------------------------------------------------------------------------------ fake ops
 WeightFn = Callable[[torch.Tensor, Technique, "torch.Tensor | None"], torch.Tensor]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+
 from devicefit.compressor.latency.nodemap import node_map_for
 from devicefit.compressor.latency.store import Measurement, MeasurementStore
 from devicefit.compressor.plan import Plan
@@ -137,8 +138,8 @@ class SearchLoop:
         self.by_hash: dict[str, Candidate] = {}
         self.measurements = 0
         self.probes: list[Candidate] = []
-        #: fp32 reference p50 at the baseline measurement (device load is measured against it)
-        self.reference_ms: float | None = None
+        #: per-layer ms of the fp32 baseline (p50 time scale), for the in-run load of later measurements
+        self.baseline_layers: dict[str, float] = {}
         self.start = time.monotonic()
         self.deadline = self.start + config.minutes * 60 if config.minutes else math.inf
 
@@ -168,6 +169,10 @@ class SearchLoop:
         if b.size_mb is not None and c.predicted_size_bytes / 1e6 > b.size_mb * 1.05:
             return False
         return not (b.memory_mb is not None and c.predicted_memory_mb > b.memory_mb * 1.1)
+
+    def _drop_ok(self, c: Candidate) -> bool:
+        b = self.budget.accuracy_drop
+        return b is None or c.predicted_drop <= max(b * (1 + self.config.drop_margin), 1e-3)
 
     def worth_measuring(self, c: Candidate) -> bool:
         if c.plan_hash in self.by_hash and (self.by_hash[c.plan_hash].measured or self.by_hash[c.plan_hash].error):
@@ -216,11 +221,11 @@ class SearchLoop:
             timing = self._reuse(cand) if self.config.reuse else None
             cand.reused = timing is not None
             if timing is None:
-                load = self._load()
-                cand.load = load
-                # the prediction, made now (latest calibration) and scaled to the device's current load
-                cand.predicted_ms = self.problem.predict(cand.labels).predicted_ms * load
                 timing = self.evaluator.measure(mat.path)
+                cand.load = timing.load
+                # the prediction with the latest calibration (this measurement not yet learned), for the
+                # device load measured by the reference runs interleaved with the candidate's
+                cand.predicted_ms = self.problem.predict(cand.labels).predicted_ms * (timing.load or 1.0)
         except Exception as exc:  # a plan a pass cannot apply is a failed candidate, not a failed search
             log.warning("candidate %s failed: %s", cand.plan_hash, exc)
             cand.error = f"{type(exc).__name__}: {exc}"[:500]
@@ -233,9 +238,10 @@ class SearchLoop:
             log.warning("node mapping failed for %s: %s", mat.path, exc)
             node_map = None
         load = cand.load or 1.0
+        learn_load = self._in_run_load(cand, timing, node_map) or load
         n_err = len(self.problem.latency.errors)
-        split = self.problem.learn(replace(cand, predicted_ms=cand.predicted_ms / load), timing.scaled(load), mat, node_map,
-                                   score=score)
+        split = self.problem.learn(replace(cand, predicted_ms=cand.predicted_ms / load), timing.scaled(learn_load), mat,
+                                   node_map, score=score)
         if len(self.problem.latency.errors) > n_err:  # report the error in device time, with the load it was made for
             self.problem.latency.errors[-1].update(predicted_ms=cand.predicted_ms, measured_ms=timing.p50_ms, load=load)
         cand.measured_ms, cand.p90_ms = timing.p50_ms, timing.p90_ms
@@ -250,20 +256,24 @@ class SearchLoop:
                    f"drop {mat.drop:.4f}")
         return cand
 
-    def _load(self) -> float:
-        """Current device load: a short fp32 reference benchmark now ÷ the same at the baseline (1 when the
-        evaluator cannot say). Shared boards and hosts slow down and speed up over minutes; predictions
-        are made for the load the candidate will be measured under, and measurements are learned
-        normalized to the baseline's load."""
-        ref = getattr(self.evaluator, "reference_ms", None)
-        if self.reference_ms is None or ref is None:
-            return 1.0
-        try:
-            now = ref()
-        except Exception as exc:  # pragma: no cover - best effort
-            log.warning("reference benchmark failed: %s", exc)
-            return 1.0
-        return float(now) / self.reference_ms if now else 1.0
+    def _in_run_load(self, cand: Candidate, timing: Timing, node_map: Any) -> float | None:
+        """Load of this very run, from the layers the plan leaves in fp32: their per-node times now ÷ at the
+        baseline (median; needs ≥ 2 such layers with usable per-node times). Used to normalize what is
+        learned (a measurement taken during a load burst then teaches the right speed-up); predictions
+        never see it."""
+        base = self.baseline_layers
+        if not base or node_map is None or not timing.per_node:
+            return None
+        if timing.profiled_e2e_ms and timing.profiled_e2e_ms > 2.5 * timing.p50_ms:
+            return None
+        per, _other, _total = node_map.split(timing.per_node)
+        scale = timing.p50_ms / timing.profiled_e2e_ms if timing.profiled_e2e_ms else 1.0
+        fp32 = [layer for layer, lab in cand.labels.items() if lab == self.problem.space.labels(layer)[0]]
+        ratios = [per[layer] * scale / base[layer] for layer in fp32 if per.get(layer, 0) > 0 and base.get(layer, 0) > 0]
+        if len(ratios) < 2:
+            return None
+        ratios.sort()
+        return float(ratios[len(ratios) // 2])
 
     def _reuse(self, cand: Candidate) -> Timing | None:
         """An earlier measurement of the same file contents on the same device / runtime / threads."""
@@ -383,6 +393,10 @@ class SearchLoop:
         while self.can_measure() and pool:
             fresh = {h: replace(self.problem.predict(c.labels, trial=c.trial), tags=list(c.tags)) for h, c in pool.items()}
             ok = [c for c in fresh.values() if self.looks_feasible(c) and self.worth_measuring(c)]
+            if not ok and self.best_passing() is None:
+                # nothing predicted feasible and nothing passed: measure the fastest plans whose predicted drop
+                # is within budget anyway — predictions can be wrong, measurements are what count
+                ok = [c for c in fresh.values() if self._drop_ok(c)]
             if not ok:
                 break
             pick = min(ok, key=lambda c: (c.predicted_ms, c.predicted_drop))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+
 from devicefit.compressor.search.study import SearchLoop
 from devicefit.errors import UserInputError
 

@@ -49,23 +49,23 @@ def _run(args: argparse.Namespace) -> int:
     facts = analyze(module, bundle.example_inputs)
     console.print(f"[bold]1. model[/] {bundle.name}: {facts.params:,} params, {facts.macs:,} MACs, "
                   f"{len(facts.layers)} layers")
-    with tempfile.TemporaryDirectory(prefix="devicefit-demo-agent-") as store:
-        with spawn_agent(Path(store) / "store", device_id="demo-localhost") as agent:
-            console.print(f"[bold]2. agent[/] started on {agent.url} (pid {agent.pid})")
-            fp32 = export_bundle(bundle, out / "fp32.onnx")
-            model_id = bundle.name.removeprefix("zoo:")
-            dev = devicefit.connect(agent.url)
-            dev.deploy(fp32.path, progress=False, model_id=f"{model_id}-fp32")
-            base = dev.benchmark(None, runs=100, warmup=10)
-            budget = round(args.latency_fraction * base.p50_ms, 4)
-            console.print(f"[bold]3. fp32 on the agent[/]: p50 {base.p50_ms:.3f} ms (measured) → latency budget "
-                          f"{budget:.3f} ms ({args.latency_fraction:g} × fp32)")
-            console.print("[bold]4. fit[/] searching, measuring candidates on the agent …")
-            result = devicefit.fit(bundle, profile="localhost", device=agent.url, max_latency_ms=budget,
-                                   max_accuracy_drop=args.max_accuracy_drop, trials=args.trials, out=out)
-            deployed = dev.deploy(result.model_path, progress=False, model_id=f"{model_id}-fit")
-            final = dev.benchmark(None, runs=100, warmup=10)
-            dev.close()
+    with tempfile.TemporaryDirectory(prefix="devicefit-demo-agent-") as store, \
+            spawn_agent(Path(store) / "store", device_id="demo-localhost") as agent:
+        console.print(f"[bold]2. agent[/] started on {agent.url} (pid {agent.pid})")
+        fp32 = export_bundle(bundle, out / "fp32.onnx")
+        model_id = bundle.name.removeprefix("zoo:")
+        dev = devicefit.connect(agent.url)
+        dev.deploy(fp32.path, progress=False, model_id=f"{model_id}-fp32")
+        base = dev.benchmark(None, runs=100, warmup=10)
+        budget = round(args.latency_fraction * base.p50_ms, 4)
+        console.print(f"[bold]3. fp32 on the agent[/]: p50 {base.p50_ms:.3f} ms (measured) → latency budget "
+                      f"{budget:.3f} ms ({args.latency_fraction:g} × fp32)")
+        console.print("[bold]4. fit[/] searching, measuring candidates on the agent …")
+        result = devicefit.fit(bundle, profile="localhost", device=agent.url, max_latency_ms=budget,
+                               max_accuracy_drop=args.max_accuracy_drop, trials=args.trials, out=out)
+        deployed = dev.deploy(result.model_path, progress=False, model_id=f"{model_id}-fit")
+        final = dev.benchmark(None, runs=100, warmup=10)
+        dev.close()
     report = result.report
     summary = {
         "model": bundle.name,

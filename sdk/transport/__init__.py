@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
+
 from devicefit.agent.benchmark import BenchReport
 from devicefit.agent.manifest import Manifest
 from devicefit.errors import UserInputError

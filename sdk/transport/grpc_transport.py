@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
+
 from devicefit.agent import errors as E
 from devicefit.agent import wire
 from devicefit.agent.benchmark import BenchReport

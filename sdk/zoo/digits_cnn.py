@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from devicefit.bundle import ModelBundle
 from devicefit.data import Dataset
-from torch import nn
 
 #: bump when the architecture, data split or training recipe changes (invalidates the cache)
 VERSION = "digits-cnn-v1"

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from devicefit.bundle import ModelBundle
 from devicefit.data import Dataset
 from devicefit.errors import ModelLoadError

@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from devicefit.bundle import ModelBundle
 from devicefit.data import Dataset
 from devicefit.errors import ModelLoadError
-from torch import nn
 
 SEQ_LEN = 64
 N_CALIB = 256

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from devicefit.agent import benchmark as bm
 from devicefit.agent.runners import RUNNERS, TensorSpec, format_of, runner_for
 from devicefit.agent.runners.litert_runner import LiteRTRunner, import_interpreter

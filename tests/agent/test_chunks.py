@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+
 from devicefit.agent.chunks import FileChunks, decode_upload_chunk, encode_upload_chunk
 from devicefit.agent.errors import AgentError
 from devicefit.protos.devicefit.v1 import artifact_pb2

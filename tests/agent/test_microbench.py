@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from devicefit.agent.microbench import (
     auto_bandwidth_mib,
     gemm_fp32_model,

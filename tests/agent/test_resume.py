@@ -8,9 +8,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import devicefit
 import grpc
 import pytest
+
+import devicefit
 from devicefit.agent import wire
 from devicefit.agent.chunks import FileChunks
 from devicefit.agent.launch import spawn_agent

@@ -11,10 +11,11 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import devicefit
 import grpc
 import numpy as np
 import pytest
+
+import devicefit
 from devicefit.agent import errors as E
 from devicefit.agent import wire
 from devicefit.agent.launch import AgentProcess, spawn_agent

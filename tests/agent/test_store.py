@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+
 from devicefit.agent import errors as E
 from devicefit.agent.errors import AgentError
 from devicefit.agent.manifest import Manifest

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnxruntime
 import psutil
+
 from devicefit.agent.sysinfo import normalize_arch, normalize_isa, probe_system
 from devicefit.device_profiles import ISA_FEATURES
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
 from devicefit.bundle import ModelBundle
 from devicefit.compressor.analysis import analyze, analyze_onnx, state_size_bytes
-from torch import nn
 
 
 class Net(nn.Module):

@@ -8,12 +8,13 @@ import copy
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from devicefit.compressor.distill import distill, output_loss
 from devicefit.compressor.lowrank import apply_lowrank
 from devicefit.compressor.prune import magnitude_prune
 from devicefit.compressor.techniques import Distill, LowRank
 from devicefit.data import Dataset
-from torch import nn
 
 torch.set_num_threads(1)
 

@@ -8,13 +8,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
+
 from devicefit.bundle import ModelBundle
 from devicefit.compressor.export import export_bundle, export_onnx, torch_outputs
 from devicefit.data import Dataset
 from devicefit.errors import ExportError
 from devicefit.metrics import cosine, top1_agreement
 from devicefit.runtime import run_onnx
-from torch import nn
 
 
 class Two(nn.Module):

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
 from devicefit.compressor.analysis import analyze
 from devicefit.compressor.distill import distill
 from devicefit.compressor.export import export_bundle

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from devicefit.compressor.shortcuts import (
     QUANT_SCHEMES,
     parse_lowrank,

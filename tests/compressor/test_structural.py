@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
+
 from devicefit.compressor.plan import LayerChoice, Plan
 from devicefit.compressor.structural import StructuralResult, apply_structural
 from devicefit.compressor.techniques import (
@@ -14,7 +16,6 @@ from devicefit.compressor.techniques import (
     WandaPrune,
 )
 from devicefit.data import Dataset
-from torch import nn
 
 torch.set_num_threads(1)
 

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+
 from devicefit.device_profiles import (
     BUILTIN_DIR,
     ISA_FEATURES,

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+
 from devicefit.device_profiles import Budget, CpuSpec, DeviceProfile, ProfileError, profile_from_dict
 
 

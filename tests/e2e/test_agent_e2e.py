@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import devicefit
 import pytest
+
+import devicefit
 from devicefit.agent.launch import spawn_agent
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

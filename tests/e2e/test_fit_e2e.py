@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import devicefit
 import pytest
+
+import devicefit
 from devicefit.agent.launch import spawn_agent
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

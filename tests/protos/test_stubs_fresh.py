@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from devicefit.protos import generate
 from devicefit.protos.schema import SCHEMA_VERSION, schema_problem, stamp
 

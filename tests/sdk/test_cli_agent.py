@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from devicefit.cli import main
 
 pytestmark = pytest.mark.timeout(300)

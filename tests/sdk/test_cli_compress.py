@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from devicefit.cli import main
 
 
@@ -87,3 +88,12 @@ def test_errors_are_one_line_exit_2(files: tuple[Path, Path], tmp_path: Path, ca
     rc = main(["compress", str(model), *argv, "--data", str(data), "-o", str(tmp_path / "x.onnx"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_no_data_measures_fidelity_on_random_inputs(files: tuple[Path, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    model, _ = files
+    d = _json(capsys, ["compress", str(model), "--quant", "int8_dynamic", "-o", str(tmp_path / "n.onnx"), "--json",
+                       "--no-progress"])
+    assert d["metric"]["name"] == "top1_agreement" and "random inputs" in d["metric"]["data"]
+    assert d["fidelity"]["cosine"] > 0.99

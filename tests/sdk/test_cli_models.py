@@ -7,6 +7,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+
 from devicefit.cli import main
 
 

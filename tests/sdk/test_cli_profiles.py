@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from devicefit.cli import main
 from devicefit.device_profiles import BUILTIN_DIR, load_profile_file
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from devicefit.bundle import ModelBundle
 from devicefit.compress import CompressResult, carry_quant, compress
 from devicefit.compressor.plan import LayerRule, Plan

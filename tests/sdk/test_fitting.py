@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from devicefit.compressor.plan import Plan
 from devicefit.errors import UserInputError
 

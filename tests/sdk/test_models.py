@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from devicefit.cli import main
 from devicefit.data import Dataset
 from devicefit.errors import ModelLoadError, UserInputError

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from devicefit.data import Dataset
 from devicefit.errors import ModelLoadError, UserInputError
 from devicefit.runtime import make_session, run_onnx
-from onnx import TensorProto, helper, numpy_helper
 
 W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0
 

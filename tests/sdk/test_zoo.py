@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from devicefit import zoo
 from devicefit.bundle import ModelBundle
 from devicefit.errors import ModelLoadError
@@ -66,8 +67,9 @@ def test_digits_training_is_deterministic(digits_bundle: ModelBundle, tmp_path: 
 
 @pytest.mark.slow
 def test_minilm_weights_params_and_names(minilm_bundle: ModelBundle) -> None:
-    from devicefit.zoo import minilm
     from safetensors.torch import load_file
+
+    from devicefit.zoo import minilm
 
     m = minilm_bundle.module
     assert m is not None
@@ -158,6 +160,7 @@ def test_minilm_data(minilm_bundle: ModelBundle) -> None:
 @pytest.mark.slow
 def test_efficientnet_top1_sanity_and_data(effnet_bundle: ModelBundle) -> None:
     import skimage.data
+
     from devicefit.zoo import efficientnet_lite0 as eff
 
     b = effnet_bundle

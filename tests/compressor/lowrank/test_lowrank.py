@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from devicefit.compressor.lowrank import (
     LowRankConv1x1,
     LowRankConv2d,
@@ -20,7 +22,6 @@ from devicefit.compressor.lowrank import (
 from devicefit.compressor.prune.calib import collect_input_stats
 from devicefit.compressor.techniques import LowRank
 from devicefit.data import Dataset
-from torch import nn
 
 torch.set_num_threads(1)
 

@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
+
 from devicefit.compressor.export import export_onnx
 from devicefit.compressor.prune import prune_structured
 from devicefit.compressor.prune.calib import layer_names
@@ -16,7 +18,6 @@ from devicefit.compressor.techniques import ChannelPrune
 from devicefit.data import Dataset
 from devicefit.runtime import make_session
 from devicefit.zoo.minilm import MiniLM
-from torch import nn
 
 torch.set_num_threads(1)
 
@@ -141,3 +142,21 @@ def test_taylor_without_data_is_refused() -> None:
     with pytest.raises(UserInputError, match="calibration data"):
         prune_structured(_tiny_bert(), {"encoder.layer.0.intermediate.dense": ChannelPrune(0.5, importance="taylor")},
                          example_inputs=(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.long)))
+
+
+def test_bias_compensation_keeps_the_mean_of_removed_channels(tiny_res: tuple[TinyRes, Dataset]) -> None:
+    model, data = tiny_res
+    with torch.no_grad():  # give the BNs shifts, as trained nets have: removed channels then carry constants
+        for bn in (model.bn0, model.bn1, model.bn2, model.bn3):
+            bn.bias.uniform_(0.5, 1.5)
+    x = torch.from_numpy(data.inputs["x"])
+    ref = model(x).detach()
+    errs = {}
+    for with_data in (False, True):
+        m = TinyRes().eval()
+        m.load_state_dict(model.state_dict())
+        plan = {n: ChannelPrune(0.25, importance="l2") for n in ("expand", "head")}
+        prune_structured(m, plan, example_inputs=(x[:2],), data=data if with_data else None, input_names=["x"])
+        assert m.expand.out_channels == 24 and m.head.out_channels == 36
+        errs[with_data] = float(((m(x) - ref) ** 2).mean().detach())
+    assert errs[True] < 0.5 * errs[False], errs

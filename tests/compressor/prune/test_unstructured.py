@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from devicefit.compressor.prune import magnitude_prune, nm_mask, nm_prune, wanda_prune
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
-from torch import nn
 
 torch.set_num_threads(1)
 

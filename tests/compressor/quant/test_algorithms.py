@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
+from quant_helpers import TinyCase, run
+
 from devicefit.compressor.quant import calibration as C
 from devicefit.compressor.quant import smoothquant
 from devicefit.compressor.quant.awq import InputStats, awq
@@ -17,7 +19,6 @@ from devicefit.compressor.quant.mapping import canonicalize, map_layers
 from devicefit.compressor.quant.nbits import rtn
 from devicefit.data import Dataset
 from devicefit.metrics import sqnr_db
-from quant_helpers import TinyCase, run
 
 
 def _outlier_inputs(n: int, k: int, seed: int = 0) -> np.ndarray:

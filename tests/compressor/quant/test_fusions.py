@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from quant_helpers import TinyCase, run
+
 from devicefit.compressor.quant.fusions import fuse_attention, fuse_gelu
 from devicefit.data import Dataset
 from devicefit.zoo.minilm import SelfAttention
-from quant_helpers import TinyCase, run
 
 
 class Block(torch.nn.Module):

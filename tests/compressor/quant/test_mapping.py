@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from quant_helpers import LAYERS, TinyCase
+
 from devicefit.compressor.quant import graph as G
 from devicefit.compressor.quant.mapping import canonicalize, layer_of_initializer, map_layers
-from quant_helpers import LAYERS, TinyCase
 
 
 def test_every_layer_maps_to_its_node(tiny: TinyCase) -> None:

@@ -7,9 +7,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from devicefit.compressor.quant import nbits
 from devicefit.compressor.quant.mapping import map_layers
-from onnx import TensorProto, helper, numpy_helper
 
 
 def _matmul_model(w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:

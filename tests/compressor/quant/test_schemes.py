@@ -7,6 +7,8 @@ from pathlib import Path
 
 import onnx
 import pytest
+from quant_helpers import LAYERS, TinyCase, run, sqnr
+
 from devicefit.compressor.plan import LayerRule, Plan
 from devicefit.compressor.quant import ort_int8, quantize_onnx, verify, weights
 from devicefit.compressor.quant.mapping import map_layers
@@ -21,7 +23,6 @@ from devicefit.compressor.techniques import (
     Technique,
 )
 from devicefit.errors import UserInputError
-from quant_helpers import LAYERS, TinyCase, run, sqnr
 
 LINEARS = ["fc1", "fc2", "fc3", "head"]
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from devicefit.compressor.latency import (
     CalibratedModel,
     LayerSpec,
@@ -135,8 +136,9 @@ def test_calibrated_model_persists_per_device(tmp_path: Path) -> None:
 
 def test_node_map_attributes_nodes_to_layers(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    from devicefit.compressor.latency import node_map_for
     from onnxruntime.quantization import quantize_dynamic
+
+    from devicefit.compressor.latency import node_map_for
 
     class M(torch.nn.Module):
         def __init__(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+
 from devicefit.errors import UserInputError
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from devicefit.compressor.latency import LayerSpec
 from devicefit.compressor.search.deps import find_deps
 from devicefit.compressor.search.sensitivity import measure_sensitivity
 from devicefit.compressor.search.space import SpaceConfig, build_space
 from devicefit.data import Dataset
-from torch import nn
 
 
 class Net(nn.Module):

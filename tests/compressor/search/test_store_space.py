@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from devicefit.compressor.latency import LayerSpec, Measurement, MeasurementStore
 from devicefit.compressor.search.space import SpaceConfig, build_space
 from devicefit.compressor.techniques import TECHNIQUES, Int4WeightOnly, Int8Dynamic

@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import devicefit.compressor.search.study as study_mod
 import optuna
 import pytest
+
+import devicefit.compressor.search.study as study_mod
 from devicefit.compressor.latency import CalibratedModel, LayerSpec, NodeMap, Roofline
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.search.candidate import Budget, Materialized, Timing
