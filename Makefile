@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml Makefile
 
 # Strict editable mode builds a link tree (mypy and editors follow it); refresh it so new modules are seen.
 refresh: $(STAMP)
-	$(PY) -m pip install -q --no-deps -e . --config-settings editable_mode=strict
+	$(PY) -m pip install -q --no-deps -e . --config-settings editable_mode=strict 2>/dev/null
 
+# Exit 3 = the fit ran and wrote its report but no candidate met the budget: the demo still succeeded.
 demo: refresh
-	HF_HUB_OFFLINE=1 $(VENV)/bin/devicefit demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/devicefit demo || [ $$? -eq 3 ]
 
 test: refresh
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra tests

@@ -10,8 +10,8 @@ Rows per model (each metric before → after distillation with the same budget):
   with zip/zstd or a sparse format);
 * plain vs activation-aware SVD at **equal params** (MiniLM: the 12 FFN matrices, 50 % of their params;
   digits: fc1; EfficientNet: the 1×1 convs) — fidelity;
-* structured channel pruning (digits 30 %, MiniLM 25 % of heads + 50 % of FFN channels, EfficientNet
-  25 %) — MAC ratio next to the **measured** host p50 ratio (``benchmark_onnx``, threads=1, batch 1 and
+* structured channel pruning (digits 30 % L2, MiniLM 25 % of heads + 50 % of FFN channels, EfficientNet
+  10 % and 25 %; activation-aware importance for the last two) — MAC ratio next to the **measured** host p50 ratio (``benchmark_onnx``, threads=1, batch 1 and
   ``--batch``).
 
 Latency: each ONNX file is benchmarked in alternating rounds (fp32, pruned, fp32, pruned …) and the median
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STEPS = {"digits-cnn": 150, "minilm-l6": 40, "efficientnet-lite0": 20}
-DISTILL = {"digits-cnn": dict(lr=1e-3, batch_size=64), "minilm-l6": dict(lr=5e-5, batch_size=16),
-           "efficientnet-lite0": dict(lr=2e-5, batch_size=8)}
+DISTILL = {"digits-cnn": dict(lr=1e-3, batch_size=64), "minilm-l6": dict(lr=1e-4, batch_size=16),
+           "efficientnet-lite0": dict(lr=1e-5, batch_size=8)}
 
 
 def metric(bundle: Any, module: Any) -> float:
@@ -90,11 +90,13 @@ def plans(name: str, layers: list[str]) -> dict[str, dict[str, Any]]:
         structured = Plan.uniform(prune=ChannelPrune(0.3, importance="l2"))
     else:
         lr_layers = [n for n in layers if n.endswith(("_expand_conv", "_project_conv"))]
-        structured = Plan.uniform(prune=ChannelPrune(0.25, importance="l2"))
+        structured = Plan.uniform(prune=ChannelPrune(0.25, importance="activation"))
+        out["structured 10%"] = {"plan": Plan.uniform(prune=ChannelPrune(0.1, importance="activation")),
+                                 "kind": "latency"}
     for kind in ("svd", "asvd"):
         plan = Plan.per_layer({n: LayerChoice(lowrank=LowRank(ratio=0.5, kind=kind)) for n in lr_layers})
         out[f"low-rank 50% {kind} ({len(lr_layers)} layers)"] = {"plan": plan, "kind": "fidelity"}
-    out["structured"] = {"plan": structured, "kind": "latency"}
+    out["structured" + (" 25%" if name == "efficientnet-lite0" else "")] = {"plan": structured, "kind": "latency"}
     return out
 
 
@@ -125,7 +127,8 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
             "applied": len(res.applied), "refused": len(res.refused), "seconds": round(time.monotonic() - t0, 1),
         }
         if spec["kind"] == "latency":
-            path = export_bundle(bundle, work / f"{name}-structured.onnx", module=student).path
+            path = export_bundle(bundle, work / f"{name}-{label.replace(' ', '_').replace('%', '')}.onnx",
+                                 module=student).path
             lat = p50s({"fp32": fp32, "pruned": path}, inputs, args.runs, args.rounds)
             latb = p50s({"fp32": fp32, "pruned": path}, batch, max(5, args.runs // 4), args.rounds)
             row.update(onnx_params_ratio=onnx_params(path) / onnx_params(fp32), fp32_p50_ms=lat["fp32"],

@@ -142,7 +142,7 @@ def _apply_masks(
     stats = collect_input_stats(m, every, calib, input_names) if calib is not None else {}
     for layer, tech in techs.items():
         tg = targets[layer]
-        before = {t: m.get_submodule(t).weight.detach().clone() for t in tg if t in stats}
+        before = {t: _weight(m, t).clone() for t in tg if t in stats}
         try:
             if isinstance(tech, MagnitudePrune):
                 got = magnitude_prune(m, dict.fromkeys(tg, tech.ratio))
@@ -157,15 +157,16 @@ def _apply_masks(
             result.refused.append(_step(layer, tech, str(exc)))
             continue
         for t, w0 in before.items():  # keep each layer's output mean: fold W_removed · E[x] into the bias
-            part = m.get_submodule(t)
-            fold_mean_shift(part, w0 - part.weight.detach(), stats[t].mean)
+            fold_mean_shift(m.get_submodule(t), w0 - _weight(m, t), stats[t].mean)
         detail = ", ".join(f"{k} sparsity {v:.3f}" for k, v in got.items())
         note = " (zeros, dense shapes kept" + ("; bias mean-corrected)" if before else ")")
         result.applied.append(_step(layer, tech, detail + note))
 
 
-def _uses_wanda(tech: Technique) -> bool:
-    return isinstance(tech, WandaPrune) or (isinstance(tech, SemiStructuredPrune) and tech.importance == "wanda")
+def _weight(m: nn.Module, name: str) -> torch.Tensor:
+    layer = m.get_submodule(name)
+    assert isinstance(layer, LAYER_TYPES)
+    return layer.weight.detach()
 
 
 @torch.no_grad()

@@ -238,7 +238,7 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     evaluator.mark_reference()
     from devicefit.compressor.plan import Plan
 
-    loop.record(baseline, Plan(), timing, split)
+    loop.record(baseline, Plan(), timing, split, role="baseline")
     if spec.probe:
         from devicefit.compressor.search.probes import run_probes
 

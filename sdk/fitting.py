@@ -226,10 +226,11 @@ def _search(ctx: Prepared, spec: FitSpec, out_dir: Path, storage: str | None, na
     final = ctx.loop.distill_winner(chosen)
     phases.finish("distill")
     if final is not chosen:
+        outcome = ctx.loop.outcome(ctx.baseline, others=others)  # now listing the distilled candidate too
         if final.passes(ctx.problem.budget):
             outcome.best = final
         else:
-            outcome.closest = final
+            outcome.closest, outcome.best = final, None
     outcome.study = {"storage": _redact(storage), "name": name}
     return outcome
 

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     metric_name TEXT,
     metric_drop REAL,
     source TEXT NOT NULL DEFAULT '',
+    role TEXT NOT NULL DEFAULT 'candidate',
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS measurements_key ON measurements (device_id, model_hash, plan_hash);
@@ -86,6 +87,8 @@ class Measurement:
     metric_name: str | None = None
     metric_drop: float | None = None
     source: str = ""
+    #: "baseline" | "probe" (calibration; never reused for a candidate) | "candidate"
+    role: str = "candidate"
     created_at: float = field(default_factory=time.time)
     id: int | None = None
 
@@ -104,6 +107,9 @@ class MeasurementStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._conn() as conn:
             conn.executescript(SCHEMA)
+            cols = {r[1] for r in conn.execute("PRAGMA table_info(measurements)")}
+            if "role" not in cols:  # a store written by an earlier version
+                conn.execute("ALTER TABLE measurements ADD COLUMN role TEXT NOT NULL DEFAULT 'candidate'")
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -155,8 +161,11 @@ class MeasurementStore:
 
     def find(self, *, device_id: str, model_hash: str, plan_hash: str,
              runtime_versions: Mapping[str, str] | None = None, threads: int | None = None) -> Measurement | None:
-        """The newest earlier measurement of this exact candidate on this device and runtime, if any."""
+        """The newest earlier measurement of this exact candidate on this device and runtime, if any
+        (calibration probes are not reused)."""
         for m in self.query(device_id=device_id, model_hash=model_hash, plan_hash=plan_hash):
+            if m.role == "probe":
+                continue
             if runtime_versions is not None and m.runtime_versions and dict(runtime_versions) != m.runtime_versions:
                 continue
             if threads is not None and m.threads != threads:

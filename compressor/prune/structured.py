@@ -3,7 +3,7 @@ together with everything that depends on them, so the module — and its ONNX ex
 parameters and MACs (unlike masking, a dense runtime runs it faster).
 
 A plan entry ``layer: ChannelPrune(ratio, importance, global_ranking)`` removes ``ratio`` of that layer's
-**output** channels (rounded down, at least one kept):
+**output** channels (rounded; at least one kept):
 
 * BERT-style attention / FFN layers go to :mod:`devicefit.compressor.prune.transformer` (whole heads,
   intermediate channels; the hidden size stays).
@@ -125,7 +125,7 @@ def _prune_transformer(
     for imp, keys in by_imp.items():
         scores = tr.unit_scores(
             module, [sites_a[k] for k in keys if k in sites_a], [sites_f[k] for k in keys if k in sites_f],
-            imp, data, input_names,
+            imp, data, input_names, stats,
         )
         removals = {k: int(picked[k][0].ratio * len(scores[k]) + 0.5) for k in keys}
         for kind in (sites_a, sites_f):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from devicefit.compressor.prune.calib import (
+    ChannelStats,
     collect_input_stats,
     compensate_bias,
     forward,
@@ -168,8 +169,10 @@ def unit_scores(
     importance: str,
     data: Dataset | None,
     input_names: Sequence[str],
+    stats: Mapping[str, ChannelStats] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Importance per head (key = attention name) and per FFN channel (key = up name)."""
+    """Importance per head (key = attention name) and per FFN channel (key = up name). ``stats``: input
+    statistics of the output projections / FFN ``down`` layers, if already collected."""
     out: dict[str, torch.Tensor] = {}
     if importance == "taylor":
         assert data is not None
@@ -180,8 +183,9 @@ def unit_scores(
         for f in ffn:
             groups[f.up] = _ffn_taylor(_lin(module, f.up), _lin(module, f.down))
         return taylor_scores(module, groups, data, input_names) if groups else {}
-    stats = None
-    if importance == "activation":
+    if importance != "activation":
+        stats = None
+    elif stats is None or any(n not in stats for n in [a.out for a in attn] + [f.down for f in ffn]):
         assert data is not None
         stats = collect_input_stats(module, [a.out for a in attn] + [f.down for f in ffn], data, input_names)
     for a in attn:

@@ -30,17 +30,24 @@ def quant_labels(problem: SearchProblem) -> list[str]:
 
 
 def probe_plans(problem: SearchProblem) -> dict[str, dict[str, str]]:
-    """Per quant label: every other layer of each (kind, params, MACs) group gets it, the rest stay float."""
+    """Per quant label: every other layer of each (kind, params, MACs) group gets it, the rest stay float;
+    layers without a same-shaped twin alternate among themselves (so a probe never quantizes everything)."""
     groups: dict[tuple[str, int, int], list[str]] = {}
     for s in problem.specs:
         groups.setdefault((s.kind, s.params, s.macs), []).append(s.name)
     out: dict[str, dict[str, str]] = {}
     for q in quant_labels(problem):
         labels = problem.float_labels()
+        singles: list[str] = []
         for members in groups.values():
             usable = [m for m in members if problem.space.has(m, q)]
+            if len(usable) == 1:
+                singles += usable
+                continue
             for layer in usable[::2]:
                 labels[layer] = q
+        for layer in singles[::2]:
+            labels[layer] = q
         if labels != problem.float_labels():
             out[q] = labels
     return out

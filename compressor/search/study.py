@@ -218,7 +218,7 @@ class SearchLoop:
         self._note("measure", f"trial {cand.trial}: predicted {cand.predicted_ms:.2f} ms, drop {cand.predicted_drop:.4f}")
         try:
             mat = self.evaluator.materialize(plan, name=f"trial-{cand.trial:04d}-{cand.plan_hash[:8]}")
-            timing = self._reuse(cand) if self.config.reuse else None
+            timing = self._reuse(cand) if self.config.reuse and register else None
             cand.reused = timing is not None
             if timing is None:
                 timing = self.evaluator.measure(mat.path)
@@ -251,7 +251,7 @@ class SearchLoop:
         if register:
             self.by_hash[cand.plan_hash] = cand
         if not cand.reused:
-            self.record(cand, plan, timing, split)
+            self.record(cand, plan, timing, split, role="candidate" if register else "probe")
         self._note("measure", f"trial {cand.trial}: measured {timing.p50_ms:.2f} ms (predicted {cand.predicted_ms:.2f}), "
                    f"drop {mat.drop:.4f}")
         return cand
@@ -288,7 +288,7 @@ class SearchLoop:
                       peak_rss_mb=row.peak_rss_mb or 0.0, per_node=list(row.per_node), profiled_e2e_ms=row.profiled_e2e_ms,
                       threads=row.threads, runtime=dict(row.runtime_versions), source=row.source, device=row.device_id)
 
-    def record(self, cand: Candidate, plan: Plan, timing: Timing, split: dict[str, Any]) -> None:
+    def record(self, cand: Candidate, plan: Plan, timing: Timing, split: dict[str, Any], *, role: str = "candidate") -> None:
         """Add a measurement to the store (no-op without one)."""
         if self.store is None:
             return
@@ -301,7 +301,7 @@ class SearchLoop:
             other_ms=split.get("other_ms"), profiled_e2e_ms=timing.profiled_e2e_ms,
             predicted_ms=cand.predicted_ms if cand.trial >= 0 else None, size_bytes=cand.size_bytes,
             metric_name=str((cand.metric or {}).get("name")), metric_drop=cand.drop if cand.metric else None,
-            source=timing.source))
+            source=timing.source, role=role))
 
     @staticmethod
     def _copy_measured(src: Candidate, dst: Candidate) -> None:

@@ -40,6 +40,10 @@ def test_store_round_trip_and_reuse(tmp_path: Path) -> None:
     latest = again.find(device_id="pi", model_hash="mh", plan_hash="p1")
     assert latest is not None and latest.p50_ms == 11.0
     assert len(again.query(device_id="pi")) == 2
+    # calibration probes are stored but never reused for a candidate
+    again.add(Measurement(device_id="pi", model_hash="mh", plan_hash="p9", p50_ms=5.0, role="probe"))
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p9") is None
+    assert again.query(plan_hash="p9")[0].role == "probe"
     cols = {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(measurements)")}
     assert {"device_id", "profile_id", "model_hash", "plan_hash", "runtime_versions", "threads", "p50_ms", "p90_ms",
             "mean_ms", "per_node", "predicted_ms", "created_at"} <= cols
