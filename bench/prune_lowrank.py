@@ -58,6 +58,9 @@ def p50s(paths: dict[str, Path], inputs: dict[str, Any], runs: int, rounds: int)
     from devicefit.agent.benchmark import benchmark_onnx
 
     got: dict[str, list[float]] = {k: [] for k in paths}
+    # tiny models: enough runs for ≥ 0.5 s per measurement, so a p50 is not a handful of samples
+    est = benchmark_onnx(next(iter(paths.values())), runs=5, warmup=2, threads=1, inputs=inputs).p50_ms
+    runs = min(5000, max(runs, int(500.0 / max(est, 1e-3))))
     for _ in range(rounds):
         for label, path in paths.items():
             got[label].append(benchmark_onnx(path, runs=runs, warmup=5, threads=1, inputs=inputs).p50_ms)

@@ -107,10 +107,9 @@ class Plan:
         match: str = "*",
     ) -> Plan:
         """Same techniques on every layer matching ``match``."""
-        rules = (LayerRule(match, prune=prune, lowrank=lowrank, quant=quant),)
         if prune is None and lowrank is None and quant is None:
-            rules = ()
-        return cls(rules=rules, distill=distill)
+            return cls(rules=(), distill=distill)
+        return cls(rules=(LayerRule(match, prune=prune, lowrank=lowrank, quant=quant),), distill=distill)
 
     @classmethod
     def per_layer(cls, choices: dict[str, LayerChoice], *, distill: Distill | None = None) -> Plan:

@@ -142,7 +142,7 @@ class FitEvaluator:
         # the fp32 export we already have is the quantizers' input (graph-level plans) and the reference
         source: ModelBundle = replace(self.bundle, onnx_path=fp32.path)
         res = compress(source, plan, out=self.workdir / f"{name}.onnx", profile=self.profile, progress=False)
-        metric = res.metric.to_dict() if hasattr(res.metric, "to_dict") else dict(res.metric)
+        metric = res.metric.to_dict()
         params = int(getattr(res, "params", 0) or 0) or fp32.params
         macs = int(getattr(res, "macs", 0) or 0) or fp32.macs
         extra = {"float_fallback_layers": list(getattr(res, "float_fallback_layers", []) or []),
