@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from devicefit.compressor.search.candidate import Candidate, summarize
-from devicefit.compressor.search.study import front
+from devicefit.compressor.search.studydb import front
 
 REPORT_VERSION = 1
 

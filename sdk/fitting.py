@@ -142,7 +142,7 @@ def start_study(model: str, data: Any = None, *, storage: str, study_name: str |
 
     Takes :func:`fit`'s keyword arguments (budgets, profile, device, trials…); returns the study name.
     """
-    from devicefit.compressor.search.study import open_study
+    from devicefit.compressor.search.studydb import open_study
     from devicefit.compressor.search.worker import SPEC_ATTR
 
     spec, _prof, _origin = make_spec(model, data, **kwargs)
@@ -203,7 +203,7 @@ def fit(
 
 
 def _search(ctx: Prepared, spec: FitSpec, out_dir: Path, storage: str | None, name: str, phases: Phases) -> Any:
-    from devicefit.compressor.search.study import candidates_from_study, default_storage, open_study
+    from devicefit.compressor.search.studydb import candidates_from_study, default_storage, open_study
     from devicefit.compressor.search.worker import SPEC_ATTR
 
     storage = storage or default_storage(out_dir)
@@ -281,7 +281,7 @@ def run_worker(storage: str, study_name: str, *, trials: int | None = 20, minute
     import socket
     import tempfile
 
-    from devicefit.compressor.search.study import open_study
+    from devicefit.compressor.search.studydb import open_study
     from devicefit.compressor.search.worker import join_study, read_spec
 
     study = open_study(storage, study_name, create=False)

@@ -119,20 +119,24 @@ class CalibratedModel:
         return out
 
     def _other_ms(self, costs: Sequence[LayerCost]) -> float:
-        """Non-layer time: a + Σ_dtype b_dtype × (#layers at that dtype), ridge least squares.
+        """Non-layer time: a + s·[any layer quantized] + Σ_dtype b_dtype × (#layers at that dtype).
 
-        Quantizing a layer changes the ops around it (a GELU no longer fused with the bias, casts), so
-        the time outside the layers moves with the plan; with one point it is that point's value.
+        Quantizing changes the ops around the layers: graph-wide rewrites that happen once for any
+        quantized plan (attention fusion, a quantized embedding: the step ``s``), and per-layer extras
+        (activation quantizers, unfused biases: ``b``). Ridge least squares with ``b`` shrunk hard, so
+        a few points explain a change by the step first; with one point it is that point's value.
         """
         pts = self.other_points
         keys = sorted({k for cnt, _ in pts for k in cnt})
-        a = np.array([[1.0] + [float(cnt.get(k, 0)) for k in keys] for cnt, _ in pts])
+
+        def row(cnt: Mapping[str, int]) -> list[float]:
+            return [1.0, 1.0 if any(cnt.values()) else 0.0] + [float(cnt.get(k, 0)) for k in keys]
+
+        a = np.array([row(cnt) for cnt, _ in pts])
         y = np.array([v for _, v in pts])
-        ridge = np.diag([1e-6] + [1e-2] * len(keys))
+        ridge = np.diag([1e-6, 1e-3] + [1e3] * len(keys))
         coef = np.linalg.solve(a.T @ a + ridge, a.T @ y)
-        want = self._counts(costs)
-        x = np.array([1.0] + [float(want.get(k, 0)) for k in keys])
-        return max(0.0, float(x @ coef))
+        return max(0.0, float(np.array(row(self._counts(costs))) @ coef))
 
     # ------------------------------------------------------------------------------ learn
     def split(

@@ -19,7 +19,8 @@ from devicefit.compressor.search.candidate import Budget, Materialized, Timing
 from devicefit.compressor.search.problem import SearchProblem
 from devicefit.compressor.search.sensitivity import SensitivityTable
 from devicefit.compressor.search.space import SpaceConfig, build_space
-from devicefit.compressor.search.study import LoopConfig, SearchLoop, open_study
+from devicefit.compressor.search.study import LoopConfig, SearchLoop
+from devicefit.compressor.search.studydb import open_study
 
 ROOF = Roofline(peak_gops_fp32=50.0, peak_gops_int8=200.0, mem_bandwidth_gbs=10.0)
 SPECS = [LayerSpec(f"l{i}", "linear", 250_000, 250_000 * 64, 64 * 500, 64 * 500) for i in range(6)]

@@ -1,0 +1,80 @@
+"""Optuna plumbing of a search: storage (SQLite tuned for many small writes, or any RDB URL), the
+two-objective study with its constraints, and reading back what every process recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from devicefit.compressor.search.candidate import Candidate, pareto_front
+from devicefit.compressor.search.problem import SearchProblem
+
+CONSTRAINTS = ("latency", "size", "memory", "accuracy_drop")
+
+
+def make_sampler(seed: int | None = 0, *, startup: int = 10) -> optuna.samplers.BaseSampler:
+    """Multi-objective TPE; it reads each trial's constraints (``Trial.set_constraint``, Optuna ≥ 5)."""
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """Optuna RDB storage for ``url``. SQLite files get WAL + ``synchronous=NORMAL`` (a trial writes dozens
+    of rows; an fsync per row costs ~10 ms) and a long busy timeout so several processes can share one."""
+    if not url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url)
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+
+    def pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()
+    return storage
+
+
+def open_study(storage: str, name: str, *, seed: int | None = 0, create: bool = True) -> optuna.Study:
+    """Create (or join) the two-objective study ``name`` at ``storage`` (an Optuna RDB URL)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = make_sampler(seed)
+    store = make_storage(storage)
+    if create:
+        return optuna.create_study(storage=store, study_name=name, directions=["minimize", "minimize"],
+                                   sampler=sampler, load_if_exists=True)
+    return optuna.load_study(storage=store, study_name=name, sampler=sampler)
+
+
+def candidates_from_study(study: optuna.Study, problem: SearchProblem) -> list[Candidate]:
+    """Candidates recorded by every process that worked on ``study`` (measured ones carry their numbers)."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        a = t.user_attrs.get("devicefit", {})
+        if "predicted_ms" not in a:
+            continue
+        c = Candidate(trial=t.number, labels={k: str(v) for k, v in t.params.items()}, plan_hash=str(a.get("plan_hash")),
+                      predicted_ms=float(a["predicted_ms"]), predicted_size_bytes=float(a["predicted_size_bytes"]),
+                      predicted_memory_mb=float(a["predicted_memory_mb"]), predicted_drop=float(a["predicted_drop"]),
+                      uncalibrated=tuple(a.get("uncalibrated", ())), measured_ms=a.get("measured_ms"),
+                      p90_ms=a.get("p90_ms"), measured_memory_mb=a.get("memory_mb"), size_bytes=a.get("size_bytes"),
+                      metric=a.get("metric"), device=str(a.get("device") or ""), error=a.get("error"),
+                      tags=list(a.get("tags", [])))
+        c.reused = c.measured
+        out.append(c)
+    return out
+
+
+def front(cands: list[Candidate]) -> list[Candidate]:
+    """The (latency, drop) Pareto front of error-free candidates."""
+    ok = [c for c in cands if c.error is None]
+    idx = pareto_front([(c.latency_ms, c.drop) for c in ok])
+    return [ok[i] for i in idx]
+
+
+def default_storage(out_dir: Path) -> str:
+    return f"sqlite:///{(out_dir / 'study.db').resolve()}"
