@@ -195,13 +195,12 @@ class FitEvaluator:
     def _device_p50(self, model_id: str, runs: int) -> float:
         return float(self.device.benchmark(model_id, runs=runs, warmup=2, threads=self.threads, per_node=False).p50_ms)
 
-    def mark_reference(self) -> None:
-        """The model measured last (the fp32 baseline) becomes the load reference; its speed now (median
-        of three short runs) is the load-1 level."""
+    def mark_reference(self, p50_ms: float) -> None:
+        """The model measured last (the fp32 baseline, ``p50_ms``) becomes the load reference; that p50 is
+        the load-1 level, so the baseline and everything measured later share one scale."""
         if self._last_model_id is not None:
             self._ref = ("device" if self.device is not None else "host", self._last_model_id)
-            got = [self.reference_ms() for _ in range(ROUNDS)]
-            self._ref_base = _median([g for g in got if g]) if any(got) else None
+            self._ref_base = float(p50_ms)
 
     def reference_ms(self) -> float | None:
         """p50 of a short benchmark of the reference model now (the same runner, threads and inputs)."""

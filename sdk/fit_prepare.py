@@ -232,10 +232,7 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     loop = SearchLoop(problem, evaluator, config=cfg, store=store, profile_id=getattr(profile, "id", ""),
                       progress=phases.search_callback)
     loop.add_measured(baseline)
-    base_layers, src = latency.split(problem.costs(baseline.labels), timing.p50_ms, split["per_layer"] or None,
-                                     split["other_ms"], timing.profiled_e2e_ms)
-    loop.baseline_layers = base_layers if src == "per-node" else {}
-    evaluator.mark_reference()
+    evaluator.mark_reference(timing.p50_ms)
     from devicefit.compressor.plan import Plan
 
     loop.record(baseline, Plan(), timing, split, role="baseline")

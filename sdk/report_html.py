@@ -59,6 +59,11 @@ class _Axes:
     def y(self, v: float) -> float:
         return H - PAD - (v - self.y0) / (self.y1 - self.y0) * (H - 2 * PAD)
 
+    def clip(self, cid: str) -> str:
+        """A clipPath for the plot area (data never spills over the axes)."""
+        return (f'<defs><clipPath id="{cid}"><rect x="{PAD}" y="{PAD}" width="{W - 2 * PAD}" '
+                f'height="{H - 2 * PAD}"/></clipPath></defs>')
+
     def frame(self, xlabel: str, ylabel: str) -> str:
         parts = [f'<rect x="{PAD}" y="{PAD}" width="{W - 2 * PAD}" height="{H - 2 * PAD}" fill="#fff" stroke="#99a"/>']
         for i in range(5):
@@ -79,14 +84,19 @@ def pareto_svg(report: dict[str, Any]) -> str:
     lat = lambda p: p["measured_ms"] if p.get("measured_ms") is not None else p["predicted_ms"]  # noqa: E731
     drop = lambda p: p["metric_drop"] if p.get("metric_drop") is not None else p["predicted_drop"]  # noqa: E731
     xs = [lat(p) for p in pts] + [base.get("latency", {}).get("p50_ms") or 0.0]
-    ys = [drop(p) for p in pts] + [0.0]
+    measured_drops = [drop(p) for p in pts if p.get("measured_ms") is not None]
+    ys = [*measured_drops, 0.0]
     if budget.get("latency_ms") is not None:
         xs.append(budget["latency_ms"])
     if budget.get("accuracy_drop") is not None:
         ys.append(budget["accuracy_drop"])
-    ax = _Axes(xs, ys, x0=0.0, y0=0.0)
+    # focus on what matters: up to 3x the drop budget (or the measured drops); predicted-only points
+    # beyond it are drawn on the top edge as triangles
+    top = max([*ys, 3 * (budget.get("accuracy_drop") or 0.0)]) or max([drop(p) for p in pts] + [1e-3])
+    ax = _Axes(xs, [*ys, top], x0=0.0, y0=0.0)
     out = [f'<svg id="pareto-plot" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
-           'role="img" aria-label="Pareto plot: metric drop vs latency">', ax.frame("latency p50 (ms)", "metric drop")]
+           'role="img" aria-label="Pareto plot: metric drop vs latency">', ax.clip("pareto-clip"),
+           ax.frame("latency p50 (ms)", "metric drop"), '<g clip-path="url(#pareto-clip)">']
     if budget.get("latency_ms") is not None:
         bx = ax.x(budget["latency_ms"])
         out.append(f'<line class="budget-line" x1="{bx:.1f}" x2="{bx:.1f}" y1="{PAD}" y2="{H - PAD}" stroke="#b3261e" stroke-dasharray="6 4"/>'
@@ -95,11 +105,17 @@ def pareto_svg(report: dict[str, Any]) -> str:
         by = ax.y(budget["accuracy_drop"])
         out.append(f'<line class="budget-line" x1="{PAD}" x2="{W - PAD}" y1="{by:.1f}" y2="{by:.1f}" stroke="#b3261e" stroke-dasharray="6 4"/>'
                    f'<text x="{W - PAD - 4}" y="{by - 4:.1f}" text-anchor="end" fill="#b3261e">accuracy-drop budget</text>')
+    y_top = ax.y1
     for p in sorted(pts, key=lambda p: p.get("measured_ms") is not None):
         measured = p.get("measured_ms") is not None
         color = "#0a7d38" if p.get("passes") else ("#1f5fbf" if measured else "#8a93a6")
         fill = color if measured else "none"
         title = f"trial {p.get('trial')}: {lat(p):.3f} ms ({'measured' if measured else 'predicted'}), drop {drop(p):.4f}"
+        if not measured and drop(p) > y_top:  # off scale: a triangle on the top edge
+            cx, cy = ax.x(lat(p)), PAD + 6
+            out.append(f'<path class="predicted off-scale" d="M{cx:.1f},{cy - 5:.1f} L{cx - 5:.1f},{cy + 4:.1f} '
+                       f'L{cx + 5:.1f},{cy + 4:.1f} Z" fill="none" stroke="{color}"><title>{_e(title)} (off scale)</title></path>')
+            continue
         out.append(f'<circle class="{"measured" if measured else "predicted"}" cx="{ax.x(lat(p)):.1f}" cy="{ax.y(drop(p)):.1f}" '
                    f'r="{5 if measured else 4}" fill="{fill}" stroke="{color}" stroke-width="1.5"><title>{_e(title)}</title></circle>')
         if measured and p.get("predicted_ms") is not None:
@@ -111,6 +127,7 @@ def pareto_svg(report: dict[str, Any]) -> str:
     if b_ms is not None:
         out.append(f'<rect class="baseline" x="{ax.x(b_ms) - 5:.1f}" y="{ax.y(0.0) - 5:.1f}" width="10" height="10" fill="#333">'
                    f'<title>fp32 baseline {b_ms:.3f} ms</title></rect>')
+    out.append("</g>")
     lx = PAD + 8
     for i, (label, col, filled) in enumerate([("measured, passes", "#0a7d38", True), ("measured", "#1f5fbf", True),
                                               ("predicted only", "#8a93a6", False)]):
@@ -129,7 +146,8 @@ def scatter_svg(report: dict[str, Any]) -> str:
     ax = _Axes(vals or [0.0, 1.0], vals or [0.0, 1.0], x0=0.0, y0=0.0)
     lo, hi = ax.x0, ax.x1
     out = [f'<svg id="pred-vs-meas" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
-           'role="img" aria-label="predicted vs measured latency">', ax.frame("predicted p50 (ms)", "measured p50 (ms)")]
+           'role="img" aria-label="predicted vs measured latency">', ax.clip("scatter-clip"),
+           ax.frame("predicted p50 (ms)", "measured p50 (ms)"), '<g clip-path="url(#scatter-clip)">']
     band = " ".join(f"{ax.x(x):.1f},{ax.y(y):.1f}" for x, y in [(lo, lo * 0.85), (hi, hi * 0.85), (hi, hi * 1.15), (lo, lo * 1.15)])
     out.append(f'<polygon points="{band}" fill="#1f5fbf" fill-opacity="0.08"/>')
     out.append(f'<line x1="{ax.x(lo):.1f}" y1="{ax.y(lo):.1f}" x2="{ax.x(hi):.1f}" y2="{ax.y(hi):.1f}" stroke="#667" stroke-dasharray="4 3"/>')
@@ -137,6 +155,7 @@ def scatter_svg(report: dict[str, Any]) -> str:
         title = f"{p.get('label', '')}: predicted {p['predicted_ms']:.3f} ms, measured {p['measured_ms']:.3f} ms"
         out.append(f'<circle cx="{ax.x(p["predicted_ms"]):.1f}" cy="{ax.y(p["measured_ms"]):.1f}" r="5" fill="#1f5fbf">'
                    f'<title>{_e(title)}</title></circle>')
+    out.append("</g>")
     if not pts:
         out.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle">no candidate measured after calibration</text>')
     out.append(f'<text x="{PAD + 8}" y="{PAD + 14}" class="legend">dashed: predicted = measured; band: ±15%</text></svg>')

@@ -164,15 +164,16 @@ def collect_input_stats(
             mask = current_mask[0]
             if isinstance(layer, nn.Linear) and mask is not None and x.dim() >= 3 and x.shape[:2] == mask.shape:
                 x = x[mask.bool()]
-            flat = _flatten_channels(layer, x).double()
+            flat = _flatten_channels(layer, x)  # float32 per batch, accumulated in float64
             s = stats.get(name)
-            g = flat.T @ flat if gram else None
+            g = (flat.T @ flat).double() if gram else None
+            sq, ab, sm = (flat * flat).sum(0).double(), flat.abs().sum(0).double(), flat.sum(0).double()
             if s is None:
-                stats[name] = ChannelStats((flat**2).sum(0), flat.abs().sum(0), flat.sum(0), flat.shape[0], g)
+                stats[name] = ChannelStats(sq, ab, sm, flat.shape[0], g)
             else:
-                s.sum_sq += (flat**2).sum(0)
-                s.sum_abs += flat.abs().sum(0)
-                s.sum += flat.sum(0)
+                s.sum_sq += sq
+                s.sum_abs += ab
+                s.sum += sm
                 s.count += flat.shape[0]
                 if g is not None and s.gram is not None:
                     s.gram += g

@@ -3,7 +3,11 @@ together with everything that depends on them, so the module — and its ONNX ex
 parameters and MACs (unlike masking, a dense runtime runs it faster).
 
 A plan entry ``layer: ChannelPrune(ratio, importance, global_ranking)`` removes ``ratio`` of that layer's
-**output** channels (rounded; at least one kept):
+**output** channels. The number kept is rounded to the nearest multiple of ``channel_multiple`` (default 8)
+when the layer's width is one: odd widths knock onnxruntime's CPU convolutions off their blocked (NCHWc)
+kernels — measured on this host (AVX-512), EfficientNet-Lite0 with 10 % of channels pruned ran in 19.2 ms
+unaligned vs 10.1 ms aligned to 8 and 8.5 ms aligned to 16 (fp32: 10.2 ms). A ratio that rounds to no
+removal is reported as refused. Where it goes:
 
 * BERT-style attention / FFN layers go to :mod:`devicefit.compressor.prune.transformer` (whole heads,
   intermediate channels; the hidden size stays).
@@ -23,6 +27,7 @@ calibration data).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,8 +71,10 @@ def prune_structured(
     example_inputs: Sequence[torch.Tensor],
     data: Dataset | None = None,
     input_names: Sequence[str] = (),
+    channel_multiple: int = 8,
 ) -> StructuredOutcome:
-    """Structurally prune ``module`` **in place** per ``layers`` (layer name → ``ChannelPrune``)."""
+    """Structurally prune ``module`` **in place** per ``layers`` (layer name → ``ChannelPrune``).
+    ``channel_multiple=1`` disables the rounding of kept channel counts."""
     outcome = StructuredOutcome()
     for name, tech in layers.items():
         m = get_module(module, name)
@@ -82,7 +89,10 @@ def prune_structured(
     for name in [n for n in todo if n in writers]:
         outcome.refused[name] = "its output is the transformer residual stream (the hidden size must stay)"
         del todo[name]
-    _prune_transformer(module, {n: t for n, t in todo.items() if n in site_layers}, attn, ffn, data, input_names, outcome)
+    _prune_transformer(
+        module, {n: t for n, t in todo.items() if n in site_layers}, attn, ffn, data, input_names, outcome,
+        channel_multiple,
+    )
     rest = {n: t for n, t in todo.items() if n not in site_layers}
     if rest:
         ignored = [get_module(module, n) for n in site_layers]
@@ -90,7 +100,7 @@ def prune_structured(
         for n, t in rest.items():
             by_imp.setdefault(t.importance, {})[n] = t
         for imp, group in by_imp.items():
-            _prune_graph(module, group, imp, example_inputs, data, input_names, ignored, outcome)
+            _prune_graph(module, group, imp, example_inputs, data, input_names, ignored, outcome, channel_multiple)
     return outcome
 
 
@@ -103,6 +113,7 @@ def _prune_transformer(
     data: Dataset | None,
     input_names: Sequence[str],
     outcome: StructuredOutcome,
+    multiple: int,
 ) -> None:
     if not todo:
         return
@@ -127,13 +138,18 @@ def _prune_transformer(
             module, [sites_a[k] for k in keys if k in sites_a], [sites_f[k] for k in keys if k in sites_f],
             imp, data, input_names, stats,
         )
-        removals = {k: int(picked[k][0].ratio * len(scores[k]) + 0.5) for k in keys}
+        removals = {k: len(scores[k]) - aligned_keep(len(scores[k]), picked[k][0].ratio, multiple if k in sites_f else 1)
+                    for k in keys}
         for kind in (sites_a, sites_f):
             pool = [k for k in keys if k in kind and picked[k][0].global_ranking]
             if pool:
                 ratio = sum(picked[k][0].ratio for k in pool) / len(pool)
                 removals.update(tr.global_removals({k: scores[k] for k in pool}, ratio))
         for key in keys:
+            if removals[key] <= 0:
+                for n in picked[key][1]:
+                    outcome.refused[n] = f"ratio {picked[key][0].ratio} rounds to no removal"
+                continue
             keep = tr.keep_indices(scores[key], removals[key])
             n_before = len(scores[key])
             if key in sites_a:
@@ -144,6 +160,15 @@ def _prune_transformer(
                 what = f"FFN channels {n_before}→{len(keep)}"
             for n in picked[key][1]:
                 outcome.applied[n] = f"{what} ({imp})"
+
+
+def aligned_keep(n: int, ratio: float, multiple: int) -> int:
+    """Channels kept out of ``n`` when removing ``ratio``: rounded to the nearest multiple of ``multiple``
+    when ``n`` is one (at least ``multiple``), else to the nearest integer (at least 1)."""
+    raw = n * (1.0 - ratio)
+    if multiple > 1 and n % multiple == 0 and n >= 2 * multiple:
+        return min(n, max(multiple, math.floor(raw / multiple + 0.5) * multiple))
+    return min(n, max(1, math.floor(raw + 0.5)))
 
 
 def _mean(stats: Mapping[str, Any], name: str) -> torch.Tensor | None:
@@ -221,6 +246,7 @@ def _prune_graph(
     input_names: Sequence[str],
     ignored: list[nn.Module],
     outcome: StructuredOutcome,
+    multiple: int,
 ) -> None:
     was_training = module.training
     module.eval()
@@ -241,12 +267,22 @@ def _prune_graph(
             ignored.append(m)
     ratio_dict: dict[Any, float] = {}
     pool = [n for n, t in todo.items() if t.global_ranking]
-    for n, t in todo.items():
+    for n, t in list(todo.items()):
         if not t.global_ranking:
-            ratio_dict[get_module(module, n)] = float(t.ratio)
+            width = _shape(get_module(module, n))[1]
+            keep = aligned_keep(width, t.ratio, multiple)
+            if keep >= width:
+                outcome.refused[n] = f"ratio {t.ratio} of {width} channels rounds to no removal (multiple of {multiple})"
+                del todo[n]
+                continue
+            # torch-pruning keeps int(width·(1 − r)) channels: aim at keep + ½ to land exactly on ``keep``
+            ratio_dict[get_module(module, n)] = 1.0 - (keep + 0.5) / width
     if pool:
         ratio_dict[tuple(get_module(module, n) for n in pool)] = sum(todo[n].ratio for n in pool) / len(pool)
-    stats = collect_input_stats(module, all_layers, data, input_names, max_samples=128) if data is not None else {}
+    if not todo:
+        return
+    aligned = all(_shape(get_module(module, n))[1] % multiple == 0 for n in todo)
+    stats = collect_input_stats(module, all_layers, data, input_names, max_samples=64) if data is not None else {}
     if imp_kind == "activation":
         importance: Any = ActivationAwareImportance({all_layers[n]: st.l2 for n, st in stats.items()})
     else:
@@ -261,6 +297,8 @@ def _prune_graph(
         pruning_ratio=0.0,
         pruning_ratio_dict=ratio_dict,
         ignored_layers=ignored,
+        # global pools round down to the multiple (local entries are aligned above; tp applies it to all)
+        round_to=multiple if pool and aligned and multiple > 1 else None,
     )
     if imp_kind == "taylor":
         assert data is not None

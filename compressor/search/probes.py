@@ -1,9 +1,9 @@
 """Calibration probes: measure every quant scheme in the model itself before the search.
 
-For each scheme the space offers, one plan quantizes every other layer of each group of same-shaped
-layers (the rest stay fp32) and is measured on the device with per-node times. In one run the device
-then shows the scheme's time *and* the fp32 time of twins of the same shape, in the model's real context
-(the ops around each layer included), so the first predictions the search makes for that scheme are
+For each scheme the space offers, one plan quantizes the first half of the layers (the rest stay fp32)
+and is measured on the device with per-node times and the interleaved load reference. The device then
+shows the scheme's per-layer times in the model's real context (the ops around each layer included) and
+how the time outside the layers changes, so the first predictions the search makes for that scheme are
 calibrated rather than guessed from peak-throughput figures. A probe is a calibration measurement, not a
 candidate: it is not offered as a result, its plan is one the search would not pick, and its prediction
 error (made from the prior alone) is reported separately from the candidates'.
@@ -30,23 +30,14 @@ def quant_labels(problem: SearchProblem) -> list[str]:
 
 
 def probe_plans(problem: SearchProblem) -> dict[str, dict[str, str]]:
-    """Per quant label: every other layer of each (kind, params, MACs) group gets it, the rest stay float;
-    layers without a same-shaped twin alternate among themselves (so a probe never quantizes everything)."""
-    groups: dict[tuple[str, int, int], list[str]] = {}
-    for s in problem.specs:
-        groups.setdefault((s.kind, s.params, s.macs), []).append(s.name)
+    """Per quant label: the first half of the layers that offer it (in network order) get it, the rest
+    stay float — a contiguous run, so schemes whose cost depends on their neighbours (static int8 keeps
+    activations quantized between consecutive layers) are seen as in a uniform plan."""
     out: dict[str, dict[str, str]] = {}
     for q in quant_labels(problem):
         labels = problem.float_labels()
-        singles: list[str] = []
-        for members in groups.values():
-            usable = [m for m in members if problem.space.has(m, q)]
-            if len(usable) == 1:
-                singles += usable
-                continue
-            for layer in usable[::2]:
-                labels[layer] = q
-        for layer in singles[::2]:
+        usable = [s.name for s in problem.specs if problem.space.has(s.name, q)]
+        for layer in usable[: max(1, len(usable) // 2)]:
             labels[layer] = q
         if labels != problem.float_labels():
             out[q] = labels

@@ -51,8 +51,8 @@ class LoopConfig:
     explore_margin: float = 0.6
     #: predicted drop may exceed the accuracy budget by this fraction (sensitivity is a rough sum)
     drop_margin: float = 0.25
-    #: latencies within this fraction are a tie (then the lower drop wins)
-    tie: float = 0.03
+    #: latencies within this fraction are a tie (then the lower drop wins): about the run-to-run noise
+    tie: float = 0.05
     reuse: bool = True
     distill: Distill | None = field(default_factory=lambda: Distill(steps=150))
     keep_float_counts: tuple[float, ...] = (0.05, 0.15)
@@ -99,8 +99,6 @@ class SearchLoop:
         self.by_hash: dict[str, Candidate] = {}
         self.measurements = 0
         self.probes: list[Candidate] = []
-        #: per-layer ms of the fp32 baseline (p50 time scale), for the in-run load of later measurements
-        self.baseline_layers: dict[str, float] = {}
         self.start = time.monotonic()
         self.deadline = self.start + config.minutes * 60 if config.minutes else math.inf
 
@@ -199,9 +197,8 @@ class SearchLoop:
             log.warning("node mapping failed for %s: %s", mat.path, exc)
             node_map = None
         load = cand.load or 1.0
-        learn_load = self._in_run_load(cand, timing, node_map) or load
         n_err = len(self.problem.latency.errors)
-        split = self.problem.learn(replace(cand, predicted_ms=cand.predicted_ms / load), timing.scaled(learn_load), mat,
+        split = self.problem.learn(replace(cand, predicted_ms=cand.predicted_ms / load), timing.scaled(load), mat,
                                    node_map, score=score)
         if len(self.problem.latency.errors) > n_err:  # report the error in device time, with the load it was made for
             self.problem.latency.errors[-1].update(predicted_ms=cand.predicted_ms, measured_ms=timing.p50_ms, load=load)
@@ -216,25 +213,6 @@ class SearchLoop:
         self._note("measure", f"trial {cand.trial}: measured {timing.p50_ms:.2f} ms (predicted {cand.predicted_ms:.2f}), "
                    f"drop {mat.drop:.4f}")
         return cand
-
-    def _in_run_load(self, cand: Candidate, timing: Timing, node_map: Any) -> float | None:
-        """Load of this very run, from the layers the plan leaves in fp32: their per-node times now ÷ at the
-        baseline (median; needs ≥ 2 such layers with usable per-node times). Used to normalize what is
-        learned (a measurement taken during a load burst then teaches the right speed-up); predictions
-        never see it."""
-        base = self.baseline_layers
-        if not base or node_map is None or not timing.per_node:
-            return None
-        if timing.profiled_e2e_ms and timing.profiled_e2e_ms > 2.5 * timing.p50_ms:
-            return None
-        per, _other, _total = node_map.split(timing.per_node)
-        scale = timing.p50_ms / timing.profiled_e2e_ms if timing.profiled_e2e_ms else 1.0
-        fp32 = [layer for layer, lab in cand.labels.items() if lab == self.problem.space.labels(layer)[0]]
-        ratios = [per[layer] * scale / base[layer] for layer in fp32 if per.get(layer, 0) > 0 and base.get(layer, 0) > 0]
-        if len(ratios) < 2:
-            return None
-        ratios.sort()
-        return float(ratios[len(ratios) // 2])
 
     def _reuse(self, cand: Candidate) -> Timing | None:
         """An earlier measurement of the same file contents on the same device / runtime / threads."""
@@ -378,7 +356,7 @@ class SearchLoop:
         if not d.measured or d.error is not None:
             return cand
         if cand.passes(self.budget):
-            return d if d.passes(self.budget) and d.drop <= cand.drop else cand
+            return d if d.passes(self.budget) and d.drop < cand.drop else cand
         return d if d.passes(self.budget) or d.drop < cand.drop else cand
 
     def outcome(self, baseline: Candidate, *, others: list[Candidate] | None = None) -> SearchOutcome:

@@ -38,7 +38,7 @@ def _structural(bundle: Any, plan: Plan) -> Any:
 
 def test_digits_structured_to_55pct_macs_with_distillation(digits_bundle: Any, digits_onnx: Path, tmp_path: Path) -> None:
     b = digits_bundle
-    plan = Plan.uniform(prune=ChannelPrune(0.3, importance="l2"))
+    plan = Plan.uniform(prune=ChannelPrune(0.35, importance="l2"))
     res = _structural(b, plan)
     assert {s.layer for s in res.refused} == {"fc2"}  # the classifier keeps its 10 outputs
     base, pruned = analyze(b.module, b.example_inputs), analyze(res.module, b.example_inputs)
@@ -75,7 +75,10 @@ def test_minilm_wanda_beats_magnitude_at_50pct(minilm_bundle: Any) -> None:
 def test_efficientnet_structured_exports_and_runs_in_onnxruntime(effnet_bundle: Any, effnet_onnx: Path, tmp_path: Path) -> None:
     b = effnet_bundle
     res = _structural(b, Plan.uniform(prune=ChannelPrune(0.25, importance="l2")))
-    assert {s.layer for s in res.refused} == {"_fc"}
+    refused = {s.layer: s.detail for s in res.refused}
+    assert "model output" in refused.pop("_fc")
+    # 16-channel layers: 25 % rounds back to 16 at the default channel multiple of 8
+    assert all("rounds to no removal" in d for d in refused.values()) and len(refused) <= 2, refused
     m = res.module
     base, pruned = analyze(b.module, b.example_inputs), analyze(m, b.example_inputs)
     assert pruned.params < 0.75 * base.params and pruned.macs < 0.75 * base.macs

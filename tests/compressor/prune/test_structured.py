@@ -14,6 +14,7 @@ from torch import nn
 from devicefit.compressor.export import export_onnx
 from devicefit.compressor.prune import prune_structured
 from devicefit.compressor.prune.calib import layer_names
+from devicefit.compressor.prune.structured import aligned_keep
 from devicefit.compressor.techniques import ChannelPrune
 from devicefit.data import Dataset
 from devicefit.runtime import make_session
@@ -90,7 +91,8 @@ def test_residual_cnn_gets_smaller_and_exports(tiny_res: tuple[TinyRes, Dataset]
 def test_global_ranking_prunes_unevenly(tiny_res: tuple[TinyRes, Dataset]) -> None:
     model, data = tiny_res
     plan = {n: ChannelPrune(0.5, importance="l2", global_ranking=True) for n in ("stem", "expand", "head")}
-    out = prune_structured(model, plan, example_inputs=(torch.zeros(2, 3, 12, 12),), data=data, input_names=["x"])
+    out = prune_structured(model, plan, example_inputs=(torch.zeros(2, 3, 12, 12),), data=data, input_names=["x"],
+                           channel_multiple=1)
     assert set(out.applied) >= {"stem", "expand", "head"}
     kept = (model.stem.out_channels + model.expand.out_channels + model.head.out_channels) / (16 + 32 + 48)
     assert kept == pytest.approx(0.5, abs=0.05)
@@ -156,7 +158,19 @@ def test_bias_compensation_keeps_the_mean_of_removed_channels(tiny_res: tuple[Ti
         m = TinyRes().eval()
         m.load_state_dict(model.state_dict())
         plan = {n: ChannelPrune(0.25, importance="l2") for n in ("expand", "head")}
-        prune_structured(m, plan, example_inputs=(x[:2],), data=data if with_data else None, input_names=["x"])
+        prune_structured(m, plan, example_inputs=(x[:2],), data=data if with_data else None, input_names=["x"],
+                         channel_multiple=1)
         assert m.expand.out_channels == 24 and m.head.out_channels == 36
         errs[with_data] = float(((m(x) - ref) ** 2).mean().detach())
     assert errs[True] < 0.5 * errs[False], errs
+
+
+def test_kept_channels_are_aligned_to_the_multiple(tiny_res: tuple[TinyRes, Dataset]) -> None:
+    assert [aligned_keep(n, r, 8) for n, r in ((48, 0.25), (64, 0.1), (16, 0.1), (30, 0.5), (1536, 0.5))] == [
+        40, 56, 16, 15, 768]
+    model, data = tiny_res
+    plan = {n: ChannelPrune(0.1, importance="l2") for n in ("stem", "expand", "head")}
+    out = prune_structured(model, plan, example_inputs=(torch.zeros(2, 3, 12, 12),), data=data, input_names=["x"])
+    assert model.expand.out_channels == 32 and model.head.out_channels == 40  # 28.8 → 32 (no-op), 43.2 → 40
+    assert "rounds to no removal" in out.refused["expand"] and "rounds to no removal" in out.refused["stem"]
+    assert model(torch.zeros(1, 3, 12, 12)).shape == (1, 10)
