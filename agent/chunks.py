@@ -8,8 +8,8 @@ small board every copy of a 50 MB artifact costs real time (see bench/transport.
 Field numbers follow protos/devicefit/v1/artifact.proto (UploadChunk): 1 schema_version, 2 upload_id,
 3 offset, 4 data, 5 crc32 (optional fixed32), 6 manifest, 7 activate, 8 running_sha256.
 
-:class:`FileChunks` turns a file into the encoded chunks of one upload stream, hashing as it reads (one pass:
-read, hash, send); any transport sends them as they come.
+:class:`FileChunks` turns a file into the encoded chunks of one upload stream, hashing as it reads when the
+stream delivers the digest (one pass: read, hash, send); any transport sends them as they come.
 """
 
 from __future__ import annotations
@@ -163,12 +163,16 @@ def decode_upload_chunk(buf: bytes | memoryview) -> RawChunk:
 
 
 class FileChunks:
-    """The encoded UploadChunk messages of one upload stream of ``path`` from ``start``, hashed as read.
+    """The encoded UploadChunk messages of one upload stream of ``path`` from ``start``.
 
-    Every chunk carries ``running_sha256`` (the digest of the file's bytes up to its end); the first one also
-    the manifest (and ``activate``). Resuming at ``start`` > 0 hashes the first ``start`` bytes locally first.
-    After the iteration :attr:`digest` is the sha256 of the whole file as read (``None`` before). (Not read
-    through mmap, which would save one in-cache copy per chunk but dies of SIGBUS if the file shrinks.)
+    ``running_sha256=True`` (the stream delivers the digest): the file is hashed as it is read (one pass: read,
+    hash, send), every chunk carries the sha256 of the file's bytes up to its end, and resuming at ``start`` > 0
+    hashes the first ``start`` bytes locally first; afterwards :attr:`digest` is the sha256 of the whole file as
+    read (``None`` before). ``running_sha256=False`` (the manifest names the sha256): nothing is hashed here and
+    the chunks carry no digest — the agent hashes what it receives and stores nothing unless it matches the
+    manifest. The first chunk also carries the manifest (and ``activate``). (Not read through mmap, which would
+    save one in-cache copy per chunk but dies of SIGBUS if the file shrinks. Not read ahead on a thread either:
+    measured on a loaded 2-core host, the handoffs cost more CPU than the overlap saved.)
     """
 
     def __init__(
@@ -183,15 +187,17 @@ class FileChunks:
         chunk_size: int = 1 << 20,
         activate: bool = False,
         progress: Callable[[int, int], Any] | None = None,
+        running_sha256: bool = True,
     ) -> None:
         self.path, self.size, self.upload_id, self.schema_version = Path(path), int(size), upload_id, schema_version
         self.manifest, self.start, self.chunk_size, self.activate = manifest, int(start), int(chunk_size), activate
         self.progress = progress
+        self.running_sha256 = running_sha256
         self.digest: bytes | None = None
         self.sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
-        h = hashlib.sha256()
+        h = hashlib.sha256() if self.running_sha256 else None
         size, offset = self.size, self.start
         with open(self.path, "rb", buffering=0) as f:
             actual = os.fstat(f.fileno()).st_size
@@ -200,29 +206,35 @@ class FileChunks:
                     E.INVALID_ARGUMENT, f"{self.path} is {actual} bytes, the upload says {size}",
                     "the file changed while it was being deployed; deploy it again",
                 )
-            while f.tell() < offset:  # resuming: hash the prefix the agent already holds
-                block = f.read(min(offset - f.tell(), 1 << 22))
-                if not block:
-                    break
-                h.update(block)
+            if h is not None:
+                while f.tell() < offset:  # resuming: hash the prefix the agent already holds
+                    block = f.read(min(offset - f.tell(), 1 << 22))
+                    if not block:
+                        break
+                    h.update(block)
+            f.seek(offset)
+            buf = memoryview(bytearray(max(min(self.chunk_size, size - offset), 0)))  # reused: no fresh pages per chunk
             first = True
             while first or offset < size:
-                data = f.read(min(self.chunk_size, size - offset)) if offset < size else b""
+                data = buf[: f.readinto(buf[: min(self.chunk_size, size - offset)]) or 0] if offset < size else b""
                 if offset < size and not data:
                     raise AgentError(
                         E.INVALID_ARGUMENT, f"{self.path} ended at {offset} of {size} bytes",
                         "the file changed while it was being deployed; deploy it again",
                     )
-                h.update(data)  # releases the GIL for big buffers
+                running = b""
+                if h is not None:
+                    h.update(data)  # releases the GIL for big buffers
+                    running = h.digest()
                 msg = encode_upload_chunk(
                     schema_version=self.schema_version, upload_id=self.upload_id, offset=offset, data=data,
                     manifest=self.manifest if first else None, activate=self.activate and first,
-                    running_sha256=h.digest(),
+                    running_sha256=running,
                 )
                 first = False
                 offset += len(data)
                 self.sent = offset - self.start
-                if offset >= size:
+                if offset >= size and h is not None:
                     self.digest = h.digest()
                 yield msg
                 if self.progress is not None:

@@ -4,23 +4,28 @@
                                         [--model FILE.onnx ...]
 
 1. Transport: a real agent process (``python -m devicefit.agent``) on loopback receives a SIZE MB artifact.
-   "deploy" is ``Device.deploy(file)`` of a bare file (activate=False: the upload, the sha256 on both sides,
-   the per-chunk check, the fsync'd commits and the atomic entry into the store are measured, not model
-   loading): the client hashes the file as it streams it. "upload" starts from a manifest whose sha256 is
-   already known (an Artifact). The baseline, "raw gRPC stream", is a bytes-only client-streaming service in
-   its own child process that discards what it receives, fed with the same chunk size (default: the SDK's)
-   from the same file over the same channel and server options (one warm channel, like the Device's). Two
-   more bytes-only services give context, not targets: "raw + write + fsync" writes the bytes to a file and
-   fsyncs it; "raw + sha256 + write + fsync" also hashes them (in the handler, one thread) — the least a
-   deploy that verifies and persists what it receives must do. Trials are interleaved (the order rotates
-   each trial; an untimed ``os.sync()`` between runs, so none pays for the previous one's writeback);
-   medians are printed with the ratios and the CPU seconds that client + server spent per transfer
-   (psutil, 10 ms ticks).
+   "devicefit deploy" is ``Device.deploy(file)`` of a bare file (activate=False: the upload, the sha256 on
+   both sides, the per-chunk check, the fsync'd commits and the atomic entry into the store are measured, not
+   model loading): the client hashes the file as it streams it. "devicefit upload" starts from a manifest
+   whose sha256 is already known (an Artifact, hashed when it was built): the client sends the file without
+   hashing it; the agent still hashes it and rejects it unless it matches. The baseline, "raw gRPC stream",
+   is a bytes-only client-streaming service in its own child process that discards what it receives, fed
+   with the same chunk size (default: the SDK's) from the same file over the same channel and server
+   options (one warm channel, like the Device's) and with the agent's malloc settings
+   (``devicefit.agent.server.tune_allocator``). Context, not targets: "raw gRPC stream, stock malloc" is the
+   same service with glibc's defaults (what the agent's tuning saves a receiver); "raw + write + fsync"
+   writes the bytes to a file and fsyncs it; "raw + sha256 + write + fsync" also hashes them (in the handler,
+   one thread) — the least a deploy that verifies and persists what it receives must do. Trials are
+   interleaved (the order rotates each trial; an untimed ``os.sync()`` between runs, so none pays for the
+   previous one's writeback); medians are printed with the ratios and the CPU time that the client and the
+   server process spent per transfer (Linux: the processes' CPU clocks, all threads; elsewhere psutil).
 2. Latency: the agent's p50 for each model vs ``benchmark_onnx`` on the host for the same file, same
    threads, alternating rounds; the ratio agent / host.
 3. The agent's RSS when idle (no model) and with a model active.
 
-The machine may be shared: numbers are noisy; rerun before drawing conclusions.
+The machine may be shared: numbers are noisy; rerun before drawing conclusions. On a CPU-bound host the
+ratios follow the CPU time per transfer (printed beside them): a deploy hashes 50 MB twice and copies it
+into the page cache, which the raw stream does not.
 """
 
 from __future__ import annotations
@@ -45,10 +50,13 @@ RAW_SERVICE = "devicefit.bench.Raw"
 
 
 # ---- raw baseline server (runs in a child process) ------------------------------------------------------
-def raw_server() -> int:
+def raw_server(malloc: str) -> int:
     from concurrent import futures
 
-    from devicefit.agent.server import GRPC_OPTIONS
+    from devicefit.agent.server import GRPC_OPTIONS, tune_allocator
+
+    if malloc == "agent" and not tune_allocator():  # the agent's process settings (serve_forever)
+        print("# raw server: the agent's malloc tuning is not available here; glibc defaults", file=sys.stderr)
 
     def upload(request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         n = 0
@@ -135,11 +143,18 @@ def rss_mb(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 2**20
 
 
-def cpu_s(*pids: int) -> float:
-    """User + system CPU seconds of these processes so far (all threads)."""
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all threads, also those that ended)."""
+    if sys.platform.startswith("linux"):
+        if pid == os.getpid():
+            return time.process_time()
+        try:  # the process's CPU clock (clock_getcpuclockid): ns resolution where psutil has 10 ms ticks
+            return time.clock_gettime(((~pid) << 3) | 2)
+        except OSError:
+            pass
     import psutil
 
-    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+    return float(sum(psutil.Process(pid).cpu_times()[:2]))
 
 
 def main() -> int:
@@ -152,10 +167,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--transport-only", action="store_true", help="skip the latency and memory sections")
-    ap.add_argument("--raw-server", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--raw-server", choices=["agent", "stock"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.raw_server:
-        return raw_server()
+        return raw_server(args.raw_server)
 
     import devicefit
     from devicefit.agent.benchmark import benchmark_onnx
@@ -171,14 +186,18 @@ def main() -> int:
     print(f"# devicefit bench/transport.py — {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, artifact "
           f"{size / 1e6:.1f} MB, chunk {args.chunk_kib} KiB, {args.trials} trials (shared machine: numbers are noisy)")
 
-    raw = subprocess.Popen([sys.executable, __file__, "--raw-server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           text=True, env={**os.environ, "RAW_STORE_DIR": str(work)})
-    assert raw.stdout is not None
-    raw_target = raw.stdout.readline().split()[-1]
+    raws, raw_chs = [], []
+    for malloc in ("agent", "stock"):
+        proc = subprocess.Popen([sys.executable, __file__, "--raw-server", malloc], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, "RAW_STORE_DIR": str(work)})
+        assert proc.stdout is not None
+        raws.append(proc)
+        raw_chs.append(grpc.insecure_channel(proc.stdout.readline().split()[-1], options=CHANNEL_OPTIONS))
+    (raw, stock), (raw_ch, stock_ch) = raws, raw_chs
     agent = spawn_agent(work / "store", device_id="bench")
-    raw_ch = grpc.insecure_channel(raw_target, options=CHANNEL_OPTIONS)
     try:
-        grpc.channel_ready_future(raw_ch).result(timeout=30)
+        for ch in raw_chs:
+            grpc.channel_ready_future(ch).result(timeout=30)
         dev = devicefit.connect(agent.url)
         time.sleep(1.0)
         idle_info_rss = dev.info()["agent_rss_mb"]
@@ -201,6 +220,7 @@ def main() -> int:
 
         lines: dict[str, tuple[Callable[[], object], int, Callable[[], None]]] = {
             "raw gRPC stream": (lambda: raw_upload(raw_ch, blob, chunk), raw.pid, nothing),
+            "raw gRPC stream, stock malloc": (lambda: raw_upload(stock_ch, blob, chunk), stock.pid, nothing),
             "raw + write + fsync": (lambda: raw_upload(raw_ch, blob, chunk, "Store"), raw.pid, nothing),
             "raw + sha256 + write + fsync": (lambda: raw_upload(raw_ch, blob, chunk, "HashStore"), raw.pid, nothing),
             "devicefit deploy": (deploy, agent.pid, forget),
@@ -211,27 +231,28 @@ def main() -> int:
             after()
         os.sync()
         secs: dict[str, list[float]] = {k: [] for k in lines}
-        cpus: dict[str, list[float]] = {k: [] for k in lines}
+        cpus: dict[str, list[tuple[float, float]]] = {k: [] for k in lines}
         names = list(lines)
         for trial in range(args.trials):
             for name in names[trial % len(names):] + names[: trial % len(names)]:  # rotate the order
                 fn, server_pid, after = lines[name]
-                c0 = cpu_s(os.getpid(), server_pid)
+                c0, s0 = cpu_s(os.getpid()), cpu_s(server_pid)
                 t0 = time.perf_counter()
                 fn()
                 secs[name].append(time.perf_counter() - t0)
-                cpus[name].append(cpu_s(os.getpid(), server_pid) - c0)
+                cpus[name].append((cpu_s(os.getpid()) - c0, cpu_s(server_pid) - s0))
                 after()
                 os.sync()  # untimed: no trial pays for the previous one's dirty pages or freed blocks
         mbps = {k: size / 1e6 / statistics.median(v) for k, v in secs.items()}
-        print(f"\n## transport (median of {args.trials} interleaved trials)")
+        print(f"\n## transport (median of {args.trials} interleaved trials; load {os.getloadavg()[0]:.1f} at the end)")
         for name in names:
             ratios = ""
             if name.startswith("devicefit"):
                 ratios = (f"   ratio /raw = {mbps[name] / mbps['raw gRPC stream']:.2f}"
                           f"   /(raw+fsync) = {mbps[name] / mbps['raw + write + fsync']:.2f}"
                           f"   /(raw+sha256+fsync) = {mbps[name] / mbps['raw + sha256 + write + fsync']:.2f}")
-            print(f"{name:<30} {mbps[name]:7.1f} MB/s   cpu {statistics.median(cpus[name]):.3f} s{ratios}")
+            client, server = (statistics.median(c[i] for c in cpus[name]) * 1e3 for i in (0, 1))
+            print(f"{name:<30} {mbps[name]:7.1f} MB/s   cpu client {client:4.0f} ms + server {server:4.0f} ms{ratios}")
             print(f"{'':<30} trials s: {', '.join(f'{x:.3f}' for x in secs[name])}")
         if args.transport_only:
             dev.close()
@@ -254,11 +275,12 @@ def main() -> int:
         print(f"with {models[-1].name} active: RSS {active_rss:.1f} MB")
         dev.close()
     finally:
-        raw_ch.close()
         agent.stop()
-        assert raw.stdin is not None
-        raw.stdin.close()
-        raw.wait(10)
+        for ch, proc in zip(raw_chs, raws, strict=True):
+            ch.close()
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(10)
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)

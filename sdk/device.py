@@ -113,7 +113,8 @@ class Device:
         """Upload a model (resuming a partial upload), have the agent verify it and (by default) activate it.
 
         A bare file is hashed while it streams when the transport can (gRPC: ``upload_file``); an
-        :class:`Artifact` brings its sha256, so an agent that already stores it receives nothing.
+        :class:`Artifact` brings its sha256, so an agent that already stores it receives nothing, and the file
+        is not hashed again here (the agent hashes what it receives and rejects it unless the digest matches).
         The agent keeps the previously active model until the new one has loaded and run once.
         ``progress=True`` draws a progress bar on stderr; a callable receives (bytes_done, bytes_total).
         """

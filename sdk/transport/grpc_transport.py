@@ -1,12 +1,15 @@
 """gRPC transport: ``grpc://HOST:PORT``.
 
-Uploads stream the file in chunks (256 KiB-1 MiB, default 512 KiB; no message over 4 MiB), hashing it as
-they read it: each chunk carries the running sha256 of the file so far, which the agent checks against its
-own (it hashes everything anyway), so a corrupted chunk is rejected where it happens at no extra cost on the
-device. Before sending, the transport asks the agent for the committed offset of this upload (id = the file's
-sha256, or a name of the file when its sha256 is not known yet: see :meth:`GrpcTransport.upload_file`) and
-resumes from there — after a dropped connection or an agent restart only the missing bytes travel. Every
-call has a deadline; an unreachable agent is one clear DeviceError.
+Uploads stream the file in chunks (256 KiB-1 MiB, default 512 KiB; no message over 4 MiB). A bare file is
+hashed as it is read: each chunk carries the running sha256 of the file so far, which the agent checks against
+its own (it hashes everything anyway), so a corrupted chunk is rejected where it happens at no extra cost on
+the device. A manifest that names the sha256 (an Artifact) is not hashed again here: the agent hashes what it
+receives and rejects the upload, leaving its store unchanged, unless it matches. Before sending, the
+transport asks the agent for the committed offset of this upload (id = the file's sha256, or a name of the
+file when its sha256 is not known yet: see :meth:`GrpcTransport.upload_file`) and resumes from there — after
+a dropped connection or an agent restart only the missing bytes travel (a resumed Artifact upload whose
+stored prefix turns out wrong is sent again from 0). Every call has a deadline; an unreachable agent is one
+clear DeviceError.
 """
 
 from __future__ import annotations
@@ -143,7 +146,7 @@ class GrpcTransport:
         else:
             chunks = FileChunks(path, size=size, upload_id=upload_id, schema_version=SCHEMA_VERSION,
                                 manifest=pb_manifest, start=start, chunk_size=chunk_size, activate=activate,
-                                progress=progress)
+                                progress=progress, running_sha256=not pb_manifest.sha256)
             msgs = chunks
         timeout = 60.0 + (size - start) / 2e6  # generous: 2 MB/s floor
         try:
@@ -181,11 +184,17 @@ class GrpcTransport:
             except AgentError as exc:
                 if exc.code in _RETRY_CODES and attempt < retries:
                     continue
+                if exc.code == E.CHECKSUM_MISMATCH and sha and 0 < start < size and attempt < retries:
+                    # a resumed upload of a known digest (chunks without running_sha256): the prefix the agent
+                    # held may be what differs; it discarded the upload, so the retry sends the file from 0
+                    continue
                 raise
-            if chunks is not None and chunks.digest is not None and res.sha256 != chunks.digest.hex():
+            expected = sha or (chunks.digest.hex() if chunks is not None and chunks.digest is not None else "")
+            if expected and res.sha256 != expected:
                 raise DeviceError(
-                    f"the agent at {self.url} stored sha256 {res.sha256} for {path}, which hashed to "
-                    f"{chunks.digest.hex()} as it was sent", "redeploy; report this if it persists",
+                    f"the agent at {self.url} stored sha256 {res.sha256} for {path}, but "
+                    + (f"its manifest names {expected}" if sha else f"it hashed to {expected} as it was sent"),
+                    "redeploy; report this if it persists",
                 )
             return {
                 "upload_id": res.upload_id, "model_id": res.model_id, "sha256": res.sha256,

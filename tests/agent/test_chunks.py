@@ -75,3 +75,18 @@ def test_file_chunks_carry_the_running_sha256(tmp_path: Path, start: int) -> Non
     path.write_bytes(data + b"x")  # the file changed size since the manifest was made
     with pytest.raises(AgentError, match="changed while it was being deployed"):
         list(FileChunks(path, size=len(data), upload_id="u", schema_version="1.0", manifest=MANIFEST))
+
+
+@pytest.mark.parametrize("start", [0, 4096, 10_000])
+def test_file_chunks_of_a_known_digest_are_not_hashed(tmp_path: Path, start: int) -> None:
+    """With the sha256 in the manifest the sender does not hash: the agent hashes and checks it at the end."""
+    data = os.urandom(10_000)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    stream = FileChunks(path, size=len(data), upload_id="u", schema_version="1.0", manifest=MANIFEST, start=start,
+                        chunk_size=4096, running_sha256=False)
+    msgs = [decode_upload_chunk(m) for m in stream]
+    assert [c.offset for c in msgs] == (list(range(start, len(data), 4096)) or [len(data)])
+    assert b"".join(bytes(c.data) for c in msgs) == data[start:]
+    assert all(c.running_sha256 == b"" and c.crc32 is None for c in msgs) and msgs[0].manifest == MANIFEST
+    assert stream.digest is None and stream.sent == len(data) - start

@@ -206,3 +206,52 @@ def test_agent_side_imports_no_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_agent_tunes_glibc_malloc_for_chunk_buffers() -> None:
+    """serve_forever keeps received chunk buffers in the heap (see tune_allocator); in a child: process-wide."""
+    import platform
+
+    code = "from devicefit.agent.server import tune_allocator; print(tune_allocator())"
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
+    assert out.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
+
+
+def test_a_resumed_artifact_upload_whose_stored_prefix_differs_starts_over(
+    dev: Device, agent: AgentProcess, tmp_path: Path
+) -> None:
+    """An Artifact's chunks carry no running_sha256 (its manifest names the digest): a stored prefix that went
+    bad is caught by the agent's final sha256 check, and the SDK sends the file again from offset 0."""
+    from devicefit.agent.chunks import FileChunks
+    from devicefit.artifact import Artifact
+
+    chunk = 256 * 1024
+    path = tmp_path / "resumed.onnx"
+    data = os.urandom(3 * chunk + 100)
+    path.write_bytes(data)
+    m = Manifest.for_file(path, model_id="resumed")
+
+    def first_two() -> Iterator[bytes]:  # an interrupted deploy: 2 chunks, then the stream ends
+        stream = FileChunks(path, size=len(data), upload_id=m.sha256, schema_version=SCHEMA_VERSION,
+                            manifest=wire.manifest_to_proto(m), chunk_size=chunk, running_sha256=False)
+        for i, msg in enumerate(stream):
+            if i == 2:
+                return
+            yield msg
+
+    ch = grpc.insecure_channel(agent.url.removeprefix("grpc://"))
+    with ch:
+        upload = ch.stream_unary("/devicefit.v1.DeviceAgent/Upload", request_serializer=None,
+                                 response_deserializer=artifact_pb2.UploadResult.FromString)
+        res = upload(first_two(), timeout=30)
+    assert res.status.code == E.INCOMPLETE and res.committed_offset == 2 * chunk
+    part = agent.store / "uploads" / f"{m.sha256}.part"
+    with open(part, "r+b") as f:  # the stored prefix goes bad (a disk error, a stray write)
+        f.seek(1000)
+        f.write(bytes([data[1000] ^ 1]))
+    out = dev.deploy(Artifact(path, m), progress=False, activate=False)
+    assert out.sha256 == m.sha256 and out.resumed_from == 2 * chunk
+    # the retry sent all of it again (the failed attempt's error reply carries no byte count)
+    assert out.bytes_sent == len(data) and not dev.transport.query_upload(m.sha256)["exists"]  # type: ignore[attr-defined]
+    dev.delete("resumed")

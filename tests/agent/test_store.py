@@ -326,3 +326,37 @@ def test_manifest_validation() -> None:
         Manifest(model_id="a", format="onnx", size_bytes=1, sha256="XYZ")
     m = Manifest(model_id="a", format="tflite", size_bytes=5, sha256="a" * 64, signature=b"\x01", metrics={"acc": 0.9})
     assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+
+
+def test_state_naming_a_lost_blob_drops_it_on_restart(tmp_path: Path) -> None:
+    """finish() writes the state before it fsyncs blobs/: a crash may keep the state and lose the rename (on a
+    filesystem that does not journal metadata in order). The restarted store must not name a missing blob."""
+    store = ModelStore(tmp_path)
+    keep, lost = _upload(store, os.urandom(1000), "keep"), _upload(store, os.urandom(1001), "lost")
+    store.set_active(keep)
+    store.set_active(lost)
+    store.resolve(lost).path.unlink()  # the rename into blobs/ that never reached the disk
+    restarted = ModelStore(tmp_path)
+    assert [e.sha256 for e in restarted.entries()] == [keep]
+    assert restarted.active_sha is None and restarted.previous == [keep]
+
+
+def test_a_failed_write_is_an_error_and_nothing_more_is_accepted(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    data = os.urandom(3 * CHUNK)
+    part = store.begin_upload("w", _manifest(data))
+    part.write(0, data[:CHUNK], zlib.crc32(data[:CHUNK]))
+    writable, part._fd = part._fd, os.open(part.part, os.O_RDONLY)  # pwrite now fails (EBADF), like a dead disk
+    try:
+        with pytest.raises(AgentError) as exc:
+            part.write(CHUNK, data[CHUNK : 2 * CHUNK], zlib.crc32(data[CHUNK : 2 * CHUNK]))
+        assert exc.value.code == E.INTERNAL and "writing upload w failed" in exc.value.problem
+        assert part.received == part.written == CHUNK
+        with pytest.raises(AgentError, match="writing upload w failed"):
+            part.write(CHUNK, data[CHUNK : 2 * CHUNK])
+        with pytest.raises(AgentError, match="writing upload w failed"):
+            part.finish()
+    finally:
+        part.close()
+        os.close(writable)
+    assert store.entries() == []
