@@ -9,14 +9,16 @@ the original shape, so hooks and hidden-state distillation on ``<name>`` still w
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from devicefit.compressor.lowrank.asvd import asvd_linear
+from devicefit.compressor.lowrank.asvd import METHODS, asvd_linear
 from devicefit.compressor.lowrank.conv import spatial_svd_conv, tucker2_conv
+from devicefit.compressor.lowrank.refit import refit_asvd
 from devicefit.compressor.lowrank.svd import LowRankRefused, svd_linear
 from devicefit.compressor.prune.calib import collect_input_stats, get_module, output_spatial, set_module
 from devicefit.compressor.techniques import LowRank
@@ -47,37 +49,59 @@ def apply_lowrank(
     data: Dataset | None = None,
     input_names: Sequence[str] = (),
     example_inputs: Sequence[torch.Tensor] | None = None,
-    asvd_method: str = "whiten",
-    max_samples: int = 128,
+    asvd_method: str = "refit",
+    max_samples: int = 256,
 ) -> LowRankOutcome:
     """Factorize the named layers of ``module`` **in place**; refusals are listed, not raised.
 
-    ``kind="asvd"`` needs ``data`` (calibration activations, collected once before any replacement).
+    ``kind="asvd"`` needs ``data``. ``asvd_method``: ``"refit"`` (default, :mod:`.refit`: layer by layer in
+    network order, each fitted to the original layer from the inputs it now receives, output directions
+    weighted by the model output's Gauss–Newton matrix; the other kinds are applied first), ``"whiten"`` /
+    ``"scale"`` (:mod:`.asvd`: one shot from statistics collected before any replacement).
     ``example_inputs`` give conv spatial sizes for the MAC check of ``tucker2`` / ``spatial``.
     """
+    if asvd_method not in ("refit", *METHODS):
+        raise UserInputError(f"asvd_method={asvd_method!r} is invalid", f"use one of refit, {', '.join(METHODS)}")
     out = LowRankOutcome()
     asvd_layers = [n for n, t in layers.items() if t.kind == "asvd" and not _is_kxk(get_module(module, n))]
+    if asvd_layers and data is None:
+        raise UserInputError("LowRank(kind='asvd') needs calibration data", "pass data (or use kind='svd')")
+    refit = asvd_method == "refit"
+    original = copy.deepcopy(module) if asvd_layers and refit else None
     stats = {}
-    if asvd_layers:
-        if data is None:
-            raise UserInputError("LowRank(kind='asvd') needs calibration data", "pass data (or use kind='svd')")
+    if asvd_layers and not refit:
+        assert data is not None
         stats = collect_input_stats(
             module, asvd_layers, data, input_names, max_samples=max_samples, gram=asvd_method == "whiten"
         )
     spatial = output_spatial(module, example_inputs) if example_inputs is not None else {}
     for name, tech in layers.items():
+        if refit and name in asvd_layers:
+            continue
         layer = get_module(module, name)
         try:
             new = _factorize(name, layer, tech, stats, spatial, asvd_method)
         except LowRankRefused as exc:
             out.refused[name] = str(exc)
             continue
-        ranks = [int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)  # type: ignore[arg-type]
-                 for m in list(new.children())[:-1]]
-        out.applied[name] = f"{tech.kind} rank {'×'.join(map(str, ranks))}, params {_params(layer)}→{_params(new)}"
-        new.train(layer.training)
+        _record(out, name, tech, layer, new)
         set_module(module, name, new)
+    if refit and asvd_layers:
+        assert data is not None and original is not None
+        before = {n: get_module(module, n) for n in asvd_layers}
+        replaced, refused = refit_asvd(module, original, {n: layers[n] for n in asvd_layers}, data, input_names,
+                                       max_samples=max_samples)
+        out.refused.update(refused)
+        for name, new in replaced.items():
+            _record(out, name, layers[name], before[name], new)
     return out
+
+
+def _record(out: LowRankOutcome, name: str, tech: LowRank, layer: nn.Module, new: nn.Module) -> None:
+    ranks = [int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)  # type: ignore[arg-type]
+             for m in list(new.children())[:-1]]
+    out.applied[name] = f"{tech.kind} rank {'×'.join(map(str, ranks))}, params {_params(layer)}→{_params(new)}"
+    new.train(layer.training)
 
 
 def _factorize(

@@ -126,9 +126,11 @@ def test_minilm_ffn_asvd_beats_svd_at_equal_params_and_distillation_helps(minilm
         assert 0.49 <= ratio <= 0.5, ratio  # 50 % of the FFN params, within one rank
         modules[kind] = res.module
         cos[kind] = cosine(ref, outputs(res.module, ev, b.input_names).numpy())
-    # activation-aware (whitened) SVD keeps far more of the embedding than plain SVD at equal params
-    assert cos["asvd"] > cos["svd"] + 0.2, cos
-    assert cos["asvd"] >= 0.88, cos  # measured 0.89-0.90 (the issue asks 0.95: not reached, see the report)
+    # activation-aware SVD (default: error-compensating refit with the Gauss-Newton output metric) keeps far
+    # more of the embedding than plain SVD at equal params
+    assert cos["asvd"] > cos["svd"] + 0.3, cos
+    # measured 0.935 (one-shot whitening: 0.894-0.900); the issue asks 0.95 — not reached, see the report
+    assert cos["asvd"] >= 0.925, cos
     cfg = Distill(steps=20, lr=1e-4, batch_size=16)
     student = distill(modules["asvd"], b.module, b.calib, cfg, b.input_names, progress=False).module
     after = cosine(ref, outputs(student, ev, b.input_names).numpy())

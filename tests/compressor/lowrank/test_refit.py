@@ -1,0 +1,85 @@
+"""Error-compensating ASVD (refit): the Gauss–Newton output metric, sequential refitting vs one-shot whitening,
+refusals, and apply_lowrank's default path."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from devicefit.compressor.lowrank import apply_lowrank
+from devicefit.compressor.lowrank.refit import _Batches, gauss_newton_metrics, refit_asvd
+from devicefit.compressor.techniques import LowRank
+from devicefit.data import Dataset
+
+torch.set_num_threads(1)
+
+
+def _data(n: int = 512, d: int = 32, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[:, : d // 8] *= 8.0  # outlier channels
+    return Dataset({"x": x + x @ (rng.normal(size=(d, d)).astype(np.float32) * 0.2)})
+
+
+def _mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(32, 96), nn.GELU(), nn.Linear(96, 48), nn.GELU(), nn.Linear(48, 8)).eval()
+    with torch.no_grad():  # a few output directions matter far more than the rest
+        net[4].weight.mul_(torch.linspace(0.05, 3.0, 48)[None, :])
+    return net
+
+
+def test_gauss_newton_metric_of_a_linear_tail_is_its_gram() -> None:
+    # y = W2 h: J = W2 at every position, so E[JᵀJ] = W2ᵀ W2 (estimated with random probes)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 4)).eval()
+    batches = _Batches(_data(256, 8), ["x"], 256, 64, None)
+    got = gauss_newton_metrics(net, ["0"], batches, probes=32)["0"]
+    w2 = net[1].weight.detach().double()
+    want = w2.T @ w2
+    assert got.shape == (6, 6)
+    assert float((got - want).norm() / want.norm()) < 0.1
+    assert all(p.requires_grad for p in net.parameters())  # parameters restored
+
+
+def _output_err(net: nn.Module, ref: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(((net(x) - ref(x)) ** 2).mean())
+
+
+def test_refit_beats_one_shot_whitening_at_equal_params() -> None:
+    base = _mlp()
+    calib, held = _data(seed=1), _data(seed=2)
+    plan = {"0": LowRank(ratio=0.6, kind="asvd"), "2": LowRank(ratio=0.6, kind="asvd")}
+    errs, params = {}, {}
+    for method in ("whiten", "refit"):
+        net = copy.deepcopy(base)
+        res = apply_lowrank(net, plan, data=calib, input_names=["x"], asvd_method=method)
+        assert set(res.applied) == {"0", "2"} and not res.refused
+        params[method] = sum(p.numel() for p in net.parameters())
+        errs[method] = _output_err(net, base, torch.from_numpy(held.inputs["x"]))
+    assert params["refit"] == params["whiten"]
+    assert errs["refit"] < 0.8 * errs["whiten"], errs
+
+
+def test_refit_refuses_no_gain_ranks_and_is_exact_on_a_low_rank_layer() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 12), nn.Linear(12, 4)).eval()
+    base = copy.deepcopy(net)
+    calib = _data(256, 16)
+    # keeping (nearly) all the energy of a full-rank layer needs a rank that would not shrink it: refused
+    done, refused = refit_asvd(net, base, {"0": LowRank(ratio=None, energy=0.999999, kind="asvd")}, calib, ["x"],
+                               output_metric=None)
+    assert not done and "would not reduce" in refused["0"]
+    assert isinstance(net[0], nn.Linear)  # left as it was
+    # a rank-deficient layer is reproduced exactly by its rank-r factors
+    with torch.no_grad():
+        net[0].weight.copy_(torch.randn(12, 3) @ torch.randn(3, 16))
+    base = copy.deepcopy(net)
+    done, refused = refit_asvd(net, base, {"0": LowRank(ratio=0.5, kind="asvd")}, calib, ["x"], output_metric=None)
+    assert set(done) == {"0"} and not refused and done["0"].rank == 3  # type: ignore[operator]
+    x = torch.from_numpy(_data(64, 16, seed=3).inputs["x"])
+    assert _output_err(net, base, x) < 1e-8 * max(1.0, float((base(x) ** 2).mean().detach()))
