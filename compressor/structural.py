@@ -94,11 +94,12 @@ def apply_structural(
     input_names: Sequence[str],
     *,
     channel_multiple: int = 8,
+    asvd_method: str = "refit",
 ) -> StructuralResult:
     """Deep-copy ``module`` and apply the plan's prune + lowrank families (see the module docstring).
 
     ``channel_multiple``: structured pruning keeps channel counts at multiples of it (8 suits AVX2 / NEON;
-    16 measured faster on AVX-512 hosts; 1 = exact ratios)."""
+    16 measured faster on AVX-512 hosts; 1 = exact ratios). ``asvd_method``: see :func:`apply_lowrank`."""
     m = copy.deepcopy(module).eval()
     names = layer_names(m)
     prune = plan.layers_with("prune", names)
@@ -128,7 +129,8 @@ def apply_structural(
     # 2. low-rank
     factorize = {n: t for n, t in lowrank.items() if needs_data(n, t)}
     if factorize:
-        lr = apply_lowrank(m, factorize, data=calib, input_names=names_in, example_inputs=example_inputs)
+        lr = apply_lowrank(m, factorize, data=calib, input_names=names_in, example_inputs=example_inputs,
+                          asvd_method=asvd_method)
         for n, lt in factorize.items():
             if n in lr.applied:
                 result.applied.append(_step(n, lt, lr.applied[n]))

@@ -157,7 +157,8 @@ def _count(module: Any, example: Any, onnx_path: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def _structural(b: ModelBundle, plan: Plan, cfg: Distill | None, ph: _Phases, progress: bool) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def _structural(b: ModelBundle, plan: Plan, cfg: Distill | None, ph: _Phases, progress: bool,
+                asvd_method: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Copy the module, prune / factorize it, distill it. Returns (student, structural info, distill info)."""
     import copy
 
@@ -169,7 +170,7 @@ def _structural(b: ModelBundle, plan: Plan, cfg: Distill | None, ph: _Phases, pr
         from devicefit.compressor.structural import apply_structural
 
         with ph("structural", "prune + low-rank"):
-            res = apply_structural(student, plan, b.calib, b.example_inputs, b.input_names)
+            res = apply_structural(student, plan, b.calib, b.example_inputs, b.input_names, asvd_method=asvd_method)
         student = res.module
         info = res.to_dict()
         for step in info.get("refused", []):
@@ -195,8 +196,11 @@ def compress(
     distill: Distill | None = None,
     progress: bool = True,
     calib_samples: int = 128,
+    asvd_method: str = "refit",
 ) -> CompressResult:
-    """Compress ``model`` with ``plan`` into ``out`` (.onnx) and measure it (see the module docstring)."""
+    """Compress ``model`` with ``plan`` into ``out`` (.onnx) and measure it (see the module docstring).
+    ``asvd_method``: how ``LowRank(kind="asvd")`` layers are fitted (``"refit"``: layer by layer, weighted by
+    the model output — best; ``"whiten"``: one shot, much faster; see :func:`~devicefit.compressor.lowrank.apply_lowrank`)."""
     from devicefit.compressor.export import export_bundle
 
     b = _bundle(model, data)
@@ -223,7 +227,7 @@ def compress(
         dinfo: dict[str, Any] = {}
         fp32_path = ref_path
         if structural:
-            student, sinfo, dinfo = _structural(b, plan, cfg, ph, progress)
+            student, sinfo, dinfo = _structural(b, plan, cfg, ph, progress, asvd_method)
             with ph("export", "fp32 ONNX of the pruned / factorized model"):
                 fp32_path = export_bundle(b, work / "student.fp32.onnx", module=student).path
         qres: QuantResult | None = None
