@@ -20,12 +20,13 @@ from devicefit.bundle import ModelBundle
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.search.candidate import Materialized, Timing
 from devicefit.errors import DeviceError
+from devicefit.fit_measure import Interleaved, interleave, median, rel_mad
 
 _HOST_BENCH = (
     "import json, sys\n"
     "from devicefit.agent.benchmark import benchmark_onnx\n"
     "r = benchmark_onnx(sys.argv[1], runs=int(sys.argv[2]), warmup=int(sys.argv[3]),"
-    " threads=(int(sys.argv[4]) or None), per_node=sys.argv[5] == '1')\n"
+    " threads=(int(sys.argv[4]) or None), per_node=sys.argv[5] == '1', batch_size=int(sys.argv[6]))\n"
     "sys.stdout.write(json.dumps(r.to_dict()))\n"
 )
 
@@ -33,23 +34,16 @@ _HOST_BENCH = (
 _HOST_PAIR = (
     "import json, sys\n"
     "from devicefit.agent.benchmark import benchmark_onnx\n"
-    "ref, cand, rounds, runs, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]) or None\n"
-    "refs, cands = [], []\n"
-    "for _ in range(rounds):\n"
-    "    refs.append(benchmark_onnx(ref, runs=runs, warmup=2, threads=threads).p50_ms)\n"
-    "    cands.append(benchmark_onnx(cand, runs=runs, warmup=2, threads=threads).p50_ms)\n"
-    "refs.append(benchmark_onnx(ref, runs=runs, warmup=2, threads=threads).p50_ms)\n"
-    "r = benchmark_onnx(cand, runs=runs, warmup=2, threads=threads, per_node=True)\n"
-    "cands.append(r.p50_ms)\n"
-    "sys.stdout.write(json.dumps({'report': r.to_dict(), 'refs': refs, 'cands': cands}))\n"
+    "from devicefit.fit_measure import interleave\n"
+    "ref, cand, runs, threads, bs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) or None, int(sys.argv[5])\n"
+    "def p50(path):\n"
+    "    return benchmark_onnx(path, runs=runs, warmup=2, threads=threads, batch_size=bs).p50_ms\n"
+    "pair = interleave(lambda: p50(ref), lambda: p50(cand))\n"
+    "r = benchmark_onnx(cand, runs=int(sys.argv[6]), warmup=2, threads=threads, per_node=True, batch_size=bs)\n"
+    "sys.stdout.write(json.dumps({'report': r.to_dict(), **pair.to_dict()}))\n"
 )
+#: reference / candidate block size: ``runs // ROUNDS`` timed runs (at least 5)
 ROUNDS = 3
-
-
-def _median(xs: list[float]) -> float:
-    ys = sorted(xs)
-    mid = len(ys) // 2
-    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
 
 
 def _timing(rep: Any, device: str) -> Timing:
@@ -59,14 +53,15 @@ def _timing(rep: Any, device: str) -> Timing:
         peak_rss_mb=float(d.get("peak_rss_mb", 0.0)), per_node=list(d.get("per_node", [])),
         profiled_e2e_ms=float(d["per_node_e2e_ms"]) if d.get("per_node_e2e_ms") else None,
         threads=int(d.get("threads", 0)), runtime={str(k): str(v) for k, v in (d.get("runtime") or {}).items()},
-        source=str(d.get("source", "host")), device=device,
+        source=str(d.get("source", "host")), device=device, batch_size=int(d.get("batch_size") or 1),
     )
 
 
 def host_benchmark(path: Path, *, runs: int, warmup: int, threads: int | None, per_node: bool = True,
-                   timeout: float = 600.0) -> Timing:
-    """``benchmark_onnx`` (with per-node times by default) in a clean subprocess."""
-    cmd = [sys.executable, "-c", _HOST_BENCH, str(path), str(runs), str(warmup), str(threads or 0), "1" if per_node else "0"]
+                   timeout: float = 600.0, batch_size: int = 1) -> Timing:
+    """``benchmark_onnx`` (with per-node times by default) in a clean subprocess, ``batch_size`` inputs per run."""
+    cmd = [sys.executable, "-c", _HOST_BENCH, str(path), str(runs), str(warmup), str(threads or 0), "1" if per_node else "0",
+           str(int(batch_size))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
@@ -87,8 +82,11 @@ class FitEvaluator:
         runs: int = 30,
         warmup: int = 5,
         threads: int | None = None,
+        batch_size: int = 1,
     ) -> None:
         self.bundle = bundle
+        #: inputs per benchmark run, on the device and on the host alike
+        self.batch_size = int(batch_size)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.profile = profile
@@ -141,7 +139,9 @@ class FitEvaluator:
         fp32 = self.fp32()
         # the fp32 export we already have is the quantizers' input (graph-level plans) and the reference
         source: ModelBundle = replace(self.bundle, onnx_path=fp32.path)
-        res = compress(source, plan, out=self.workdir / f"{name}.onnx", profile=self.profile, progress=False)
+        # one-shot whitened ASVD: the layer-by-layer refit costs minutes per candidate on MiniLM
+        res = compress(source, plan, out=self.workdir / f"{name}.onnx", profile=self.profile, progress=False,
+                       asvd_method="whiten")
         metric = res.metric.to_dict()
         params = int(getattr(res, "params", 0) or 0) or fp32.params
         macs = int(getattr(res, "macs", 0) or 0) or fp32.macs
@@ -152,48 +152,64 @@ class FitEvaluator:
     # ------------------------------------------------------------------------------ measure
     def measure(self, path: Path) -> Timing:
         """Benchmark ``path`` (per-node times included). Once a reference is set (the fp32 baseline), the
-        candidate's timed runs are interleaved with the reference's — ``ROUNDS`` × (reference, candidate),
-        a closing reference, then the per-node run — and ``Timing.load`` = median reference p50 now ÷ at
-        the baseline: the device's load while the candidate ran (shared boards and hosts speed up and
-        slow down over minutes). The candidate's p50 is the median of its rounds' p50s."""
+        candidate's timed blocks are interleaved with the reference's (:mod:`devicefit.fit_measure`: each
+        candidate block bracketed by reference blocks, 3 to 16 rounds until they agree), then the per-node
+        run. ``Timing.p50_ms`` is the median of the candidate blocks' p50s — what was measured, as it was.
+        ``Timing.load`` is that p50 ÷ (median per-round candidate / reference ratio × the reference's p50 at
+        the baseline): the device's load while the candidate ran relative to when the baseline was measured
+        (shared boards and hosts speed up and slow down over minutes); ``p50_ms / load`` is the candidate at
+        the baseline's load, which is what the latency model learns."""
         if self._ref is None:
             return self._plain(path)
         k = max(5, self.runs // ROUNDS)
         if self.device is None:
             self._last_model_id = str(path)
-            cmd = [sys.executable, "-c", _HOST_PAIR, self._ref[1], str(path), str(ROUNDS), str(k), str(self.threads or 0)]
+            cmd = [sys.executable, "-c", _HOST_PAIR, self._ref[1], str(path), str(k), str(self.threads or 0),
+                   str(self.batch_size), str(self.runs)]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
             if proc.returncode != 0:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
                 raise DeviceError(f"host benchmark of {path.name} failed: {tail[0][:300]}", "run `devicefit bench` on it")
             out = json.loads(proc.stdout)
-            rep, refs, cands = out["report"], list(out["refs"]), list(out["cands"])
+            rep, pair = out["report"], Interleaved(list(out["refs"]), list(out["cands"]))
         else:
-            dep = self.device.deploy(path, progress=False)
-            self._last_model_id = cid = str(dep.model_id)
-            refs, cands = [], []
-            for _ in range(ROUNDS):
-                refs.append(self._device_p50(self._ref[1], k))
-                cands.append(self._device_p50(cid, k))
-            refs.append(self._device_p50(self._ref[1], k))
-            rep = self.device.benchmark(cid, runs=k, warmup=2, threads=self.threads, per_node=True)
-            cands.append(float(rep.p50_ms))
+            dep = self.device.deploy(path, progress=False, activate=False)
+            self._last_model_id = cid = str(dep.sha256)
+            ref_id = self._ref[1]
+            pair = interleave(lambda: self._device_p50(ref_id, k), lambda: self._device_p50(cid, k))
+            # per-node times are means over the profiled runs: all ``runs`` of them, so the load's tail averages out
+            rep = self.device.benchmark(cid, runs=self.runs, warmup=2, threads=self.threads, per_node=True,
+                                        batch_size=self.batch_size)
         timing = _timing(rep, self.device_id)
-        timing.p50_ms = _median(cands)
-        timing.load = _median(refs) / self._ref_base if self._ref_base else None
+        timing.p50_ms = median(pair.cands)
+        timing.rounds, timing.spread = len(pair.cands), pair.spread
+        if self._ref_base:
+            timing.load = timing.p50_ms / (pair.ratio * self._ref_base)
         return timing
 
     def _plain(self, path: Path) -> Timing:
+        """The first measurement (the fp32 baseline, before there is a reference): the per-node run plus two
+        plain blocks; its p50 is the median of the three blocks' p50s (one block can land on a load spike,
+        and this p50 becomes the reference's load-1 level)."""
         if self.device is None:
             self._last_model_id = str(path)
-            return host_benchmark(path, runs=self.runs, warmup=self.warmup, threads=self.threads)
-        dep = self.device.deploy(path, progress=False)
-        self._last_model_id = str(dep.model_id)
-        rep = self.device.benchmark(dep.model_id, runs=self.runs, warmup=self.warmup, threads=self.threads, per_node=True)
-        return _timing(rep, self.device_id)
+            timing = host_benchmark(path, runs=self.runs, warmup=self.warmup, threads=self.threads, batch_size=self.batch_size)
+            more = [host_benchmark(path, runs=self.runs, warmup=2, threads=self.threads, per_node=False,
+                                   batch_size=self.batch_size).p50_ms for _ in range(2)]
+        else:
+            dep = self.device.deploy(path, progress=False, activate=False)
+            self._last_model_id = str(dep.sha256)
+            rep = self.device.benchmark(self._last_model_id, runs=self.runs, warmup=self.warmup, threads=self.threads,
+                                        per_node=True, batch_size=self.batch_size)
+            timing = _timing(rep, self.device_id)
+            more = [self._device_p50(self._last_model_id, self.runs) for _ in range(2)]
+        blocks = [timing.p50_ms, *more]
+        timing.p50_ms, timing.rounds, timing.spread = median(blocks), len(blocks), rel_mad(blocks)
+        return timing
 
     def _device_p50(self, model_id: str, runs: int) -> float:
-        return float(self.device.benchmark(model_id, runs=runs, warmup=2, threads=self.threads, per_node=False).p50_ms)
+        return float(self.device.benchmark(model_id, runs=runs, warmup=2, threads=self.threads, per_node=False,
+                                           batch_size=self.batch_size).p50_ms)
 
     def mark_reference(self, p50_ms: float) -> None:
         """The model measured last (the fp32 baseline, ``p50_ms``) becomes the load reference; that p50 is
@@ -202,6 +218,11 @@ class FitEvaluator:
             self._ref = ("device" if self.device is not None else "host", self._last_model_id)
             self._ref_base = float(p50_ms)
 
+    @property
+    def reference_level(self) -> float | None:
+        """The load reference's p50 at load 1 (the fp32 baseline's), once it is set."""
+        return self._ref_base
+
     def reference_ms(self) -> float | None:
         """p50 of a short benchmark of the reference model now (the same runner, threads and inputs)."""
         if self._ref is None:
@@ -209,8 +230,9 @@ class FitEvaluator:
         where, ident = self._ref
         runs = max(5, self.runs // 3)
         if where == "host":
-            return host_benchmark(Path(ident), runs=runs, warmup=2, threads=self.threads, per_node=False).p50_ms
-        rep = self.device.benchmark(ident, runs=runs, warmup=2, threads=self.threads, per_node=False)
+            return host_benchmark(Path(ident), runs=runs, warmup=2, threads=self.threads, per_node=False,
+                                  batch_size=self.batch_size).p50_ms
+        rep = self.device.benchmark(ident, runs=runs, warmup=2, threads=self.threads, per_node=False, batch_size=self.batch_size)
         return float(rep.p50_ms)
 
     def runtime_key(self) -> tuple[dict[str, str], int]:

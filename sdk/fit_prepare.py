@@ -44,6 +44,8 @@ class FitSpec:
     runs: int = 30
     warmup: int = 5
     threads: int | None = None
+    #: inputs per benchmark run (the device measures every candidate at this batch size)
+    batch_size: int = 1
     sens_samples: int | None = None
     sens_seconds: float = 45.0
     distill_steps: int | None = 150
@@ -175,7 +177,8 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     phases.start("analyze", 3, "per-layer table")
     analysis = analyze(bundle.module, bundle.example_inputs)
     mods = dict(bundle.module.named_modules())
-    specs = [LayerSpec.from_info(li) for li in analysis.layers
+    # analysis is per sample; the device runs ``batch_size`` samples per inference
+    specs = [LayerSpec.from_info(li).batched(spec.batch_size) for li in analysis.layers
              if li.type in LAYER_TYPES and li.macs > 0 and li.name in mods]
     if not specs:
         raise UserInputError(f"{bundle.name} has no Linear / Conv layers to compress", "fit works on Linear and Conv layers")
@@ -205,15 +208,22 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
 
         device = connect(spec.device)
     evaluator = FitEvaluator(bundle, workdir=work, profile=profile, device=device, runs=spec.runs, warmup=spec.warmup,
-                             threads=spec.threads)
+                             threads=spec.threads, batch_size=spec.batch_size)
     latency_path = cache_root() / "latency" / f"{evaluator.device_id}.json"
-    latency = CalibratedModel.load(latency_path, Roofline.from_profile(profile), device_id=evaluator.device_id, model_key=mhash)
+    # efficiencies differ with the batch size and the thread count: learned per (model, benchmark settings)
+    scope = "-".join(([f"batch{spec.batch_size}"] if spec.batch_size != 1 else [])
+                     + ([f"threads{spec.threads}"] if spec.threads else []))
+    latency = CalibratedModel.load(latency_path, Roofline.from_profile(profile), device_id=evaluator.device_id,
+                                   model_key=f"{mhash}@{scope}" if scope else mhash, scope=scope)
     budget = Budget.from_dict(spec.budget)
     problem = SearchProblem(specs, total_params=int(analysis.params), space=space, sensitivity=sens, latency=latency,
                             budget=budget, consumers=deps.consumers, model_hash=mhash)
     fp32 = evaluator.fp32()
     phases.update("baseline", 1, description="fp32 measure")
     timing = evaluator.measure(fp32.path)
+    if timing.batch_size != spec.batch_size:
+        raise UserInputError(f"the benchmark ran at batch {timing.batch_size}, not the batch_size={spec.batch_size} asked",
+                             "update the agent (its BenchmarkRequest must honour batch_size)")
     ref = run_onnx(fp32.path, data, input_names=bundle.input_names)
     base_metric = score(bundle.metric, ref, ref, data.labels, data=data.description or "eval").to_dict()
     fp32.metric = base_metric

@@ -11,13 +11,14 @@ from devicefit.compressor.search.studydb import front
 REPORT_VERSION = 1
 
 
-def _latency(c: Candidate) -> dict[str, Any]:
+def _latency(c: Candidate, batch_size: int = 1) -> dict[str, Any]:
     measured = c.measured_ms is not None
     return {
         "p50_ms": c.measured_ms if measured else c.predicted_ms,
         "p90_ms": c.p90_ms if measured else None,
         "source": "measured" if measured else "predicted",
         "device": c.device or None,
+        "batch_size": batch_size,
         "predicted_ms": c.predicted_ms,
         "reused": c.reused,
     }
@@ -38,7 +39,7 @@ def _metric(c: Candidate, baseline: Candidate) -> dict[str, Any]:
 def _layers(ctx: Any, chosen: Candidate) -> list[dict[str, Any]]:
     problem = ctx.problem
     labels = chosen.labels or problem.float_labels()
-    pred = problem.latency.predict(problem.costs(labels)).per_layer
+    pred = problem.latency.predict(problem.latency_costs(problem.costs(labels))).per_layer
     sens = problem.sensitivity
     out = []
     for s in ctx.specs:
@@ -55,6 +56,7 @@ def _layers(ctx: Any, chosen: Candidate) -> list[dict[str, Any]]:
 
 def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], seconds: float) -> dict[str, Any]:
     budget = ctx.problem.budget
+    batch = int(getattr(spec, "batch_size", 1) or 1)
     chosen: Candidate = outcome.chosen
     base: Candidate = ctx.baseline
     met = outcome.best is not None and chosen is outcome.best and chosen.passes(budget)
@@ -63,7 +65,7 @@ def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], s
         "params": chosen.params, "macs": chosen.macs, "size_bytes": size,
         "compression_ratio": (base.size_bytes or 0) / size if size else None,
         "metric": _metric(chosen, base),
-        "latency": _latency(chosen),
+        "latency": _latency(chosen, batch),
         "speedup_vs_fp32": (base.measured_ms / chosen.measured_ms) if chosen.measured_ms and base.measured_ms else None,
         "memory_mb": chosen.measured_memory_mb,
         "budget_met": bool(met),
@@ -102,8 +104,10 @@ def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], s
                     "peak_gops_fp32": ctx.profile.peak_gops_fp32, "peak_gops_int8": ctx.profile.peak_gops_int8,
                     "mem_bandwidth_gbs": ctx.profile.mem_bandwidth_gbs},
         "budget": {**budget.to_dict(), "origin": origin},
+        # every latency in this report (budget, baseline, candidates) is the p50 of one run on this many inputs
+        "benchmark": {"batch_size": batch, "runs": spec.runs, "warmup": spec.warmup, "threads": spec.threads},
         "result": result,
-        "baseline": {"latency": _latency(base), "metric": _metric(base, base), "size_bytes": base.size_bytes,
+        "baseline": {"latency": _latency(base, batch), "metric": _metric(base, base), "size_bytes": base.size_bytes,
                      "memory_mb": base.measured_memory_mb},
         "pareto": pareto,
         "search": {

@@ -101,6 +101,8 @@ def make_spec(
     sensitivity_samples: int | None = None,
     runs: int = 30,
     store: str | Path | None = None,
+    batch_size: int = 1,
+    threads: int | None = None,
 ) -> tuple[FitSpec, Any, dict[str, str]]:
     """Validate the arguments of :func:`fit`; returns (spec, profile, where each budget came from)."""
     if format not in FORMATS:
@@ -109,6 +111,10 @@ def make_spec(
         raise UserInputError(f"trials={trials} is not positive", "pass trials >= 1")
     if minutes is not None and minutes <= 0:
         raise UserInputError(f"minutes={minutes} is not positive", "pass minutes > 0")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserInputError(f"batch_size={batch_size!r} is not a positive integer", "pass batch_size >= 1")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UserInputError(f"threads={threads!r} is not a positive integer", "pass threads >= 1, or None for the runner's default")
     if max_measurements is not None and max_measurements < 0:
         raise UserInputError(f"max_measurements={max_measurements} is negative", "pass 0 or more")
     from devicefit.device_profiles import load_profile
@@ -124,6 +130,7 @@ def make_spec(
         trials=trials if trials is not None else (None if minutes else 120), minutes=minutes,
         max_measurements=max_measurements if max_measurements is not None else 6, seed=seed,
         sens_samples=sensitivity_samples, runs=runs, store=str(store) if store is not None else None,
+        batch_size=batch_size, threads=threads,
     )
     return spec, prof, origin
 
@@ -175,6 +182,8 @@ def fit(
     sensitivity_samples: int | None = None,
     runs: int = 30,
     store: str | Path | None = None,
+    batch_size: int = 1,
+    threads: int | None = None,
 ) -> FitResult:
     """Fit ``model`` (zoo:NAME, file, factory, nn.Module or ModelBundle) to ``profile`` / ``device``.
 
@@ -183,12 +192,15 @@ def fit(
     and measured. ``storage``: an Optuna RDB URL (default: SQLite ``out/study.db``); other processes can
     join with ``devicefit search-worker --storage URL --study NAME`` (the name is in report.json).
     ``store``: the measurement store file (default ~/.cache/devicefit/measurements.db).
+    ``batch_size``: inputs per benchmark run — every latency (baseline, candidates, budget) is the p50 of
+    one inference at this batch size; the latency model's MACs and activations scale with it.
+    ``threads``: intra-op threads for every benchmark (default: the runner's, = physical cores).
     """
     spec, prof, origin = make_spec(
         model, data, profile=profile, device=device, max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
         max_memory_mb=max_memory_mb, max_accuracy_drop=max_accuracy_drop, trials=trials, minutes=minutes,
         format=format, max_measurements=max_measurements, space=space, seed=seed,
-        sensitivity_samples=sensitivity_samples, runs=runs, store=store,
+        sensitivity_samples=sensitivity_samples, runs=runs, store=store, batch_size=batch_size, threads=threads,
     )
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

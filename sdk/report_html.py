@@ -183,8 +183,12 @@ def render_html(report: dict[str, Any]) -> str:
     err = s.get("prediction_error", {}).get("median")
     status = ('<span class="ok">budget met</span>' if r["budget_met"]
               else f'<span class="bad">budget not met</span> — shortfall {_e(r.get("shortfall"))}')
+    batch = int((report.get("benchmark") or {}).get("batch_size") or 1)
+    threads = (report.get("benchmark") or {}).get("threads")
+    per_run = (f", batch {batch}" if batch != 1 else "") + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else "")
     cards = [
-        ("latency p50", f"{_fmt(r['latency']['p50_ms'])} ms", f"{r['latency']['source']} on {r['latency'].get('device') or '–'}"),
+        ("latency p50", f"{_fmt(r['latency']['p50_ms'])} ms",
+         f"{r['latency']['source']} on {r['latency'].get('device') or '–'}{per_run}"),
         ("fp32 p50", f"{_fmt(report['baseline']['latency']['p50_ms'])} ms", "measured"),
         (f"{r['metric'].get('name')} drop", _fmt(r["metric"].get("drop"), 4), f"baseline {_fmt(r['metric'].get('baseline'), 4)}"),
         ("size", f"{(r['size_bytes'] or 0) / 1e6:.2f} MB", f"{_fmt(r.get('compression_ratio'), 2)}× smaller"),
@@ -201,7 +205,9 @@ def render_html(report: dict[str, Any]) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>devicefit report — {_e(m['name'])} on {_e(report['profile']['id'])}</title>
 <style>{CSS}</style></head><body>
 <h1>{_e(m['name'])} → {_e(report['profile'].get('name', report['profile']['id']))}</h1>
-<p>{status}. {m.get('params') or 0:,} params, {m.get('macs') or 0:,} MACs/sample, {(m.get('size_bytes') or 0) / 1e6:.2f} MB fp32.</p>
+<p>{status}. {m.get('params') or 0:,} params, {m.get('macs') or 0:,} MACs/sample, {(m.get('size_bytes') or 0) / 1e6:.2f} MB fp32.
+Latencies are the p50 of one inference on a batch of {batch} input{'s' if batch != 1 else ''}
+({_e(threads) if threads else "the runner's default"} intra-op thread{'s' if threads != 1 else ''}).</p>
 <div class="cards">{card_html}</div>
 <h2>Budgets</h2>{_table(budget_rows, [("budget", "budget"), ("limit", "limit"), ("origin", "from")])}
 <h2>Pareto: metric drop vs latency</h2>

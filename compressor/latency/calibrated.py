@@ -27,17 +27,24 @@ import numpy as np
 
 from devicefit.compressor.latency.roofline import LayerCost, Roofline, with_dtype
 
+#: version of the saved parameters: a file written by another version is not reused (its ratios were learned
+#: under other rules — v2: per-node trust by kernel size, shape classes, ratios per benchmark settings)
+FORMAT_VERSION = 2
 _KEEP = 64  # ratios kept per key (oldest dropped)
+_KEEP_CLASS = 256  # ... per shape class (many layers feed one class)
 _PRIOR_OTHER = 0.25  # other ≈ 25% of layer time before anything is measured
+#: per-node times are trusted when the mean kernel takes at least this long (onnxruntime's profiler adds a
+#: few µs per kernel event: at 20 µs that is ≲ 20%; digits-cnn at batch 1 averages ~6 µs per kernel)
+MIN_KERNEL_MS = 0.02
 #: before a dtype has been measured on a device: its speed-up over fp32 is at most this (the profile's
 #: peak int8 / fp32 ratio is a GEMM peak; whole layers on CPU runtimes gain ~2-3x, weight-only ~1x)
 PRIOR_SPEEDUP: dict[str, float] = {"int8": 3.0, "int8dyn": 2.5, "fp16": 1.0, "int8w": 1.0, "int4w": 2.0}
 
 
-def _push(d: dict[str, list[float]], key: str, value: float) -> None:
+def _push(d: dict[str, list[float]], key: str, value: float, keep: int = _KEEP) -> None:
     lst = d.setdefault(key, [])
     lst.append(float(value))
-    del lst[:-_KEEP]
+    del lst[:-keep]
 
 
 @dataclass
@@ -61,11 +68,20 @@ class CalibratedModel:
     roofline: Roofline
     device_id: str = "host"
     model_key: str = ""
+    #: the benchmark settings the measurements were made under ("" = batch 1, the runner's threads; else e.g.
+    #: "batch32-threads1"): efficiencies differ with them, so device-wide ratios are kept per scope
+    scope: str = ""
     #: device-wide (every model measured on this device) kind×dtype ratios
     kind_ratios: dict[str, list[float]] = field(default_factory=dict)
     #: this model's kind×dtype ratios
     model_kind_ratios: dict[str, list[float]] = field(default_factory=dict)
     layer_ratios: dict[str, list[float]] = field(default_factory=dict)
+    #: this model's ratios per shape class (:attr:`LayerCost.shape_class`: same kind, shape, structural
+    #: change and dtype), pooled over every layer of the class: per-node times of one layer in one run are
+    #: noisy on a loaded machine; the median over all of a class's layers and runs is not
+    class_ratios: dict[str, list[float]] = field(default_factory=dict)
+    #: the runtime was seen running a float layer between statically quantized ones as int8
+    quantizes_sandwiched: bool = False
     #: (number of layers per non-fp32 dtype, other ms) per per-node measurement
     other_points: list[tuple[dict[str, int], float]] = field(default_factory=list)
     #: how many measurements were learned from per-node times / from the end-to-end time only
@@ -73,20 +89,43 @@ class CalibratedModel:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------------------ predict
-    def _layer_ms(self, cost: LayerCost) -> tuple[float, bool]:
+    def _own(self, cost: LayerCost, dtype: str) -> list[float] | None:
+        """Ratios measured for this layer's shape class at ``dtype`` (pooled), else for the layer itself."""
+        if cost.shape:
+            pooled = self.class_ratios.get(f"{cost.shape}@{cost.mac_scale:.3g}|{dtype}")
+            if pooled:
+                return pooled
+        return self.layer_ratios.get(f"{cost.name}|{dtype}") or None
+
+    def measured(self, cost: LayerCost) -> bool:
+        """Whether this layer (or its shape class) has been measured at its dtype for this model."""
+        return bool(self._own(cost, cost.dtype))
+
+    def _layer_ms(self, cost: LayerCost, kinds: Mapping[str, str] | None = None) -> tuple[float, bool]:
         """(predicted ms, whether this dtype was measured for this model on this device) for one layer.
 
-        Most specific first: this layer at this dtype → this model's layers of the same kind at this dtype.
-        A dtype not yet measured for this model starts from the layer's own fp32 efficiency, scaled by the
-        dtype's speed-up over fp32 seen for *other* models on this device when there is one, else capped
-        at :data:`PRIOR_SPEEDUP` (and never faster than the roofline says); both count as uncalibrated.
-        (A fit's calibration probes measure every dtype in the model itself before the search.)
+        Most specific first: this layer's shape class (or the layer itself) at this dtype → its own fp32
+        efficiency × the dtype's speed-up measured on this model's other layers of the same kind (each
+        against its own fp32) → this model's layers of the same kind at this dtype. A dtype not yet measured
+        for this model starts from the layer's own fp32 efficiency, scaled by the dtype's speed-up over fp32
+        seen for *other* models on this device (under the same benchmark settings) when there is one, else capped at
+        :data:`PRIOR_SPEEDUP` (and never faster than the roofline says); both count as uncalibrated. (A
+        fit's calibration probes measure every dtype in the model itself before the search.) ``kinds``:
+        layer name → kind, for the speed-up.
         """
         roof = self.roofline.layer_ms(cost)
-        for src, key in ((self.layer_ratios, f"{cost.name}|{cost.dtype}"), (self.model_kind_ratios, f"{cost.kind}/{cost.dtype}")):
-            if src.get(key):
-                return statistics.median(src[key]) * roof, True
-        fp32 = self.layer_ratios.get(f"{cost.name}|fp32") or self.model_kind_ratios.get(f"{cost.kind}/fp32")
+        own = self._own(cost, cost.dtype)
+        if own:
+            return statistics.median(own) * roof, True
+        fp32 = self._own(cost, "fp32")
+        if cost.dtype != "fp32" and fp32 and kinds:
+            speedup = self._sibling_speedup(cost.kind, cost.dtype, kinds)
+            if speedup is not None:
+                return statistics.median(fp32) * speedup * roof, True
+        kind_d = self.model_kind_ratios.get(f"{cost.kind}/{cost.dtype}")
+        if kind_d:
+            return statistics.median(kind_d) * roof, True
+        fp32 = fp32 or self.model_kind_ratios.get(f"{cost.kind}/fp32")
         if not fp32:
             return roof, False
         ratio = statistics.median(fp32)
@@ -98,11 +137,33 @@ class CalibratedModel:
             return ratio * statistics.median(dev_d) / statistics.median(dev_f) * roof, False
         return max(ratio * roof, as_fp32 / PRIOR_SPEEDUP.get(cost.dtype, 1.0)), False
 
+    def _sibling_speedup(self, kind: str, dtype: str, kinds: Mapping[str, str]) -> float | None:
+        """Median, over this model's shape classes (or layers) of ``kind`` measured at ``dtype`` and at fp32,
+        of their ratio (dtype efficiency ÷ fp32 efficiency, both against the roofline); None when none is."""
+        vals = []
+        for key, ratios in self.class_ratios.items():
+            shape, _, d = key.rpartition("|")
+            if d == dtype and ratios and shape.startswith(f"{kind}:"):
+                f = self.class_ratios.get(f"{shape}|fp32")
+                if f:
+                    vals.append(statistics.median(ratios) / max(statistics.median(f), 1e-12))
+        if vals:
+            return statistics.median(vals)
+        for key, ratios in self.layer_ratios.items():
+            name, _, d = key.rpartition("|")
+            if d != dtype or not ratios or kinds.get(name) != kind:
+                continue
+            f = self.layer_ratios.get(f"{name}|fp32")
+            if f:
+                vals.append(statistics.median(ratios) / max(statistics.median(f), 1e-12))
+        return statistics.median(vals) if vals else None
+
     def predict(self, costs: Sequence[LayerCost]) -> Prediction:
         per_layer: dict[str, float] = {}
         unknown: set[str] = set()
+        kinds = {c.name: c.kind for c in costs}
         for c in costs:
-            ms, known = self._layer_ms(c)
+            ms, known = self._layer_ms(c, kinds)
             if not known:
                 unknown.add(c.dtype)
             per_layer[c.name] = ms
@@ -146,18 +207,25 @@ class CalibratedModel:
         per_layer_ms: Mapping[str, float] | None,
         other_ms: float | None,
         profiled_e2e_ms: float | None,
+        n_nodes: int | None = None,
     ) -> tuple[dict[str, float], str]:
         """Per-layer times on the p50 time scale, and where they came from (``per-node`` / ``end-to-end``).
 
         Per-node times are used when they are trustworthy: mapped layers hold ≥ 20% of the node time and
-        the profiled runs are < 2.5× the plain p50 (on tiny models the profiler's own cost swamps the
-        kernels). They are rescaled by p50 / profiled wall time. Otherwise the end-to-end p50 is split over
+        the kernels are not swamped by the profiler's own cost (a few µs per kernel event). With the node
+        count known, swamped = the mean kernel time is below :data:`MIN_KERNEL_MS` — a property of the model,
+        not of the moment: the profiled runs' wall time against the plain p50 (the test when the count is
+        not known: > 2.5×) also moves with the machine's load (means take the load's tail, p50s do not).
+        Trusted times are rescaled by p50 / profiled wall time. Otherwise the end-to-end p50 is split over
         the layers in proportion to their roofline times, leaving the prior share for everything else.
         """
         if per_layer_ms and sum(per_layer_ms.values()) > 0:
             mapped = sum(per_layer_ms.values())
             node_sum = mapped + float(other_ms or 0.0)
-            swamped = bool(profiled_e2e_ms) and float(profiled_e2e_ms or 0.0) > 2.5 * p50_ms
+            if n_nodes:
+                swamped = node_sum / n_nodes < MIN_KERNEL_MS
+            else:
+                swamped = bool(profiled_e2e_ms) and float(profiled_e2e_ms or 0.0) > 2.5 * p50_ms
             if mapped >= 0.2 * node_sum and not swamped:
                 if profiled_e2e_ms and profiled_e2e_ms > 0:
                     scale = p50_ms / profiled_e2e_ms
@@ -179,6 +247,7 @@ class CalibratedModel:
         profiled_e2e_ms: float | None = None,
         predicted_ms: float | None = None,
         label: str = "",
+        n_nodes: int | None = None,
     ) -> str:
         """Learn from one measurement of the plan whose layer costs are ``costs``; returns the split used.
 
@@ -188,7 +257,7 @@ class CalibratedModel:
         if predicted_ms is not None and p50_ms > 0:
             self.errors.append({"label": label, "predicted_ms": float(predicted_ms), "measured_ms": float(p50_ms),
                                 "rel_error": abs(predicted_ms - p50_ms) / p50_ms})
-        layers, source = self.split(costs, p50_ms, per_layer_ms, other_ms, profiled_e2e_ms)
+        layers, source = self.split(costs, p50_ms, per_layer_ms, other_ms, profiled_e2e_ms, n_nodes)
         layer_total = 0.0
         for c in costs:
             ms = layers.get(c.name)
@@ -197,6 +266,8 @@ class CalibratedModel:
             layer_total += ms
             ratio = ms / max(self.roofline.layer_ms(c), 1e-9)
             _push(self.layer_ratios, f"{c.name}|{c.dtype}", ratio)
+            if c.shape:
+                _push(self.class_ratios, c.shape_class, ratio, _KEEP_CLASS)
             _push(self.kind_ratios, f"{c.kind}/{c.dtype}", ratio)
             _push(self.model_kind_ratios, f"{c.kind}/{c.dtype}", ratio)
         self.other_points.append((self._counts(costs), max(0.0, p50_ms - layer_total)))
@@ -211,12 +282,19 @@ class CalibratedModel:
         return float(statistics.median(errs)) if errs else None
 
     # ------------------------------------------------------------------------------ persistence
+    @staticmethod
+    def _kind_key(scope: str) -> str:
+        return f"kind_ratios@{scope}" if scope else "kind_ratios"
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "format": FORMAT_VERSION,
             "device_id": self.device_id,
             "roofline": self.roofline.to_dict(),
-            "kind_ratios": self.kind_ratios,
+            self._kind_key(self.scope): self.kind_ratios,
             "models": {self.model_key: {"layer_ratios": self.layer_ratios, "kind_ratios": self.model_kind_ratios,
+                                        "class_ratios": self.class_ratios,
+                                        "quantizes_sandwiched": self.quantizes_sandwiched,
                                         "other_points": [[c, v] for c, v in self.other_points],
                                         "sources": self.sources}},
             "errors": self.errors[-256:],
@@ -231,6 +309,8 @@ class CalibratedModel:
                 data = json.loads(p.read_text())
             except (OSError, ValueError):
                 data = {}
+        if data.get("format") != FORMAT_VERSION:
+            data = {}
         mine = self.to_dict()
         models = {**data.get("models", {}), **mine["models"]}
         data.update(mine)
@@ -241,9 +321,11 @@ class CalibratedModel:
         tmp.replace(p)
 
     @classmethod
-    def load(cls, path: str | Path, roofline: Roofline, *, device_id: str, model_key: str) -> CalibratedModel:
-        """Parameters saved for ``device_id`` (kind ratios shared by every model; layer ratios by ``model_key``)."""
-        model = cls(roofline, device_id=device_id, model_key=model_key)
+    def load(cls, path: str | Path, roofline: Roofline, *, device_id: str, model_key: str,
+             scope: str = "") -> CalibratedModel:
+        """Parameters saved for ``device_id`` (kind ratios shared by every model measured under ``scope``;
+        layer ratios by ``model_key``, which should name the scope too)."""
+        model = cls(roofline, device_id=device_id, model_key=model_key, scope=scope)
         p = Path(path)
         if not p.is_file():
             return model
@@ -251,12 +333,14 @@ class CalibratedModel:
             data = json.loads(p.read_text())
         except (OSError, ValueError):
             return model
-        if data.get("device_id") != device_id:
+        if data.get("device_id") != device_id or data.get("format") != FORMAT_VERSION:
             return model
-        model.kind_ratios = {k: [float(x) for x in v] for k, v in data.get("kind_ratios", {}).items()}
+        model.kind_ratios = {k: [float(x) for x in v] for k, v in data.get(cls._kind_key(scope), {}).items()}
         m = data.get("models", {}).get(model_key, {})
         model.layer_ratios = {k: [float(x) for x in v] for k, v in m.get("layer_ratios", {}).items()}
         model.model_kind_ratios = {k: [float(x) for x in v] for k, v in m.get("kind_ratios", {}).items()}
+        model.class_ratios = {k: [float(x) for x in v] for k, v in m.get("class_ratios", {}).items()}
+        model.quantizes_sandwiched = bool(m.get("quantizes_sandwiched", False))
         model.other_points = [({str(k): int(n) for k, n in c.items()}, float(v)) for c, v in m.get("other_points", [])]
         model.sources = {str(k): int(v) for k, v in m.get("sources", {}).items()}
         return model

@@ -148,6 +148,58 @@ def scope_aliases(model: Any, layers: Sequence[str]) -> tuple[dict[str, str], di
     return tensors, nodes
 
 
+def weight_aliases(model: Any, layers: Sequence[str]) -> dict[str, str]:
+    """node name -> layer for the layer ops of an unoptimized model, by the weight they read (directly or
+    through a DequantizeLinear of a constant). onnxruntime keeps a node's name as the prefix of what it
+    rewrites it into — including a float Conv between quantized activations that it quantizes itself
+    (``node_Conv_20`` -> ``node_Conv_20_token_6``, a QLinearConv reading the new ``node_Conv_20_weight_q``)."""
+    match = _Matcher(layers)
+    inits = {i.name for i in model.graph.initializer}
+    dq_of = {o: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input for o in n.output}
+    out: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type not in _LAYER_OPS:
+            continue
+        for i in node.input[1:]:
+            w = dq_of.get(i, i)
+            layer = match(w) if w in inits else None
+            if layer is not None and not _norm(w)[len(_norm(layer)):].startswith("_bias"):
+                out[node.name] = layer
+                break
+    return out
+
+
+#: kernel op type -> the dtype class it computes in (ops not listed say nothing)
+KERNEL_DTYPE: dict[str, str] = {
+    "QLinearConv": "int8", "QGemm": "int8", "QLinearMatMul": "int8",
+    "ConvInteger": "int8dyn", "MatMulInteger": "int8dyn", "DynamicQuantizeMatMul": "int8dyn",
+    "MatMulIntegerToFloat": "int8dyn",
+    "MatMulNBits": "int4w",
+    "Conv": "fp32", "FusedConv": "fp32", "Gemm": "fp32", "FusedGemm": "fp32", "MatMul": "fp32", "FusedMatMul": "fp32",
+}
+
+
+def effective_dtypes(node_map: NodeMap, per_node: Iterable[Any]) -> dict[str, str]:
+    """layer -> the dtype class its kernels actually ran in (from the op types of the nodes mapped to it), for
+    layers whose kernels agree on one. onnxruntime can run a layer in another class than the plan asked: a
+    float Conv between statically quantized activations becomes a QLinearConv."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for n in per_node:
+        name = n["name"] if isinstance(n, Mapping) else n.name
+        op = str(n["op_type"] if isinstance(n, Mapping) else n.op_type)
+        layer = node_map.layer_of.get(name)
+        if layer is not None and op in KERNEL_DTYPE:
+            seen[layer].add(KERNEL_DTYPE[op])
+    out = {}
+    for layer, classes in seen.items():
+        ints = classes - {"fp32"}
+        if len(ints) == 1:
+            out[layer] = next(iter(ints))
+        elif not ints:
+            out[layer] = "fp32"
+    return out
+
+
 def map_nodes(model: Any, layers: Sequence[str], *, sources: Sequence[Any] = ()) -> NodeMap:
     """Attribute the nodes of an ONNX model (``onnx.ModelProto``, usually onnxruntime's optimized graph) to
     ``layers`` (torch names). ``sources``: unoptimized models whose scope metadata names folded weights."""
@@ -157,7 +209,7 @@ def map_nodes(model: Any, layers: Sequence[str], *, sources: Sequence[Any] = ())
     for src in sources:
         t, n = scope_aliases(src, layers)
         tensor_alias.update(t)
-        node_alias.update(n)
+        node_alias.update({**weight_aliases(src, layers), **n})
     match = _Matcher(layers, tensor_alias)
     consts = {i.name for i in graph.initializer}
     consts.update(o for n in graph.node if n.op_type == "Constant" for o in n.output)

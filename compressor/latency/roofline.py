@@ -93,6 +93,14 @@ class LayerSpec:
             out_elems=_numel(getattr(info, "output_shape", None)),
         )
 
+    def batched(self, batch_size: int) -> LayerSpec:
+        """The same layer run on ``batch_size`` inputs at once (analysis is per sample): MACs and activations
+        scale with the batch, the weights (read once per run) do not."""
+        n = int(batch_size)
+        if n == 1:
+            return self
+        return replace(self, macs=self.macs * n, in_elems=self.in_elems * n, out_elems=self.out_elems * n)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "params": self.params, "macs": self.macs,
                 "in_elems": self.in_elems, "out_elems": self.out_elems}
@@ -112,6 +120,14 @@ class LayerCost:
     kernels: int
     #: MACs relative to the unmodified layer (structural effect)
     mac_scale: float = 1.0
+    #: the unmodified layer's kind and shape (params, input and output elements): layers that share it run
+    #: the same kernels on the same sizes (a transformer's q/k/v/o projections), so they share efficiencies
+    shape: str = ""
+
+    @property
+    def shape_class(self) -> str:
+        """``shape`` under this plan's structural change and dtype ('' when the shape is not known)."""
+        return f"{self.shape}@{self.mac_scale:.3g}|{self.dtype}" if self.shape else ""
 
 
 def structural_scales(
@@ -176,7 +192,8 @@ def plan_costs(
             wbytes += params / group * 4.0  # one fp32 scale (+ packed zero point) per group
         act = (s.in_elems + s.out_elems * out_s) * ACT_BYTES[dtype]
         costs.append(
-            LayerCost(s.name, s.kind, dtype, s.macs * mac_s, params, wbytes, act, kernels + EXTRA_KERNELS.get(dtype, 0), mac_s)
+            LayerCost(s.name, s.kind, dtype, s.macs * mac_s, params, wbytes, act, kernels + EXTRA_KERNELS.get(dtype, 0), mac_s,
+                      shape=f"{s.kind}:{s.params}:{s.in_elems}:{s.out_elems}")
         )
     return costs
 

@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS measurements (
     metric_drop REAL,
     source TEXT NOT NULL DEFAULT '',
     role TEXT NOT NULL DEFAULT 'candidate',
+    ref_ms REAL,
+    load REAL,
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS measurements_key ON measurements (device_id, model_hash, plan_hash);
@@ -89,6 +91,10 @@ class Measurement:
     source: str = ""
     #: "baseline" | "probe" (calibration; never reused for a candidate) | "candidate"
     role: str = "candidate"
+    #: the load reference's p50 at load 1 in the session that measured this (its fp32 baseline), and the
+    #: device load then relative to it: a measurement is reused only where the reference runs alike
+    ref_ms: float | None = None
+    load: float | None = None
     created_at: float = field(default_factory=time.time)
     id: int | None = None
 
@@ -108,8 +114,10 @@ class MeasurementStore:
         with self._conn() as conn:
             conn.executescript(SCHEMA)
             cols = {r[1] for r in conn.execute("PRAGMA table_info(measurements)")}
-            if "role" not in cols:  # a store written by an earlier version
-                conn.execute("ALTER TABLE measurements ADD COLUMN role TEXT NOT NULL DEFAULT 'candidate'")
+            # a store written by an earlier version
+            for col, decl in (("role", "TEXT NOT NULL DEFAULT 'candidate'"), ("ref_ms", "REAL"), ("load", "REAL")):
+                if col not in cols:
+                    conn.execute(f"ALTER TABLE measurements ADD COLUMN {col} {decl}")
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -160,11 +168,16 @@ class MeasurementStore:
             return [self._from_row(r) for r in conn.execute(sql, args).fetchall()]
 
     def find(self, *, device_id: str, model_hash: str, plan_hash: str,
-             runtime_versions: Mapping[str, str] | None = None, threads: int | None = None) -> Measurement | None:
-        """The newest earlier measurement of this exact candidate on this device and runtime, if any
-        (calibration probes are not reused)."""
+             runtime_versions: Mapping[str, str] | None = None, threads: int | None = None,
+             batch_size: int = 1, ref_ms: float | None = None, ref_tolerance: float = 0.1) -> Measurement | None:
+        """The newest earlier measurement of this exact candidate on this device and runtime at this batch
+        size, if any (calibration probes are not reused). With ``ref_ms`` (this session's load reference
+        level): only one made where the reference ran within ``ref_tolerance`` of it — on a shared machine a
+        p50 from another hour is another machine's."""
         for m in self.query(device_id=device_id, model_hash=model_hash, plan_hash=plan_hash):
-            if m.role == "probe":
+            if m.role == "probe" or m.batch_size != batch_size:
+                continue
+            if ref_ms is not None and (m.ref_ms is None or abs(m.ref_ms / ref_ms - 1.0) > ref_tolerance):
                 continue
             if runtime_versions is not None and m.runtime_versions and dict(runtime_versions) != m.runtime_versions:
                 continue

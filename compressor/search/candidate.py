@@ -75,6 +75,11 @@ class Timing:
     device: str = "host"
     #: device load while measured (reference p50 now ÷ at the baseline), when the evaluator measured it
     load: float | None = None
+    #: inputs per run the benchmark used
+    batch_size: int = 1
+    #: interleaved rounds against the load reference, and the relative MAD of their candidate/reference ratios
+    rounds: int = 0
+    spread: float | None = None
 
     def scaled(self, factor: float) -> Timing:
         """The same measurement divided by ``factor`` (a load factor: times at the reference load)."""
@@ -84,6 +89,7 @@ class Timing:
             per_node=[{**n, "mean_ms": float(n["mean_ms"]) / f} for n in self.per_node],
             profiled_e2e_ms=self.profiled_e2e_ms / f if self.profiled_e2e_ms else None,
             threads=self.threads, runtime=dict(self.runtime), source=self.source, device=self.device,
+            batch_size=self.batch_size, rounds=self.rounds, spread=self.spread,
         )
 
 
@@ -146,6 +152,9 @@ class Candidate:
     distilled: bool = False
     #: device load when measured: fp32 reference p50 now / at the baseline (predictions are scaled by it)
     load: float | None = None
+    #: rounds interleaved with the reference, and how much they disagreed (relative MAD of the ratios)
+    rounds: int = 0
+    spread: float | None = None
     error: str | None = None
     tags: list[str] = field(default_factory=list)
 
@@ -189,7 +198,8 @@ class Candidate:
             "predicted_size_bytes": int(self.predicted_size_bytes), "size_bytes": self.size_bytes,
             "predicted_memory_mb": self.predicted_memory_mb, "memory_mb": self.measured_memory_mb,
             "source": "measured" if self.measured else "predicted", "device": self.device or None,
-            "reused": self.reused, "distilled": self.distilled, "load": self.load, "error": self.error, "tags": list(self.tags),
+            "reused": self.reused, "distilled": self.distilled, "load": self.load,
+            "rounds": self.rounds, "spread": self.spread, "error": self.error, "tags": list(self.tags),
             "summary": summarize(self.labels),
         }
 

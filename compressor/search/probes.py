@@ -1,7 +1,8 @@
 """Calibration probes: measure every quant scheme in the model itself before the search.
 
-For each scheme the space offers, one plan quantizes the first half of the layers (the rest stay fp32)
-and is measured on the device with per-node times and the interleaved load reference. The device then
+For each scheme the space offers, one plan quantizes the first half of the layers of each kind (the rest
+stay fp32) — and, when that half leaves a layer shape unmeasured, a second plan the other half — and is
+measured on the device with per-node times and the interleaved load reference. The device then
 shows the scheme's per-layer times in the model's real context (the ops around each layer included) and
 how the time outside the layers changes, so the first predictions the search makes for that scheme are
 calibrated rather than guessed from peak-throughput figures. A probe is a calibration measurement, not a
@@ -14,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from devicefit.compressor.latency.roofline import dtype_of
 from devicefit.compressor.search.candidate import Candidate
 from devicefit.compressor.search.problem import SearchProblem
 
@@ -29,36 +29,49 @@ def quant_labels(problem: SearchProblem) -> list[str]:
     return list(out)
 
 
+def _shape(spec: Any) -> tuple[str, int, int, int]:
+    return (spec.kind, spec.params, spec.in_elems, spec.out_elems)
+
+
 def probe_plans(problem: SearchProblem) -> dict[str, dict[str, str]]:
-    """Per quant label: the first half of the layers that offer it (in network order) get it, the rest
-    stay float — a contiguous run, so schemes whose cost depends on their neighbours (static int8 keeps
-    activations quantized between consecutive layers) are seen as in a uniform plan."""
+    """Probe name -> labels. Per quant label: of each layer kind (conv, linear), the first half of the
+    layers that offer it (in network order) get it, the rest stay float — contiguous runs, so schemes whose
+    cost depends on their neighbours (static int8 keeps activations quantized between consecutive layers)
+    are seen as in a uniform plan, and every kind is seen at every scheme. When that half leaves a layer
+    shape unmeasured at the scheme (a small CNN, whose every layer has its own shape), a second probe
+    ``"<label> (2nd half)"`` quantizes the other half: every shape is then measured at every scheme in the
+    model's own context. (A transformer's first half already holds every shape of its blocks.)"""
     out: dict[str, dict[str, str]] = {}
     for q in quant_labels(problem):
-        labels = problem.float_labels()
-        usable = [s.name for s in problem.specs if problem.space.has(s.name, q)]
-        for layer in usable[: max(1, len(usable) // 2)]:
-            labels[layer] = q
-        if labels != problem.float_labels():
-            out[q] = labels
+        by_kind: dict[str, list[Any]] = {}
+        for s in problem.specs:
+            if problem.space.has(s.name, q):
+                by_kind.setdefault(s.kind, []).append(s)
+        first = [s for usable in by_kind.values() for s in usable[: max(1, len(usable) // 2)]]
+        second = [s for usable in by_kind.values() for s in usable[max(1, len(usable) // 2):]]
+        for name, part in ((q, first), (f"{q} (2nd half)", second)):
+            if name != q and {_shape(s) for s in part} <= {_shape(s) for s in first}:
+                continue
+            labels = problem.float_labels()
+            for s in part:
+                labels[s.name] = q
+            if labels != problem.float_labels():
+                out[name] = labels
     return out
 
 
 def run_probes(loop: Any, *, note: Callable[[str], None] | None = None) -> list[Candidate]:
-    """Measure a probe for every scheme this model has not been measured with on this device yet."""
+    """Measure each probe whose quantized layers are not all measured at their scheme for this model on
+    this device yet (a persisted latency model may already hold them)."""
     done: list[Candidate] = []
-    for q, labels in probe_plans(loop.problem).items():
+    base = loop.problem.float_labels()
+    for name, labels in probe_plans(loop.problem).items():
+        quantized = [c for c in loop.problem.costs(labels) if c.dtype != "fp32"]
+        if all(loop.problem.latency.measured(c) for c in quantized):
+            continue
         cand = loop.problem.predict(labels, trial=-2 - len(done))
-        dtype = None
-        for layer, lab in labels.items():
-            opt = loop.problem.space.option(layer, lab)
-            if opt.quant is not None:
-                dtype = dtype_of(opt.quant)
-                break
-        if dtype not in cand.uncalibrated:
-            continue  # this device already showed this scheme for this model (persisted latency model)
         if note is not None:
-            note(f"probe {q}: {sum(1 for v in labels.values() if v == q)} of {len(labels)} layers")
-        loop.evaluate(cand, tag=f"probe:{q}", score=False, register=False)
+            note(f"probe {name}: {sum(1 for k, v in labels.items() if v != base[k])} of {len(labels)} layers")
+        loop.evaluate(cand, tag=f"probe:{name}", score=False, register=False)
         done.append(cand)
     return done

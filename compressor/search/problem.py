@@ -9,8 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devicefit.compressor.latency.calibrated import CalibratedModel
-from devicefit.compressor.latency.nodemap import NodeMap
-from devicefit.compressor.latency.roofline import LayerCost, LayerSpec, plan_costs, predicted_size_bytes
+from devicefit.compressor.latency.nodemap import NodeMap, effective_dtypes
+from devicefit.compressor.latency.roofline import (
+    LayerCost,
+    LayerSpec,
+    plan_costs,
+    predicted_size_bytes,
+    with_dtype,
+)
 from devicefit.compressor.search.candidate import Budget, Candidate, Materialized, Timing, plan_hash
 from devicefit.compressor.search.sensitivity import SensitivityTable
 from devicefit.compressor.search.space import SearchSpace
@@ -82,6 +88,10 @@ class SearchProblem:
         self.latency = latency
         self.budget = budget
         self.consumers = dict(consumers or {})
+        self.producers: dict[str, list[str]] = {}
+        for src, dsts in self.consumers.items():
+            for d in dsts:
+                self.producers.setdefault(d, []).append(src)
         self.model_hash = model_hash
         self.memory = MemoryModel()
         self.drops = DropModel()
@@ -94,10 +104,27 @@ class SearchProblem:
     def costs(self, labels: Mapping[str, str]) -> list[LayerCost]:
         return plan_costs(self.specs, self.space.choices(labels), consumers=self.consumers)
 
+    def latency_costs(self, costs: Sequence[LayerCost]) -> list[LayerCost]:
+        """``costs`` as the runtime will run them. Once the device has been seen to run a float layer whose
+        neighbours are statically quantized as int8 itself (onnxruntime quantizes a float Conv / MatMul
+        between quantized activations at load time), such a layer is costed as int8 — every layer it
+        takes its input from and every layer that takes its output being int8 static."""
+        if not self.latency.quantizes_sandwiched:
+            return list(costs)
+        dtype = {c.name: c.dtype for c in costs}
+        out = []
+        for c in costs:
+            prods, cons = self.producers.get(c.name, ()), self.consumers.get(c.name, ())
+            if (c.dtype == "fp32" and prods and cons and all(dtype.get(p) == "int8" for p in prods)
+                    and all(dtype.get(q) == "int8" for q in cons)):
+                c = with_dtype(c, "int8")
+            out.append(c)
+        return out
+
     def predict(self, labels: Mapping[str, str], *, trial: int = -1) -> Candidate:
         labels = dict(labels)
         costs = self.costs(labels)
-        pred = self.latency.predict(costs)
+        pred = self.latency.predict(self.latency_costs(costs))
         size = predicted_size_bytes(self.specs, costs, self.total_params)
         additive = self.sensitivity.plan_drop(self.space, labels)
         return Candidate(
@@ -124,6 +151,13 @@ class SearchProblem:
         other = None
         if node_map is not None and timing.per_node:
             per_layer, other, _total = node_map.split(timing.per_node)
+            # learn each layer under the dtype its kernels actually ran in (a float layer the runtime
+            # quantized itself is an int8 layer, not a slow or fast fp32 one)
+            ran = effective_dtypes(node_map, timing.per_node)
+            upgraded = {c.name: ran[c.name] for c in costs if c.dtype == "fp32" and ran.get(c.name, "fp32") != "fp32"}
+            if upgraded:
+                self.latency.quantizes_sandwiched = True
+                costs = [with_dtype(c, upgraded[c.name]) if c.name in upgraded else c for c in costs]
         self.latency.observe(
             costs,
             p50_ms=timing.p50_ms,
@@ -132,6 +166,7 @@ class SearchProblem:
             profiled_e2e_ms=timing.profiled_e2e_ms,
             predicted_ms=cand.predicted_ms if score else None,
             label=f"trial {cand.trial}",
+            n_nodes=len(timing.per_node) or None,
         )
         size = mat.size_bytes if mat is not None else cand.size_bytes
         if size is not None:

@@ -107,6 +107,11 @@ class SearchLoop:
     def budget(self) -> Any:
         return self.problem.budget
 
+    @property
+    def batch_size(self) -> int:
+        """Inputs per benchmark run of the evaluator (1 when it does not say)."""
+        return int(getattr(self.evaluator, "batch_size", 1) or 1)
+
     def measured(self) -> list[Candidate]:
         return [c for c in self.by_hash.values() if c.measured and c.error is None]
 
@@ -179,9 +184,13 @@ class SearchLoop:
             mat = self.evaluator.materialize(plan, name=f"trial-{cand.trial:04d}-{cand.plan_hash[:8]}")
             timing = self._reuse(cand) if self.config.reuse and register else None
             cand.reused = timing is not None
-            if timing is None:
-                timing = self.evaluator.measure(mat.path)
+            if timing is not None:
+                # measured in an earlier session (whose calibration may already hold it): no prediction error
+                score = False
                 cand.load = timing.load
+            else:
+                timing = self.evaluator.measure(mat.path)
+                cand.load, cand.rounds, cand.spread = timing.load, timing.rounds, timing.spread
                 # the prediction with the latest calibration (this measurement not yet learned), for the
                 # device load measured by the reference runs interleaved with the candidate's
                 cand.predicted_ms = self.problem.predict(cand.labels).predicted_ms * (timing.load or 1.0)
@@ -220,12 +229,19 @@ class SearchLoop:
             return None
         versions, threads = self.evaluator.runtime_key()
         row = self.store.find(device_id=self.evaluator.device_id, model_hash=self.problem.model_hash,
-                              plan_hash=cand.plan_hash, runtime_versions=versions, threads=threads)
+                              plan_hash=cand.plan_hash, runtime_versions=versions, threads=threads,
+                              batch_size=self.batch_size, ref_ms=self._reference_level())
         if row is None:
             return None
         return Timing(p50_ms=row.p50_ms, p90_ms=row.p90_ms or row.p50_ms, mean_ms=row.mean_ms or row.p50_ms,
                       peak_rss_mb=row.peak_rss_mb or 0.0, per_node=list(row.per_node), profiled_e2e_ms=row.profiled_e2e_ms,
-                      threads=row.threads, runtime=dict(row.runtime_versions), source=row.source, device=row.device_id)
+                      threads=row.threads, runtime=dict(row.runtime_versions), source=row.source, device=row.device_id,
+                      batch_size=row.batch_size, load=row.load)
+
+    def _reference_level(self) -> float | None:
+        """The evaluator's load reference p50 at load 1 (None when it keeps no reference)."""
+        level = getattr(self.evaluator, "reference_level", None)
+        return float(level) if isinstance(level, (int, float)) and level > 0 else None
 
     def record(self, cand: Candidate, plan: Plan, timing: Timing, split: dict[str, Any], *, role: str = "candidate") -> None:
         """Add a measurement to the store (no-op without one)."""
@@ -235,12 +251,12 @@ class SearchLoop:
         self.store.add(Measurement(
             device_id=self.evaluator.device_id, profile_id=self.profile_id, model_hash=self.problem.model_hash,
             plan_hash=cand.plan_hash, plan=plan.to_dict(), runtime="onnxruntime", runtime_versions=versions,
-            threads=threads, p50_ms=timing.p50_ms, p90_ms=timing.p90_ms, mean_ms=timing.mean_ms,
+            threads=threads, batch_size=timing.batch_size, p50_ms=timing.p50_ms, p90_ms=timing.p90_ms, mean_ms=timing.mean_ms,
             peak_rss_mb=timing.peak_rss_mb, per_node=timing.per_node, per_layer=split.get("per_layer") or {},
             other_ms=split.get("other_ms"), profiled_e2e_ms=timing.profiled_e2e_ms,
             predicted_ms=cand.predicted_ms if cand.trial >= 0 else None, size_bytes=cand.size_bytes,
             metric_name=str((cand.metric or {}).get("name")), metric_drop=cand.drop if cand.metric else None,
-            source=timing.source, role=role))
+            source=timing.source, role=role, ref_ms=self._reference_level(), load=timing.load))
 
     @staticmethod
     def _copy_measured(src: Candidate, dst: Candidate) -> None:

@@ -28,6 +28,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     group.add_argument("--trials", type=int, default=None, help="number of search trials (default 120)")
     group.add_argument("--minutes", type=float, default=None, help="search time budget in minutes")
     p.add_argument("--max-measurements", type=int, default=None, help="candidates to compress and measure (default 6)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="inputs per benchmark run; every latency (budget included) is per run at this batch (default 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for every benchmark (default: the runner's, = physical cores)")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
     p.add_argument("--storage", metavar="URL", default=None,
                    help="Optuna storage: sqlite:///file.db (default: OUTDIR/study.db), postgresql://…, mysql+pymysql://…")
@@ -53,9 +57,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 def _human(d: dict[str, Any]) -> str:
     r = d["result"]
     lat = r["latency"]
+    batch = int((d.get("benchmark") or {}).get("batch_size") or 1)
+    threads = (d.get("benchmark") or {}).get("threads") or "default"
     lines = [
         f"{d['model']['name']} on {d['profile']['id']}: budget {'MET' if r['budget_met'] else 'NOT met'}",
-        f"  latency p50 {lat['p50_ms']:.3f} ms ({lat['source']} on {lat.get('device')}), fp32 "
+        f"  latency p50 {lat['p50_ms']:.3f} ms ({lat['source']} on {lat.get('device')}, batch {batch}, threads {threads}), fp32 "
         f"{d['baseline']['latency']['p50_ms']:.3f} ms; budget {d['budget'].get('latency_ms')}",
         f"  {r['metric']['name']}: {r['metric'].get('baseline')} → {r['metric'].get('compressed')} "
         f"(drop {r['metric']['drop']:.4f}; budget {d['budget'].get('accuracy_drop')})",
@@ -76,7 +82,7 @@ def _fit(args: argparse.Namespace) -> int:
         max_size_mb=args.max_size_mb, max_memory_mb=args.max_memory_mb, max_accuracy_drop=args.max_accuracy_drop,
         trials=args.trials, minutes=args.minutes, format=args.format, out=args.output, storage=args.storage,
         progress=not args.no_progress and not args.json, max_measurements=args.max_measurements, seed=args.seed,
-        study_name=args.study,
+        study_name=args.study, batch_size=args.batch_size, threads=args.threads,
     )
     emit(args, result.to_dict(), _human)
     result.raise_if_not_met()

@@ -49,7 +49,8 @@ def test_fit_minilm_on_agent(tmp_path: Path, minilm_onnx: Path) -> None:
     for p in rep["pareto"]:
         if p["source"] == "measured":
             print(f"  trial {p['trial']}: predicted {p['predicted_ms']:.2f} measured {p['measured_ms']:.2f} ms "
-                  f"(load {p['load']}), drop {p['metric_drop']:.4f} {p['summary']} {'<- chosen' if p['chosen'] else ''}")
+                  f"(load {p['load']}, {p['rounds']} rounds, spread {p['spread']}, reused {p['reused']}), "
+                  f"drop {p['metric_drop']:.4f} {p['summary']} {'<- chosen' if p['chosen'] else ''}")
     assert r["budget_met"] is True
     assert r["latency"]["source"] == "measured" and r["latency"]["device"] == "fit-e2e"
     assert r["latency"]["p50_ms"] <= budget

@@ -109,7 +109,7 @@ def test_calibration_from_end_to_end_only() -> None:
     for plan in (Plan(), Plan.uniform(quant=Int8Static())):
         costs = plan_costs(specs, plan)
         total, per = _truth(costs, eff, 0.2)
-        # per-node times whose profiled run took 10x the plain p50: not trusted
+        # per-node times whose profiled run took 10x the plain p50 (node count unknown): not trusted
         src = model.observe(costs, p50_ms=total, per_layer_ms=per, other_ms=0.2, profiled_e2e_ms=10 * total)
         assert src == "end-to-end"
         assert model.predict(costs).total_ms == pytest.approx(total, rel=1e-3)  # a measured plan is reproduced
@@ -166,3 +166,123 @@ def test_node_map_attributes_nodes_to_layers(tmp_path: Path) -> None:
         assert sum(per.values()) == pytest.approx(len(nm.layer_of))
     assert np.isfinite(total)
 
+
+
+def test_batched_specs_scale_work_not_weights() -> None:
+    spec = _specs()[1]  # fc: memory-bound at batch 1 (weights dominate)
+    b64 = spec.batched(64)
+    assert spec.batched(1) is spec
+    assert (b64.macs, b64.in_elems, b64.out_elems, b64.params) == (spec.macs * 64, spec.in_elems * 64,
+                                                                   spec.out_elems * 64, spec.params)
+    (one,) = plan_costs([spec], Plan())
+    (many,) = plan_costs([b64], Plan())
+    assert many.weight_bytes == one.weight_bytes and many.act_bytes == pytest.approx(64 * one.act_bytes)
+    # weights are read once per run: 64 inputs cost far less than 64 runs of one
+    assert ROOF.layer_ms(one) < ROOF.layer_ms(many) < 64 * ROOF.layer_ms(one) / 4
+
+
+def test_per_node_trusted_by_kernel_size_not_by_profiled_wall_time() -> None:
+    specs = _specs()
+    costs = plan_costs(specs, Plan())
+    per = {"conv": 2.0, "fc": 1.0, "head": 0.1}
+    model = CalibratedModel(ROOF, device_id="dev")
+    # a loaded machine: the profiled runs' mean took 3x the plain p50, but kernels of ~0.5 ms are well measured
+    layers, src = model.split(costs, 2.0, per, 0.9, profiled_e2e_ms=6.0, n_nodes=8)
+    assert src == "per-node" and layers["conv"] == pytest.approx(2.0 * 2.0 / 6.0)
+    # a tiny model: 8 kernels of ~5 µs each are mostly the profiler's own cost
+    tiny = {k: v / 500 for k, v in per.items()}
+    assert model.split(costs, 0.01, tiny, 0.0018, profiled_e2e_ms=0.012, n_nodes=8)[1] == "end-to-end"
+
+
+def test_unmeasured_layer_gets_its_own_fp32_efficiency_times_siblings_speedup() -> None:
+    specs = [LayerSpec(f"l{i}", "linear", 100_000 * (i + 1), 100_000 * (i + 1) * 32, 32 * 300, 32 * 300) for i in range(4)]
+    fp32_eff = {"l0": 2.0, "l1": 4.0, "l2": 2.0, "l3": 4.0}  # differently efficient layers
+    model = CalibratedModel(ROOF, device_id="dev")
+    costs = plan_costs(specs, Plan())
+    model.observe(costs, p50_ms=sum(fp32_eff[c.name] * ROOF.layer_ms(c) for c in costs) + 0.1,
+                  per_layer_ms={c.name: fp32_eff[c.name] * ROOF.layer_ms(c) for c in costs}, other_ms=0.1)
+    half = Plan.per_layer({"l0": LayerChoice(quant=Int8Static()), "l1": LayerChoice(quant=Int8Static())})
+    hcosts = plan_costs(specs, half)
+    # int8 halves each layer's efficiency figure (against its int8 roofline)
+    true8 = {c.name: (0.5 if c.dtype == "int8" else 1.0) * fp32_eff[c.name] * ROOF.layer_ms(c) for c in hcosts}
+    model.observe(hcosts, p50_ms=sum(true8.values()) + 0.1, per_layer_ms=true8, other_ms=0.1)
+    other_half = Plan.per_layer({"l2": LayerChoice(quant=Int8Static()), "l3": LayerChoice(quant=Int8Static())})
+    pred = model.predict(plan_costs(specs, other_half))
+    for c in plan_costs(specs, other_half):
+        if c.dtype == "int8":  # l2 / l3 never measured at int8: fp32 efficiency of the layer × the siblings' speed-up
+            assert pred.per_layer[c.name] == pytest.approx(0.5 * fp32_eff[c.name] * ROOF.layer_ms(c))
+
+
+def test_layers_of_one_shape_pool_their_noisy_per_node_times() -> None:
+    """Six identical layers whose per-node times scatter ±60% around the truth (a loaded machine): each is
+    predicted from the median of its shape class, not from its own single noisy sample."""
+    specs = [LayerSpec(f"q{i}", "linear", 147_840, 147_456 * 128, 128 * 384, 128 * 384) for i in range(6)]
+    costs = plan_costs(specs, Plan())
+    truth = 2.0 * ROOF.layer_ms(costs[0])
+    noise = [1.6, 0.4, 1.0, 1.1, 0.9, 0.5]
+    model = CalibratedModel(ROOF, device_id="dev")
+    model.observe(costs, p50_ms=6 * truth + 0.5, per_layer_ms={c.name: truth * f for c, f in zip(costs, noise, strict=True)},
+                  other_ms=0.5)
+    pred = model.predict(costs)
+    assert all(v == pytest.approx(pred.per_layer["q0"]) for v in pred.per_layer.values())
+    assert pred.per_layer["q0"] == pytest.approx(truth, rel=0.1)  # the pooled median; q0 alone said 1.6x
+
+
+def test_device_wide_ratios_are_kept_per_benchmark_settings(tmp_path: Path) -> None:
+    path = tmp_path / "dev.json"
+    costs = plan_costs(_specs(), Plan())
+    one = CalibratedModel(ROOF, device_id="dev", model_key="m")
+    one.observe(costs, p50_ms=5.0, per_layer_ms={"conv": 2.0, "fc": 2.0, "head": 0.1}, other_ms=0.9)
+    one.save(path)
+    many = CalibratedModel(ROOF, device_id="dev", model_key="m@batch32", scope="batch32")
+    many.observe(costs, p50_ms=50.0, per_layer_ms={"conv": 20.0, "fc": 20.0, "head": 1.0}, other_ms=9.0)
+    many.save(path)
+    again = CalibratedModel.load(path, ROOF, device_id="dev", model_key="x")
+    assert again.kind_ratios == one.kind_ratios != many.kind_ratios
+    assert CalibratedModel.load(path, ROOF, device_id="dev", model_key="y", scope="batch32").kind_ratios == many.kind_ratios
+
+
+def test_parameters_saved_by_another_format_version_are_not_reused(tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "dev.json"
+    model = CalibratedModel(ROOF, device_id="dev", model_key="m")
+    model.observe(plan_costs(_specs(), Plan()), p50_ms=5.0, per_layer_ms={"conv": 2.0, "fc": 2.0, "head": 0.1}, other_ms=0.9)
+    model.save(path)
+    assert CalibratedModel.load(path, ROOF, device_id="dev", model_key="m").layer_ratios == model.layer_ratios
+    data = json.loads(path.read_text())
+    data.pop("format")  # as written before the format was versioned
+    path.write_text(json.dumps(data))
+    old = CalibratedModel.load(path, ROOF, device_id="dev", model_key="m")
+    assert old.layer_ratios == {} and old.kind_ratios == {}
+
+
+def test_node_the_runtime_quantized_itself_maps_to_its_layer_and_counts_as_int8() -> None:
+    """onnxruntime turns a float Conv between statically quantized activations into a QLinearConv that
+    reads a weight it quantized at load time (``node_Conv_20_weight_q``): the node keeps the original
+    node's name as prefix, which the unoptimized file ties to ``conv2.weight``."""
+    from onnx import TensorProto, helper
+
+    from devicefit.compressor.latency.nodemap import effective_dtypes, map_nodes
+
+    def init(name: str) -> object:
+        return helper.make_tensor(name, TensorProto.FLOAT, [1], [0.0])
+
+    src = helper.make_model(helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["conv1.weight_quantized", "s"], ["w1"], name="conv1.weight_DequantizeLinear"),
+         helper.make_node("Conv", ["x", "w1"], ["a"], name="node_Conv_19"),
+         helper.make_node("Conv", ["a", "conv2.weight", "conv2.bias"], ["y"], name="node_Conv_20")],
+        "src", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [init("conv1.weight_quantized"), init("s"), init("conv2.weight"), init("conv2.bias")]))
+    opt = helper.make_model(helper.make_graph(
+        [helper.make_node("QLinearConv", ["x", "s", "z", "conv1.weight_quantized"], ["a"], name="node_Conv_19_token_3"),
+         helper.make_node("QLinearConv", ["a", "s", "z", "node_Conv_20_weight_q"], ["y"], name="node_Conv_20_token_6")],
+        "opt", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [init("s"), init("z"), init("conv1.weight_quantized"), init("node_Conv_20_weight_q")]))
+    nm = map_nodes(opt, ["conv1", "conv2"], sources=[src])
+    assert nm.layer_of == {"node_Conv_19_token_3": "conv1", "node_Conv_20_token_6": "conv2"}
+    times = [{"name": "node_Conv_19_token_3", "op_type": "QLinearConv", "mean_ms": 0.1},
+             {"name": "node_Conv_20_token_6", "op_type": "QLinearConv", "mean_ms": 0.2}]
+    assert effective_dtypes(nm, times) == {"conv1": "int8", "conv2": "int8"}

@@ -34,12 +34,23 @@ def test_store_round_trip_and_reuse(tmp_path: Path) -> None:
     assert again.find(device_id="pi", model_hash="mh", plan_hash="p1", threads=2) is None
     assert again.find(device_id="x", model_hash="mh", plan_hash="p1") is None
     assert again.find(device_id="pi", model_hash="mh", plan_hash="p2") is None
+    # ... nor across batch sizes (the row above was measured at batch 1)
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p1", batch_size=32) is None
+    again.add(Measurement(device_id="pi", model_hash="mh", plan_hash="p1", p50_ms=300.0, batch_size=32, threads=4))
+    b32 = again.find(device_id="pi", model_hash="mh", plan_hash="p1", batch_size=32)
+    assert b32 is not None and b32.p50_ms == 300.0
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p1", threads=4).p50_ms == 12.5  # type: ignore[union-attr]
     # newest first
     again.add(Measurement(device_id="pi", model_hash="mh", plan_hash="p1", p50_ms=11.0, threads=4,
                           runtime_versions={"onnxruntime": "1.32.0"}, created_at=m.created_at + 10))
     latest = again.find(device_id="pi", model_hash="mh", plan_hash="p1")
     assert latest is not None and latest.p50_ms == 11.0
-    assert len(again.query(device_id="pi")) == 2
+    assert len(again.query(device_id="pi")) == 3
+    # with a load reference level given, only measurements made where the reference ran alike (±10%)
+    again.add(Measurement(device_id="pi", model_hash="mh", plan_hash="p5", p50_ms=7.0, ref_ms=20.0, load=1.1))
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p5", ref_ms=21.0).load == 1.1  # type: ignore[union-attr]
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p5", ref_ms=40.0) is None  # a busier machine
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p1", ref_ms=20.0) is None  # level not recorded
     # calibration probes are stored but never reused for a candidate
     again.add(Measurement(device_id="pi", model_hash="mh", plan_hash="p9", p50_ms=5.0, role="probe"))
     assert again.find(device_id="pi", model_hash="mh", plan_hash="p9") is None

@@ -176,3 +176,41 @@ def test_calibration_probes_make_first_predictions_accurate(tmp_path: Path, monk
         assert pred.predicted_ms == pytest.approx(truth, rel=0.03), q
         assert abs(before[q] - truth) > abs(pred.predicted_ms - truth)
     assert run_probes(loop) == []  # nothing left to calibrate
+
+
+def test_probes_cover_every_layer_kind() -> None:
+    """A CNN: two convolutions then two linear layers — each scheme is probed on the first half of each kind."""
+    specs = [LayerSpec("c0", "conv", 320, 600_000, 64, 2048), LayerSpec("c1", "conv", 18_000, 37_000_000, 2048, 4096),
+             LayerSpec("f0", "linear", 262_000, 262_000, 1024, 256), LayerSpec("f1", "linear", 2570, 2560, 256, 10)]
+    space = build_space(specs, config=SpaceConfig(families={"quant": ("int8_static",)}))
+    sens = SensitivityTable("accuracy", 1.0, 8)
+    problem = SearchProblem(specs, total_params=284_000, space=space, sensitivity=sens,
+                            latency=CalibratedModel(ROOF, device_id="d"), budget=Budget())
+    from devicefit.compressor.search.probes import probe_plans
+
+    plans = probe_plans(problem)
+    assert {k: v for k, v in plans["int8_static"].items() if v != "float"} == {"c0": "int8_static", "f0": "int8_static"}
+    # every layer has its own shape here: the other half gets a probe of its own
+    second = plans["int8_static (2nd half)"]
+    assert {k: v for k, v in second.items() if v != "float"} == {"c1": "int8_static", "f1": "int8_static"}
+    assert len(plans) == 2
+
+
+def test_float_layer_the_runtime_runs_as_int8_is_learned_and_then_predicted_as_int8() -> None:
+    """l1 stays float in the plan, between two static int8 layers; the device's kernels say it ran int8.
+    The measurement is learned as l1 at int8, and later plans with the same sandwich are costed so."""
+    specs = [LayerSpec(f"l{i}", "conv", 20_000, 20_000_000, 10_000, 10_000) for i in range(3)]
+    specs = [LayerSpec(s.name, s.kind, s.params + i, s.macs, s.in_elems, s.out_elems) for i, s in enumerate(specs)]
+    space = build_space(specs, config=SpaceConfig(families={"quant": ("int8_static",)}))
+    problem = SearchProblem(specs, total_params=60_003, space=space, sensitivity=SensitivityTable("accuracy", 1.0, 8),
+                            latency=CalibratedModel(ROOF, device_id="d"), budget=Budget(), consumers={"l0": ("l1",), "l1": ("l2",)})
+    labels = {"l0": "int8_static", "l1": "float", "l2": "int8_static"}
+    assert [c.dtype for c in problem.latency_costs(problem.costs(labels))] == ["int8", "fp32", "int8"]
+    nm = NodeMap({"q0": "l0", "q1": "l1", "q2": "l2"}, {})
+    per = [{"name": f"q{i}", "op_type": "QLinearConv", "mean_ms": 0.1} for i in range(3)]
+    problem.learn(problem.predict(labels), Timing(0.35, 0.4, 0.35, 50.0, per_node=per), None, nm, score=False)
+    assert problem.latency.quantizes_sandwiched
+    assert "l1|int8" in {k for k in problem.latency.layer_ratios} and "l1|fp32" not in problem.latency.layer_ratios
+    assert [c.dtype for c in problem.latency_costs(problem.costs(labels))] == ["int8", "int8", "int8"]
+    # the file's size is still the plan's: the runtime quantizes the weight at load time
+    assert problem.predict(labels).predicted_size_bytes > problem.predict(space.uniform("int8_static")).predicted_size_bytes
