@@ -36,6 +36,17 @@ from devicefit.errors import UserInputError
 METHODS = ("whiten", "scale")
 
 
+def damped_cholesky(c: torch.Tensor, damp: float, problem: str, fix: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(L, L⁻¹, λ) with L Lᵀ = c + λ·I, λ = ``damp`` × mean diagonal of ``c`` (×10 until it factorizes)."""
+    eye = torch.eye(c.shape[0], dtype=c.dtype)
+    lam = damp * float(torch.diagonal(c).mean().clamp(min=1e-12))
+    for attempt in range(6):
+        chol, info = torch.linalg.cholesky_ex(c + lam * (10**attempt) * eye)
+        if int(info) == 0:
+            return chol, torch.linalg.solve_triangular(chol, eye, upper=False), lam * 10**attempt
+    raise UserInputError(f"{problem} is not positive definite even after damping", fix)
+
+
 def _whitener(stats: ChannelStats, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(L, L⁻¹) with L Lᵀ = damped centred covariance of the layer input."""
     if stats.gram is None:
@@ -43,14 +54,8 @@ def _whitener(stats: ChannelStats, damp: float) -> tuple[torch.Tensor, torch.Ten
     n = max(stats.count, 1)
     mu = stats.mean
     cov = stats.gram / n - torch.outer(mu, mu)
-    cov = (cov + cov.T) / 2
-    eye = torch.eye(cov.shape[0], dtype=cov.dtype)
-    lam = damp * float(torch.diagonal(cov).mean().clamp(min=1e-12))
-    for attempt in range(6):
-        chol, info = torch.linalg.cholesky_ex(cov + lam * (10**attempt) * eye)
-        if int(info) == 0:
-            return chol, torch.linalg.solve_triangular(chol, eye, upper=False)
-    raise UserInputError("input covariance is not positive definite even after damping", "use method='scale'")
+    chol, chol_inv, _ = damped_cholesky((cov + cov.T) / 2, damp, "input covariance", "use method='scale'")
+    return chol, chol_inv
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from devicefit.compressor.lowrank.asvd import damped_cholesky
 from devicefit.compressor.lowrank.svd import (
     LowRankRefused,
     as_linear_pair,
@@ -179,15 +180,7 @@ def gauss_newton_metrics(module: nn.Module, names: Sequence[str], batches: _Batc
 
 
 def _chol(c: torch.Tensor, damp: float, name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(L, L⁻¹, λ) with L Lᵀ = c + λ·I, λ = ``damp`` × mean variance (raised until c + λ·I factorizes)."""
-    eye = torch.eye(c.shape[0], dtype=c.dtype)
-    lam = damp * float(torch.diagonal(c).mean().clamp(min=1e-12))
-    for attempt in range(6):
-        chol, info = torch.linalg.cholesky_ex(c + lam * (10**attempt) * eye)
-        if int(info) == 0:
-            return chol, torch.linalg.solve_triangular(chol, eye, upper=False), lam * 10**attempt
-    raise UserInputError(f"{name}: a calibration covariance is not positive definite even after damping",
-                         "use more calibration samples")
+    return damped_cholesky(c, damp, f"{name}: a calibration covariance", "use more calibration samples")
 
 
 @torch.no_grad()
