@@ -177,9 +177,13 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     phases.start("analyze", 3, "per-layer table")
     analysis = analyze(bundle.module, bundle.example_inputs)
     mods = dict(bundle.module.named_modules())
-    # analysis is per sample; the device runs ``batch_size`` samples per inference
+    # analysis is per sample; the device runs ``batch_size`` samples per inference. Layers by class, subclasses
+    # included (EfficientNet's Conv2dStaticSamePadding is an nn.Conv2d)
+    import torch
+
+    layer_classes = tuple(getattr(torch.nn, t) for t in LAYER_TYPES)
     specs = [LayerSpec.from_info(li).batched(spec.batch_size) for li in analysis.layers
-             if li.type in LAYER_TYPES and li.macs > 0 and li.name in mods]
+             if li.macs > 0 and li.name in mods and isinstance(mods[li.name], layer_classes)]
     if not specs:
         raise UserInputError(f"{bundle.name} has no Linear / Conv layers to compress", "fit works on Linear and Conv layers")
     phases.update("analyze", 1, description="model hash")

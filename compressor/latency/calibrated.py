@@ -180,22 +180,23 @@ class CalibratedModel:
         return out
 
     def _other_ms(self, costs: Sequence[LayerCost]) -> float:
-        """Non-layer time: a + s·[any layer quantized] + Σ_dtype b_dtype × (#layers at that dtype).
+        """Non-layer time: a + Σ_dtype s_dtype·[any layer at that dtype] + b_dtype × (#layers at that dtype).
 
-        Quantizing changes the ops around the layers: graph-wide rewrites that happen once for any
-        quantized plan (attention fusion, a quantized embedding: the step ``s``), and per-layer extras
-        (activation quantizers, unfused biases: ``b``). Ridge least squares with ``b`` shrunk hard, so
-        a few points explain a change by the step first; with one point it is that point's value.
+        Quantizing changes the ops around the layers: graph-wide rewrites that happen once a plan uses a
+        scheme (attention fusion, a quantized embedding, an int8 dynamic plan's activation quantizers and
+        casts: the step ``s``, one per dtype — int8 dynamic convolutions on CPU bring far more of it than an
+        int4 linear head does), and per-layer extras (``b``). Ridge least squares with ``b`` shrunk hard, so
+        a few points explain a change by the steps first; with one point it is that point's value.
         """
         pts = self.other_points
         keys = sorted({k for cnt, _ in pts for k in cnt})
 
         def row(cnt: Mapping[str, int]) -> list[float]:
-            return [1.0, 1.0 if any(cnt.values()) else 0.0] + [float(cnt.get(k, 0)) for k in keys]
+            return ([1.0] + [1.0 if cnt.get(k, 0) else 0.0 for k in keys] + [float(cnt.get(k, 0)) for k in keys])
 
         a = np.array([row(cnt) for cnt, _ in pts])
         y = np.array([v for _, v in pts])
-        ridge = np.diag([1e-6, 1e-3] + [1e3] * len(keys))
+        ridge = np.diag([1e-6] + [1e-3] * len(keys) + [1e3] * len(keys))
         coef = np.linalg.solve(a.T @ a + ridge, a.T @ y)
         return max(0.0, float(np.array(row(self._counts(costs))) @ coef))
 

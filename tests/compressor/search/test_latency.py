@@ -286,3 +286,19 @@ def test_node_the_runtime_quantized_itself_maps_to_its_layer_and_counts_as_int8(
     times = [{"name": "node_Conv_19_token_3", "op_type": "QLinearConv", "mean_ms": 0.1},
              {"name": "node_Conv_20_token_6", "op_type": "QLinearConv", "mean_ms": 0.2}]
     assert effective_dtypes(nm, times) == {"conv1": "int8", "conv2": "int8"}
+
+
+def test_time_outside_the_layers_steps_per_scheme() -> None:
+    """An int8 dynamic probe whose plan adds 5 ms of quantizers and casts outside the layers must not make
+    a plan with one int4 layer look 5 ms slower: each scheme has its own step."""
+    specs = _specs()
+    model = CalibratedModel(ROOF, device_id="dev")
+    layers = {"conv": 2.0, "fc": 2.0, "head": 0.1}
+    model.observe(plan_costs(specs, Plan()), p50_ms=5.0, per_layer_ms=layers, other_ms=0.9)
+    dyn = Plan.per_layer({"conv": LayerChoice(quant=Int8Dynamic())})
+    model.observe(plan_costs(specs, dyn), p50_ms=4.1 + 5.9, per_layer_ms=layers, other_ms=5.9)
+    int4 = Plan.per_layer({"head": LayerChoice(quant=Int4WeightOnly(group_size=32))})
+    model.observe(plan_costs(specs, int4), p50_ms=5.0, per_layer_ms=layers, other_ms=0.9)
+    head4 = Plan.per_layer({"fc": LayerChoice(quant=Int4WeightOnly(group_size=32))})
+    assert model.predict(plan_costs(specs, head4)).other_ms == pytest.approx(0.9, abs=0.05)
+    assert model.predict(plan_costs(specs, dyn)).other_ms == pytest.approx(5.9, abs=0.05)
