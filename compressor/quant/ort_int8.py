@@ -54,7 +54,7 @@ def dynamic_int8(model: onnx.ModelProto, nodes: Sequence[str], *, per_channel: b
         return model
     with tempfile.TemporaryDirectory(prefix="devicefit-q-") as tmp, _quiet():
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        G.save(model, src)
+        G.save(_topological(model), src)
         quantize_dynamic(
             str(src),
             str(dst),
@@ -66,6 +66,19 @@ def dynamic_int8(model: onnx.ModelProto, nodes: Sequence[str], *, per_channel: b
             extra_options={"MatMulConstBOnly": True},
         )
         return onnx.load(str(dst))
+
+
+def _topological(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its nodes in topological order. The QDQ pass appends its QuantizeLinear /
+    DequantizeLinear pairs after their consumers; ``quantize_dynamic`` walks nodes in list order and, finding
+    a DQ output read before it was produced, re-creates that float tensor under the same name
+    ("Duplicate definition of name (<t>_DequantizeLinear_Output)" at load) when a later pass quantizes a
+    node sharing the input with a static one."""
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    m = ONNXModel(model)
+    m.topological_sort()
+    return m.model
 
 
 def glue_nodes(model: onnx.ModelProto, layer_nodes: set[str]) -> list[str]:
