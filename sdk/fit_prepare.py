@@ -147,7 +147,7 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     )
     from devicefit.compressor.search.deps import find_deps
     from devicefit.compressor.search.problem import SearchProblem
-    from devicefit.compressor.search.sensitivity import measure_sensitivity
+    from devicefit.compressor.search.sensitivity import JointDrop, measure_sensitivity
     from devicefit.compressor.search.space import SpaceConfig, build_space
     from devicefit.compressor.search.study import LoopConfig, SearchLoop
     from devicefit.compressor.techniques import Distill
@@ -220,8 +220,9 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     latency = CalibratedModel.load(latency_path, Roofline.from_profile(profile), device_id=evaluator.device_id,
                                    model_key=f"{mhash}@{scope}" if scope else mhash, scope=scope)
     budget = Budget.from_dict(spec.budget)
+    joint = JointDrop(bundle.module, space, sens_data, input_names=bundle.input_names, metric=bundle.metric)
     problem = SearchProblem(specs, total_params=int(analysis.params), space=space, sensitivity=sens, latency=latency,
-                            budget=budget, consumers=deps.consumers, model_hash=mhash)
+                            budget=budget, consumers=deps.consumers, model_hash=mhash, joint=joint)
     fp32 = evaluator.fp32()
     phases.update("baseline", 1, description="fp32 measure")
     timing = evaluator.measure(fp32.path)

@@ -75,7 +75,12 @@ def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], s
         "trial": chosen.trial,
         "path": "model.onnx",
     }
-    if not met and outcome.best is None:
+    result["faster_than_fp32"] = bool(chosen.measured_ms is not None and base.measured_ms is not None
+                                      and chosen is not base and chosen.measured_ms < base.measured_ms)
+    if chosen is base and budget.latency_ms is not None:
+        result["note"] = ("no compressed candidate was measured faster than the fp32 model and within the other "
+                          "budgets; the fp32 model is returned")
+    elif not met and outcome.best is None:
         result["note"] = ("no measured candidate met every budget; this is the closest measured one "
                           "(shortfall = relative excess over each missed budget)")
     unique: dict[str, Candidate] = {}

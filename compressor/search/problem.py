@@ -4,7 +4,7 @@ prediction is corrected by what was measured."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,7 @@ class SearchProblem:
         budget: Budget,
         consumers: Mapping[str, Sequence[str]] | None = None,
         model_hash: str = "",
+        joint: Callable[[dict[str, str]], float] | None = None,
     ) -> None:
         self.specs = list(specs)
         self.total_params = int(total_params)
@@ -96,6 +97,9 @@ class SearchProblem:
         self.memory = MemoryModel()
         self.drops = DropModel()
         self._errors: list[dict[str, Any]] = []
+        #: whole-plan fake-compress drop (:class:`~.sensitivity.JointDrop`), used once the per-layer sum is large
+        self.joint = joint
+        self.joint_drops: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------ predict
     def float_labels(self) -> dict[str, str]:
@@ -126,7 +130,7 @@ class SearchProblem:
         costs = self.costs(labels)
         pred = self.latency.predict(self.latency_costs(costs))
         size = predicted_size_bytes(self.specs, costs, self.total_params)
-        additive = self.sensitivity.plan_drop(self.space, labels)
+        additive = self.drop_basis(labels)
         return Candidate(
             trial=trial,
             labels=labels,
@@ -137,6 +141,24 @@ class SearchProblem:
             predicted_drop=self.drops.predict(additive),
             uncalibrated=pred.uncalibrated,
         )
+
+    def drop_basis(self, labels: Mapping[str, str]) -> float:
+        """What the drop model scales: the plan's joint fake-compress drop when it was computed, else the
+        per-layer combination (:meth:`SensitivityTable.plan_drop`)."""
+        key = plan_hash(self.space.plan(labels))
+        if key in self.joint_drops:
+            return self.joint_drops[key]
+        return self.sensitivity.plan_drop(self.space, dict(labels))
+
+    def refine_drop(self, cand: Candidate) -> Candidate:
+        """``cand`` with its drop predicted from the joint fake-compress drop of its whole plan (computed once
+        per plan; no-op without a joint estimator)."""
+        if self.joint is None:
+            return cand
+        if cand.plan_hash not in self.joint_drops:
+            self.joint_drops[cand.plan_hash] = max(0.0, float(self.joint(dict(cand.labels))))
+        cand.predicted_drop = self.drops.predict(self.joint_drops[cand.plan_hash])
+        return cand
 
     # ------------------------------------------------------------------------------ learn
     def learn(
@@ -172,7 +194,7 @@ class SearchProblem:
         if size is not None:
             self.memory.observe(size / 1e6, timing.peak_rss_mb)
         if mat is not None and not cand.distilled:
-            self.drops.observe(self.sensitivity.plan_drop(self.space, cand.labels), mat.drop)
+            self.drops.observe(self.drop_basis(cand.labels), mat.drop)
         return {"per_layer": per_layer, "other_ms": other}
 
     def prediction_errors(self) -> list[dict[str, Any]]:

@@ -99,6 +99,7 @@ class SearchLoop:
         self.by_hash: dict[str, Candidate] = {}
         self.measurements = 0
         self.probes: list[Candidate] = []
+        self._anchors: list[dict[str, str]] | None = None
         self.start = time.monotonic()
         self.deadline = self.start + config.minutes * 60 if config.minutes else math.inf
 
@@ -116,12 +117,24 @@ class SearchLoop:
         return [c for c in self.by_hash.values() if c.measured and c.error is None]
 
     def best_passing(self) -> Candidate | None:
-        passing = [c for c in self.measured() if c.passes(self.budget)]
+        passing = [c for c in self.measured() if c.passes(self.budget) and not self.slower_than_fp32(c)]
         if not passing:
             return None
         fastest = min(c.latency_ms for c in passing)
-        ties = [c for c in passing if c.latency_ms <= fastest * (1 + self.config.tie)]
+        ties = [c for c in passing if c.latency_ms <= fastest * (1 + self.config.tie) and not self.slower_than_fp32(c)]
         return min(ties, key=lambda c: (c.drop, c.latency_ms))
+
+    def fp32(self) -> Candidate | None:
+        """The measured fp32 baseline (None before it is registered)."""
+        return self.by_hash.get(plan_hash(self.problem.space.plan(self.problem.float_labels())))
+
+    def slower_than_fp32(self, c: Candidate) -> bool:
+        """``c`` is a compressed candidate measured no faster than the fp32 baseline, where latency is a
+        goal (a latency budget is set): the fit never hands such a model back."""
+        base = self.fp32()
+        if self.budget.latency_ms is None or base is None or c is base or base.measured_ms is None:
+            return False
+        return c.plan_hash != base.plan_hash and c.measured_ms is not None and c.measured_ms >= base.measured_ms
 
     def looks_feasible(self, c: Candidate) -> bool:
         b = self.budget
@@ -133,6 +146,38 @@ class SearchLoop:
         if b.size_mb is not None and c.predicted_size_bytes / 1e6 > b.size_mb * 1.05:
             return False
         return not (b.memory_mb is not None and c.predicted_memory_mb > b.memory_mb * 1.1)
+
+    def anchors(self) -> list[dict[str, str]]:
+        """The uniform single-technique plans (each quant scheme, each structural option, on every layer
+        that offers it): the configs a user would try by hand. The fit measures those that could win, so
+        its result is never beaten by one of them on both latency and accuracy."""
+        if self._anchors is None:
+            space = self.problem.space
+            labels = {o.label for layer in space.layers for o in space.atomic(layer) if o.parts()}
+            self._anchors = [space.uniform(lab) for lab in sorted(labels)]
+        return self._anchors
+
+    def is_anchor(self, c: Candidate) -> bool:
+        """``c`` is an anchor (:meth:`anchors`) predicted faster than the measured fp32 baseline, with a
+        predicted drop within twice the accuracy budget — measured even if the latency prediction says it
+        misses the budget (predictions can be wrong; a uniform config is what the fit must beat)."""
+        if c.labels not in self.anchors():
+            return False
+        base = self.fp32()
+        if base is not None and base.measured_ms is not None and c.predicted_ms >= base.measured_ms:
+            return False
+        b = self.budget.accuracy_drop
+        return b is None or c.predicted_drop <= max(2 * b, 1e-3)
+
+    def refined(self, c: Candidate) -> Candidate:
+        """When only the predicted drop rules ``c`` out, predict it again from its whole plan compressed at
+        once (:meth:`SearchProblem.refine_drop`): per-layer drops stop adding up on many-layer plans."""
+        b = self.budget.accuracy_drop
+        if b is None or self._drop_ok(c) or self.problem.joint is None:
+            return c
+        if not self.looks_feasible(replace(c, predicted_drop=0.0)) and c.labels not in self.anchors():
+            return c
+        return self.problem.refine_drop(c)
 
     def _drop_ok(self, c: Candidate) -> bool:
         b = self.budget.accuracy_drop
@@ -268,10 +313,11 @@ class SearchLoop:
     def objective(self, trial: optuna.Trial) -> tuple[float, float]:
         space = self.problem.space
         labels = {layer: str(trial.suggest_categorical(layer, space.labels(layer))) for layer in space.layers}
-        cand = self.problem.predict(labels, trial=trial.number)
+        cand = self.refined(self.problem.predict(labels, trial=trial.number))
         reserve = min(2, self.config.max_measurements // 3)
-        if self.looks_feasible(cand) and self.worth_measuring(cand) and self.can_measure(reserve):
-            self.evaluate(cand, tag="search")
+        anchor = self.is_anchor(cand)
+        if (self.looks_feasible(cand) or anchor) and self.worth_measuring(cand) and self.can_measure(reserve):
+            self.evaluate(cand, tag="anchor" if anchor else "search")
         elif cand.plan_hash in self.by_hash:
             self._copy_measured(self.by_hash[cand.plan_hash], cand)
         self.candidates[trial.number] = cand
@@ -303,6 +349,7 @@ class SearchLoop:
                                and o.prune is None and o.lowrank is None for p in o.parts()})
         out = [self.problem.float_labels()]
         out += [space.uniform(q) for q in quant_labels]
+        out += self.anchors()
         best_q = min(quant_labels, key=lambda q: self.problem.predict(space.uniform(q)).predicted_ms, default=None)
         for q in dict.fromkeys(x for x in ("int8_dynamic", best_q) if x in quant_labels):
             order = sens.order(q)
@@ -346,7 +393,8 @@ class SearchLoop:
             if c.plan_hash not in self.by_hash and c.plan_hash not in pool:
                 pool[c.plan_hash] = c
         while self.can_measure() and pool:
-            fresh = {h: replace(self.problem.predict(c.labels, trial=c.trial), tags=list(c.tags)) for h, c in pool.items()}
+            fresh = {h: self.refined(replace(self.problem.predict(c.labels, trial=c.trial), tags=list(c.tags)))
+                     for h, c in pool.items()}
             ok = [c for c in fresh.values() if self.looks_feasible(c) and self.worth_measuring(c)]
             if not ok and self.best_passing() is None:
                 # nothing predicted feasible and nothing passed: measure the fastest plans whose predicted drop
@@ -373,6 +421,8 @@ class SearchLoop:
             return cand
         if cand.passes(self.budget):
             return d if d.passes(self.budget) and d.drop < cand.drop else cand
+        if self.slower_than_fp32(d):
+            return cand
         return d if d.passes(self.budget) or d.drop < cand.drop else cand
 
     def outcome(self, baseline: Candidate, *, others: list[Candidate] | None = None) -> SearchOutcome:
@@ -382,7 +432,8 @@ class SearchLoop:
         best = self.best_passing()
         closest = None
         if best is None:
-            tried = self.measured()
+            # never a compressed model measured slower than fp32 (the fp32 baseline is among ``tried``)
+            tried = [c for c in self.measured() if not self.slower_than_fp32(c)]
             if tried:
                 closest = min(tried, key=lambda c: (sum(max(0.0, v) for v in c.constraints(self.budget)), c.latency_ms))
         cands = sorted({id(c): c for c in [*self.candidates.values(), *self.by_hash.values()]}.values(), key=lambda c: c.trial)

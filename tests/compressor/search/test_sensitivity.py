@@ -114,3 +114,36 @@ def test_sensitivity_under_a_budget_estimates_from_local_errors(tmp_path: Path) 
     again = measure_sensitivity(net, space, data, input_names=["x"], metric="top1_agreement", model_hash="h1",
                                 cache_dir=tmp_path)
     assert again.estimated == 0 and again.cached == groups and again.devs == full.devs
+
+
+def test_plan_drop_is_bounded_and_additive_when_small() -> None:
+    from devicefit.compressor.search.sensitivity import SensitivityTable
+
+    space = build_space(_specs(), prunable={"fc1", "fc2"})
+    t = SensitivityTable("top1_agreement", 1.0, 8, drops={layer: {"int8_static": 0.5} for layer in LAYERS})
+    labels = space.uniform("int8_static")
+    # six layers each flipping half the samples: the sum says 3.0, a drop above the whole metric
+    assert t.plan_drop(space, labels) == pytest.approx(1 - 0.5**6) and t.plan_drop(space, labels) < 1
+    small = SensitivityTable("top1_agreement", 1.0, 8, drops={layer: {"int8_static": 1e-4} for layer in LAYERS})
+    assert small.plan_drop(space, labels) == pytest.approx(6e-4, rel=1e-3)
+    assert t.plan_drop(space, space.uniform("float")) == 0.0
+
+
+def test_joint_drop_applies_the_whole_plan_and_restores_the_module() -> None:
+    from devicefit.compressor.search.sensitivity import JointDrop
+
+    net = _net()
+    cfg = SpaceConfig(ratios={"prune": (0.5,), "lowrank": (0.75,)}, settings={"lowrank": {"kind": "svd"}})
+    space = build_space(_specs(), config=cfg, prunable={"fc1", "fc2"})
+    data = _data()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    joint = JointDrop(net, space, data, input_names=["x"], metric="top1_agreement")
+    assert joint(space.uniform("float")) == 0.0
+    one = measure_sensitivity(net, space, data, input_names=["x"], metric="top1_agreement", model_hash="j")
+    lr = space.uniform("float")
+    lr["fc2"] = "lowrank@0.75"
+    assert joint(lr) == pytest.approx(one.drops["fc2"]["lowrank@0.75"])  # one layer: the table's own number
+    heavy = joint({**space.uniform("lowrank@0.75"), "fc1": "structured@0.5", "fc2": "structured@0.5"})
+    assert 0.0 < heavy <= 1.0 and heavy >= joint(lr) - 1e-9
+    assert joint.calls == 4
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -214,3 +214,35 @@ def test_float_layer_the_runtime_runs_as_int8_is_learned_and_then_predicted_as_i
     assert [c.dtype for c in problem.latency_costs(problem.costs(labels))] == ["int8", "int8", "int8"]
     # the file's size is still the plan's: the runtime quantizes the weight at load time
     assert problem.predict(labels).predicted_size_bytes > problem.predict(space.uniform("int8_static")).predicted_size_bytes
+
+
+def _fp32_ms() -> float:
+    return 6 * EFF["fp32"] * ROOF.layer_ms(_problem(Budget()).costs({s.name: "float" for s in SPECS})[0]) + 0.5
+
+
+def test_uniform_anchors_are_measured_and_never_dominate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each uniform single-scheme plan predicted faster than fp32 is measured even when its predicted latency
+    misses the budget (no margin here), so no uniform config beats the result on latency and drop alike."""
+    budget = Budget(latency_ms=0.6 * _fp32_ms(), accuracy_drop=0.05)
+    loop, out, _dev = _run(tmp_path, budget, monkeypatch, latency_margin=0.0, explore_margin=0.0)
+    anchors = [c for c in out.candidates if c.labels in loop.anchors() and c.measured and "anchor" in c.tags]
+    predicted_faster = [a for a in loop.anchors() if loop.problem.predict(a).predicted_ms < out.baseline.measured_ms]
+    assert predicted_faster and {loop.problem.space.plan(a).fingerprint() for a in predicted_faster} <= {
+        loop.problem.space.plan(c.labels).fingerprint() for c in anchors}
+    chosen = out.chosen
+    for a in anchors:
+        assert not (a.measured_ms < chosen.measured_ms * (1 - loop.config.tie) and a.drop < chosen.drop)  # type: ignore[operator]
+
+
+def test_never_hands_back_a_model_measured_slower_than_fp32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device on which every quantized kernel is slower than fp32: whatever passes the other budgets, the
+    fp32 model is the answer, and no compressed model is offered as the closest one."""
+    for k in ("int8dyn", "int8", "int4w"):
+        monkeypatch.setitem(EFF, k, 40.0)  # efficiencies scale the roofline, whose int8 peak is 4x fp32
+    # fp32 (6.4 MB) misses the size budget, the quantized files (4 MB) meet it; latency budget 5x fp32
+    budget = Budget(latency_ms=5 * _fp32_ms(), size_mb=5.0, accuracy_drop=0.05)
+    _loop, out, _dev = _run(tmp_path, budget, monkeypatch, trials=15, max_measurements=3)
+    measured = [c for c in out.candidates if c.measured and c.plan_hash != out.baseline.plan_hash]
+    assert measured and all(c.measured_ms > out.baseline.measured_ms for c in measured)  # type: ignore[operator]
+    assert any(c.passes(budget) for c in measured)  # without the guard one of these would be handed back
+    assert out.best is None and out.chosen is out.baseline
