@@ -163,11 +163,15 @@ class SearchLoop:
         misses the budget (predictions can be wrong; a uniform config is what the fit must beat)."""
         if c.labels not in self.anchors():
             return False
-        base = self.fp32()
-        if base is not None and base.measured_ms is not None and c.predicted_ms >= base.measured_ms:
+        if not self._faster_than_fp32(c):
             return False
         b = self.budget.accuracy_drop
         return b is None or c.predicted_drop <= max(2 * b, 1e-3)
+
+    def _faster_than_fp32(self, c: Candidate) -> bool:
+        """``c`` is predicted faster than the measured fp32 baseline (true before there is one)."""
+        base = self.fp32()
+        return base is None or base.measured_ms is None or c.predicted_ms < base.measured_ms
 
     def refined(self, c: Candidate) -> Candidate:
         """When only the predicted drop rules ``c`` out, predict it again from its whole plan compressed at
@@ -400,6 +404,9 @@ class SearchLoop:
                 # nothing predicted feasible and nothing passed: measure the fastest plans whose predicted drop
                 # is within budget anyway — predictions can be wrong, measurements are what count
                 ok = [c for c in fresh.values() if self._drop_ok(c)]
+                if not ok:
+                    # ... and then the uniform anchors predicted faster than fp32, whatever their predicted drop
+                    ok = [c for c in fresh.values() if c.labels in self.anchors() and self._faster_than_fp32(c)]
             if not ok:
                 break
             pick = min(ok, key=lambda c: (c.predicted_ms, c.predicted_drop))

@@ -246,3 +246,22 @@ def test_never_hands_back_a_model_measured_slower_than_fp32(tmp_path: Path, monk
     assert measured and all(c.measured_ms > out.baseline.measured_ms for c in measured)  # type: ignore[operator]
     assert any(c.passes(budget) for c in measured)  # without the guard one of these would be handed back
     assert out.best is None and out.chosen is out.baseline
+
+
+def test_anchors_measured_when_every_drop_prediction_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-layer sensitivities that rule every plan out (they overstate the drop 100x here): the exploit pass
+    still measures the uniform plans predicted faster than fp32 — measurements, not predictions, decide."""
+    budget = Budget(latency_ms=0.6 * _fp32_ms(), accuracy_drop=0.02)
+    orig = _problem
+
+    def pessimistic(b: Budget) -> SearchProblem:
+        p = orig(b)
+        for layer in p.sensitivity.drops:
+            p.sensitivity.drops[layer] = {k: min(1.0, 100 * v) for k, v in p.sensitivity.drops[layer].items()}
+        return p
+
+    monkeypatch.setattr(f"{__name__}._problem", pessimistic)
+    loop, out, _dev = _run(tmp_path, budget, monkeypatch, trials=20, max_measurements=4)
+    measured = [c for c in out.candidates if c.measured and c.plan_hash != out.baseline.plan_hash]
+    assert measured and all(c.labels in loop.anchors() for c in measured)
+    assert out.best is not None and out.best.passes(budget)  # the true drops are small: a uniform plan passes
