@@ -232,6 +232,8 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     ref = run_onnx(fp32.path, data, input_names=bundle.input_names)
     base_metric = score(bundle.metric, ref, ref, data.labels, data=data.description or "eval").to_dict()
     fp32.metric = base_metric
+    # the persisted calibration was learned on other days: rescale it to the device's speed now
+    latency.anchor_session(problem.latency_costs(problem.costs(problem.float_labels())), timing.p50_ms)
     baseline = problem.predict(problem.float_labels(), trial=-1)
     node_map = node_map_for(fp32.path, space.layers)
     split = problem.learn(baseline, timing, None, node_map, score=False)

@@ -139,6 +139,8 @@ def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], s
             "study": getattr(outcome, "study", None),
             "space": {"layers": len(ctx.problem.space.layers), "options": ctx.problem.space.size()},
             "drop_scale": ctx.problem.drops.scale,
+            # fp32 baseline measured now ÷ predicted by the calibration persisted from earlier sessions (1: none)
+            "latency_session_scale": ctx.problem.latency.session_scale,
         },
         "layers": _layers(ctx, chosen),
     }

@@ -84,6 +84,11 @@ class CalibratedModel:
     quantizes_sandwiched: bool = False
     #: (number of layers per non-fp32 dtype, other ms) per per-node measurement
     other_points: list[tuple[dict[str, int], float]] = field(default_factory=list)
+    #: this session's device speed relative to the persisted ratios (fp32 baseline measured ÷ predicted,
+    #: see :meth:`anchor_session`): a shared host or board runs slower or faster from one day to the next.
+    #: Predictions are multiplied by it and measurements divided by it before they are learned, so the
+    #: saved ratios stay on one scale. Not persisted.
+    session_scale: float = 1.0
     #: how many measurements were learned from per-node times / from the end-to-end time only
     sources: dict[str, int] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
@@ -169,7 +174,22 @@ class CalibratedModel:
             per_layer[c.name] = ms
         layer_sum = sum(per_layer.values())
         other = self._other_ms(costs) if self.other_points else _PRIOR_OTHER * layer_sum
-        return Prediction(layer_sum + other, per_layer, other, tuple(sorted(unknown)))
+        k = self.session_scale
+        return Prediction(k * (layer_sum + other), {n: k * v for n, v in per_layer.items()}, k * other,
+                          tuple(sorted(unknown)))
+
+    def anchor_session(self, costs: Sequence[LayerCost], p50_ms: float) -> float | None:
+        """Set :attr:`session_scale` from the fp32 baseline (``costs``, measured ``p50_ms``) when every one of
+        its layers is already calibrated from earlier sessions; returns the scale set (None: nothing to
+        anchor, the scale stays 1)."""
+        if p50_ms <= 0 or not costs or not all(self.measured(c) for c in costs) or not self.other_points:
+            return None
+        self.session_scale = 1.0
+        pred = self.predict(costs).total_ms
+        if pred <= 0:
+            return None
+        self.session_scale = float(p50_ms / pred)
+        return self.session_scale
 
     @staticmethod
     def _counts(costs: Iterable[LayerCost]) -> dict[str, int]:
@@ -258,6 +278,12 @@ class CalibratedModel:
         if predicted_ms is not None and p50_ms > 0:
             self.errors.append({"label": label, "predicted_ms": float(predicted_ms), "measured_ms": float(p50_ms),
                                 "rel_error": abs(predicted_ms - p50_ms) / p50_ms})
+        k = self.session_scale if self.session_scale > 0 else 1.0
+        if k != 1.0:  # learn on the persisted ratios' scale (relative times are unchanged)
+            p50_ms /= k
+            per_layer_ms = {n: v / k for n, v in per_layer_ms.items()} if per_layer_ms else per_layer_ms
+            other_ms = other_ms / k if other_ms is not None else None
+            profiled_e2e_ms = profiled_e2e_ms / k if profiled_e2e_ms else profiled_e2e_ms
         layers, source = self.split(costs, p50_ms, per_layer_ms, other_ms, profiled_e2e_ms, n_nodes)
         layer_total = 0.0
         for c in costs:

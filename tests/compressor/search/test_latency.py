@@ -302,3 +302,27 @@ def test_time_outside_the_layers_steps_per_scheme() -> None:
     head4 = Plan.per_layer({"fc": LayerChoice(quant=Int4WeightOnly(group_size=32))})
     assert model.predict(plan_costs(specs, head4)).other_ms == pytest.approx(0.9, abs=0.05)
     assert model.predict(plan_costs(specs, dyn)).other_ms == pytest.approx(5.9, abs=0.05)
+
+
+def test_session_scale_rescales_a_persisted_calibration(tmp_path: Path) -> None:
+    """Calibrated on a quiet day, loaded on a day the shared host runs 2x slower: the fp32 baseline anchors
+    the session scale, int8 predictions follow it, and what is learned today stays on the saved scale."""
+    specs = _specs()
+    fp32 = plan_costs(specs, {})
+    int8 = plan_costs(specs, {s.name: LayerChoice(quant=Int8Static()) for s in specs})
+    day1 = CalibratedModel(ROOF, device_id="d", model_key="m")
+    for costs, per in ((fp32, {"conv": 2.0, "fc": 3.0, "head": 0.1}), (int8, {"conv": 0.8, "fc": 1.2, "head": 0.05})):
+        day1.observe(costs, p50_ms=sum(per.values()) + 0.4, per_layer_ms=per, other_ms=0.4)
+    path = tmp_path / "lat.json"
+    day1.save(path)
+    day2 = CalibratedModel.load(path, ROOF, device_id="d", model_key="m")
+    assert day2.anchor_session(fp32, 2 * day1.predict(fp32).total_ms) == pytest.approx(2.0)
+    assert day2.predict(int8).total_ms == pytest.approx(2 * day1.predict(int8).total_ms)
+    before = {k: list(v) for k, v in day2.layer_ratios.items()}
+    day2.observe(int8, p50_ms=2 * 2.45, per_layer_ms={"conv": 1.6, "fc": 2.4, "head": 0.1}, other_ms=0.8,
+                 predicted_ms=day2.predict(int8).total_ms)
+    assert day2.layer_ratios["conv|int8"][-1] == pytest.approx(before["conv|int8"][-1])  # learned at day-1 scale
+    assert day2.errors[-1]["rel_error"] == pytest.approx(0.0, abs=1e-6)  # errors in today's time
+    # nothing calibrated: no anchor, scale 1
+    fresh = CalibratedModel(ROOF, device_id="d", model_key="other")
+    assert fresh.anchor_session(fp32, 5.0) is None and fresh.session_scale == 1.0
