@@ -18,7 +18,7 @@ from torch import nn
 
 from devicefit.compressor.lowrank.asvd import METHODS, asvd_linear
 from devicefit.compressor.lowrank.conv import spatial_svd_conv, tucker2_conv
-from devicefit.compressor.lowrank.refit import refit_asvd
+from devicefit.compressor.lowrank.refit import REFIT_SAMPLES, refit_asvd
 from devicefit.compressor.lowrank.svd import LowRankRefused, svd_linear
 from devicefit.compressor.prune.calib import collect_input_stats, get_module, output_spatial, set_module
 from devicefit.compressor.techniques import LowRank
@@ -38,6 +38,9 @@ def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+ONE_SHOT_SAMPLES = 256  # one-shot ASVD statistics (the fit's candidates use these: many are built per search)
+
+
 def _is_kxk(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)
 
@@ -50,7 +53,7 @@ def apply_lowrank(
     input_names: Sequence[str] = (),
     example_inputs: Sequence[torch.Tensor] | None = None,
     asvd_method: str = "refit",
-    max_samples: int = 256,
+    max_samples: int | None = None,
 ) -> LowRankOutcome:
     """Factorize the named layers of ``module`` **in place**; refusals are listed, not raised.
 
@@ -59,6 +62,8 @@ def apply_lowrank(
     weighted by the model output's Gauss–Newton matrix; the other kinds are applied first), ``"whiten"`` /
     ``"scale"`` (:mod:`.asvd`: one shot from statistics collected before any replacement).
     ``example_inputs`` give conv spatial sizes for the MAC check of ``tucker2`` / ``spatial``.
+    ``max_samples``: calibration samples used (default: :data:`ONE_SHOT_SAMPLES` one shot,
+    :data:`~.refit.REFIT_SAMPLES` for the refit).
     """
     if asvd_method not in ("refit", *METHODS):
         raise UserInputError(f"asvd_method={asvd_method!r} is invalid", f"use one of refit, {', '.join(METHODS)}")
@@ -72,7 +77,8 @@ def apply_lowrank(
     if asvd_layers and not refit:
         assert data is not None
         stats = collect_input_stats(
-            module, asvd_layers, data, input_names, max_samples=max_samples, gram=asvd_method == "whiten"
+            module, asvd_layers, data, input_names, max_samples=max_samples or ONE_SHOT_SAMPLES,
+            gram=asvd_method == "whiten",
         )
     spatial = output_spatial(module, example_inputs) if example_inputs is not None else {}
     for name, tech in layers.items():
@@ -90,7 +96,7 @@ def apply_lowrank(
         assert data is not None and original is not None
         before = {n: get_module(module, n) for n in asvd_layers}
         replaced, refused = refit_asvd(module, original, {n: layers[n] for n in asvd_layers}, data, input_names,
-                                       max_samples=max_samples)
+                                       max_samples=max_samples or REFIT_SAMPLES)
         out.refused.update(refused)
         for name, new in replaced.items():
             _record(out, name, layers[name], before[name], new)

@@ -19,8 +19,11 @@ and reads them at run time, so head pruning = shrink query/key/value ``out_featu
 Data: real English sentences from CPython's ``pydoc_data.topics``, tokenised to a fixed length of
 :data:`SEQ_LEN` (64) tokens. Only sentences that fit in 64 tokens are kept, so nothing is truncated and a
 fixed shape makes batching and benchmarking simple (and 2x cheaper than 128; the mask makes padding
-irrelevant to the embedding). ``calib`` and ``eval`` are disjoint (256 each); metric ``cosine`` (fidelity
-to the fp32 embeddings).
+irrelevant to the embedding). ``eval`` is 256 sentences; ``calib`` is every other usable sentence (~1,500:
+the first 256 are the same seeded pick as always, so consumers that take a prefix see fixed data). Most
+consumers cap what they take (quantization 128, Wanda 128); low-rank refit uses up to 2,048, since the
+covariance of a 1,536-wide FFN input needs many more positions than it has channels. ``calib`` and ``eval``
+are disjoint; metric ``cosine`` (fidelity to the fp32 embeddings).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from devicefit.data import Dataset
 from devicefit.errors import ModelLoadError
 
 SEQ_LEN = 64
-N_CALIB = 256
+N_CALIB = 256  # at least this many calibration sentences (the rest of the usable ones are added)
 N_EVAL = 256
 SEED = 0
 
@@ -245,7 +248,8 @@ def sentences() -> list[str]:
 
 
 def splits() -> tuple[list[str], list[str]]:
-    """(calib, eval) sentence lists: disjoint, deterministic (seeded shuffle)."""
+    """(calib, eval) sentence lists: disjoint, deterministic (seeded shuffle); calib takes every sentence
+    not in eval, the first :data:`N_CALIB` of the shuffle first."""
     sents = sentences()
     if len(sents) < N_CALIB + N_EVAL:
         raise ModelLoadError(
@@ -254,7 +258,7 @@ def splits() -> tuple[list[str], list[str]]:
         )
     order = np.random.default_rng(SEED).permutation(len(sents))
     picked = [sents[i] for i in order]
-    return picked[:N_CALIB], picked[N_CALIB : N_CALIB + N_EVAL]
+    return picked[:N_CALIB] + picked[N_CALIB + N_EVAL :], picked[N_CALIB : N_CALIB + N_EVAL]
 
 
 def build() -> ModelBundle:
@@ -270,7 +274,7 @@ def build() -> ModelBundle:
         input_names=["input_ids", "attention_mask"],
         output_names=["embedding"],
         metric="cosine",
-        calib=Dataset(calib, description=f"{N_CALIB} pydoc_data.topics sentences, {SEQ_LEN} tokens"),
+        calib=Dataset(calib, description=f"{len(calib_s)} pydoc_data.topics sentences, {SEQ_LEN} tokens"),
         eval=Dataset(ev, description=f"{N_EVAL} other pydoc_data.topics sentences, {SEQ_LEN} tokens"),
         dynamic_axes={"input_ids": dict(axes), "attention_mask": dict(axes)},
         source=f"zoo:minilm-l6 ({model_dir() / 'model.safetensors'})",

@@ -110,6 +110,7 @@ def _ffn_params(module: Any, names: list[str]) -> int:
     return sum(p.numel() for n in names for p in module.get_submodule(n).parameters())
 
 
+@pytest.mark.timeout(1800)  # ~4 min on an idle 2-core host; the refit runs on ~1,500 calibration sentences
 def test_minilm_ffn_asvd_beats_svd_at_equal_params_and_distillation_helps(minilm_bundle: Any) -> None:
     b = minilm_bundle
     ev = b.eval.take(128)
@@ -126,14 +127,15 @@ def test_minilm_ffn_asvd_beats_svd_at_equal_params_and_distillation_helps(minilm
         assert 0.49 <= ratio <= 0.5, ratio  # 50 % of the FFN params, within one rank
         modules[kind] = res.module
         cos[kind] = cosine(ref, outputs(res.module, ev, b.input_names).numpy())
-    # activation-aware SVD (default: error-compensating refit with the Gauss-Newton output metric) keeps far
-    # more of the embedding than plain SVD at equal params
+    # activation-aware SVD (default: error-compensating refit with the Gauss-Newton output metric, closed form,
+    # on the bundle's ~1,500 calibration sentences) keeps far more of the embedding than plain SVD at equal params
     assert cos["asvd"] > cos["svd"] + 0.3, cos
-    # measured 0.935 (one-shot whitening: 0.894-0.900); the issue asks 0.95 — not reached, see the report
-    assert cos["asvd"] >= 0.925, cos
+    # issue #4: >= 0.95 before distillation (measured 0.9513; with 256 calibration sentences it was 0.9355)
+    assert cos["asvd"] >= 0.95, cos
     # a small lr: the refit student is already close (measured 0.9355 -> 0.9375; lr 1e-4 / 3e-5 found no
     # held-out improvement in 20 steps and the best checkpoint — the start — was kept)
     cfg = Distill(steps=20, lr=1e-5, batch_size=16)
     student = distill(modules["asvd"], b.module, b.calib, cfg, b.input_names, progress=False).module
     after = cosine(ref, outputs(student, ev, b.input_names).numpy())
+    print(f"MiniLM FFN 50%: svd {cos['svd']:.4f}, asvd {cos['asvd']:.4f}, asvd + distill {after:.4f}")
     assert after > cos["asvd"] + 0.001, (after, cos)

@@ -83,3 +83,59 @@ def test_refit_refuses_no_gain_ranks_and_is_exact_on_a_low_rank_layer() -> None:
     assert set(done) == {"0"} and not refused and done["0"].rank == 3  # type: ignore[operator]
     x = torch.from_numpy(_data(64, 16, seed=3).inputs["x"])
     assert _output_err(net, base, x) < 1e-8 * max(1.0, float((base(x) ** 2).mean().detach()))
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(x))) * gate
+
+
+class _Stack(nn.Module):
+    """Repeated blocks in a ModuleList, each called on the previous block's output plus a shared argument."""
+
+    def __init__(self, d: int = 16, n: int = 3, chained: bool = True) -> None:
+        super().__init__()
+        self.blocks, self.head, self.chained = nn.ModuleList(_Block(d) for _ in range(n)), nn.Linear(d, 4), chained
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(x[:, :1])
+        h = x
+        for blk in self.blocks:
+            h = blk(h if self.chained else h * 1.0, gate)
+        return self.head(h)
+
+
+def test_block_chain_gives_the_same_refit_as_capturing_from_the_model_input() -> None:
+    """The refit advances cached block inputs (one block forward per layer) where the forward chains its
+    blocks; a model that does not (a new tensor between blocks) takes the per-layer capture path. Both must
+    give the same factors."""
+    from devicefit.compressor.lowrank.refit import _chain_blocks
+
+    torch.manual_seed(0)
+    chained = _Stack().eval()
+    unchained = copy.deepcopy(chained)
+    unchained.chained = False
+    calib = _data(256, 16, seed=3)
+    layers = [f"blocks.{i}.{f}" for i in range(3) for f in ("fc1", "fc2")]
+    batches = _Batches(calib, ["x"], 256, 64, None)
+    assert _chain_blocks(chained, layers, batches) == ["blocks.0", "blocks.1", "blocks.2"]
+    assert _chain_blocks(unchained, layers, batches) == []
+    assert _chain_blocks(chained, [*layers, "head"], batches) == []  # the head is in no block
+    plan = dict.fromkeys(layers, LowRank(ratio=0.5, kind="asvd"))
+    out = {}
+    for label, net in (("chained", chained), ("unchained", unchained)):
+        net = copy.deepcopy(net)
+        done, refused = refit_asvd(net, copy.deepcopy(net), plan, calib, ["x"], token_mask=None)
+        assert sorted(done) == sorted(layers) and not refused
+        out[label] = net
+    for name in layers:
+        a, b = out["chained"].get_submodule(name), out["unchained"].get_submodule(name)
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            assert torch.allclose(pa, pb, atol=1e-5, rtol=1e-4), name
+    x = torch.from_numpy(calib.inputs["x"][:64])
+    with torch.no_grad():
+        assert float(torch.nn.functional.cosine_similarity(chained(x), out["chained"](x)).mean()) > 0.9
