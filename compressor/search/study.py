@@ -121,7 +121,7 @@ class SearchLoop:
         if not passing:
             return None
         fastest = min(c.latency_ms for c in passing)
-        ties = [c for c in passing if c.latency_ms <= fastest * (1 + self.config.tie) and not self.slower_than_fp32(c)]
+        ties = [c for c in passing if c.latency_ms <= fastest * (1 + self.config.tie)]
         return min(ties, key=lambda c: (c.drop, c.latency_ms))
 
     def fp32(self) -> Candidate | None:
