@@ -27,7 +27,9 @@ the pooling — Fisher-weighted SVD with a full matrix. ``output_metric=None`` g
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+import functools
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,9 +119,8 @@ class _Batches:
             self.items.append((tensors, tensors[idx] if idx is not None else None))
 
 
-def _capture(module: nn.Module, name: str, tensors: list[torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
-    """The input of layer ``name`` for one batch (the forward pass stops there)."""
-    layer = get_module(module, name)
+def _input_of(layer: nn.Module, mask: torch.Tensor | None, run: Callable[[], object]) -> torch.Tensor | None:
+    """The input positions of ``layer`` while ``run()`` executes (stopped there), or None if it never ran."""
     got: list[torch.Tensor] = []
 
     def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -128,14 +129,19 @@ def _capture(module: nn.Module, name: str, tensors: list[torch.Tensor], mask: to
 
     h = layer.register_forward_pre_hook(hook)
     try:
-        module(*tensors)
-    except _Stop:
-        pass
+        with contextlib.suppress(_Stop):
+            run()
     finally:
         h.remove()
-    if not got:
+    return got[0] if got else None
+
+
+def _capture(module: nn.Module, name: str, tensors: list[torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+    """The input of layer ``name`` for one batch (the forward pass from the model input stops there)."""
+    got = _input_of(get_module(module, name), mask, lambda: module(*tensors))
+    if got is None:
         raise UserInputError(f"layer {name!r} never ran on the calibration data", "check the layer names / inputs")
-    return got[0]
+    return got
 
 
 def _block_of(module: nn.Module, name: str) -> str | None:
@@ -149,72 +155,35 @@ def _block_of(module: nn.Module, name: str) -> str | None:
     return None
 
 
-_Call = tuple[tuple[Any, ...], dict[str, Any]]
+@dataclass
+class _Call:
+    """The arguments one block was called with (and its output, when the forward was not stopped)."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    out: Any = None
 
 
-class _BlockChain:
-    """Inputs of a run of sibling blocks, cached per batch for one model, so that a layer's input costs one
-    block forward instead of a forward from the model input: ``O(blocks)`` work for the refit, not
-    ``O(layers × depth)``. Valid only where the forward feeds each block's output to the next block as its
-    first argument, with the other arguments unchanged — :func:`_chain_blocks` checks that on real data."""
+def _block_calls(module: nn.Module, blocks: Sequence[str], tensors: list[torch.Tensor], *, stop: bool) -> list[_Call]:
+    """How each of ``blocks`` is called in one forward pass of ``module`` on ``tensors`` (the pass stops at
+    the first block when ``stop``)."""
+    calls: list[_Call] = []
 
-    def __init__(self, module: nn.Module, blocks: Sequence[str], batches: _Batches) -> None:
-        self.module, self.blocks = module, list(blocks)
-        self.at = 0
-        self.calls = [_block_calls(module, [self.blocks[0]], tensors)[0] for tensors, _ in batches.items]
-
-    def layer_inputs(self, block: str, name: str, masks: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
-        """Input positions of layer ``name`` (inside ``block``) for every batch."""
-        while self.blocks[self.at] != block:
-            self._advance()
-        blk, layer = get_module(self.module, block), get_module(self.module, name)
-        got: list[torch.Tensor] = []
-        current: list[torch.Tensor | None] = [None]
-
-        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            got.append(_positions(layer, args[0].detach(), current[0]))
+    def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        calls.append(_Call(args, dict(kwargs)))
+        if stop:
             raise _Stop
 
-        h = layer.register_forward_pre_hook(hook)
-        try:
-            for (args, kwargs), mask in zip(self.calls, masks, strict=True):
-                current[0] = mask
-                with contextlib.suppress(_Stop):
-                    blk(*args, **kwargs)
-        finally:
-            h.remove()
-        if len(got) != len(self.calls):
-            raise UserInputError(f"layer {name!r} did not run in {block!r} on every batch", "check the layer names / inputs")
-        return got
+    def post(_m: nn.Module, _a: tuple[Any, ...], out: Any) -> None:
+        calls[-1].out = out
 
-    def _advance(self) -> None:
-        blk = get_module(self.module, self.blocks[self.at])
-        self.calls = [((blk(*args, **kwargs), *args[1:]), kwargs) for args, kwargs in self.calls]
-        self.at += 1
-
-
-def _block_calls(module: nn.Module, blocks: Sequence[str], tensors: list[torch.Tensor],
-                 *, stop: bool = True) -> list[_Call]:
-    """(args, kwargs) each of ``blocks`` is called with for one batch (the forward stops at the first one
-    unless ``stop`` is False; outputs are recorded as ``kwargs['__out__']`` then)."""
-    calls: list[_Call] = []
     handles = []
     for b in blocks:
-        def pre(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            calls.append((args, dict(kwargs)))
-            if stop:
-                raise _Stop
-
-        def post(_m: nn.Module, _a: tuple[Any, ...], out: Any) -> None:
-            calls[-1][1]["__out__"] = out
-
         handles.append(get_module(module, b).register_forward_pre_hook(pre, with_kwargs=True))
-        if not stop:
-            handles.append(get_module(module, b).register_forward_hook(post))
+        handles.append(get_module(module, b).register_forward_hook(post))
     try:
-        module(*tensors)
-    except _Stop:
-        pass
+        with contextlib.suppress(_Stop):
+            module(*tensors)
     finally:
         for h in handles:
             h.remove()
@@ -223,28 +192,53 @@ def _block_calls(module: nn.Module, blocks: Sequence[str], tensors: list[torch.T
 
 def _chain_blocks(module: nn.Module, order: Sequence[str], batches: _Batches) -> list[str]:
     """The sibling blocks from the first layer's block to the last one's, when every layer of ``order`` lies
-    in one and the forward chains them (checked on the first batch); else []."""
-    blocks = [_block_of(module, n) for n in order]
-    if not blocks or any(b is None for b in blocks):
+    in one and the forward chains them — each block called once, on the previous block's output (the same
+    tensor) and otherwise the same arguments (checked on the first batch); else []."""
+    found = [_block_of(module, n) for n in order]
+    blocks = [b for b in found if b is not None]
+    if not blocks or len(blocks) != len(found):
         return []
-    parent_name = blocks[0].rpartition(".")[0]  # type: ignore[union-attr]
-    if any(b.rpartition(".")[0] != parent_name for b in blocks):  # type: ignore[union-attr]
+    parent_name = blocks[0].rpartition(".")[0]
+    if any(b.rpartition(".")[0] != parent_name for b in blocks):
         return []
     parent = module.get_submodule(parent_name) if parent_name else module
     names = [f"{parent_name}.{c}" if parent_name else c for c, _ in parent.named_children()]
-    first, last = names.index(blocks[0]), names.index(blocks[-1])  # type: ignore[arg-type]
-    run = names[first : last + 1]
+    run = names[names.index(blocks[0]) : names.index(blocks[-1]) + 1]
     with torch.no_grad():
         calls = _block_calls(module, run, batches.items[0][0], stop=False)
     if len(calls) != len(run):
         return []
-    for (args, kwargs), (prev_args, prev_kwargs) in zip(calls[1:], calls[:-1], strict=True):
-        rest_same = len(args) == len(prev_args) and all(a is b for a, b in zip(args[1:], prev_args[1:], strict=True))
-        kw_same = {k for k in kwargs if k != "__out__"} == {k for k in prev_kwargs if k != "__out__"} and all(
-            kwargs[k] is prev_kwargs[k] for k in kwargs if k != "__out__")
-        if not (args and args[0] is prev_kwargs.get("__out__") and rest_same and kw_same):
+    for prev, call in itertools.pairwise(calls):
+        same_rest = len(call.args) == len(prev.args) and all(a is b for a, b in zip(call.args[1:], prev.args[1:], strict=True))
+        same_kw = call.kwargs.keys() == prev.kwargs.keys() and all(call.kwargs[k] is prev.kwargs[k] for k in call.kwargs)
+        if not (call.args and call.args[0] is prev.out and same_rest and same_kw):
             return []
     return run
+
+
+class _BlockChain:
+    """Inputs of a run of sibling blocks, cached per batch for one model, so that a layer's input costs one
+    block forward instead of a forward from the model input: ``O(blocks)`` work for the refit, not
+    ``O(layers × depth)``. Valid only where :func:`_chain_blocks` found the forward chaining the blocks."""
+
+    def __init__(self, module: nn.Module, blocks: Sequence[str], batches: _Batches) -> None:
+        self.module, self.blocks, self.at = module, list(blocks), 0
+        self.masks = [mask for _, mask in batches.items]
+        self.calls = [_block_calls(module, self.blocks[:1], tensors, stop=True)[0] for tensors, _ in batches.items]
+
+    def layer_inputs(self, name: str) -> list[torch.Tensor]:
+        """Input positions of layer ``name`` (inside one of the blocks, at or after the current one) per batch."""
+        block = _block_of(self.module, name)
+        while self.blocks[self.at] != block:
+            blk = get_module(self.module, self.blocks[self.at])
+            self.calls = [_Call((blk(*c.args, **c.kwargs), *c.args[1:]), c.kwargs) for c in self.calls]
+            self.at += 1
+        blk, layer = get_module(self.module, self.blocks[self.at]), get_module(self.module, name)
+        got = [_input_of(layer, mask, functools.partial(blk, *c.args, **c.kwargs)) for c, mask in zip(self.calls, self.masks, strict=True)]
+        out = [g for g in got if g is not None]
+        if len(out) != len(got):
+            raise UserInputError(f"layer {name!r} did not run in {block!r} on every batch", "check the layer names / inputs")
+        return out
 
 
 def gauss_newton_metrics(module: nn.Module, names: Sequence[str], batches: _Batches, *, probes: int = 4,
@@ -369,7 +363,6 @@ def refit_asvd(
     metrics = gauss_newton_metrics(original, order, batches, probes=probes) if output_metric else {}
     done: dict[str, nn.Module] = {}
     chain = _chain_blocks(original, order, batches)
-    masks = [mask for _, mask in batches.items]
     try:
         with torch.no_grad():
             chains = (_BlockChain(original, chain, batches), _BlockChain(module, chain, batches)) if chain else None
@@ -377,10 +370,7 @@ def refit_asvd(
             pair = _Pair()
             with torch.no_grad():
                 if chains is not None:
-                    block = _block_of(module, name)
-                    assert block is not None
-                    got = [c.layer_inputs(block, name, masks) for c in chains]
-                    for x, xc in zip(*got, strict=True):
+                    for x, xc in zip(chains[0].layer_inputs(name), chains[1].layer_inputs(name), strict=True):
                         pair.add(x, xc)
                 else:
                     for tensors, mask in batches.items:
