@@ -6,13 +6,18 @@
 Every latency is the p50 of one inference on ``--batch-size`` inputs (default per model: digits-cnn 32 —
 at batch 1 it runs in ~0.04 ms, onnxruntime's per-run overhead, where no config differs beyond noise —
 the others 1). For each model: the fp32 p50 is measured on the host (median of 3 runs); ``fit`` runs with
-a latency budget of
-``latency-frac`` × that p50 and the model's accuracy budget (digits 0.01 accuracy, MiniLM 0.02 cosine,
-EfficientNet 0.02 top-1 agreement); then each uniform config — int8 dynamic everywhere, int8 static
-everywhere, int4 weight-only everywhere (Linear layers; it declares no Conv support), 50% structured
+a fresh measurement store in the work folder (so every candidate it measures is measured in this run and
+scored in its prediction error; the latency calibration and sensitivity caches are the user's), a latency
+budget of ``latency-frac`` × that p50 and the model's accuracy budget (digits 0.01 accuracy, MiniLM 0.02 cosine,
+EfficientNet 0.15 top-1 agreement — its 64 eval crops of 8 photos are far from ImageNet: a quarter of them
+have a top-1/top-2 logit margin under 0.5, and int8 static flips 7 of them at a logit cosine of 0.99, so a
+0.02 budget (one flip) rules out every post-training config and the comparison with fp32 says nothing;
+``--max-drop efficientnet-lite0=0.02`` runs it anyway); then each uniform config — int8 dynamic
+everywhere, int8 static everywhere, int4 weight-only everywhere (Linear layers; it declares no Conv support), 50% structured
 channel pruning, 50% low-rank — is compressed with ``devicefit.compress`` and measured with the same host
 benchmark (``benchmark_onnx`` in a clean subprocess, per-node off), alternating rounds with the fit
-result's file so drift hits both. Printed per row: measured p50 and ratio to fit, size, metric drop, and
+result's file so drift hits both (``--rounds``, default 5, each starting one row later; the median is printed,
+every round's p50 is in ``--json``). Printed per row: measured p50 and ratio to fit, size, metric drop, and
 whether the row is **both faster (measured) and more accurate** than the fit result — the Done-when says
 no row may be. The machine may be shared: latencies are noisy; rerun before drawing conclusions.
 """
@@ -28,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BUDGET_DROP = {"digits-cnn": 0.01, "minilm-l6": 0.02, "efficientnet-lite0": 0.02}
+BUDGET_DROP = {"digits-cnn": 0.01, "minilm-l6": 0.02, "efficientnet-lite0": 0.15}
 DEFAULT_BATCH = {"digits-cnn": 32}
 
 
@@ -63,9 +68,9 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
     fp32_ms = statistics.median(measure(fp32, args.runs, bs) for _ in range(3))
     budget = round(args.latency_frac * fp32_ms, 4)
     t0 = time.monotonic()
-    res = devicefit.fit(bundle, profile="localhost", max_latency_ms=budget, max_accuracy_drop=BUDGET_DROP[name],
+    res = devicefit.fit(bundle, profile="localhost", max_latency_ms=budget, max_accuracy_drop=args.max_drop[name],
                         trials=args.trials, max_measurements=args.max_measurements, out=work / f"{name}-fit",
-                        progress=False, runs=args.runs, batch_size=bs)
+                        progress=False, runs=args.runs, batch_size=bs, store=work / "measurements.db")
     fit_s = time.monotonic() - t0
     rows = [{"config": "fit", "path": res.model_path, "size": res.model_path.stat().st_size,
              "drop": res.metric["drop"], "budget_met": res.budget_met, "fit_s": fit_s,
@@ -77,15 +82,16 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
         except Exception as exc:  # a config a model cannot take is reported, not fatal
             rows.append({"config": label, "error": f"{type(exc).__name__}: {str(exc)[:120]}"})
     rows.append({"config": "fp32", "path": fp32, "size": fp32.stat().st_size, "drop": 0.0})
-    # alternate rounds so load drift hits every file alike
-    times: dict[str, list[float]] = {r["config"]: [] for r in rows if "path" in r}
-    for _ in range(args.rounds):
-        for r in rows:
-            if "path" in r:
-                times[r["config"]].append(measure(r["path"], args.runs, bs))
-    for r in rows:
-        if "path" in r:
-            r["p50_ms"] = statistics.median(times[r["config"]])
+    # alternate rounds so load drift hits every file alike; each round starts one row later, so no row is
+    # always the first measured after the fit (or the one after the largest file)
+    timed = [r for r in rows if "path" in r]
+    times: dict[str, list[float]] = {r["config"]: [] for r in timed}
+    for k in range(args.rounds):
+        for r in timed[k % len(timed):] + timed[: k % len(timed)]:
+            times[r["config"]].append(measure(r["path"], args.runs, bs))
+    for r in timed:
+        r["rounds_ms"] = times[r["config"]]
+        r["p50_ms"] = statistics.median(times[r["config"]])
     fit_row = rows[0]
     for r in rows:
         r["model"], r["budget_ms"], r["fp32_fit_ms"], r["batch_size"] = name, budget, fp32_ms, bs
@@ -102,11 +108,19 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--max-measurements", type=int, default=5)
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=None, help="inputs per run for every model (default: per model)")
     ap.add_argument("--out", default=None, help="work folder (default: a temp folder)")
+    ap.add_argument("--max-drop", nargs="*", default=[], metavar="MODEL=DROP", help="accuracy budget per model")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    drops = dict(BUDGET_DROP)
+    for item in args.max_drop:
+        model, sep, value = item.partition("=")
+        if not sep or model not in drops:
+            ap.error(f"--max-drop {item!r}: expected MODEL=DROP with MODEL one of {', '.join(drops)}")
+        drops[model] = float(value)
+    args.max_drop = drops
     work = Path(args.out or tempfile.mkdtemp(prefix="fit-vs-uniform-"))
     work.mkdir(parents=True, exist_ok=True)
     all_rows: list[dict[str, Any]] = []
@@ -115,7 +129,7 @@ def main() -> int:
         all_rows += rows
         fit = rows[0]
         print(f"\n== {name} (batch {fit['batch_size']}): fp32 {fit['fp32_fit_ms']:.3f} ms, latency budget {fit['budget_ms']} ms, "
-              f"drop budget {BUDGET_DROP[name]}; fit {'met' if fit['budget_met'] else 'did NOT meet'} the budget "
+              f"drop budget {args.max_drop[name]}; fit {'met' if fit['budget_met'] else 'did NOT meet'} the budget "
               f"in {fit['fit_s']:.0f} s (median prediction error {fit['fit_median_pred_err']})")
         print(f"{'config':<26}{'p50 ms':>10}{'÷ fit':>8}{'MB':>9}{'drop':>9}  faster AND more accurate than fit?")
         for r in rows:

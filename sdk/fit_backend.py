@@ -10,6 +10,7 @@ and ask it to benchmark it with per-node times (``source="device:<id>"``).
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -42,8 +43,11 @@ _HOST_PAIR = (
     "r = benchmark_onnx(cand, runs=int(sys.argv[6]), warmup=2, threads=threads, per_node=True, batch_size=bs)\n"
     "sys.stdout.write(json.dumps({'report': r.to_dict(), **pair.to_dict()}))\n"
 )
-#: reference / candidate block size: ``runs // ROUNDS`` timed runs (at least 5)
+#: reference / candidate block size: ``runs // ROUNDS`` timed runs (at least 5) ...
 ROUNDS = 3
+#: ... and at least this many milliseconds of them: a block of 10 runs of a 0.2 ms model is 2 ms of work,
+#: where one scheduler hiccup moves its p50 and with it the load estimate
+MIN_BLOCK_MS = 50.0
 
 
 def _timing(rep: Any, device: str) -> Timing:
@@ -161,7 +165,7 @@ class FitEvaluator:
         the baseline's load, which is what the latency model learns."""
         if self._ref is None:
             return self._plain(path)
-        k = max(5, self.runs // ROUNDS)
+        k = self._block_runs(max(5, self.runs // ROUNDS), self._ref_base)
         if self.device is None:
             self._last_model_id = str(path)
             cmd = [sys.executable, "-c", _HOST_PAIR, self._ref[1], str(path), str(k), str(self.threads or 0),
@@ -189,12 +193,13 @@ class FitEvaluator:
 
     def _plain(self, path: Path) -> Timing:
         """The first measurement (the fp32 baseline, before there is a reference): the per-node run plus two
-        plain blocks; its p50 is the median of the three blocks' p50s (one block can land on a load spike,
-        and this p50 becomes the reference's load-1 level)."""
+        plain blocks (each at least :data:`MIN_BLOCK_MS` long); its p50 is the median of the three blocks'
+        p50s (one block can land on a load spike, and this p50 becomes the reference's load-1 level)."""
         if self.device is None:
             self._last_model_id = str(path)
             timing = host_benchmark(path, runs=self.runs, warmup=self.warmup, threads=self.threads, batch_size=self.batch_size)
-            more = [host_benchmark(path, runs=self.runs, warmup=2, threads=self.threads, per_node=False,
+            n = self._block_runs(self.runs, timing.p50_ms)
+            more = [host_benchmark(path, runs=n, warmup=2, threads=self.threads, per_node=False,
                                    batch_size=self.batch_size).p50_ms for _ in range(2)]
         else:
             dep = self.device.deploy(path, progress=False, activate=False)
@@ -202,10 +207,17 @@ class FitEvaluator:
             rep = self.device.benchmark(self._last_model_id, runs=self.runs, warmup=self.warmup, threads=self.threads,
                                         per_node=True, batch_size=self.batch_size)
             timing = _timing(rep, self.device_id)
-            more = [self._device_p50(self._last_model_id, self.runs) for _ in range(2)]
+            more = [self._device_p50(self._last_model_id, self._block_runs(self.runs, timing.p50_ms)) for _ in range(2)]
         blocks = [timing.p50_ms, *more]
         timing.p50_ms, timing.rounds, timing.spread = median(blocks), len(blocks), rel_mad(blocks)
         return timing
+
+    @staticmethod
+    def _block_runs(runs: int, p50_ms: float | None) -> int:
+        """``runs``, raised so that a block takes at least :data:`MIN_BLOCK_MS` at ``p50_ms`` (capped at 1000)."""
+        if not p50_ms or p50_ms <= 0:
+            return runs
+        return max(runs, min(1000, math.ceil(MIN_BLOCK_MS / p50_ms)))
 
     def _device_p50(self, model_id: str, runs: int) -> float:
         return float(self.device.benchmark(model_id, runs=runs, warmup=2, threads=self.threads, per_node=False,

@@ -12,27 +12,33 @@ Prior: the profile's roofline (:mod:`.roofline`). Each measurement of a plan on 
 A layer's prediction uses the most specific ratio known: layer×dtype → kind×dtype → layer×fp32 →
 kind×fp32 → 1. Prediction errors (made before each measurement) are kept: ``median_error()``.
 Parameters persist per device id (``save`` / ``load``, JSON); per-layer ratios are keyed by model hash.
+Wherever this session has measured a key, its own values are used and the persisted ones set aside (they
+were learned under another day's load): the model follows the search it steers.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from devicefit.compressor.latency.roofline import LayerCost, Roofline, with_dtype
+from devicefit.compressor.latency.roofline import LayerCost, Roofline, glue_melems, with_dtype
 
 #: version of the saved parameters: a file written by another version is not reused (its ratios were learned
-#: under other rules — v2: per-node trust by kernel size, shape classes, ratios per benchmark settings)
-FORMAT_VERSION = 2
+#: under other rules — v2: per-node trust by kernel size, shape classes, ratios per benchmark settings; v3:
+#: non-layer points carry their session and int8 / float conversion elements)
+FORMAT_VERSION = 3
 _KEEP = 64  # ratios kept per key (oldest dropped)
 _KEEP_CLASS = 256  # ... per shape class (many layers feed one class)
 _PRIOR_OTHER = 0.25  # other ≈ 25% of layer time before anything is measured
+#: penalty on a change of slope of the non-layer time between count segments (see ``_other_ms``)
+SMOOTH = 10.0
 #: per-node times are trusted when the mean kernel takes at least this long (onnxruntime's profiler adds a
 #: few µs per kernel event: at 20 µs that is ≲ 20%; digits-cnn at batch 1 averages ~6 µs per kernel)
 MIN_KERNEL_MS = 0.02
@@ -41,10 +47,18 @@ MIN_KERNEL_MS = 0.02
 PRIOR_SPEEDUP: dict[str, float] = {"int8": 3.0, "int8dyn": 2.5, "fp16": 1.0, "int8w": 1.0, "int4w": 2.0}
 
 
-def _push(d: dict[str, list[float]], key: str, value: float, keep: int = _KEEP) -> None:
-    lst = d.setdefault(key, [])
-    lst.append(float(value))
-    del lst[:-keep]
+#: the ratio tables (attributes of :class:`CalibratedModel`) whose values are split into earlier sessions'
+#: and this session's
+_TABLES = ("kind_ratios", "model_kind_ratios", "layer_ratios", "class_ratios")
+
+
+class OtherPoint(NamedTuple):
+    """One measurement's time outside the layers, and what explains it (see ``CalibratedModel._other_ms``)."""
+
+    counts: dict[str, int]  # layers per non-fp32 dtype
+    ms: float
+    session: str
+    glue: float  # :func:`~.roofline.glue_melems` of the plan
 
 
 @dataclass
@@ -82,8 +96,8 @@ class CalibratedModel:
     class_ratios: dict[str, list[float]] = field(default_factory=dict)
     #: the runtime was seen running a float layer between statically quantized ones as int8
     quantizes_sandwiched: bool = False
-    #: (number of layers per non-fp32 dtype, other ms) per per-node measurement
-    other_points: list[tuple[dict[str, int], float]] = field(default_factory=list)
+    #: the time outside the layers, per measurement
+    other_points: list[OtherPoint] = field(default_factory=list)
     #: this session's device speed relative to the persisted ratios (fp32 baseline measured ÷ predicted,
     #: see :meth:`anchor_session`): a shared host or board runs slower or faster from one day to the next.
     #: Predictions are multiplied by it and measurements divided by it before they are learned, so the
@@ -92,15 +106,45 @@ class CalibratedModel:
     #: how many measurements were learned from per-node times / from the end-to-end time only
     sources: dict[str, int] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: per ratio table and key, how many of its (oldest) values were loaded from earlier sessions. What this
+    #: session measured takes precedence (:meth:`_ratios`): a median over 64 values learned under another
+    #: day's load would otherwise outvote today's few measurements, and the model would not learn from the
+    #: search it steers. Not persisted.
+    loaded: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+    #: this session's id (tags its :attr:`other_points`)
+    session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    # ------------------------------------------------------------------------------ ratios
+    def _ratios(self, table: str, key: str) -> list[float] | None:
+        """The values of ``table[key]`` measured in this session when there are any, else all of them (None
+        when there are none)."""
+        vals: list[float] | None = getattr(self, table).get(key)
+        if not vals:
+            return None
+        return vals[self.loaded.get(table, {}).get(key, 0):] or vals
+
+    def _push(self, table: str, key: str, value: float, keep: int = _KEEP) -> None:
+        lst = getattr(self, table).setdefault(key, [])
+        lst.append(float(value))
+        dropped = len(lst) - keep
+        if dropped > 0:
+            del lst[:dropped]
+            old = self.loaded.get(table, {})
+            if key in old:
+                old[key] = max(0, old[key] - dropped)
+
+    def _mark_loaded(self) -> None:
+        """Count everything held now as learned in earlier sessions."""
+        self.loaded = {t: {k: len(v) for k, v in getattr(self, t).items()} for t in _TABLES}
 
     # ------------------------------------------------------------------------------ predict
     def _own(self, cost: LayerCost, dtype: str) -> list[float] | None:
         """Ratios measured for this layer's shape class at ``dtype`` (pooled), else for the layer itself."""
         if cost.shape:
-            pooled = self.class_ratios.get(f"{cost.shape}@{cost.mac_scale:.3g}|{dtype}")
+            pooled = self._ratios("class_ratios", f"{cost.shape}@{cost.mac_scale:.3g}|{dtype}")
             if pooled:
                 return pooled
-        return self.layer_ratios.get(f"{cost.name}|{dtype}") or None
+        return self._ratios("layer_ratios", f"{cost.name}|{dtype}")
 
     def measured(self, cost: LayerCost) -> bool:
         """Whether this layer (or its shape class) has been measured at its dtype for this model."""
@@ -127,17 +171,17 @@ class CalibratedModel:
             speedup = self._sibling_speedup(cost.kind, cost.dtype, kinds)
             if speedup is not None:
                 return statistics.median(fp32) * speedup * roof, True
-        kind_d = self.model_kind_ratios.get(f"{cost.kind}/{cost.dtype}")
+        kind_d = self._ratios("model_kind_ratios", f"{cost.kind}/{cost.dtype}")
         if kind_d:
             return statistics.median(kind_d) * roof, True
-        fp32 = fp32 or self.model_kind_ratios.get(f"{cost.kind}/fp32")
+        fp32 = fp32 or self._ratios("model_kind_ratios", f"{cost.kind}/fp32")
         if not fp32:
             return roof, False
         ratio = statistics.median(fp32)
         if cost.dtype == "fp32":
             return ratio * roof, True
         as_fp32 = ratio * self.roofline.layer_ms(with_dtype(cost, "fp32"))
-        dev_d, dev_f = self.kind_ratios.get(f"{cost.kind}/{cost.dtype}"), self.kind_ratios.get(f"{cost.kind}/fp32")
+        dev_d, dev_f = self._ratios("kind_ratios", f"{cost.kind}/{cost.dtype}"), self._ratios("kind_ratios", f"{cost.kind}/fp32")
         if dev_d and dev_f:
             return ratio * statistics.median(dev_d) / statistics.median(dev_f) * roof, False
         return max(ratio * roof, as_fp32 / PRIOR_SPEEDUP.get(cost.dtype, 1.0)), False
@@ -146,20 +190,17 @@ class CalibratedModel:
         """Median, over this model's shape classes (or layers) of ``kind`` measured at ``dtype`` and at fp32,
         of their ratio (dtype efficiency ÷ fp32 efficiency, both against the roofline); None when none is."""
         vals = []
-        for key, ratios in self.class_ratios.items():
+        for key in self.class_ratios:
             shape, _, d = key.rpartition("|")
-            if d == dtype and ratios and shape.startswith(f"{kind}:"):
-                f = self.class_ratios.get(f"{shape}|fp32")
-                if f:
-                    vals.append(statistics.median(ratios) / max(statistics.median(f), 1e-12))
+            ratios, f = self._ratios("class_ratios", key), self._ratios("class_ratios", f"{shape}|fp32")
+            if d == dtype and ratios and f and shape.startswith(f"{kind}:"):
+                vals.append(statistics.median(ratios) / max(statistics.median(f), 1e-12))
         if vals:
             return statistics.median(vals)
-        for key, ratios in self.layer_ratios.items():
+        for key in self.layer_ratios:
             name, _, d = key.rpartition("|")
-            if d != dtype or not ratios or kinds.get(name) != kind:
-                continue
-            f = self.layer_ratios.get(f"{name}|fp32")
-            if f:
+            ratios, f = self._ratios("layer_ratios", key), self._ratios("layer_ratios", f"{name}|fp32")
+            if d == dtype and ratios and f and kinds.get(name) == kind:
                 vals.append(statistics.median(ratios) / max(statistics.median(f), 1e-12))
         return statistics.median(vals) if vals else None
 
@@ -200,25 +241,46 @@ class CalibratedModel:
         return out
 
     def _other_ms(self, costs: Sequence[LayerCost]) -> float:
-        """Non-layer time: a + Σ_dtype s_dtype·[any layer at that dtype] + b_dtype × (#layers at that dtype).
+        """Non-layer time (norms, softmax, adds, quantizers and casts, session overhead): an intercept per
+        session + Σ_dtype f_dtype(layers at that dtype) + c × int8 / float conversion elements.
 
-        Quantizing changes the ops around the layers: graph-wide rewrites that happen once a plan uses a
-        scheme (attention fusion, a quantized embedding, an int8 dynamic plan's activation quantizers and
-        casts: the step ``s``, one per dtype — int8 dynamic convolutions on CPU bring far more of it than an
-        int4 linear head does), and per-layer extras (``b``). Ridge least squares with ``b`` shrunk hard, so
-        a few points explain a change by the steps first; with one point it is that point's value.
+        ``f`` is piecewise linear in the count, with a knot at every count measured for that dtype, and flat
+        beyond the largest: what a scheme adds or saves outside the layers (an int8 dynamic plan's
+        activation quantizers, graph rewrites such as attention fusion that a quantized graph loses or
+        gains) is interpolated between measured plans and never extrapolated past them. One int8 static
+        layer among int8 dynamic ones therefore costs a share of what a uniform int8 static plan saves, not
+        all of it. ``c`` prices the QuantizeLinear / DequantizeLinear ops where int8 static layers meet
+        float ones (:func:`~.roofline.glue_melems`): where a float layer sits matters, not only how many.
+        The session's intercept absorbs the day's overhead level; the rest is learned from every session.
+        Penalized least squares: slopes lightly shrunk, a change of slope between neighbouring segments
+        costs :data:`SMOOTH` (one mixed plan does not bend ``f``; a single plan per dtype is matched exactly).
         """
         pts = self.other_points
-        keys = sorted({k for cnt, _ in pts for k in cnt})
+        knots = {d: sorted({p.counts[d] for p in pts if p.counts.get(d, 0) > 0}) for d in {k for p in pts for k in p.counts}}
+        sessions = sorted({p.session for p in pts})
+        today = self.session if any(p.session == self.session for p in pts) else pts[-1].session
 
-        def row(cnt: Mapping[str, int]) -> list[float]:
-            return ([1.0] + [1.0 if cnt.get(k, 0) else 0.0 for k in keys] + [float(cnt.get(k, 0)) for k in keys])
+        def row(cnt: Mapping[str, int], sess: str, glue: float) -> list[float]:
+            # per dtype, the layers counted within each segment between knots: coefficients are slopes
+            hinges = [float(min(cnt.get(d, 0), k) - min(cnt.get(d, 0), prev))
+                      for d in sorted(knots) for prev, k in zip([0, *knots[d][:-1]], knots[d], strict=True)]
+            return [1.0 if sess == s else 0.0 for s in sessions] + hinges + [glue]
 
-        a = np.array([row(cnt) for cnt, _ in pts])
-        y = np.array([v for _, v in pts])
-        ridge = np.diag([1e-6] + [1e-3] * len(keys) + [1e3] * len(keys))
-        coef = np.linalg.solve(a.T @ a + ridge, a.T @ y)
-        return max(0.0, float(np.array(row(self._counts(costs))) @ coef))
+        a = np.array([row(p.counts, p.session, p.glue) for p in pts])
+        y = np.array([p.ms for p in pts])
+        # a slope change is worth SMOOTH·Δ²: one point over a segment of length L gives L²·Δ² of evidence,
+        # so it takes a segment of ~√SMOOTH layers (or several points) to bend f
+        n_s = len(sessions)
+        pen = np.diag([1e-6] * n_s + [1e-4] * (a.shape[1] - n_s))
+        col = n_s
+        for d in sorted(knots):
+            for j in range(1, len(knots[d])):
+                diff = np.zeros(a.shape[1])
+                diff[col + j], diff[col + j - 1] = 1.0, -1.0
+                pen += SMOOTH * np.outer(diff, diff)
+            col += len(knots[d])
+        coef = np.linalg.solve(a.T @ a + pen, a.T @ y)
+        return max(0.0, float(np.array(row(self._counts(costs), today, glue_melems(costs))) @ coef))
 
     # ------------------------------------------------------------------------------ learn
     def split(
@@ -292,12 +354,13 @@ class CalibratedModel:
                 continue
             layer_total += ms
             ratio = ms / max(self.roofline.layer_ms(c), 1e-9)
-            _push(self.layer_ratios, f"{c.name}|{c.dtype}", ratio)
+            self._push("layer_ratios", f"{c.name}|{c.dtype}", ratio)
             if c.shape:
-                _push(self.class_ratios, c.shape_class, ratio, _KEEP_CLASS)
-            _push(self.kind_ratios, f"{c.kind}/{c.dtype}", ratio)
-            _push(self.model_kind_ratios, f"{c.kind}/{c.dtype}", ratio)
-        self.other_points.append((self._counts(costs), max(0.0, p50_ms - layer_total)))
+                self._push("class_ratios", c.shape_class, ratio, _KEEP_CLASS)
+            self._push("kind_ratios", f"{c.kind}/{c.dtype}", ratio)
+            self._push("model_kind_ratios", f"{c.kind}/{c.dtype}", ratio)
+        self.other_points.append(OtherPoint(self._counts(costs), max(0.0, p50_ms - layer_total), self.session,
+                                            glue_melems(costs)))
         del self.other_points[:-_KEEP]
         self.sources[source] = self.sources.get(source, 0) + 1
         return source
@@ -322,7 +385,7 @@ class CalibratedModel:
             "models": {self.model_key: {"layer_ratios": self.layer_ratios, "kind_ratios": self.model_kind_ratios,
                                         "class_ratios": self.class_ratios,
                                         "quantizes_sandwiched": self.quantizes_sandwiched,
-                                        "other_points": [[c, v] for c, v in self.other_points],
+                                        "other_points": [list(p) for p in self.other_points],
                                         "sources": self.sources}},
             "errors": self.errors[-256:],
         }
@@ -368,6 +431,8 @@ class CalibratedModel:
         model.model_kind_ratios = {k: [float(x) for x in v] for k, v in m.get("kind_ratios", {}).items()}
         model.class_ratios = {k: [float(x) for x in v] for k, v in m.get("class_ratios", {}).items()}
         model.quantizes_sandwiched = bool(m.get("quantizes_sandwiched", False))
-        model.other_points = [({str(k): int(n) for k, n in c.items()}, float(v)) for c, v in m.get("other_points", [])]
+        model.other_points = [OtherPoint({str(k): int(n) for k, n in c.items()}, float(v), str(sess), float(g))
+                              for c, v, sess, g in m.get("other_points", [])]
         model.sources = {str(k): int(v) for k, v in m.get("sources", {}).items()}
+        model._mark_loaded()
         return model

@@ -123,6 +123,9 @@ class LayerCost:
     #: the unmodified layer's kind and shape (params, input and output elements): layers that share it run
     #: the same kernels on the same sizes (a transformer's q/k/v/o projections), so they share efficiencies
     shape: str = ""
+    #: activation elements in and out per inference (batch included; output after structural changes)
+    in_elems: float = 0.0
+    out_elems: float = 0.0
 
     @property
     def shape_class(self) -> str:
@@ -193,7 +196,8 @@ def plan_costs(
         act = (s.in_elems + s.out_elems * out_s) * ACT_BYTES[dtype]
         costs.append(
             LayerCost(s.name, s.kind, dtype, s.macs * mac_s, params, wbytes, act, kernels + EXTRA_KERNELS.get(dtype, 0), mac_s,
-                      shape=f"{s.kind}:{s.params}:{s.in_elems}:{s.out_elems}")
+                      shape=f"{s.kind}:{s.params}:{s.in_elems}:{s.out_elems}", in_elems=float(s.in_elems),
+                      out_elems=float(s.out_elems * out_s))
         )
     return costs
 
@@ -239,6 +243,23 @@ def predicted_size_bytes(specs: Sequence[LayerSpec], costs: Sequence[LayerCost],
     layer_params = sum(s.params for s in specs)
     other = max(0, total_params - layer_params) * 4.0
     return other + sum(c.weight_bytes for c in costs)
+
+
+def glue_melems(costs: Sequence[LayerCost]) -> float:
+    """Millions of activation elements a plan converts between int8 and float outside its layers: where
+    statically quantized layers (dtype ``int8``, whose activations stay int8 from one to the next) meet a
+    float one in network order, a QuantizeLinear / DequantizeLinear runs on the tensor between them; the
+    model input and output count when the first / last layer is int8. A float layer kept inside a run of
+    int8 ones costs two such conversions — on a CNN's early, large activations, more than the layer saves."""
+    total = 0.0
+    prev: LayerCost | None = None
+    for c in costs:
+        if (c.dtype == "int8") != (prev is not None and prev.dtype == "int8"):
+            total += c.in_elems
+        prev = c
+    if prev is not None and prev.dtype == "int8":
+        total += prev.out_elems
+    return total / 1e6
 
 
 def with_dtype(cost: LayerCost, dtype: str) -> LayerCost:

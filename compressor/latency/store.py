@@ -172,12 +172,15 @@ class MeasurementStore:
              batch_size: int = 1, ref_ms: float | None = None, ref_tolerance: float = 0.1) -> Measurement | None:
         """The newest earlier measurement of this exact candidate on this device and runtime at this batch
         size, if any (calibration probes are not reused). With ``ref_ms`` (this session's load reference
-        level): only one made where the reference ran within ``ref_tolerance`` of it — on a shared machine a
-        p50 from another hour is another machine's."""
+        level): only one made where the reference ran within ``ref_tolerance`` of it, and while the device
+        ran within ``ref_tolerance`` of that level (the measurement's own ``load``) — on a shared machine a p50
+        from another hour, or from a loaded minute of it, is another machine's."""
         for m in self.query(device_id=device_id, model_hash=model_hash, plan_hash=plan_hash):
             if m.role == "probe" or m.batch_size != batch_size:
                 continue
             if ref_ms is not None and (m.ref_ms is None or abs(m.ref_ms / ref_ms - 1.0) > ref_tolerance):
+                continue
+            if ref_ms is not None and m.load is not None and abs(m.load - 1.0) > ref_tolerance:
                 continue
             if runtime_versions is not None and m.runtime_versions and dict(runtime_versions) != m.runtime_versions:
                 continue

@@ -14,7 +14,7 @@ from devicefit.compressor.latency import (
     plan_costs,
     predicted_size_bytes,
 )
-from devicefit.compressor.latency.roofline import dtype_of, structural_scales
+from devicefit.compressor.latency.roofline import dtype_of, glue_melems, structural_scales
 from devicefit.compressor.plan import LayerChoice, Plan
 from devicefit.compressor.techniques import (
     ChannelPrune,
@@ -326,3 +326,55 @@ def test_session_scale_rescales_a_persisted_calibration(tmp_path: Path) -> None:
     # nothing calibrated: no anchor, scale 1
     fresh = CalibratedModel(ROOF, device_id="d", model_key="other")
     assert fresh.anchor_session(fp32, 5.0) is None and fresh.session_scale == 1.0
+
+
+def test_this_sessions_measurements_outvote_the_persisted_ones(tmp_path: Path) -> None:
+    """40 int8 measurements from an earlier session and one today that disagrees with them by 30%: today's
+    prediction of the same plan follows today's measurement (a median over the 41 would not move), and the
+    non-layer time takes today's intercept while the int8 step learned earlier still applies."""
+    specs = _specs()
+    fp32 = plan_costs(specs, {})
+    int8 = plan_costs(specs, {s.name: LayerChoice(quant=Int8Static()) for s in specs})
+    day1 = CalibratedModel(ROOF, device_id="d", model_key="m")
+    old8 = {"conv": 0.8, "fc": 1.2, "head": 0.05}
+    day1.observe(fp32, p50_ms=5.1 + 0.4, per_layer_ms={"conv": 2.0, "fc": 3.0, "head": 0.1}, other_ms=0.4)
+    for _ in range(40):
+        day1.observe(int8, p50_ms=sum(old8.values()) + 0.6, per_layer_ms=old8, other_ms=0.6)
+    path = tmp_path / "lat.json"
+    day1.save(path)
+    day2 = CalibratedModel.load(path, ROOF, device_id="d", model_key="m")
+    assert day2.predict(int8).total_ms == pytest.approx(day1.predict(int8).total_ms)  # nothing measured today yet
+    new8 = {k: 1.3 * v for k, v in old8.items()}
+    day2.observe(int8, p50_ms=sum(new8.values()) + 0.9, per_layer_ms=new8, other_ms=0.9)
+    pred = day2.predict(int8)
+    assert pred.per_layer == pytest.approx(new8, rel=1e-6)
+    assert pred.total_ms == pytest.approx(sum(new8.values()) + 0.9, rel=0.02)
+    assert len(day2.layer_ratios["conv|int8"]) == 41  # kept, set aside
+    # fp32 not measured today: still the persisted ratio; its other time follows today's intercept, minus
+    # the int8 step learned from both days (0.6 - 0.4 earlier)
+    assert day2.predict(fp32).per_layer == pytest.approx(day1.predict(fp32).per_layer)
+    assert day2.predict(fp32).other_ms == pytest.approx(0.9 - 0.2, abs=0.05)
+
+
+def test_where_a_float_layer_sits_in_an_int8_run_prices_its_conversions() -> None:
+    """Non-layer time that follows the int8 / float conversion elements: learned from fp32, uniform int8 and
+    two plans with one float layer, it tells a float layer on the big early activation (two conversions of
+    4M elements) from one at the same count elsewhere — a count-only model predicts both the same."""
+    specs = [LayerSpec("a", "conv", params=1000, macs=10**8, in_elems=1_000_000, out_elems=4_000_000),
+             LayerSpec("b", "conv", params=1000, macs=10**8, in_elems=4_000_000, out_elems=1_000_000),
+             LayerSpec("c", "linear", params=1000, macs=10**6, in_elems=1_000_000, out_elems=10_000),
+             LayerSpec("d", "linear", params=1000, macs=10**4, in_elems=10_000, out_elems=1000)]
+
+    def plan(*float_layers: str) -> list:
+        return plan_costs(specs, {s.name: LayerChoice(quant=Int8Static()) for s in specs if s.name not in float_layers})
+
+    def truth(costs: list) -> float:
+        return 0.5 + 0.02 * sum(c.dtype == "int8" for c in costs) + 0.1 * glue_melems(costs)
+
+    assert glue_melems(plan("b")) == pytest.approx(1 + 4 + 1 + 0.001)
+    model = CalibratedModel(ROOF, device_id="d")
+    for costs in (plan_costs(specs, {}), plan(), plan("b"), plan("d")):
+        model.observe(costs, p50_ms=1.0 + truth(costs), per_layer_ms={s.name: 0.25 for s in specs}, other_ms=truth(costs))
+    for held_out in (plan("a"), plan("c")):
+        assert model.predict(held_out).other_ms == pytest.approx(truth(held_out), rel=0.03)
+    assert model.predict(plan("a")).other_ms > model.predict(plan("c")).other_ms + 0.15

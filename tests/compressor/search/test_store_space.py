@@ -47,8 +47,11 @@ def test_store_round_trip_and_reuse(tmp_path: Path) -> None:
     assert latest is not None and latest.p50_ms == 11.0
     assert len(again.query(device_id="pi")) == 3
     # with a load reference level given, only measurements made where the reference ran alike (±10%)
-    again.add(Measurement(device_id="pi", model_hash="mh", plan_hash="p5", p50_ms=7.0, ref_ms=20.0, load=1.1))
-    assert again.find(device_id="pi", model_hash="mh", plan_hash="p5", ref_ms=21.0).load == 1.1  # type: ignore[union-attr]
+    again.add(Measurement(device_id="pi", model_hash="mh", plan_hash="p5", p50_ms=7.0, ref_ms=20.0, load=1.05))
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p5", ref_ms=21.0).load == 1.05  # type: ignore[union-attr]
+    # ... and only one made while the device ran near that level (not in a loaded minute of that session)
+    again.add(Measurement(device_id="pi", model_hash="mh", plan_hash="p6", p50_ms=25.0, ref_ms=20.0, load=3.7))
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p6", ref_ms=20.0) is None
     assert again.find(device_id="pi", model_hash="mh", plan_hash="p5", ref_ms=40.0) is None  # a busier machine
     assert again.find(device_id="pi", model_hash="mh", plan_hash="p1", ref_ms=20.0) is None  # level not recorded
     # calibration probes are stored but never reused for a candidate
