@@ -402,8 +402,10 @@ class SearchLoop:
             ok = [c for c in fresh.values() if self.looks_feasible(c) and self.worth_measuring(c)]
             if not ok and self.best_passing() is None:
                 # nothing predicted feasible and nothing passed: measure the fastest plans whose predicted drop
-                # is within budget anyway — predictions can be wrong, measurements are what count
-                ok = [c for c in fresh.values() if self._drop_ok(c)]
+                # is within budget anyway — predictions can be wrong, measurements are what count — but not
+                # one predicted slower than fp32 under a latency budget (the fit never returns one)
+                ok = [c for c in fresh.values() if self._drop_ok(c)
+                      and (self.budget.latency_ms is None or self._faster_than_fp32(c))]
                 if not ok:
                     # ... and then the uniform anchors predicted faster than fp32, whatever their predicted drop
                     ok = [c for c in fresh.values() if c.labels in self.anchors() and self._faster_than_fp32(c)]

@@ -265,3 +265,18 @@ def test_anchors_measured_when_every_drop_prediction_misses(tmp_path: Path, monk
     measured = [c for c in out.candidates if c.measured and c.plan_hash != out.baseline.plan_hash]
     assert measured and all(c.labels in loop.anchors() for c in measured)
     assert out.best is not None and out.best.passes(budget)  # the true drops are small: a uniform plan passes
+
+
+def test_exploit_does_not_measure_plans_predicted_slower_than_fp32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing can pass (latency budget 0.05 × fp32), and the only plans within the drop budget use int8
+    dynamic, which this device runs 60x slower than its prior says: once that is measured, the exploit
+    pass's "measure anyway" fallback spends no measurement on a plan predicted slower than fp32."""
+    monkeypatch.setitem(EFF, "int8dyn", 300.0)
+    monkeypatch.setitem(DROP, "int8_static", 0.5)
+    monkeypatch.setitem(DROP, "int4_weight_only", 0.5)
+    budget = Budget(latency_ms=0.05 * _fp32_ms(), accuracy_drop=0.05)
+    _loop, out, _dev = _run(tmp_path, budget, monkeypatch, trials=20, max_measurements=5)
+    exploited = [c for c in out.candidates if c.measured and "exploit" in c.tags]
+    assert all(c.predicted_ms < out.baseline.measured_ms for c in exploited), [  # type: ignore[operator]
+        (c.predicted_ms, c.measured_ms) for c in exploited]
+    assert out.chosen is out.baseline
