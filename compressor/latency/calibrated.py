@@ -250,7 +250,8 @@ class CalibratedModel:
         gains) is interpolated between measured plans and never extrapolated past them. One int8 static
         layer among int8 dynamic ones therefore costs a share of what a uniform int8 static plan saves, not
         all of it. ``c`` prices the QuantizeLinear / DequantizeLinear ops where int8 static layers meet
-        float ones (:func:`~.roofline.glue_melems`): where a float layer sits matters, not only how many.
+        float ones (:func:`~.roofline.glue_melems`; ``c`` ≥ 0): where a float layer sits matters, not only
+        how many.
         The session's intercept absorbs the day's overhead level; the rest is learned from every session.
         Penalized least squares: slopes lightly shrunk, a change of slope between neighbouring segments
         costs :data:`SMOOTH` (one mixed plan does not bend ``f``; a single plan per dtype is matched exactly).
@@ -280,6 +281,8 @@ class CalibratedModel:
                 pen += SMOOTH * np.outer(diff, diff)
             col += len(knots[d])
         coef = np.linalg.solve(a.T @ a + pen, a.T @ y)
+        if coef[-1] < 0:  # a conversion never saves time: what looked like it is noise (or layer time) — c = 0
+            coef = np.append(np.linalg.solve(a[:, :-1].T @ a[:, :-1] + pen[:-1, :-1], a[:, :-1].T @ y), 0.0)
         return max(0.0, float(np.array(row(self._counts(costs), today, glue_melems(costs))) @ coef))
 
     # ------------------------------------------------------------------------------ learn

@@ -404,8 +404,12 @@ class SearchLoop:
                 # nothing predicted feasible and nothing passed: measure the fastest plans whose predicted drop
                 # is within budget anyway — predictions can be wrong, measurements are what count — but not
                 # one predicted slower than fp32 under a latency budget (the fit never returns one)
-                ok = [c for c in fresh.values() if self._drop_ok(c)
-                      and (self.budget.latency_ms is None or self._faster_than_fp32(c))]
+                ok = sorted((c for c in fresh.values() if self._drop_ok(c)
+                             and (self.budget.latency_ms is None or self._faster_than_fp32(c))),
+                            key=lambda c: (c.predicted_ms, c.predicted_drop))
+                # ... the first whose whole plan, fake-compressed at once, still looks within the drop budget
+                # (per-layer drops of 0 on a small slice add up to nothing; 33 layers pruned at once do not)
+                ok = next(([c] for c in ok if self._drop_ok(self.problem.refine_drop(c))), [])
                 if not ok:
                     # ... and then the uniform anchors predicted faster than fp32, whatever their predicted drop
                     ok = [c for c in fresh.values() if c.labels in self.anchors() and self._faster_than_fp32(c)]

@@ -378,3 +378,21 @@ def test_where_a_float_layer_sits_in_an_int8_run_prices_its_conversions() -> Non
     for held_out in (plan("a"), plan("c")):
         assert model.predict(held_out).other_ms == pytest.approx(truth(held_out), rel=0.03)
     assert model.predict(plan("a")).other_ms > model.predict(plan("c")).other_ms + 0.15
+
+
+def test_conversions_never_predicted_to_save_time() -> None:
+    """Two half-int8 plans whose non-layer times differ the 'wrong' way (the one with more conversion
+    elements measured faster — noise, or layer time mis-split): the conversion price is clamped at 0, so
+    a plan with many float layers inside an int8 run is not predicted faster than the uniform int8 plan."""
+    specs = [LayerSpec(f"l{i}", "conv", params=1000, macs=10**7, in_elems=(4 - i) * 1_000_000, out_elems=(3 - i) * 1_000_000 + 1000)
+             for i in range(4)]
+    int8 = {s.name: LayerChoice(quant=Int8Static()) for s in specs}
+    first, second = dict(list(int8.items())[:2]), dict(list(int8.items())[2:])
+    model = CalibratedModel(ROOF, device_id="d")
+    layers = {s.name: 0.25 for s in specs}
+    for plan, other in (({}, 0.5), (first, 0.3), (second, 0.6), (int8, 0.35)):
+        costs = plan_costs(specs, plan)
+        model.observe(costs, p50_ms=1.0 + other, per_layer_ms=layers, other_ms=other)
+    assert glue_melems(plan_costs(specs, first)) > glue_melems(plan_costs(specs, second))
+    middle_float = {k: v for k, v in int8.items() if k not in ("l1", "l2")}
+    assert model.predict(plan_costs(specs, middle_float)).other_ms >= model.predict(plan_costs(specs, int8)).other_ms - 0.02

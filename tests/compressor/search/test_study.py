@@ -280,3 +280,29 @@ def test_exploit_does_not_measure_plans_predicted_slower_than_fp32(tmp_path: Pat
     assert all(c.predicted_ms < out.baseline.measured_ms for c in exploited), [  # type: ignore[operator]
         (c.predicted_ms, c.measured_ms) for c in exploited]
     assert out.chosen is out.baseline
+
+
+def test_exploit_fallback_checks_the_whole_plans_drop_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-layer sensitivities of 0 (a slice too small to see one layer's damage) while the device's int8
+    static and int4 plans lose far more than the budget: with nothing passing (latency budget 0.05 × fp32),
+    the measure-anyway fallback asks the joint fake-compress estimate first and measures none of them."""
+    monkeypatch.setitem(DROP, "int8_static", 0.2)
+    monkeypatch.setitem(DROP, "int4_weight_only", 0.2)
+    orig = _problem
+
+    def blind(b: Budget) -> SearchProblem:
+        p = orig(b)
+        for layer in p.sensitivity.drops:
+            p.sensitivity.drops[layer] = {k: 0.0 for k in p.sensitivity.drops[layer]}
+
+        def joint(labels: dict[str, str]) -> float:  # the true plan drop (what fake-compressing it all shows)
+            return sum(DROP.get(v, 0.0) * (10 if k == SENSITIVE else 1) for k, v in labels.items())
+
+        p.joint = joint
+        return p
+
+    monkeypatch.setattr(f"{__name__}._problem", blind)
+    budget = Budget(latency_ms=0.05 * _fp32_ms(), accuracy_drop=0.05)
+    _loop, out, _dev = _run(tmp_path, budget, monkeypatch, trials=20, max_measurements=5)
+    exploited = [c for c in out.candidates if c.measured and "exploit" in c.tags]
+    assert exploited and all(c.drop <= 0.05 for c in exploited), [(c.plan_hash, c.drop) for c in exploited]
