@@ -4,8 +4,8 @@ they matter.
 * **Study**: two objectives, both minimized — metric drop and latency — with every budget as an Optuna
   constraint (``Trial.set_constraint``, read by ``TPESampler``; Optuna 5 deprecated ``constraints_func``): latency, size, peak memory, accuracy drop; ≤ 0 = met).
   Storage is any Optuna RDB URL (SQLite file by default); workers join the same study.
-* **Seeds** (``enqueue_trial``): the fp32 model, every quant scheme uniform, int8 dynamic with the most
-  sensitive layers kept float (sensitivity order), structural + int8 uniform plans.
+* **Seeds** (``enqueue_trial``): the fp32 model, every uniform single-technique plan (the *anchors*), int8
+  dynamic with the most sensitive layers kept float (sensitivity order), structural + int8 uniform plans.
 * **Every trial is predicted** (calibrated latency model, size, memory, additive sensitivity drop). A
   trial is *materialized and measured* when its prediction looks feasible (latency within a margin that
   is wider while its dtypes are uncalibrated on this device) and it could beat the fastest passing
@@ -346,14 +346,13 @@ class SearchLoop:
             trial.set_constraint(name, float(value))
 
     def seeds(self) -> list[dict[str, str]]:
-        """Starting plans: fp32, each scheme uniform, sensitivity-ordered keep-float, structural + int8."""
+        """Starting plans: fp32, every uniform single-technique plan (:meth:`anchors`), sensitivity-ordered
+        keep-float, structural + int8."""
         space, sens = self.problem.space, self.problem.sensitivity
         layers = space.layers
         quant_labels = sorted({p for layer in layers for o in space.atomic(layer) if o.quant is not None
                                and o.prune is None and o.lowrank is None for p in o.parts()})
-        out = [self.problem.float_labels()]
-        out += [space.uniform(q) for q in quant_labels]
-        out += self.anchors()
+        out = [self.problem.float_labels(), *self.anchors()]  # the anchors include each quant scheme uniform
         best_q = min(quant_labels, key=lambda q: self.problem.predict(space.uniform(q)).predicted_ms, default=None)
         for q in dict.fromkeys(x for x in ("int8_dynamic", best_q) if x in quant_labels):
             order = sens.order(q)
