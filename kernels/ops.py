@@ -1,0 +1,89 @@
+"""ONNX node builders for the ``ai.devicefit`` ops (``onnx`` is imported when a builder is called).
+
+``Sparse24MatMul(X, values, index, scales[, bias]) -> Y``  (no attributes)
+``LowBitMatMul(X, packed, scales[, zero_points][, bias]) -> Y``  attributes ``bits``, ``group_size``
+
+X is float32 ``[..., K]``; Y is float32 ``[..., N]``. Register the library with
+:func:`session_options` (or ``SessionOptions.register_custom_ops_library(library_path())``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from devicefit.kernels.pack import LowBitWeights, Sparse24Weights
+
+DOMAIN = "ai.devicefit"
+DOMAIN_VERSION = 1
+SPARSE24 = "Sparse24MatMul"
+LOWBIT = "LowBitMatMul"
+
+
+def _onnx() -> Any:
+    import onnx
+
+    return onnx
+
+
+def sparse24_node(
+    x: str, y: str, w: Sparse24Weights, *, prefix: str, bias: np.ndarray | None = None
+) -> tuple[Any, list[Any]]:
+    """A ``Sparse24MatMul`` node and its initializers (named ``{prefix}.values`` etc.)."""
+    onnx = _onnx()
+    nh = onnx.numpy_helper
+    inits = [nh.from_array(w.values, f"{prefix}.values"), nh.from_array(w.index, f"{prefix}.index"),
+             nh.from_array(w.scales, f"{prefix}.scales")]
+    inputs = [x, *(i.name for i in inits)]
+    if bias is not None:
+        inits.append(nh.from_array(np.asarray(bias, np.float32), f"{prefix}.bias"))
+        inputs.append(f"{prefix}.bias")
+    node = onnx.helper.make_node(SPARSE24, inputs, [y], name=prefix, domain=DOMAIN)
+    return node, inits
+
+
+def lowbit_node(
+    x: str, y: str, w: LowBitWeights, *, prefix: str, bias: np.ndarray | None = None
+) -> tuple[Any, list[Any]]:
+    """A ``LowBitMatMul`` node and its initializers."""
+    onnx = _onnx()
+    nh = onnx.numpy_helper
+    inits = [nh.from_array(w.packed, f"{prefix}.packed"), nh.from_array(w.scales, f"{prefix}.scales")]
+    inputs = [x, *(i.name for i in inits)]
+    if w.zeros is not None:
+        inits.append(nh.from_array(w.zeros, f"{prefix}.zero_points"))
+        inputs.append(f"{prefix}.zero_points")
+    elif bias is not None:
+        inputs.append("")  # absent optional input
+    if bias is not None:
+        inits.append(nh.from_array(np.asarray(bias, np.float32), f"{prefix}.bias"))
+        inputs.append(f"{prefix}.bias")
+    node = onnx.helper.make_node(LOWBIT, inputs, [y], name=prefix, domain=DOMAIN, bits=w.bits,
+                                 group_size=w.group_size)
+    return node, inits
+
+
+def single_op_model(node: Any, inits: list[Any], *, k: int, n: int, m: int | str = "M", opset: int = 21) -> Any:
+    """A one-node model ``X[m, k] -> Y[m, n]`` around ``node`` (inputs named X / Y)."""
+    onnx = _onnx()
+    h, tp = onnx.helper, onnx.TensorProto
+    graph = h.make_graph([node], "devicefit_kernel", [h.make_tensor_value_info("X", tp.FLOAT, [m, k])],
+                         [h.make_tensor_value_info("Y", tp.FLOAT, [m, n])], initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset), h.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+                         producer_name="devicefit")
+    model.ir_version = 10
+    return model
+
+
+def session_options(threads: int = 1) -> Any:
+    """onnxruntime ``SessionOptions`` with the kernel library registered (built first if needed)."""
+    import onnxruntime as ort
+
+    from devicefit.kernels.build import library_path
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.register_custom_ops_library(str(library_path()))
+    return so
