@@ -168,3 +168,15 @@ def load() -> ctypes.CDLL:
             lib.dfk_isa_supported.argtypes = [ctypes.c_char_p]
             _loaded[path] = lib
         return _loaded[path]
+
+
+def build_test_driver(toolchain: Toolchain, out: Path, *, static: bool = False) -> Path:
+    """Compile ``csrc/test_driver.c`` with the library sources into an executable (for a cross
+    toolchain, e.g. ``Toolchain("aarch64-linux-gnu-gcc", "aarch64")`` with ``static=True`` for qemu-user)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="devicefit-kernels-driver-") as tmp:
+        objs = compile_objects(toolchain, Path(tmp))
+        drv = Path(tmp) / "test_driver.o"
+        _run([toolchain.cc, *COMMON_FLAGS, "-c", str(SOURCE_DIR / "test_driver.c"), "-o", str(drv)])
+        _run([toolchain.cc, *(["-static"] if static else []), "-o", str(out), str(drv), *map(str, objs), "-lm"])
+    return out

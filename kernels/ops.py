@@ -64,7 +64,7 @@ def lowbit_node(
     return node, inits
 
 
-def single_op_model(node: Any, inits: list[Any], *, k: int, n: int, m: int | str = "M", opset: int = 21) -> Any:
+def single_op_model(node: Any, inits: list[Any], *, k: int | str, n: int, m: int | str = "M", opset: int = 21) -> Any:
     """A one-node model ``X[m, k] -> Y[m, n]`` around ``node`` (inputs named X / Y)."""
     onnx = _onnx()
     h, tp = onnx.helper, onnx.TensorProto

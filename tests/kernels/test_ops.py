@@ -1,0 +1,137 @@
+"""The onnxruntime custom ops equal their numpy references bit for bit, on random shapes, on every SIMD
+path this CPU has (forced with DEVICEFIT_KERNELS_ISA), scalar included.
+
+Why exact: both ops accumulate integer products in int32 (exact), and their float steps (activation
+scales, the epilogue, LowBit's per-group sum in group order) are the same float32 operations in the same
+order in numpy and in every C path (compiled with -ffp-contract=off)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from devicefit.kernels import ops, pack, reference
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _data(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    x = rng.standard_normal(shape).astype(np.float32)
+    if kind == "outliers":
+        x[rng.random(shape) < 0.02] *= 50
+    elif kind == "sparse_rows" and shape[0] > 1:
+        x[0] = 0  # an all-zero row: scale 0, output = bias
+    return x
+
+
+shapes = st.tuples(st.integers(1, 9), st.integers(1, 300), st.integers(1, 40))
+kinds = st.sampled_from(["normal", "outliers", "sparse_rows"])
+
+
+@SETTINGS
+@given(shape=shapes, kind=kinds, seed=st.integers(0, 2**31 - 1), with_bias=st.booleans())
+def test_sparse24_matches_reference_on_every_isa(
+    isas: list[str], run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch,
+    shape: tuple[int, int, int], kind: str, seed: int, with_bias: bool,
+) -> None:
+    m, k, n = shape
+    rng = np.random.default_rng(seed)
+    w = pack.pack_sparse24(_data(rng, (n, k), kind))
+    x = _data(rng, (m, k), kind)
+    bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
+    node, inits = ops.sparse24_node("X", "Y", w, prefix="fc", bias=bias)
+    model = ops.single_op_model(node, inits, k=k, n=n)
+    want = reference.sparse24_matmul(x, w, bias)
+    for isa in isas:
+        monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", isa)
+        np.testing.assert_array_equal(run_model(model, x), want, err_msg=f"isa={isa}")
+
+
+@SETTINGS
+@given(shape=shapes, kind=kinds, seed=st.integers(0, 2**31 - 1), bits=st.sampled_from([2, 3]),
+       group=st.sampled_from([32, 64, 128, 256]), zeros=st.booleans(), with_bias=st.booleans())
+def test_lowbit_matches_reference_on_every_isa(
+    isas: list[str], run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch,
+    shape: tuple[int, int, int], kind: str, seed: int, bits: int, group: int, zeros: bool, with_bias: bool,
+) -> None:
+    m, k, n = shape
+    rng = np.random.default_rng(seed)
+    q, s, z = pack.quantize_lowbit_rtn(_data(rng, (n, k), kind), bits=bits, group_size=group)
+    w = pack.pack_lowbit(q, s, z if zeros else None, bits=bits, group_size=group)
+    x = _data(rng, (m, k), kind)
+    bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
+    node, inits = ops.lowbit_node("X", "Y", w, prefix="fc", bias=bias)
+    model = ops.single_op_model(node, inits, k=k, n=n)
+    want = reference.lowbit_matmul(x, w, bias)
+    for isa in isas:
+        monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", isa)
+        np.testing.assert_array_equal(run_model(model, x), want, err_msg=f"isa={isa}")
+
+
+def test_large_shapes_and_extreme_values_stay_exact(
+    isas: list[str], run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """K = 4096 with every product at +-127*127: the int16 pair step cannot saturate, int32 is exact."""
+    rng = np.random.default_rng(7)
+    k, n, m = 4096, 72, 3
+    w = rng.choice(np.array([-1.0, 1.0], np.float32), size=(n, k))
+    w[:, 1::2] = 0  # 2:4 pattern: every other input
+    x = np.where(w[:1] != 0, w[:1], 1.0).repeat(m, 0).astype(np.float32)  # same sign as the kept weights
+    sw = pack.pack_sparse24(w, prune=False)
+    node, inits = ops.sparse24_node("X", "Y", sw, prefix="fc")
+    model = ops.single_op_model(node, inits, k=k, n=n)
+    want = reference.sparse24_matmul(x, sw)
+    assert want[0, 0] == pytest.approx(k / 2, rel=1e-6)  # 2048 products of 127*127, rescaled
+    q, s, z = pack.quantize_lowbit_rtn(rng.standard_normal((n, k)).astype(np.float32), bits=3, group_size=256)
+    q[:] = 7
+    lw = pack.pack_lowbit(q, s, np.zeros_like(z), bits=3, group_size=256)
+    lnode, linits = ops.lowbit_node("X", "Y", lw, prefix="fc")
+    lmodel = ops.single_op_model(lnode, linits, k=k, n=n)
+    xl = np.abs(x)  # every activation quantizes to +127
+    lwant = reference.lowbit_matmul(xl, lw)
+    for isa in isas:
+        monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", isa)
+        np.testing.assert_array_equal(run_model(model, x), want, err_msg=f"isa={isa}")
+        np.testing.assert_array_equal(run_model(lmodel, xl), lwant, err_msg=f"isa={isa}")
+
+
+def test_batched_rank3_input(run_model: Callable[..., np.ndarray]) -> None:
+    """X [B, T, K] -> Y [B, T, N] (a transformer's linear layers)."""
+    rng = np.random.default_rng(3)
+    w = pack.pack_sparse24(rng.standard_normal((48, 96)).astype(np.float32))
+    x = rng.standard_normal((2, 5, 96)).astype(np.float32)
+    node, inits = ops.sparse24_node("X", "Y", w, prefix="fc")
+    onnx = pytest.importorskip("onnx")
+    h, tp = onnx.helper, onnx.TensorProto
+    graph = h.make_graph([node], "g", [h.make_tensor_value_info("X", tp.FLOAT, ["B", "T", 96])],
+                         [h.make_tensor_value_info("Y", tp.FLOAT, ["B", "T", 48])], initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 21), h.make_opsetid(ops.DOMAIN, 1)])
+    model.ir_version = 10
+    y = run_model(model, x)
+    assert y.shape == (2, 5, 48)
+    np.testing.assert_array_equal(y, reference.sparse24_matmul(x, w))
+
+
+def test_bad_shapes_are_reported_by_name(run_model: Callable[..., np.ndarray]) -> None:
+    rng = np.random.default_rng(0)
+    w = pack.pack_sparse24(rng.standard_normal((8, 128)).astype(np.float32))
+    node, inits = ops.sparse24_node("X", "Y", w, prefix="fc")
+    model = ops.single_op_model(node, inits, k="K", n=8)
+    with pytest.raises(Exception, match="Sparse24MatMul: values"):
+        run_model(model, rng.standard_normal((1, 200)).astype(np.float32))  # K=200 > Kp=128
+
+
+def test_unknown_or_unsupported_isa_fails_loudly(
+    run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(0)
+    w = pack.pack_sparse24(rng.standard_normal((8, 64)).astype(np.float32))
+    node, inits = ops.sparse24_node("X", "Y", w, prefix="fc")
+    model = ops.single_op_model(node, inits, k=64, n=8)
+    monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", "sse9")
+    with pytest.raises(Exception, match="unknown ISA"):
+        run_model(model, rng.standard_normal((1, 64)).astype(np.float32))
