@@ -1,7 +1,9 @@
 """ONNX node builders for the ``ai.devicefit`` ops (``onnx`` is imported when a builder is called).
 
-``Sparse24MatMul(X, values, index, scales[, bias]) -> Y``  (no attributes)
-``LowBitMatMul(X, packed, scales[, zero_points][, bias]) -> Y``  attributes ``bits``, ``group_size``
+``Sparse24MatMul(X, values, index, scales[, bias]) -> Y``  attribute ``K`` (informative)
+``LowBitMatMul(X, packed, scales[, zero_points][, bias]) -> Y``  attributes ``bits``, ``group_size``, ``K``
+
+``K`` is the logical input width (the kernels take it from X; the lowering uses it).
 
 X is float32 ``[..., K]``; Y is float32 ``[..., N]``. Register the library with
 :func:`session_options` (or ``SessionOptions.register_custom_ops_library(library_path())``).
@@ -39,7 +41,7 @@ def sparse24_node(
     if bias is not None:
         inits.append(nh.from_array(np.asarray(bias, np.float32), f"{prefix}.bias"))
         inputs.append(f"{prefix}.bias")
-    node = onnx.helper.make_node(SPARSE24, inputs, [y], name=prefix, domain=DOMAIN)
+    node = onnx.helper.make_node(SPARSE24, inputs, [y], name=prefix, domain=DOMAIN, K=w.k)
     return node, inits
 
 
@@ -60,7 +62,7 @@ def lowbit_node(
         inits.append(nh.from_array(np.asarray(bias, np.float32), f"{prefix}.bias"))
         inputs.append(f"{prefix}.bias")
     node = onnx.helper.make_node(LOWBIT, inputs, [y], name=prefix, domain=DOMAIN, bits=w.bits,
-                                 group_size=w.group_size)
+                                 group_size=w.group_size, K=w.k)
     return node, inits
 
 
