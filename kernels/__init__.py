@@ -11,7 +11,7 @@ Importing this package needs only numpy.
 
 from __future__ import annotations
 
-from devicefit.kernels.build import KernelBuildError, build, cache_dir, library_path
+from devicefit.kernels.builder import KernelBuildError, build, cache_dir, library_path
 from devicefit.kernels.pack import (
     LowBitWeights,
     Sparse24Weights,
@@ -29,7 +29,7 @@ def available() -> str | None:
     """The SIMD path the ops use on this machine now (``"avx2"``, ``"neon_dot"``, ``"scalar"``), or None
     when the library cannot be built or loaded here (no compiler, build error)."""
     try:
-        from devicefit.kernels.build import load
+        from devicefit.kernels.builder import load
 
         name = load().dfk_isa_name()
     except (KernelBuildError, OSError):
@@ -40,7 +40,7 @@ def available() -> str | None:
 def supported_isas() -> list[str]:
     """Every path this CPU and build can run, best first (empty when the library is unavailable)."""
     try:
-        from devicefit.kernels.build import load
+        from devicefit.kernels.builder import load
 
         return [s for s in load().dfk_isa_list().decode().split(",") if s]
     except (KernelBuildError, OSError):

@@ -82,7 +82,7 @@ def session_options(threads: int = 1) -> Any:
     """onnxruntime ``SessionOptions`` with the kernel library registered (built first if needed)."""
     import onnxruntime as ort
 
-    from devicefit.kernels.build import library_path
+    from devicefit.kernels.builder import library_path
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

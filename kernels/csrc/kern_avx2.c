@@ -4,6 +4,7 @@
  * a pair sums to at most 32258, so the int16 step never saturates and the int32 result is exact. */
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "dfk.h"
@@ -107,20 +108,44 @@ static void lowbit_avx2(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G, c
   const int32_t zdef = 1 << (bits - 1);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i codes[8][8]; /* [row][unit of the group]; G <= 256 */
+  /* scales / zero points of 8 rows, transposed to [group][row] once per chunk (one vector load per group) */
+  float *sT = malloc(sizeof(float) * 8 * (size_t)ng);
+  int32_t *zT = malloc(sizeof(int32_t) * 8 * (size_t)ng);
   int64_t n0 = 0;
-  for (; n0 + 8 <= N; n0 += 8) {
+  for (; sT && zT && n0 + 8 <= N; n0 += 8) {
+    for (int r = 0; r < 8; r++)
+      for (int64_t g = 0; g < ng; g++) {
+        sT[g * 8 + r] = scales[(n0 + r) * ng + g];
+        zT[g * 8 + r] = zeros ? (int32_t)zeros[(n0 + r) * ng + g] : zdef;
+      }
+    if (M == 1) { /* batch 1: unpack straight into the dot products, accumulator in a register */
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t g = 0; g < ng; g++) {
+        __m256i xv[8], d[8];
+        for (int64_t u = 0; u < upg; u++) xv[u] = _mm256_loadu_si256((const __m256i *)(xq + g * G + 32 * u));
+        for (int r = 0; r < 8; r++) {
+          const uint8_t *row = packed + (n0 + r) * row_bytes;
+          __m256i a16 = _mm256_maddubs_epi16(codes32(row, bits, g * upg), xv[0]);
+          for (int64_t u = 1; u < upg; u++)
+            a16 = _mm256_add_epi16(a16, _mm256_maddubs_epi16(codes32(row, bits, g * upg + u), xv[u]));
+          d[r] = _mm256_madd_epi16(a16, ones);
+        }
+        const __m256i z = _mm256_loadu_si256((const __m256i *)(zT + g * 8));
+        __m256i dot = _mm256_sub_epi32(hsum8(d), _mm256_mullo_epi32(z, _mm256_set1_epi32(xsum[g])));
+        __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(sT + g * 8), _mm256_set1_ps(xs[g]));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), sc));
+      }
+      _mm256_storeu_ps(y + n0, acc);
+      continue;
+    }
     for (int64_t m = 0; m < M; m++) _mm256_storeu_ps(y + m * N + n0, _mm256_setzero_ps());
     for (int64_t g = 0; g < ng; g++) {
-      int32_t zv[8];
-      float sv[8];
       for (int r = 0; r < 8; r++) {
         const uint8_t *row = packed + (n0 + r) * row_bytes;
         for (int64_t u = 0; u < upg; u++) codes[r][u] = codes32(row, bits, g * upg + u);
-        zv[r] = zeros ? (int32_t)zeros[(n0 + r) * ng + g] : zdef;
-        sv[r] = scales[(n0 + r) * ng + g];
       }
-      const __m256i z = _mm256_loadu_si256((const __m256i *)zv);
-      const __m256 s = _mm256_loadu_ps(sv);
+      const __m256 s = _mm256_loadu_ps(sT + g * 8);
+      const __m256i z = _mm256_loadu_si256((const __m256i *)(zT + g * 8));
       for (int64_t m = 0; m < M; m++) {
         const int8_t *x = xq + m * Kp + g * G;
         __m256i d[8];
@@ -139,6 +164,8 @@ static void lowbit_avx2(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G, c
       }
     }
   }
+  free(sT);
+  free(zT);
   /* tail rows: one row at a time, same arithmetic and order */
   for (int64_t n = n0; n < N; n++) {
     const uint8_t *row = packed + n * row_bytes;

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from devicefit.kernels import pack, reference
-from devicefit.kernels.build import Toolchain, build_test_driver, find_compiler, normalize_arch
+from devicefit.kernels.builder import Toolchain, build_test_driver, find_compiler, normalize_arch
 
 INSTALL = "apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user (or run .ci/install-system-deps.sh)"
 
