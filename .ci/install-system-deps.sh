@@ -4,6 +4,10 @@
 set -uo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# devicefit.kernels: the aarch64 cross toolchain and qemu-user (tests/kernels/test_aarch64_qemu.py runs the
+# NEON dot-product kernels under qemu-aarch64; Debian's qemu-user ships /usr/bin/qemu-aarch64)
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v qemu-aarch64 >/dev/null 2>&1 || command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/tmp/devicefit-apt.log 2>&1 \

@@ -65,11 +65,15 @@ def build_models(n: int, k: int, m: int, group: int, work: Path) -> dict[str, An
     onnx.save(models["fp32"], str(fp32_path))
     quantize_dynamic(str(fp32_path), str(int8_path))
     models["ort_int8"] = onnx.load(str(int8_path))
-    q4, s4, z4 = pack.quantize_lowbit_rtn(w, bits=3, group_size=group)  # codes only matter for size/speed
-    kb = -(-k // group) * group
-    q4p = np.zeros((n, kb), np.uint8)
-    q4p[:, :k] = rng.integers(0, 16, size=(n, k), dtype=np.uint8)
-    b, s, zp = lowering.pack_matmulnbits4(q4p, s4, z4, block_size=group)
+    kb = -(-k // group) * group  # 4-bit round-to-nearest, asymmetric per block (as MatMulNBitsQuantizer's RTN)
+    wb = np.zeros((n, kb), np.float32)
+    wb[:, :k] = w
+    g4 = wb.reshape(n, kb // group, group)
+    lo, hi = np.minimum(g4.min(-1), 0), np.maximum(g4.max(-1), 0)
+    s4 = np.where(hi > lo, (hi - lo) / 15, 1).astype(np.float32)
+    z4 = np.clip(np.rint(-lo / s4), 0, 15).astype(np.uint8)
+    q4 = np.clip(np.rint(g4 / s4[..., None]) + z4[..., None], 0, 15).astype(np.uint8).reshape(n, kb)
+    b, s, zp = lowering.pack_matmulnbits4(q4, s4, z4, block_size=group)
     for name, level in (("nbits4", 0), ("nbits4_i8", 4)):
         node = h.make_node("MatMulNBits", ["X", "B", "S", "Z"], ["Y"], domain="com.microsoft", K=k, N=n, bits=4,
                            block_size=group, accuracy_level=level)

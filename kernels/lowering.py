@@ -160,7 +160,21 @@ def lower_model(model: Any, *, lowbit: LowBitMode = "exact", opset: int = 21) ->
         if node.domain != DOMAIN:
             new_nodes.append(node)
             continue
-        arr = [onnx.numpy_helper.to_array(inits[n]) if n else None for n in node.input[1:]]
+        def tensor(i: int, node: Any = node) -> np.ndarray | None:
+            name = node.input[i] if i < len(node.input) else ""
+            if not name:
+                return None
+            if name not in inits:
+                raise ValueError(f"input {name!r} of {node.op_type} node {node.name!r} must be an initializer")
+            array: np.ndarray = onnx.numpy_helper.to_array(inits[name])
+            return array
+
+        def required(i: int, node: Any = node) -> np.ndarray:
+            array = tensor(i, node)
+            if array is None:
+                raise ValueError(f"{node.op_type} node {node.name!r} lacks its required input #{i}")
+            return array
+
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         g = _Graph(node.name or f"devicefit_{idx}")
         used.update(n for n in node.input[1:] if n)
@@ -168,13 +182,12 @@ def lower_model(model: Any, *, lowbit: LowBitMode = "exact", opset: int = 21) ->
         if bias:
             used.discard(bias)  # stays an initializer of the lowered graph
         if node.op_type == SPARSE24:
-            values, index, scales = arr[0], arr[1], arr[2]
+            values, index, scales = required(1), required(2), required(3)
             k = int(attrs.get("K", values.shape[1] * 2))
             _lower_sparse24(g, node, Sparse24Weights(values=values, index=index, scales=scales, k=k), bias)
         elif node.op_type == LOWBIT:
             bits, gs = int(attrs["bits"]), int(attrs["group_size"])
-            packed, scales = arr[0], arr[1]
-            zeros = arr[2] if len(arr) > 2 else None
+            packed, scales, zeros = required(1), required(2), tensor(3)
             k = int(attrs.get("K", packed.shape[1] * 8 // bits))
             w = LowBitWeights(packed=packed, scales=scales, zeros=zeros, bits=bits, group_size=gs, k=k)
             if lowbit == "exact":
