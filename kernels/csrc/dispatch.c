@@ -16,7 +16,7 @@
 
 DFK_EXPORT const char *dfk_version(void) { return "devicefit-kernels 1"; }
 
-static int cpu_has(int isa) {
+static int cpu_has_probe(int isa) {
   switch (isa) {
   case DFK_ISA_SCALAR:
     return 1;
@@ -32,6 +32,14 @@ static int cpu_has(int isa) {
   default:
     return 0;
   }
+}
+
+/* CPUID can trap to the hypervisor in a VM (microseconds): probe each feature once */
+static int cpu_has(int isa) {
+  static volatile int cache[DFK_ISA_COUNT]; /* 0 = unknown, 1 = no, 2 = yes; a benign race */
+  if (isa < 0 || isa >= DFK_ISA_COUNT) return 0;
+  if (!cache[isa]) cache[isa] = cpu_has_probe(isa) ? 2 : 1;
+  return cache[isa] == 2;
 }
 
 static const dfk_isa *isa_table(int isa) {
@@ -104,8 +112,11 @@ static float quantize_block(const float *x, int64_t n, int64_t np, int8_t *q) {
     amax = a > amax ? a : amax;
   }
   float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  /* round half to even without a libm call: for |v| < 2^22, (v + 1.5*2^23) - 1.5*2^23 rounds v to an integer
+   * in the current (default: to-nearest-even) mode, exactly like rintf; |x * inv| <= 127 here */
+  const float magic = 12582912.0f;
   for (int64_t i = 0; i < n; i++) {
-    float r = rintf(x[i] * inv);
+    float r = (x[i] * inv + magic) - magic;
     r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
     q[i] = (int8_t)r;
   }
