@@ -19,7 +19,8 @@ Ratios are speed-ups (baseline time / devicefit time, > 1 = devicefit faster). G
 ``devicefit.agent.microbench`` (onnxruntime ``MatMulInteger``, 1 thread) in the same run.
 
     python bench/kernels.py [--shapes 1536x384,384x1536,3072x768,768x3072,4096x4096] [--batches 1,4,8]
-                            [--rounds 7] [--burst-ms 25] [--group 128] [--clock cpu|wall] [--json out.json]
+                            [--rounds 7] [--burst-ms 25] [--group 128] [--clock cpu|wall] [--cache warm|cold]
+                            [--json out.json]
 """
 
 from __future__ import annotations
@@ -137,6 +138,23 @@ def measure(runs: dict[str, Callable[[], None]], rounds: int, burst_ms: float,
     return {nm: statistics.median(v) for nm, v in samples.items()}
 
 
+def measure_cold(runs: dict[str, Callable[[], None]], rounds: int, evict: Callable[[], None],
+                 clock: Callable[[], float] = time.thread_time) -> dict[str, float]:
+    """Weights not in cache (a real model streams every layer's weights from memory): before each timed
+    single call, stream through a buffer larger than the last-level cache; median over rounds."""
+    names = list(runs)
+    for name in names:
+        runs[name]()  # warm-up (first-run allocations)
+    samples: dict[str, list[float]] = {nm: [] for nm in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            evict()
+            t0 = clock()
+            runs[name]()
+            samples[name].append(clock() - t0)
+    return {nm: statistics.median(v) for nm, v in samples.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1536x384,384x1536,3072x768,768x3072,4096x4096", help="NxK list (out x in)")
@@ -146,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group", type=int, default=128, help="group / block size of the 2/3/4-bit variants")
     ap.add_argument("--peak-seconds", type=float, default=2.0, help="int8 peak microbench budget (0: skip)")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    ap.add_argument("--cache", choices=["warm", "cold"], default="warm",
+                    help="warm: bursts of runs (weights stay in cache when they fit); cold: the cache is flushed "
+                         "before every timed run (weights streamed from memory, as in a model larger than the cache)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -160,7 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         from devicefit.agent.microbench import measure_throughput
 
         peak = measure_throughput(seconds_budget=args.peak_seconds, threads=1)["peak_gops_int8"]
-    print(f"devicefit kernels ISA: {isa}; int8 peak (onnxruntime MatMulInteger, 1 thread): {peak} GOPS")
+    print(f"devicefit kernels ISA: {isa}; int8 peak (onnxruntime MatMulInteger, 1 thread): {peak} GOPS; "
+          f"cache: {args.cache}; clock: {args.clock}")
+    from devicefit.agent.microbench import auto_bandwidth_mib
+
+    flush = np.zeros(auto_bandwidth_mib() * 2**20 // 4, np.float32)
+
+    def evict() -> None:
+        np.add(flush, 1.0, out=flush)  # read + write every line of a buffer >= 4x the last-level cache
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="devicefit-bench-kernels-") as tmp:
         for shape in args.shapes.split(","):
@@ -171,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                 runs, graphs = {}, {}
                 for name, model in models.items():
                     runs[name], graphs[name] = runner(model, x, n)
-                times = measure(runs, args.rounds, args.burst_ms,
-                                time.thread_time if args.clock == "cpu" else time.perf_counter)
+                clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+                if args.cache == "cold":
+                    times = measure_cold(runs, args.rounds, evict, clock)
+                else:
+                    times = measure(runs, args.rounds, args.burst_ms, clock)
                 gops = {nm: 2.0 * m * n * k / t / 1e9 for nm, t in times.items()}
-                row = {"n": n, "k": k, "m": m, "us": {nm: round(t * 1e6, 1) for nm, t in times.items()},
+                row: dict[str, Any] = {"n": n, "k": k, "m": m, "us": {nm: round(t * 1e6, 1) for nm, t in times.items()},
                        "gops": {nm: round(g, 2) for nm, g in gops.items()},
                        "peak_frac": {nm: round(g / peak, 3) for nm, g in gops.items()} if peak else None,
                        "speedup": {f"{a}/{b}": round(times[b] / times[a], 2) for a, b in SPEEDUPS},
@@ -183,14 +214,21 @@ def main(argv: list[str] | None = None) -> int:
                 us = "  ".join(f"{nm}={t:.1f}" for nm, t in row["us"].items())
                 sp = "  ".join(f"{key}={v:.2f}x" for key, v in row["speedup"].items())
                 print(f"{n}x{k} M={m}: us {us}\n    speed-up {sp}", flush=True)
-    print("\n| W (NxK) | M | " + " | ".join(f"{a} vs {b}" for a, b in SPEEDUPS) + " | s24 GOPS (peak frac) |")
-    print("|---|---|" + "---|" * (len(SPEEDUPS) + 1))
+    print("\n| W (NxK) | M | " + " | ".join(f"{a} vs {b}" for a, b in SPEEDUPS) + " |")
+    print("|---|---|" + "---|" * len(SPEEDUPS))
     for r in rows:
-        pf = f" ({r['peak_frac']['s24']:.2f})" if r["peak_frac"] else ""
-        print(f"| {r['n']}x{r['k']} | {r['m']} | " + " | ".join(f"{v:.2f}x" for v in r["speedup"].values())
-              + f" | {r['gops']['s24']:.1f}{pf} |")
+        print(f"| {r['n']}x{r['k']} | {r['m']} | " + " | ".join(f"{v:.2f}x" for v in r["speedup"].values()) + " |")
+    if rows:
+        names = list(rows[0]["gops"])
+        print("\nGOPS (2*M*N*K / time; fraction of the int8 peak)")
+        print("| W (NxK) | M | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for r in rows:
+            cells = [f"{r['gops'][nm]:.1f}" + (f" ({r['peak_frac'][nm]:.2f})" if r["peak_frac"] else "") for nm in names]
+            print(f"| {r['n']}x{r['k']} | {r['m']} | " + " | ".join(cells) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"isa": isa, "int8_peak_gops": peak, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"isa": isa, "int8_peak_gops": peak, "cache": args.cache, "clock": args.clock,
+                                         "rows": rows}, indent=1))
     return 0
 
 
