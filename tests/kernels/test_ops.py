@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 
 from devicefit.kernels import ops, pack, reference
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=25, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _equal_on_every_isa(run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch, isas: list[str],
+                        model: object, x: np.ndarray, want: np.ndarray) -> None:
+    for isa in isas:
+        monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", isa)
+        np.testing.assert_array_equal(run_model(model, x), want, err_msg=f"isa={isa}")
 
 
 def _data(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
@@ -45,10 +53,7 @@ def test_sparse24_matches_reference_on_every_isa(
     bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
     node, inits = ops.sparse24_node("X", "Y", w, prefix="fc", bias=bias)
     model = ops.single_op_model(node, inits, k=k, n=n)
-    want = reference.sparse24_matmul(x, w, bias)
-    for isa in isas:
-        monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", isa)
-        np.testing.assert_array_equal(run_model(model, x), want, err_msg=f"isa={isa}")
+    _equal_on_every_isa(run_model, monkeypatch, isas, model, x, reference.sparse24_matmul(x, w, bias))
 
 
 @SETTINGS
@@ -66,10 +71,7 @@ def test_lowbit_matches_reference_on_every_isa(
     bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
     node, inits = ops.lowbit_node("X", "Y", w, prefix="fc", bias=bias)
     model = ops.single_op_model(node, inits, k=k, n=n)
-    want = reference.lowbit_matmul(x, w, bias)
-    for isa in isas:
-        monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", isa)
-        np.testing.assert_array_equal(run_model(model, x), want, err_msg=f"isa={isa}")
+    _equal_on_every_isa(run_model, monkeypatch, isas, model, x, reference.lowbit_matmul(x, w, bias))
 
 
 def test_large_shapes_and_extreme_values_stay_exact(
