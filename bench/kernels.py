@@ -155,6 +155,61 @@ def measure_cold(runs: dict[str, Callable[[], None]], rounds: int, evict: Callab
     return {nm: statistics.median(v) for nm, v in samples.items()}
 
 
+def minilm_e2e(rounds: int, burst_ms: float, clock: Callable[[], float]) -> dict[str, Any]:
+    """zoo:minilm-l6 exported to ONNX (fp32), the same with its 12 FFN MatMuls (384x1536, 1536x384) rewritten
+    to 2:4 ``Sparse24MatMul`` (magnitude pruning, no fine-tuning: fidelity is reported, not claimed), and
+    onnxruntime's ``quantize_dynamic`` of the whole model; latency on the bundle's example input (its token
+    rows are the M of every FFN MatMul) and cosine of the first output vs fp32."""
+    import onnx
+    from onnxruntime.quantization import quantize_dynamic
+
+    from devicefit import zoo
+    from devicefit.compressor.export import export_bundle
+    from devicefit.kernels import rewrite
+
+    bundle = zoo.get("minilm-l6")
+    with tempfile.TemporaryDirectory(prefix="devicefit-bench-minilm-") as tmp:
+        fp32_path = export_bundle(bundle, Path(tmp) / "minilm.onnx").path
+        fp32 = onnx.load(str(fp32_path))
+        inits = {i.name: tuple(i.dims) for i in fp32.graph.initializer}
+        ffn = [nd.name for nd in fp32.graph.node if nd.op_type == "MatMul" and nd.name
+               and inits.get(nd.input[1]) in {(384, 1536), (1536, 384)}]
+        sparse, replaced = rewrite.to_sparse24(fp32, names=ffn)
+        quantize_dynamic(str(fp32_path), str(Path(tmp) / "int8.onnx"))
+        int8 = onnx.load(str(Path(tmp) / "int8.onnx"))
+    feeds = {name: np.asarray(t.numpy() if hasattr(t, "numpy") else t)
+             for name, t in zip(bundle.input_names, bundle.example_inputs, strict=False)}
+    import onnxruntime as ort
+
+    from devicefit.kernels import library_path
+
+    runs: dict[str, Callable[[], None]] = {}
+    outs: dict[str, np.ndarray] = {}
+
+    def runner_of(sess: Any) -> Callable[[], None]:
+        def run() -> None:
+            sess.run(None, feeds)
+
+        return run
+
+    for name, model in (("fp32", fp32), ("ort_int8", int8), ("s24_ffn", sparse)):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 1, 1, 3
+        so.register_custom_ops_library(str(library_path()))
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        outs[name] = np.asarray(sess.run(None, feeds)[0], np.float64).ravel()
+        runs[name] = runner_of(sess)
+    times = measure(runs, rounds, burst_ms, clock)
+
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    return {"ffn_replaced": len(replaced), "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
+            "ms": {k: round(v * 1e3, 3) for k, v in times.items()},
+            "speedup_s24_vs": {k: round(times[k] / times["s24_ffn"], 2) for k in ("fp32", "ort_int8")},
+            "cosine_vs_fp32": {k: round(cos(outs[k], outs["fp32"]), 4) for k in ("ort_int8", "s24_ffn")}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1536x384,384x1536,3072x768,768x3072,4096x4096", help="NxK list (out x in)")
@@ -167,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", choices=["warm", "cold"], default="warm",
                     help="warm: bursts of runs (weights stay in cache when they fit); cold: the cache is flushed "
                          "before every timed run (weights streamed from memory, as in a model larger than the cache)")
+    ap.add_argument("--minilm", action="store_true",
+                    help="also time zoo:minilm-l6 end to end with its FFN layers as 2:4 Sparse24MatMul (needs torch)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -226,9 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             cells = [f"{r['gops'][nm]:.1f}" + (f" ({r['peak_frac'][nm]:.2f})" if r["peak_frac"] else "") for nm in names]
             print(f"| {r['n']}x{r['k']} | {r['m']} | " + " | ".join(cells) + " |")
+    minilm = None
+    if args.minilm:
+        minilm = minilm_e2e(args.rounds, args.burst_ms, time.thread_time if args.clock == "cpu" else time.perf_counter)
+        print("\nzoo:minilm-l6 (example input):", json.dumps(minilm))
     if args.json:
         args.json.write_text(json.dumps({"isa": isa, "int8_peak_gops": peak, "cache": args.cache, "clock": args.clock,
-                                         "rows": rows}, indent=1))
+                                         "rows": rows, "minilm": minilm}, indent=1))
     return 0
 
 
