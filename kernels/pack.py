@@ -172,7 +172,9 @@ def pack_lowbit(
 ) -> LowBitWeights:
     """Pack integer codes ``q[N, K]`` in [0, 2^bits) with per-group ``scales[N, ceil(K/G)]`` and optional
     integer ``zeros[N, ceil(K/G)]`` (GPTQ's layout after transposing its [K/G, N] tensors); dequantized
-    weight ``w = (q - z) * s``. Groups past K (padding) get scale 0."""
+    weight ``w = (q - z) * s``. Groups past K (padding) get scale 0. (Checkpoints in AutoGPTQ's v1 format
+    store ``z - 1`` in ``qzeros``: add 1 before packing. Activation-order ``g_idx`` is not supported: permute
+    K first.)"""
     _check_bits_group(bits, group_size)
     codes = np.asarray(codes)
     if codes.ndim != 2:
