@@ -101,6 +101,30 @@ static inline __m256i hsum8(const __m256i *v) {
   return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
+/* 8 rows x all groups for one activation row; `bits` and `upg` are compile-time constants at every call */
+static inline __attribute__((always_inline)) void lowbit_row8_m1(
+    const int bits, const int upg, int64_t ng, int64_t G, int64_t n0, int64_t row_bytes, const int8_t *xq,
+    const int32_t *xsum, const float *xs, const uint8_t *packed, const float *sT, const int32_t *zT, float *y) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t g = 0; g < ng; g++) {
+    __m256i xv[8], d[8];
+    for (int u = 0; u < upg; u++) xv[u] = _mm256_loadu_si256((const __m256i *)(xq + g * G + 32 * u));
+    for (int r = 0; r < 8; r++) {
+      const uint8_t *row = packed + (n0 + r) * row_bytes;
+      __m256i a16 = _mm256_maddubs_epi16(codes32(row, bits, g * upg), xv[0]);
+      for (int u = 1; u < upg; u++)
+        a16 = _mm256_add_epi16(a16, _mm256_maddubs_epi16(codes32(row, bits, g * upg + u), xv[u]));
+      d[r] = _mm256_madd_epi16(a16, ones);
+    }
+    const __m256i z = _mm256_loadu_si256((const __m256i *)(zT + g * 8));
+    __m256i dot = _mm256_sub_epi32(hsum8(d), _mm256_mullo_epi32(z, _mm256_set1_epi32(xsum[g])));
+    __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(sT + g * 8), _mm256_set1_ps(xs[g]));
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), sc));
+  }
+  _mm256_storeu_ps(y + n0, acc);
+}
+
 static void lowbit_avx2(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G, const int8_t *xq,
                         const int32_t *xsum, const float *xs, const uint8_t *packed, const float *scales,
                         const uint8_t *zeros, float *y) {
@@ -119,23 +143,19 @@ static void lowbit_avx2(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G, c
         zT[g * 8 + r] = zeros ? (int32_t)zeros[(n0 + r) * ng + g] : zdef;
       }
     if (M == 1) { /* batch 1: unpack straight into the dot products, accumulator in a register */
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t g = 0; g < ng; g++) {
-        __m256i xv[8], d[8];
-        for (int64_t u = 0; u < upg; u++) xv[u] = _mm256_loadu_si256((const __m256i *)(xq + g * G + 32 * u));
-        for (int r = 0; r < 8; r++) {
-          const uint8_t *row = packed + (n0 + r) * row_bytes;
-          __m256i a16 = _mm256_maddubs_epi16(codes32(row, bits, g * upg), xv[0]);
-          for (int64_t u = 1; u < upg; u++)
-            a16 = _mm256_add_epi16(a16, _mm256_maddubs_epi16(codes32(row, bits, g * upg + u), xv[u]));
-          d[r] = _mm256_madd_epi16(a16, ones);
-        }
-        const __m256i z = _mm256_loadu_si256((const __m256i *)(zT + g * 8));
-        __m256i dot = _mm256_sub_epi32(hsum8(d), _mm256_mullo_epi32(z, _mm256_set1_epi32(xsum[g])));
-        __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(sT + g * 8), _mm256_set1_ps(xs[g]));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), sc));
+      /* specialized per (bits, units per group) so the unit loops unroll and stay in registers */
+#define DFK_LB1(B, U) lowbit_row8_m1(B, U, ng, G, n0, row_bytes, xq, xsum, xs, packed, sT, zT, y)
+      switch (bits * 16 + (int)upg) {
+      case 2 * 16 + 1: DFK_LB1(2, 1); break;
+      case 2 * 16 + 2: DFK_LB1(2, 2); break;
+      case 2 * 16 + 4: DFK_LB1(2, 4); break;
+      case 2 * 16 + 8: DFK_LB1(2, 8); break;
+      case 3 * 16 + 1: DFK_LB1(3, 1); break;
+      case 3 * 16 + 2: DFK_LB1(3, 2); break;
+      case 3 * 16 + 4: DFK_LB1(3, 4); break;
+      default: DFK_LB1(3, 8); break;
       }
-      _mm256_storeu_ps(y + n0, acc);
+#undef DFK_LB1
       continue;
     }
     for (int64_t m = 0; m < M; m++) _mm256_storeu_ps(y + m * N + n0, _mm256_setzero_ps());
