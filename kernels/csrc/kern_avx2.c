@@ -125,13 +125,46 @@ static inline __attribute__((always_inline)) void lowbit_row8_m1(
   _mm256_storeu_ps(y + n0, acc);
 }
 
+/* 8 rows x all groups for M activation rows (codes unpacked once per group, reused by every row) */
+static inline __attribute__((always_inline)) void lowbit_row8(
+    const int bits, const int upg, int64_t M, int64_t N, int64_t Kp, int64_t ng, int64_t G, int64_t n0,
+    int64_t row_bytes, const int8_t *xq, const int32_t *xsum, const float *xs, const uint8_t *packed,
+    const float *sT, const int32_t *zT, float *y) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i codes[8][8]; /* [row][unit of the group]; G <= 256 */
+  for (int64_t m = 0; m < M; m++) _mm256_storeu_ps(y + m * N + n0, _mm256_setzero_ps());
+  for (int64_t g = 0; g < ng; g++) {
+    for (int r = 0; r < 8; r++) {
+      const uint8_t *row = packed + (n0 + r) * row_bytes;
+      for (int u = 0; u < upg; u++) codes[r][u] = codes32(row, bits, g * upg + u);
+    }
+    const __m256 s = _mm256_loadu_ps(sT + g * 8);
+    const __m256i z = _mm256_loadu_si256((const __m256i *)(zT + g * 8));
+    for (int64_t m = 0; m < M; m++) {
+      const int8_t *x = xq + m * Kp + g * G;
+      __m256i d[8];
+      for (int r = 0; r < 8; r++) {
+        __m256i a16 = _mm256_maddubs_epi16(codes[r][0], _mm256_loadu_si256((const __m256i *)x));
+        for (int u = 1; u < upg; u++)
+          a16 = _mm256_add_epi16(a16, _mm256_maddubs_epi16(codes[r][u],
+                                                           _mm256_loadu_si256((const __m256i *)(x + 32 * u))));
+        d[r] = _mm256_madd_epi16(a16, ones);
+      }
+      __m256i dot = _mm256_sub_epi32(hsum8(d), _mm256_mullo_epi32(z, _mm256_set1_epi32(xsum[m * ng + g])));
+      __m256 sc = _mm256_mul_ps(s, _mm256_set1_ps(xs[m * ng + g]));
+      __m256 acc = _mm256_loadu_ps(y + m * N + n0);
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), sc));
+      _mm256_storeu_ps(y + m * N + n0, acc);
+    }
+  }
+}
+
 static void lowbit_avx2(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G, const int8_t *xq,
                         const int32_t *xsum, const float *xs, const uint8_t *packed, const float *scales,
                         const uint8_t *zeros, float *y) {
   const int64_t ng = Kp / G, row_bytes = Kp * bits / 8, upg = G / 32;
   const int32_t zdef = 1 << (bits - 1);
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i codes[8][8]; /* [row][unit of the group]; G <= 256 */
   /* scales / zero points of 8 rows, transposed to [group][row] once per chunk (one vector load per group) */
   float *sT = malloc(sizeof(float) * 8 * (size_t)ng);
   int32_t *zT = malloc(sizeof(int32_t) * 8 * (size_t)ng);
@@ -158,31 +191,18 @@ static void lowbit_avx2(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G, c
 #undef DFK_LB1
       continue;
     }
-    for (int64_t m = 0; m < M; m++) _mm256_storeu_ps(y + m * N + n0, _mm256_setzero_ps());
-    for (int64_t g = 0; g < ng; g++) {
-      for (int r = 0; r < 8; r++) {
-        const uint8_t *row = packed + (n0 + r) * row_bytes;
-        for (int64_t u = 0; u < upg; u++) codes[r][u] = codes32(row, bits, g * upg + u);
-      }
-      const __m256 s = _mm256_loadu_ps(sT + g * 8);
-      const __m256i z = _mm256_loadu_si256((const __m256i *)(zT + g * 8));
-      for (int64_t m = 0; m < M; m++) {
-        const int8_t *x = xq + m * Kp + g * G;
-        __m256i d[8];
-        for (int r = 0; r < 8; r++) {
-          __m256i a16 = _mm256_maddubs_epi16(codes[r][0], _mm256_loadu_si256((const __m256i *)x));
-          for (int64_t u = 1; u < upg; u++)
-            a16 = _mm256_add_epi16(a16, _mm256_maddubs_epi16(codes[r][u],
-                                                             _mm256_loadu_si256((const __m256i *)(x + 32 * u))));
-          d[r] = _mm256_madd_epi16(a16, ones);
-        }
-        __m256i dot = _mm256_sub_epi32(hsum8(d), _mm256_mullo_epi32(z, _mm256_set1_epi32(xsum[m * ng + g])));
-        __m256 sc = _mm256_mul_ps(s, _mm256_set1_ps(xs[m * ng + g]));
-        __m256 acc = _mm256_loadu_ps(y + m * N + n0);
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), sc));
-        _mm256_storeu_ps(y + m * N + n0, acc);
-      }
+#define DFK_LBM(B, U) lowbit_row8(B, U, M, N, Kp, ng, G, n0, row_bytes, xq, xsum, xs, packed, sT, zT, y)
+    switch (bits * 16 + (int)upg) {
+    case 2 * 16 + 1: DFK_LBM(2, 1); break;
+    case 2 * 16 + 2: DFK_LBM(2, 2); break;
+    case 2 * 16 + 4: DFK_LBM(2, 4); break;
+    case 2 * 16 + 8: DFK_LBM(2, 8); break;
+    case 3 * 16 + 1: DFK_LBM(3, 1); break;
+    case 3 * 16 + 2: DFK_LBM(3, 2); break;
+    case 3 * 16 + 4: DFK_LBM(3, 4); break;
+    default: DFK_LBM(3, 8); break;
     }
+#undef DFK_LBM
   }
   free(sT);
   free(zT);
