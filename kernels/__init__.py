@@ -7,6 +7,12 @@ AVX2 (x86-64), NEON dot-product (aarch64) and portable scalar, chosen at run tim
 (override: ``DEVICEFIT_KERNELS_ISA=scalar|avx2|neon_dot``). Every op has a numpy reference
 (:mod:`~devicefit.kernels.reference`) and a lowering to standard ONNX ops (:mod:`~devicefit.kernels.lowering`).
 Importing this package needs only numpy.
+
+Modules: ``builder`` (compile / cache / load), ``pack`` (weights -> op tensors; layouts in ``csrc/dfk.h``),
+``reference`` (numpy), ``ops`` (ONNX node builders, session options), ``lowering`` (-> standard ops),
+``rewrite`` (MatMul nodes -> the ops), ``csrc/`` (C: ``ort_abi.h`` declares the onnxruntime C ABI subset,
+``ort_ops.c`` the custom ops, ``dispatch.c`` ISA selection and the shared quantize / epilogue, ``kern_*.c``
+the paths, ``test_driver.c`` the qemu driver).
 """
 
 from __future__ import annotations
