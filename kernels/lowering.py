@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from devicefit.kernels.ops import DOMAIN, LOWBIT, SPARSE24
+from devicefit.kernels.ops import DOMAIN, LOWBIT, SPARSE24, set_graph_nodes
 from devicefit.kernels.pack import LowBitWeights, Sparse24Weights, unpack_lowbit_codes, unpack_sparse24
 
 LowBitMode = Literal["exact", "matmulnbits"]
@@ -199,12 +199,7 @@ def lower_model(model: Any, *, lowbit: LowBitMode = "exact", opset: int = 21) ->
             raise ValueError(f"unknown {DOMAIN} op {node.op_type!r} (node {node.name!r})")
         new_nodes.extend(g.nodes)
         graph.initializer.extend(g.inits)
-    still_used = {n for node in new_nodes for n in node.input}
-    keep = [i for i in graph.initializer if i.name not in used or i.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
+    set_graph_nodes(graph, new_nodes, used)
     imports = [o for o in out.opset_import if o.domain not in (DOMAIN, "", "ai.onnx")]
     imports.append(onnx.helper.make_opsetid("", max(opset, *(o.version for o in out.opset_import
                                                               if o.domain in ("", "ai.onnx")))))

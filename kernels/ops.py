@@ -89,3 +89,14 @@ def session_options(threads: int = 1) -> Any:
     so.inter_op_num_threads = 1
     so.register_custom_ops_library(str(library_path()))
     return so
+
+
+def set_graph_nodes(graph: Any, nodes: list[Any], maybe_unused: set[str]) -> None:
+    """Replace ``graph``'s nodes by ``nodes`` and drop the initializers named in ``maybe_unused`` that no
+    node reads any more (shared by the rewrites and the lowering)."""
+    still_used = {name for node in nodes for name in node.input}
+    keep = [i for i in graph.initializer if i.name not in maybe_unused or i.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    del graph.node[:]
+    graph.node.extend(nodes)

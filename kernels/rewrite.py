@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from devicefit.kernels.ops import DOMAIN, DOMAIN_VERSION, lowbit_node, sparse24_node
+from devicefit.kernels.ops import DOMAIN, DOMAIN_VERSION, lowbit_node, set_graph_nodes, sparse24_node
 from devicefit.kernels.pack import pack_lowbit, pack_sparse24, quantize_lowbit_rtn
 
 
@@ -58,12 +58,7 @@ def _rewrite(model: Any, make: Callable[[str, str, np.ndarray, str, np.ndarray |
         g.initializer.extend(new_inits)
         drop_inits.add(w.name)
         replaced.append(node.name)
-    still_used = {n for node in nodes for n in node.input}
-    keep = [i for i in g.initializer if i.name not in drop_inits or i.name in still_used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    del g.node[:]
-    g.node.extend(nodes)
+    set_graph_nodes(g, nodes, drop_inits)
     if replaced and not any(o.domain == DOMAIN for o in out.opset_import):
         out.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     return out, replaced
