@@ -15,61 +15,19 @@ import gc
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from devicefit.agent.rss import PeakRss
-from devicefit.agent.runners import NodeTime, Runner, TensorSpec, runner_for
+from devicefit.agent.runners import Runner, TensorSpec, runner_for
 from devicefit.errors import ModelLoadError, UserInputError
+from devicefit.protos.report import BenchReport, NodeTime
 
 #: symbolic dims whose name looks like a sequence length get this size; other symbolic dims DEFAULT_DIM
 DEFAULT_SEQ_LEN = 128
 DEFAULT_DIM = 32
 _SEQ_HINTS = ("seq", "len", "token", "sentence", "time")
-
-
-@dataclass
-class BenchReport:
-    """One benchmark's result; ``to_dict()`` is the JSON of ``devicefit bench --json``."""
-
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    load_ms: float
-    peak_rss_mb: float
-    runs: int
-    threads: int
-    source: str = "host"
-    per_node: list[NodeTime] = field(default_factory=list)
-    runtime: dict[str, str] = field(default_factory=dict)
-    session_options: dict[str, Any] = field(default_factory=dict)
-    warmup: int = 0
-    batch_size: int = 1
-    min_ms: float = 0.0
-    max_ms: float = 0.0
-    baseline_rss_mb: float = 0.0
-    per_node_e2e_ms: float = 0.0
-
-    @property
-    def per_node_total_ms(self) -> float:
-        return float(sum(n.mean_ms for n in self.per_node))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["per_node"] = [n.to_dict() for n in self.per_node]
-        d["per_node_total_ms"] = self.per_node_total_ms
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> BenchReport:
-        names = {f for f in cls.__dataclass_fields__}
-        kw = {k: v for k, v in d.items() if k in names}
-        kw["per_node"] = [NodeTime(str(n["name"]), str(n["op_type"]), float(n["mean_ms"])) for n in d.get("per_node", [])]
-        return cls(**kw)
 
 
 def default_threads() -> int:

@@ -19,12 +19,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from devicefit.agent.chunks import decode_upload_chunk
-from devicefit.agent.errors import AgentError
 from devicefit.agent.service import AgentService
 from devicefit.agent.store import ModelStore
 from devicefit.errors import UserInputError
+from devicefit.protos.chunks import decode_upload_chunk
 from devicefit.protos.devicefit.v1 import agent_pb2_grpc
+from devicefit.protos.errors import AgentError
 
 SERVICE_NAME = "devicefit.v1.DeviceAgent"
 #: chunks are <= 1 MiB; nothing on the wire may exceed 4 MiB (the headroom covers manifests / tensors)
@@ -88,7 +88,7 @@ class _Capture:
 
 def register_agent_service(servicer: DeviceAgentServicer, server: grpc.Server) -> None:
     """Register the generated handlers, except that Upload receives raw bytes and decodes them zero-copy
-    (agent/chunks.py) instead of through protobuf objects."""
+    (protos/chunks.py) instead of through protobuf objects."""
     cap = _Capture()
     agent_pb2_grpc.add_DeviceAgentServicer_to_server(servicer, cap)
     handlers = cap.handlers

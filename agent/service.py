@@ -18,16 +18,16 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from devicefit.agent import errors as E
-from devicefit.agent import wire
 from devicefit.agent.benchmark import benchmark_onnx, make_inputs
-from devicefit.agent.errors import AgentError
 from devicefit.agent.rss import current_rss_mb
 from devicefit.agent.runners import RUNNERS, Runner, runner_for
 from devicefit.agent.store import Entry, ModelStore
 from devicefit.agent.upload import UploadSpec
 from devicefit.errors import DevicefitError
+from devicefit.protos import errors as E
+from devicefit.protos import wire
 from devicefit.protos.devicefit.v1 import agent_pb2, artifact_pb2, benchmark_pb2, common_pb2
+from devicefit.protos.errors import AgentError
 from devicefit.protos.schema import stamp
 
 

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from devicefit.agent import errors as E
-from devicefit.agent.errors import AgentError
-from devicefit.agent.manifest import Manifest, utc_now
 from devicefit.agent.upload import PartialUpload, UploadSpec, atomic_write
 from devicefit.errors import DevicefitError
+from devicefit.protos import errors as E
+from devicefit.protos.errors import AgentError
+from devicefit.protos.manifest import Manifest, utc_now
 
 _UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 STATE_VERSION = 1

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devicefit.agent import errors as E
-from devicefit.agent.errors import AgentError
-from devicefit.agent.manifest import Manifest
+from devicefit.protos import errors as E
+from devicefit.protos.errors import AgentError
+from devicefit.protos.manifest import Manifest
 
 if TYPE_CHECKING:
     from devicefit.agent.store import Entry, ModelStore

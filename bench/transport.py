@@ -175,7 +175,7 @@ def main() -> int:
     import devicefit
     from devicefit.agent.benchmark import benchmark_onnx
     from devicefit.agent.launch import spawn_agent
-    from devicefit.agent.manifest import Manifest
+    from devicefit.protos.manifest import Manifest
     from devicefit.transport.grpc_transport import CHANNEL_OPTIONS
 
     chunk = args.chunk_kib * 1024

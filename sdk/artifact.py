@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devicefit.agent.manifest import Manifest, sha256_file
 from devicefit.errors import UserInputError
+from devicefit.protos.manifest import Manifest, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 

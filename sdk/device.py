@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from devicefit.agent.benchmark import BenchReport
-from devicefit.agent.manifest import default_model_id
 from devicefit.artifact import Artifact
+from devicefit.protos.manifest import default_model_id
+from devicefit.protos.report import BenchReport
 from devicefit.transport import DEFAULT_CHUNK, Transport, open_transport
 
 

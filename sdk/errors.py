@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
+from devicefit.protos.errors import DeviceError, DevicefitError, UserInputError
 
-class DevicefitError(Exception):
-    """Base of every error devicefit raises on purpose.
-
-    ``problem`` says what is wrong (naming the field / value / path); ``fix`` says what to do about it.
-    """
-
-    exit_code: int = 2
-
-    def __init__(self, problem: str, fix: str | None = None) -> None:
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f"{problem} — {fix}" if fix else problem)
-
-
-class UserInputError(DevicefitError):
-    """Bad input: missing file, corrupt model, unknown name, invalid value."""
+__all__ = [
+    "BudgetNotMetError", "DeviceError", "DevicefitError", "ExportError", "ModelLoadError", "ProfileError",
+    "UserInputError",
+]
 
 
 class ProfileError(UserInputError):
@@ -31,10 +20,6 @@ class ModelLoadError(UserInputError):
 
 class ExportError(DevicefitError):
     """Export failed, or the exported model does not match the source model (parity broken)."""
-
-
-class DeviceError(DevicefitError):
-    """The device agent is unreachable, refused a request, or reported a failure."""
 
 
 class BudgetNotMetError(DevicefitError):

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from devicefit.errors import ModelLoadError, UserInputError
+from devicefit.protos.report import NodeTime
 
 
 @dataclass(frozen=True)
@@ -25,18 +26,6 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int | str | None, ...]
-
-
-@dataclass(frozen=True)
-class NodeTime:
-    """Mean kernel time of one graph node over the profiled runs."""
-
-    name: str
-    op_type: str
-    mean_ms: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "op_type": self.op_type, "mean_ms": self.mean_ms}
 
 
 class Runner(Protocol):

@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from devicefit.agent.benchmark import BenchReport
-from devicefit.agent.manifest import Manifest
 from devicefit.errors import UserInputError
+from devicefit.protos.manifest import Manifest
+from devicefit.protos.report import BenchReport
 
 #: progress(bytes_done, bytes_total)
 ProgressFn = Callable[[int, int], None]

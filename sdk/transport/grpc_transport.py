@@ -25,14 +25,14 @@ from urllib.parse import urlsplit
 import grpc
 import numpy as np
 
-from devicefit.agent import errors as E
-from devicefit.agent import wire
-from devicefit.agent.benchmark import BenchReport
-from devicefit.agent.chunks import FileChunks, encode_upload_chunk
-from devicefit.agent.errors import AgentError
-from devicefit.agent.manifest import Manifest, default_model_id, format_for_path, sha256_file, utc_now
 from devicefit.errors import DeviceError, UserInputError
+from devicefit.protos import errors as E
+from devicefit.protos import wire
+from devicefit.protos.chunks import FileChunks, encode_upload_chunk
 from devicefit.protos.devicefit.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, benchmark_pb2, common_pb2
+from devicefit.protos.errors import AgentError
+from devicefit.protos.manifest import Manifest, default_model_id, format_for_path, sha256_file, utc_now
+from devicefit.protos.report import BenchReport
 from devicefit.protos.schema import SCHEMA_VERSION, stamp
 from devicefit.transport import DEFAULT_CHUNK, ProgressFn, check_chunk_size
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from devicefit.agent.chunks import FileChunks, decode_upload_chunk, encode_upload_chunk
-from devicefit.agent.errors import AgentError
+from devicefit.protos.chunks import FileChunks, decode_upload_chunk, encode_upload_chunk
 from devicefit.protos.devicefit.v1 import artifact_pb2
+from devicefit.protos.errors import AgentError
 
 MANIFEST = artifact_pb2.ArtifactManifest(schema_version="1.0", model_id="m", size_bytes=10, sha256="a" * 64)
 

@@ -12,12 +12,12 @@ import grpc
 import pytest
 
 import devicefit
-from devicefit.agent import wire
-from devicefit.agent.chunks import FileChunks
 from devicefit.agent.launch import spawn_agent
-from devicefit.agent.manifest import Manifest
 from devicefit.artifact import Artifact
+from devicefit.protos import wire
+from devicefit.protos.chunks import FileChunks
 from devicefit.protos.devicefit.v1 import agent_pb2_grpc, artifact_pb2
+from devicefit.protos.manifest import Manifest
 from devicefit.protos.schema import SCHEMA_VERSION
 from devicefit.transport.grpc_transport import file_upload_id
 

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 import devicefit
-from devicefit.agent import errors as E
-from devicefit.agent import wire
 from devicefit.agent.launch import AgentProcess, spawn_agent
-from devicefit.agent.manifest import Manifest
 from devicefit.device import Device
 from devicefit.errors import DeviceError, UserInputError
+from devicefit.protos import errors as E
+from devicefit.protos import wire
 from devicefit.protos.devicefit.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, benchmark_pb2
+from devicefit.protos.manifest import Manifest
 from devicefit.protos.schema import SCHEMA_VERSION
 
 pytestmark = pytest.mark.timeout(300)
@@ -223,8 +223,8 @@ def test_a_resumed_artifact_upload_whose_stored_prefix_differs_starts_over(
 ) -> None:
     """An Artifact's chunks carry no running_sha256 (its manifest names the digest): a stored prefix that went
     bad is caught by the agent's final sha256 check, and the SDK sends the file again from offset 0."""
-    from devicefit.agent.chunks import FileChunks
     from devicefit.artifact import Artifact
+    from devicefit.protos.chunks import FileChunks
 
     chunk = 256 * 1024
     path = tmp_path / "resumed.onnx"

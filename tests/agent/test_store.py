@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from devicefit.agent import errors as E
-from devicefit.agent.errors import AgentError
-from devicefit.agent.manifest import Manifest
 from devicefit.agent.store import ModelStore
+from devicefit.protos import errors as E
+from devicefit.protos.errors import AgentError
+from devicefit.protos.manifest import Manifest
 
 CHUNK = 64 * 1024
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devicefit.agent import errors as E
-from devicefit.agent.errors import AgentError
+from devicefit.protos import errors as E
 from devicefit.protos.devicefit.v1 import artifact_pb2
+from devicefit.protos.errors import AgentError
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 

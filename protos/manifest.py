@@ -1,6 +1,6 @@
 """Artifact manifest: what a model file is (id, version, format, size, sha256, signature, plan, metrics).
 
-Shared by the host (``devicefit.artifact``) and the agent (store, wire); numpy-free, torch-free.
+Shared by the host (``devicefit.artifact``, transports) and the agent (store, upload); numpy-free, torch-free.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from devicefit.errors import UserInputError
+from devicefit.protos.errors import UserInputError
 
 FORMATS = ("onnx", "tflite")
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}

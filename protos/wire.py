@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from devicefit.agent import errors as E
-from devicefit.agent.benchmark import BenchReport
-from devicefit.agent.errors import AgentError
-from devicefit.agent.manifest import Manifest
-from devicefit.agent.runners import NodeTime
+from devicefit.protos import errors as E
 from devicefit.protos.devicefit.v1 import agent_pb2, artifact_pb2, benchmark_pb2, common_pb2
+from devicefit.protos.errors import AgentError
+from devicefit.protos.manifest import Manifest
+from devicefit.protos.report import BenchReport, NodeTime
 from devicefit.protos.schema import SCHEMA_FIX, SCHEMA_VERSION, schema_problem, stamp
 
 _FORMAT_TO_PB = {"onnx": artifact_pb2.MODEL_FORMAT_ONNX, "tflite": artifact_pb2.MODEL_FORMAT_TFLITE}
