@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# System packages the test suite uses: headless Chromium (report.html screenshot test).
+# System packages the test suite uses: headless Chromium (report.html screenshot test), Mosquitto (MQTT e2e).
 # Installed only when missing and when we are root; tests that need them skip with a reason otherwise.
 set -uo pipefail
 need=()
@@ -8,6 +8,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # NEON dot-product kernels under qemu-aarch64; Debian's qemu-user ships /usr/bin/qemu-aarch64)
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null 2>&1 || command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user)
+# devicefit fleet e2e: a real MQTT broker (tests/fleet start it on a free loopback port)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/tmp/devicefit-apt.log 2>&1 \

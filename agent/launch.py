@@ -4,7 +4,8 @@
         dev = devicefit.connect(agent.url)
 
 The child is ``python -m devicefit.agent --grpc 127.0.0.1:0 …``; its first stdout line carries the bound
-address. Its log (stderr) goes to ``<store>/agent.log``. Leaving the ``with`` block stops it (SIGTERM, then
+address (``address=None`` with ``extra_args=("--mqtt", URL, "--fleet", NAME)``: an MQTT-only agent whose
+``url`` is ``mqtt://BROKER/FLEET/ID``). Its log (stderr) goes to ``<store>/agent.log``. Leaving the ``with`` block stops it (SIGTERM, then
 SIGKILL after ``stop_timeout``).
 """
 
@@ -21,7 +22,7 @@ from types import TracebackType
 
 from devicefit.errors import DeviceError
 
-_URL_RE = re.compile(r"listening on (grpc://\S+)")
+_URL_RE = re.compile(r"(?:listening on|serving) ((?:grpc|mqtts?)://\S+)")
 
 
 class AgentProcess:
@@ -32,7 +33,7 @@ class AgentProcess:
         store: str | Path,
         *,
         device_id: str = "local",
-        address: str = "127.0.0.1:0",
+        address: str | None = "127.0.0.1:0",
         extra_args: tuple[str, ...] = (),
         start_timeout: float = 60.0,
         stop_timeout: float = 15.0,
@@ -41,8 +42,9 @@ class AgentProcess:
         self.store.mkdir(parents=True, exist_ok=True)
         self.log_path = self.store / "agent.log"
         self.stop_timeout = stop_timeout
-        cmd = [sys.executable, "-m", "devicefit.agent", "--grpc", address, "--store", str(self.store),
-               "--device-id", device_id, *extra_args]
+        grpc = ["--grpc", address] if address is not None else []
+        cmd = [sys.executable, "-m", "devicefit.agent", *grpc, "--store", str(self.store), "--device-id", device_id,
+               *extra_args]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True)

@@ -1,7 +1,8 @@
 """gRPC server of the agent: the DeviceAgent service + grpc.health.v1, bounded concurrency, clean stop.
 
 ``serve_forever("0.0.0.0:50051", store_dir=...)`` prints one line with the bound address
-(``devicefit agent <id> listening on grpc://HOST:PORT ...``; port 0 picks a free port) and serves until
+(``devicefit agent <id> listening on grpc://HOST:PORT ...``; port 0 picks a free port; with ``mqtt=`` also
+``... serving mqtt://BROKER/FLEET/ID ...`` once connected) and serves until
 SIGTERM / SIGINT, then stops gracefully (in-flight RPCs get a few seconds; partial uploads are committed).
 """
 
@@ -189,21 +190,30 @@ def make_service(store_dir: str | Path, *, device_id: str | None = None, commit_
 
 
 def serve_forever(
-    address: str,
+    address: str | None,
     *,
     store_dir: str | Path,
     device_id: str | None = None,
     workers: int = 8,
     commit_every: int | None = None,
+    mqtt: str | None = None,
+    fleet: str | None = None,
+    tags: dict[str, str] | None = None,
+    profile: str = "",
 ) -> int:
-    """Run the agent until SIGTERM / SIGINT; returns the exit code."""
+    """Run the agent until SIGTERM / SIGINT over gRPC (``address``), MQTT (``mqtt`` + ``fleet``) or both — one
+    process, one store, one set of handlers; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s devicefit-agent %(levelname)s %(message)s")
+    if address is None and mqtt is None:
+        raise UserInputError("the agent has nothing to serve", "pass --grpc HOST:PORT, --mqtt URL --fleet NAME, or both")
+    if mqtt is not None and not fleet:
+        raise UserInputError("--mqtt needs --fleet NAME", "pass the fleet this device belongs to, e.g. --fleet plant-a")
     tune_allocator()
     try:
         service = make_service(store_dir, device_id=device_id, commit_every=commit_every)
     except AgentError as exc:
         raise UserInputError(exc.problem, exc.fix) from exc
-    server = AgentServer(service, address, workers=workers)
+    server = AgentServer(service, address, workers=workers) if address is not None else None
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: Any) -> None:
@@ -212,15 +222,28 @@ def serve_forever(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _on_signal)
     active = service.store.active()
-    sys.stdout.write(
-        f"devicefit agent {service.device_id} listening on {server.url} "
-        f"(store {service.store.root}, active {active.model_id if active else 'none'})\n"
-    )
-    sys.stdout.flush()
+    where = f"(store {service.store.root}, active {active.model_id if active else 'none'})"
+    if server is not None:
+        sys.stdout.write(f"devicefit agent {service.device_id} listening on {server.url} {where}\n")
+        sys.stdout.flush()
+    agent = None
+    if mqtt is not None:
+        from devicefit.agent.mqtt_agent import MqttAgent
+
+        agent = MqttAgent(service, mqtt, fleet=str(fleet), tags=tags, profile=profile)
+        connected = agent.start(timeout=5.0)
+        while not connected and not stop.is_set():
+            connected = agent.connected.wait(5.0)
+            log.warning("waiting for the broker at %s", agent.broker.base)
+        sys.stdout.write(f"devicefit agent {service.device_id} serving {agent.url} {where}\n")
+        sys.stdout.flush()
     if service.startup_error:
         log.warning("active model not loaded: %s", service.startup_error)
     while not stop.wait(0.5):
         pass
     log.info("stopping")
-    server.stop()
+    if agent is not None:
+        agent.stop()
+    if server is not None:
+        server.stop()
     return 0

@@ -1,6 +1,6 @@
 """The agent's request handlers, transport-neutral: devicefit.v1 request message in, response message out.
 
-The gRPC server (server.py) and the MQTT client (later) both call these. Errors never escape: each handler
+The gRPC server (server.py) and the MQTT agent (mqtt_agent.py) both call these. Errors never escape: each handler
 answers with ``status.ok=False`` + code / problem / fix, so every transport carries them the same way.
 
 Concurrency: uploads are independent (one stream per upload id); benchmarks are serialized among
@@ -31,7 +31,7 @@ from devicefit.protos.errors import AgentError
 from devicefit.protos.schema import stamp
 
 
-def _handler(response_type: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def handler(response_type: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Check the request's schema; turn any error into ``response_type(status=<error>)``."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -127,6 +127,10 @@ class AgentService:
                 old.runner.close()
             return new
 
+    def activate_entry(self, entry: Entry) -> LoadedModel:
+        """Load, run once and activate a stored entry (the old model stays active if this raises)."""
+        return self._activate(entry)
+
     def _op_result(self, entry: Entry, loaded: LoadedModel | None) -> agent_pb2.ModelOpResult:
         active = self.store.active()
         return agent_pb2.ModelOpResult(
@@ -140,7 +144,7 @@ class AgentService:
         )
 
     # ---- handlers ----------------------------------------------------------------------------------
-    @_handler(common_pb2.DeviceInfo)
+    @handler(common_pb2.DeviceInfo)
     def info(self, req: common_pb2.InfoRequest) -> common_pb2.DeviceInfo:
         from devicefit.agent.sysinfo import probe_system
 
@@ -169,7 +173,7 @@ class AgentService:
             )
         return pb
 
-    @_handler(artifact_pb2.UploadState)
+    @handler(artifact_pb2.UploadState)
     def query_upload(self, req: artifact_pb2.QueryUploadRequest) -> artifact_pb2.UploadState:
         info = self.store.upload_info(req.upload_id, req.sha256)
         pb = artifact_pb2.UploadState(
@@ -182,7 +186,7 @@ class AgentService:
             pb.manifest.CopyFrom(wire.manifest_to_proto(self.store.resolve(info.stored_sha256).manifest))
         return pb
 
-    @_handler(artifact_pb2.UploadResult)
+    @handler(artifact_pb2.UploadResult)
     def upload(self, chunks: Iterable[artifact_pb2.UploadChunk]) -> artifact_pb2.UploadResult:
         it = iter(chunks)
         first = next(it, None)
@@ -234,7 +238,7 @@ class AgentService:
             res.activated, res.load_ms, res.first_run_ms = True, loaded.load_ms, loaded.first_run_ms
         return res
 
-    @_handler(benchmark_pb2.BenchmarkReport)
+    @handler(benchmark_pb2.BenchmarkReport)
     def benchmark(self, req: benchmark_pb2.BenchmarkRequest) -> benchmark_pb2.BenchmarkReport:
         entry = self.store.resolve(req.model_id)
         inputs = {t.name: wire.tensor_from_proto(t) for t in req.inputs} or None
@@ -251,7 +255,7 @@ class AgentService:
             )
         return wire.report_to_proto(report, device_id=self.device_id, model_id=entry.model_id, sha256=entry.sha256)
 
-    @_handler(agent_pb2.ModelList)
+    @handler(agent_pb2.ModelList)
     def list_models(self, req: agent_pb2.ListModelsRequest) -> agent_pb2.ModelList:
         active = self.store.active_sha
         return agent_pb2.ModelList(
@@ -262,19 +266,19 @@ class AgentService:
             previous_sha256=self.store.previous,
         )
 
-    @_handler(agent_pb2.ModelOpResult)
+    @handler(agent_pb2.ModelOpResult)
     def activate(self, req: agent_pb2.ActivateRequest) -> agent_pb2.ModelOpResult:
         if not req.model_id:
             raise AgentError(E.INVALID_ARGUMENT, "activate needs a model id", "pass the id or sha256 of a stored model")
         entry = self.store.resolve(req.model_id)
         return self._op_result(entry, self._activate(entry))
 
-    @_handler(agent_pb2.ModelOpResult)
+    @handler(agent_pb2.ModelOpResult)
     def rollback(self, req: agent_pb2.RollbackRequest) -> agent_pb2.ModelOpResult:
         entry = self.store.rollback_target()
         return self._op_result(entry, self._activate(entry, rollback=True))
 
-    @_handler(agent_pb2.ModelOpResult)
+    @handler(agent_pb2.ModelOpResult)
     def delete(self, req: agent_pb2.DeleteRequest) -> agent_pb2.ModelOpResult:
         if not req.model_id:
             raise AgentError(E.INVALID_ARGUMENT, "delete needs a model id", "pass the id or sha256 of a stored model")

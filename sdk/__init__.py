@@ -20,6 +20,8 @@ _LAZY = {
     "connect": "devicefit.device:connect",
     "Device": "devicefit.device:Device",
     "deploy": "devicefit.device:deploy",
+    "Fleet": "devicefit.fleet:Fleet",
+    "Gate": "devicefit.fleet:Gate",
     "load_model": "devicefit.models:load_model",
     "ModelBundle": "devicefit.bundle:ModelBundle",
     "Dataset": "devicefit.data:Dataset",

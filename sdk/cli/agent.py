@@ -26,12 +26,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
     agent = subparsers.add_parser("agent", parents=[common], help="run the on-device agent")
     agent_sub = agent.add_subparsers(dest="agent_command", metavar="COMMAND", parser_class=type(agent))
-    serve = agent_sub.add_parser("serve", parents=[common], help="serve the agent over gRPC")
-    serve.add_argument("--grpc", metavar="HOST:PORT", default="0.0.0.0:50051", help="listen address (port 0 = any free)")
-    serve.add_argument("--store", metavar="DIR", default="~/.devicefit/agent", help="model store directory")
-    serve.add_argument("--device-id", default=None, help="device id (default: the host name)")
-    serve.add_argument("--workers", type=int, default=8, help="gRPC worker threads (default 8)")
-    serve.add_argument("--commit-every-mib", type=float, default=4.0, help="upload commit interval in MiB (default 4)")
+    serve = agent_sub.add_parser("serve", parents=[common], help="serve the agent over gRPC and/or MQTT")
+    from devicefit.agent.serve_args import add_serve_arguments
+
+    add_serve_arguments(serve)
     serve.set_defaults(func=_serve)
     agent.set_defaults(func=lambda args: (agent.print_help(), 2)[1])
 
@@ -83,12 +81,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from devicefit.agent.server import serve_forever
+    from devicefit.agent.serve_args import serve
 
-    return serve_forever(
-        args.grpc, store_dir=args.store, device_id=args.device_id, workers=args.workers,
-        commit_every=int(args.commit_every_mib * 1024 * 1024),
-    )
+    return serve(args)
 
 
 def _deploy(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Transports between the host and device agents, picked by URL scheme.
 
-``open_transport("grpc://pi.local:50051")`` returns a :class:`Transport`; MQTT (``mqtt://…``) registers
-itself here later with :func:`register_transport` — nothing else changes. Every transport carries the same
+``open_transport("grpc://pi.local:50051")`` returns a :class:`Transport`; ``mqtt://BROKER/FLEET/DEVICE`` (and
+``mqtts://``) is registered below with :func:`register_transport` — nothing else changes. Every transport carries the same
 devicefit.v1 messages and returns the same Python objects.
 """
 
@@ -78,6 +78,10 @@ def register_transport(scheme: str, target: str) -> None:
     TRANSPORTS[scheme] = target
 
 
+register_transport("mqtt", "devicefit.transport.mqtt_transport:MqttTransport")
+register_transport("mqtts", "devicefit.transport.mqtt_transport:MqttTransport")
+
+
 def check_chunk_size(chunk_size: int) -> int:
     if not MIN_CHUNK <= int(chunk_size) <= MAX_CHUNK:
         raise UserInputError(
@@ -87,7 +91,7 @@ def check_chunk_size(chunk_size: int) -> int:
 
 
 def open_transport(url: str, **kwargs: Any) -> Transport:
-    """A transport for ``url`` (``grpc://host:port``; ``mqtt://…`` once registered)."""
+    """A transport for ``url`` (``grpc://host:port``, ``mqtt://broker:port/fleet/device-id``, …)."""
     scheme = urlsplit(url).scheme
     if scheme not in TRANSPORTS:
         raise UserInputError(

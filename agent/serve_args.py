@@ -1,0 +1,45 @@
+"""The options of ``devicefit agent serve`` and ``python -m devicefit.agent`` (one definition for both)."""
+
+from __future__ import annotations
+
+import argparse
+
+from devicefit.errors import UserInputError
+
+DEFAULT_GRPC = "0.0.0.0:50051"
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grpc", metavar="HOST:PORT", default=None,
+                   help=f"gRPC listen address (port 0 = any free; default {DEFAULT_GRPC} unless --mqtt is given)")
+    p.add_argument("--mqtt", metavar="URL", default=None,
+                   help="also (or only) serve through an MQTT broker, e.g. mqtt://broker:1883 (needs --fleet)")
+    p.add_argument("--fleet", metavar="NAME", default=None, help="fleet name (MQTT topics devicefit/v1/NAME/…)")
+    p.add_argument("--tag", metavar="K=V", action="append", default=[], help="device tag for fleet selection (repeat)")
+    p.add_argument("--profile", default="", help="device profile name announced in the fleet status")
+    p.add_argument("--store", metavar="DIR", default="~/.devicefit/agent", help="model store directory")
+    p.add_argument("--device-id", default=None, help="device id (default: the host name)")
+    p.add_argument("--workers", type=int, default=8, help="gRPC worker threads (default 8)")
+    p.add_argument("--commit-every-mib", type=float, default=4.0, help="upload commit interval in MiB (default 4)")
+
+
+def parse_tags(items: list[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"--tag {item!r} is not KEY=VALUE", "pass e.g. --tag site=plant-a")
+        tags[key] = value
+    return tags
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run :func:`devicefit.agent.server.serve_forever` with the parsed options."""
+    from devicefit.agent.server import serve_forever
+
+    address = args.grpc if args.grpc is not None or args.mqtt else DEFAULT_GRPC
+    return serve_forever(
+        address, store_dir=args.store, device_id=args.device_id, workers=args.workers,
+        commit_every=int(args.commit_every_mib * 1024 * 1024), mqtt=args.mqtt, fleet=args.fleet,
+        tags=parse_tags(args.tag), profile=args.profile,
+    )
