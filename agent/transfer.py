@@ -83,7 +83,7 @@ class Transfer:
                 out.append((pos, self.size - pos))
             return out
 
-    def settle(self, *, quiet_s: float = 1.0, max_s: float = 60.0) -> bool:
+    def settle(self, *, quiet_s: float = 1.0, max_s: float = 15.0) -> bool:
         """Wait until complete, or until no byte arrived for ``quiet_s`` (at most ``max_s``); True if complete."""
         deadline = time.monotonic() + max_s
         with self._cond:

@@ -16,7 +16,7 @@ from typing import Any
 from devicefit.errors import DevicefitError
 
 #: modules under devicefit.cli that define ``register(subparsers)``; each adds its own subcommands.
-COMMAND_MODULES = ("profiles", "models", "compress", "agent", "fit", "demo")
+COMMAND_MODULES = ("profiles", "models", "compress", "agent", "fit", "demo", "fleet")
 
 
 class _Parser(argparse.ArgumentParser):

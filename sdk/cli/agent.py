@@ -1,4 +1,4 @@
-"""CLI: ``devicefit bench``, ``devicefit agent serve``, ``devicefit deploy``.
+"""CLI: ``devicefit bench`` (host, ``--on URL``, ``--fleet NAME``), ``devicefit agent serve``, ``devicefit deploy``.
 
 Heavy imports (grpc, onnxruntime) stay inside the handlers so ``devicefit --help`` is fast.
 """
@@ -22,6 +22,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="batch size of the generated inputs (default 1)")
     p.add_argument("--per-node", action="store_true", help="also report per-node times (onnxruntime profiler)")
     p.add_argument("--on", metavar="URL", default=None, help="benchmark on a device agent, e.g. grpc://pi.local:50051")
+    p.add_argument("--fleet", metavar="NAME", default=None, help="benchmark on every selected device of a fleet")
+    p.add_argument("--broker", metavar="URL", default=None, help="the fleet's MQTT broker (with --fleet)")
+    p.add_argument("--select", metavar="K=V", action="append", default=[], help="fleet devices by tag (repeat)")
     p.set_defaults(func=_bench)
 
     agent = subparsers.add_parser("agent", parents=[common], help="run the on-device agent")
@@ -59,7 +62,27 @@ def _bench_human(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fleet_human(d: dict[str, Any]) -> str:
+    lines = [f"{d['model_id']} on {len(d['devices'])} device(s), {d['failed']} failed"]
+    for k, v in d["distribution"].items():
+        lines.append(f"  {k}: min {v['min']:.3f}  median {v['median']:.3f}  max {v['max']:.3f}")
+    lines += [f"    {r['device_id']:<20} " + (f"p50 {r['p50_ms']:.3f} ms  p90 {r['p90_ms']:.3f} ms" if "p50_ms" in r
+                                                  else r["error"]) for r in d["devices"]]
+    return "\n".join(lines)
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.fleet:
+        from devicefit.agent.serve_args import parse_tags
+        from devicefit.errors import UserInputError
+        from devicefit.fleet import Fleet
+
+        if not args.broker:
+            raise UserInputError("--fleet needs --broker URL", "pass e.g. --broker mqtt://127.0.0.1:1883")
+        with Fleet(args.broker, fleet=args.fleet) as fleet:
+            dist = fleet.bench(args.file, select=parse_tags(args.select) or None, runs=args.runs, warmup=args.warmup)
+        emit(args, dist, _fleet_human)
+        return 0
     if args.on:
         from devicefit.device import connect
 

@@ -19,6 +19,8 @@ from typing import Any
 
 from devicefit.errors import DeviceError, UserInputError
 
+log = logging.getLogger("devicefit.broker")
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -72,12 +74,27 @@ class EmbeddedBroker:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"mqtt://{host}:{self.port}"
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
+        """Close the listener (the port is free at once), end every session, stop the loop. (amqtt's own
+        shutdown can hang while clients are busy; after ``timeout`` the remaining tasks are cancelled.)"""
         if self._broker is None or not self._thread.is_alive():
             return
-        fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
+
+        async def _shutdown() -> None:
+            for server in list(getattr(self._broker, "_servers", {}).values()):
+                if getattr(server, "instance", None) is not None:
+                    server.instance.close()
+            try:
+                await asyncio.wait_for(self._broker.shutdown(), timeout)
+            except Exception as exc:  # still stop: the clients reconnect to the next broker
+                log.warning("embedded broker shutdown did not finish: %r", exc)
+            me = asyncio.current_task()
+            for task in asyncio.all_tasks():
+                if task is not me:
+                    task.cancel()
+
         with contextlib.suppress(Exception):
-            fut.result(timeout)
+            asyncio.run_coroutine_threadsafe(_shutdown(), self._loop).result(timeout + 5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -41,7 +41,8 @@ class MqttHost:
         self.statuses: dict[str, mqtt_pb2.DeviceStatus] = {}
         #: payload bytes this client published on artifact / chunk topics (what a transfer cost the host)
         self.bytes_published = 0
-        self._pending: dict[str, tuple[str, Future[bytes]]] = {}
+        #: request id -> (device id, future of the answer, topic, payload, when last published)
+        self._pending: dict[str, tuple[str, Future[bytes], str, bytes, float]] = {}
         self._lock = threading.Lock()
         self._status_event = threading.Condition(self._lock)
         self.connected = threading.Event()
@@ -72,6 +73,7 @@ class MqttHost:
             return
         client.subscribe([(self.reply, 1), (topics.status_wildcard(self.fleet), 1)])
         self.connected.set()
+        self._republish(lambda dev: True)  # requests lost while the broker was away
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connected.clear()
@@ -80,7 +82,7 @@ class MqttHost:
         self.client.disconnect()
         self.client.loop_stop()
         with self._lock:
-            for _, fut in self._pending.values():
+            for _, fut, *_ in self._pending.values():
                 if not fut.done():
                     fut.set_exception(DeviceError("the host's MQTT client was closed"))
             self._pending.clear()
@@ -106,14 +108,24 @@ class MqttHost:
         with self._lock:
             self.statuses[st.device_id] = st
             self._status_event.notify_all()
-            if not st.online:
-                failed = [(rid, fut) for rid, (dev, fut) in self._pending.items() if dev == st.device_id]
-                for rid, _ in failed:
-                    del self._pending[rid]
-        if not st.online:
-            for _, fut in failed:
-                if not fut.done():
-                    fut.set_exception(DeviceError(f"device {st.device_id} went offline", "check the device and retry"))
+            failed = [(rid, p[1]) for rid, p in self._pending.items() if p[0] == st.device_id] if not st.online else []
+            for rid, _ in failed:
+                del self._pending[rid]
+        for _, fut in failed:
+            if not fut.done():
+                fut.set_exception(DeviceError(f"device {st.device_id} went offline", "check the device and retry"))
+        if st.online:  # (re)connected, perhaps after a broker restart that lost what was sent before its birth
+            self._republish(lambda dev: dev == st.device_id)
+
+    def _republish(self, which: Callable[[str], bool]) -> None:
+        """Publish pending requests again (same request id: the agent answers a duplicate from its cache)."""
+        now = time.monotonic()
+        with self._lock:
+            again = [(rid, p) for rid, p in self._pending.items() if which(p[0])]
+            for rid, p in again:
+                self._pending[rid] = (*p[:4], now)
+        for _, (_, _, topic, payload, _) in again:
+            self.client.publish(topic, payload, qos=1)
 
     def wait_for_devices(self, n: int, *, timeout: float = 30.0) -> int:
         """Wait until ``n`` devices are online (or ``timeout``); returns how many are."""
@@ -135,14 +147,14 @@ class MqttHost:
         env = stamp(mqtt_pb2.Envelope(request_id=rid, method=method, reply_to=self.reply,
                                       body=stamp(msg).SerializeToString()))
         fut: Future[bytes] = Future()
+        topic, payload = topics.device_topic(self.fleet, device_id, "req"), env.SerializeToString()
         with self._lock:
-            self._pending[rid] = (device_id, fut)
+            self._pending[rid] = (device_id, fut, topic, payload, time.monotonic())
         props = None
         if self.broker.mqtt5:
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic, props.CorrelationData = self.reply, rid.encode()
-        self.client.publish(topics.device_topic(self.fleet, device_id, "req"), env.SerializeToString(), qos=1,
-                            properties=props)
+        self.client.publish(topic, payload, qos=1, properties=props)
         return rid, fut
 
     def request(self, device_id: str, method: str, msg: Any, response_type: Any, *, timeout: float = 30.0,

@@ -57,7 +57,7 @@ def _ranges(start: int, end: int, chunk: int) -> Iterable[tuple[int, int]]:
 
 
 def _publish_range(host: MqttHost, topic: str, f: BinaryIO, upload_id: str, offset: int, length: int,
-                   chunk: int) -> list[mqtt.MQTTMessageInfo]:
+                   chunk: int, progress: Callable[[int, int], None] | None = None) -> list[mqtt.MQTTMessageInfo]:
     infos = []
     for off, n in _ranges(offset, offset + length, chunk):
         f.seek(off)
@@ -65,6 +65,8 @@ def _publish_range(host: MqttHost, topic: str, f: BinaryIO, upload_id: str, offs
         msg = encode_upload_chunk(schema_version=SCHEMA_VERSION, upload_id=upload_id, offset=off, data=data,
                                   crc32=zlib.crc32(data))
         infos.append(host.publish_data(topic, msg))
+        if progress is not None:
+            progress(off + n, offset + length)
     return infos
 
 
@@ -103,17 +105,15 @@ def send_artifact(
     with open(path, "rb") as f:
         if pending:
             start = min(need[d] for d in pending) // chunk_size * chunk_size
-            infos = _publish_range(host, topic, f, upload_id, start, size - start, chunk_size)
+            infos = _publish_range(host, topic, f, upload_id, start, size - start, chunk_size, progress)
             host.drain(infos)
-        if progress is not None:
-            progress(size, size)
         finish = mqtt_pb2.FinishTransfer(upload_id=upload_id, activate=activate)
         for _ in range(rounds):
             if not finishing:
                 break
             again = []
             answers = host.request_many(finishing, "FinishTransfer", finish, mqtt_pb2.TransferState,
-                                        timeout=timeout + 60.0)
+                                        timeout=timeout)
             repairs: list[mqtt.MQTTMessageInfo] = []
             for d, res in answers.items():
                 if _failed(out[d], res):
