@@ -1,6 +1,6 @@
 """A fleet rollout on this machine: N agent processes behind a real Mosquitto, one M MB model, gated waves.
 
-    .venv/bin/python bench/fleet.py [--agents 100] [--model-mb 5] [--waves 0.05,0.25,1.0] [--runs 10]
+    .venv/bin/python bench/fleet.py [--agents 100] [--model-mb 5] [--waves 0.05,0.25,1.0] [--runs 10] [--concurrency 16]
 
 Starts Mosquitto on a free loopback port (Debian package ``mosquitto``; its queue limits raised in the
 generated config), N MQTT-only agents (``python -m devicefit.agent --mqtt … --fleet bench``), builds an ONNX
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-mb", type=float, default=5.0)
     ap.add_argument("--waves", default="0.05,0.25,1.0")
     ap.add_argument("--runs", type=int, default=10, help="benchmark runs per device (default 10)")
+    ap.add_argument("--concurrency", type=int, default=16, help="devices the host drives at once (default 16)")
     args = ap.parse_args(argv)
 
     from devicefit.agent.launch import AgentProcess
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 agents = list(pool.map(start, range(args.agents)))
             startup = time.perf_counter() - t0
             sys_bytes = SysBytes(broker.url)
-            with Fleet(broker.url, fleet="bench", state=tmp / "state.sqlite") as fleet:
+            with Fleet(broker.url, fleet="bench", state=tmp / "state.sqlite", concurrency=args.concurrency) as fleet:
                 deadline = time.monotonic() + 120
                 while len(fleet.devices(online=True)) < args.agents and time.monotonic() < deadline:
                     time.sleep(0.2)
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(lambda a: a.stop(), agents))
     p50 = sorted(d.p50_ms for d in r.devices if d.p50_ms is not None)
-    print(f"agents {args.agents} (online {online}), model {size / 2**20:.2f} MiB, waves {waves}, runs {args.runs}")
+    print(f"agents {args.agents} (online {online}), model {size / 2**20:.2f} MiB, waves {waves}, runs {args.runs}, "
+          f"concurrency {args.concurrency}")
     print(f"agent start-up: {startup:.1f} s; rollout: {r.state} in {wall:.1f} s "
           f"({sum(d.state == 'done' for d in r.devices)} done, {sum(d.state == 'failed' for d in r.devices)} failed)")
     for w in r.wave_rows:

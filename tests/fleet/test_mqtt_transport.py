@@ -125,3 +125,19 @@ def test_cli_broker_fleet_ls_and_fleet_bench(tmp_path: Path, models: dict[str, P
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_mqtt5_on_mosquitto_carries_response_topic_too(mosquitto: object, tmp_path: Path,
+                                                      models: dict[str, Path]) -> None:
+    """``?protocol=5``: both sides speak MQTT 5 (the request also carries response-topic / correlation-data)."""
+    from devicefit.protos.manifest import Manifest
+
+    url = f"{mosquitto.url}"  # type: ignore[attr-defined]
+    with AgentProcess(tmp_path / "a", device_id="five", address=None,
+                      extra_args=("--mqtt", f"{url}?protocol=5", "--fleet", FLEET)):
+        t = open_transport(f"{url}/{FLEET}/five?protocol=5")
+        try:
+            res = t.upload(models["v1"], Manifest.for_file(models["v1"]))
+            assert res["activated"] and t.benchmark(None, runs=3).p50_ms > 0
+        finally:
+            t.close()
