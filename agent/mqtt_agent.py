@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -132,19 +133,24 @@ class MqttAgent:
         log.warning("disconnected from %s (%s); reconnecting", self.broker.base, reason)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        ev = self._subacks.pop(mid, None)
-        if ev is not None:
-            ev.set()
+        with self._lock:
+            ev = self._subacks.pop(mid, None)
+            if ev is None:  # acknowledged before _subscribe registered it
+                self._subacks[mid] = threading.Event()
+                self._subacks[mid].set()
+            else:
+                ev.set()
 
     def _subscribe(self, topic: str, *, timeout: float = 10.0) -> None:
         """Subscribe and wait for the broker's SUBACK (chunks published after our answer must reach us)."""
-        ev = threading.Event()
+        rc, mid = self.client.subscribe(topic, qos=1)
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            return  # not connected: _on_connect subscribes again
         with self._lock:
-            rc, mid = self.client.subscribe(topic, qos=1)
-            if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
-                self._subacks[mid] = ev
-        if rc == mqtt.MQTT_ERR_SUCCESS:
-            ev.wait(timeout)
+            ev = self._subacks.setdefault(mid, threading.Event())
+        ev.wait(timeout)
+        with self._lock:
+            self._subacks.pop(mid, None)
 
     # ---- status ------------------------------------------------------------------------------------
     def _status(self, *, online: bool) -> bytes:
@@ -186,6 +192,7 @@ class MqttAgent:
         self._pool.submit(self._serve, env)
 
     def _serve(self, env: mqtt_pb2.Envelope) -> None:
+        t0 = time.perf_counter()
         method = self._methods.get(env.method)
         if method is None:
             body = stamp(common_pb2.DeviceInfo(status=wire.error_status(
@@ -205,6 +212,7 @@ class MqttAgent:
                 self._answers[env.request_id] = answer
         if env.reply_to:
             self.client.publish(env.reply_to, answer, qos=1)
+        log.info("%s %s answered in %.0f ms", env.method, env.request_id[:8], (time.perf_counter() - t0) * 1e3)
         if env.method in ("Activate", "Rollback", "FinishTransfer", "Benchmark", "Delete"):
             self.publish_status()
 
