@@ -32,7 +32,10 @@ def _initializer(model: bytes, name: str) -> np.ndarray:
 def test_int8_graph_is_an_exact_integer_gemm() -> None:
     m, n, k = 8, 16, 32
     model = gemm_int8_model(m, n, k, seed=3)
-    a = np.random.default_rng(0).integers(0, 256, size=(m, k), dtype=np.uint8)
+    # A < 128: onnxruntime's AVX2 u8 x s8 kernel (vpmaddubsw, on CPUs without VNNI) adds products in pairs
+    # saturating at int16, so full-range A (255 x -128 twice) is not exact there; 2 x 127 x 127 < 32767 is
+    # exact on every path. The microbench times this graph; it does not need the saturating range.
+    a = np.random.default_rng(0).integers(0, 128, size=(m, k), dtype=np.uint8)
     b = _initializer(model, "B")
     assert b.dtype == np.int8
     expected = (a.astype(np.int32) - 128) @ b.astype(np.int32)
