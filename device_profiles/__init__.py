@@ -29,6 +29,7 @@ from devicefit.device_profiles.schema import (
     Budget,
     CpuSpec,
     DeviceProfile,
+    ProfileProblems,
     profile_from_dict,
 )
 from devicefit.errors import ProfileError
@@ -44,6 +45,7 @@ __all__ = [
     "CpuSpec",
     "DeviceProfile",
     "ProfileError",
+    "ProfileProblems",
     "ProfileWarning",
     "config_dir",
     "list_profiles",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devicefit.device_profiles import toml_io
-from devicefit.device_profiles.schema import DeviceProfile, profile_from_dict
+from devicefit.device_profiles.schema import DeviceProfile, ProfileProblems, profile_from_dict
 from devicefit.errors import ProfileError
 
 LOCALHOST = "localhost"
@@ -70,6 +70,8 @@ def load_profile_file(path: str | Path) -> DeviceProfile:
         raise ProfileError(f"profile file {str(p)!r} cannot be read: {exc}", "check the file") from exc
     try:
         return profile_from_dict(data)
+    except ProfileProblems as exc:
+        raise ProfileProblems(exc.problems, where=p.name) from None
     except ProfileError as exc:
         raise ProfileError(f"{p.name}: {exc.problem}", exc.fix) from None
 

@@ -1,7 +1,8 @@
 """Device profile schema: frozen dataclasses validated at construction (stdlib only).
 
 Every error is a :class:`~devicefit.errors.ProfileError` whose message names the dotted field path
-(``cpu.cores``), the value found and what would be valid.
+(``cpu.cores``), the value found and what would be valid. Validation checks every field before it raises:
+when several are wrong, one :class:`ProfileProblems` lists them all (the user fixes the file in one pass).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 import difflib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,131 @@ def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
         )
 
 
+class ProfileProblems(ProfileError):
+    """Several problems found in one profile; ``problems`` holds one :class:`ProfileError` per field."""
+
+    def __init__(self, problems: list[ProfileError], where: str = "profile") -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  {i}. {e.problem} — {e.fix}" for i, e in enumerate(self.problems, 1))
+        super().__init__(f"{where} has {len(self.problems)} problems:\n{lines}", "fix each field listed above")
+
+
+class _Problems:
+    """Collects :class:`ProfileError` s instead of stopping at the first one."""
+
+    def __init__(self) -> None:
+        self.items: list[ProfileError] = []
+
+    def check(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ProfileError as exc:
+            if isinstance(exc, ProfileProblems):
+                self.items.extend(exc.problems)
+            else:
+                self.items.append(exc)
+            return None
+
+    def raise_if_any(self) -> None:
+        if len(self.items) == 1:
+            raise self.items[0]
+        if self.items:
+            raise ProfileProblems(self.items)
+
+
+#: field -> (check(path, value) -> normalized value, what a valid value is); used by ``__post_init__`` and by
+#: :func:`profile_from_dict` (which checks every field present even when others are missing)
+_Check = tuple[Callable[[str, Any], Any], str]
+
+
+def _str_ok(path: str, value: Any, empty: bool = False) -> Any:
+    _check_str(path, value, empty=empty)
+    return value
+
+
+def _int_ok(path: str, value: Any, minimum: int) -> Any:
+    _check_int(path, value, minimum=minimum)
+    return value
+
+
+def _choice_ok(path: str, value: Any, choices: tuple[str, ...]) -> Any:
+    _check_choice(path, value, choices)
+    return value
+
+
+def _id_ok(path: str, value: Any) -> Any:
+    _check_str(path, value)
+    if not _ID_RE.match(value):
+        raise _fail(path, value, "lowercase letters, digits and '-' (e.g. 'raspberry-pi-5')")
+    return value
+
+
+def _aliases_ok(path: str, value: Any) -> Any:
+    aliases = _as_str_tuple(path, value)
+    for i, alias in enumerate(aliases):
+        if not _ID_RE.match(alias):
+            raise _fail(f"{path}[{i}]", alias, "lowercase letters, digits and '-'")
+    return aliases
+
+
+def _optional_str_ok(path: str, value: Any) -> Any:
+    if value is not None:
+        _check_str(path, value)
+    return value
+
+
+def _bool_ok(path: str, value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise _fail(path, value, "true or false")
+    return value
+
+
+_CPU_CHECKS: dict[str, _Check] = {
+    "arch": (lambda p, v: _choice_ok(p, v, ARCHES), f"one of: {', '.join(ARCHES)}"),
+    "cores": (lambda p, v: _int_ok(p, v, 1), "an integer ≥ 1"),
+    "max_ghz": (lambda p, v: _as_float(p, v, minimum=0.0, maximum=10.0), "a number ≥ 0.0 and ≤ 10.0"),
+    "isa": (lambda p, v: _as_str_tuple(p, v, allowed=ISA_FEATURES), "a list of ISA feature names"),
+    "model": (lambda p, v: _str_ok(p, v, True), "a string"),
+}
+_BUDGET_CHECKS: dict[str, _Check] = {
+    **{name: ((lambda p, v: _as_float(p, v, minimum=0.0, strict=True)), "a number > 0.0")
+       for name in ("latency_ms", "memory_mb", "storage_mb")},
+    "accuracy_drop": (lambda p, v: _as_float(p, v, minimum=0.0, maximum=1.0), "a number ≥ 0.0 and ≤ 1.0"),
+}
+_PROFILE_CHECKS: dict[str, _Check] = {
+    "id": (_id_ok, "lowercase letters, digits and '-' (e.g. 'raspberry-pi-5')"),
+    **{name: (_str_ok, "a non-empty string") for name in ("name", "vendor", "soc")},
+    "category": (lambda p, v: _choice_ok(p, v, CATEGORIES), f"one of: {', '.join(CATEGORIES)}"),
+    "memory_mb": (lambda p, v: _int_ok(p, v, 1), "an integer ≥ 1"),
+    "storage_mb": (lambda p, v: _int_ok(p, v, 0), "an integer ≥ 0"),
+    "runtimes": (lambda p, v: _as_str_tuple(p, v, allowed=RUNTIMES, nonempty=True),
+                 f"a non-empty list of: {', '.join(RUNTIMES)}"),
+    **{name: ((lambda p, v: _as_float(p, v, minimum=0.0, strict=True)), "a number > 0.0")
+       for name in ("peak_gops_fp32", "peak_gops_int8", "mem_bandwidth_gbs")},
+    "measured": (_bool_ok, "true or false"),
+    "notes": (lambda p, v: _str_ok(p, v, True), "a string"),
+    "probed_at": (_optional_str_ok, "an ISO 8601 time string"),
+    "aliases": (_aliases_ok, "a list of lowercase ids"),
+}
+
+
+def _validate(checks: Mapping[str, _Check], values: Mapping[str, Any], prefix: str, problems: _Problems) -> dict[str, Any]:
+    """Run the check of every field present in ``values``; returns the normalized values that passed."""
+    out: dict[str, Any] = {}
+    for name, (check, _expected) in checks.items():
+        if name in values:
+            ok = problems.check(check, f"{prefix}{name}", values[name])
+            if ok is not None or values[name] is None:
+                out[name] = ok
+    return out
+
+
+def _apply(obj: Any, checks: Mapping[str, _Check], prefix: str, problems: _Problems) -> None:
+    values = {name: getattr(obj, name) for name in checks}
+    for name, value in _validate(checks, values, prefix, problems).items():
+        object.__setattr__(obj, name, value)
+
+
 @dataclass(frozen=True)
 class CpuSpec:
     """The CPU the model runs on. ``max_ghz`` 0 means unknown (some VMs do not expose it)."""
@@ -108,11 +234,9 @@ class CpuSpec:
     model: str = ""
 
     def __post_init__(self) -> None:
-        _check_choice("cpu.arch", self.arch, ARCHES)
-        _check_int("cpu.cores", self.cores, minimum=1)
-        object.__setattr__(self, "max_ghz", _as_float("cpu.max_ghz", self.max_ghz, minimum=0.0, maximum=10.0))
-        object.__setattr__(self, "isa", _as_str_tuple("cpu.isa", self.isa, allowed=ISA_FEATURES))
-        _check_str("cpu.model", self.model, empty=True)
+        problems = _Problems()
+        _apply(self, _CPU_CHECKS, "cpu.", problems)
+        problems.raise_if_any()
 
 
 @dataclass(frozen=True)
@@ -125,11 +249,9 @@ class Budget:
     accuracy_drop: float
 
     def __post_init__(self) -> None:
-        for name in ("latency_ms", "memory_mb", "storage_mb"):
-            object.__setattr__(self, name, _as_float(f"budget.{name}", getattr(self, name), minimum=0.0, strict=True))
-        object.__setattr__(
-            self, "accuracy_drop", _as_float("budget.accuracy_drop", self.accuracy_drop, minimum=0.0, maximum=1.0)
-        )
+        problems = _Problems()
+        _apply(self, _BUDGET_CHECKS, "budget.", problems)
+        problems.raise_if_any()
 
 
 @dataclass(frozen=True)
@@ -156,32 +278,16 @@ class DeviceProfile:
     aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_str("id", self.id)
-        if not _ID_RE.match(self.id):
-            raise _fail("id", self.id, "lowercase letters, digits and '-' (e.g. 'raspberry-pi-5')")
-        for name in ("name", "vendor", "soc"):
-            _check_str(name, getattr(self, name))
-        _check_choice("category", self.category, CATEGORIES)
+        problems = _Problems()
+        _apply(self, _PROFILE_CHECKS, "", problems)
         if not isinstance(self.cpu, CpuSpec):
-            raise _fail("cpu", self.cpu, "a CpuSpec / a [cpu] table")
-        _check_int("memory_mb", self.memory_mb, minimum=1)
-        _check_int("storage_mb", self.storage_mb, minimum=0)
-        object.__setattr__(self, "runtimes", _as_str_tuple("runtimes", self.runtimes, allowed=RUNTIMES, nonempty=True))
-        for name in ("peak_gops_fp32", "peak_gops_int8", "mem_bandwidth_gbs"):
-            object.__setattr__(self, name, _as_float(name, getattr(self, name), minimum=0.0, strict=True))
+            problems.items.append(_fail("cpu", self.cpu, "a CpuSpec / a [cpu] table"))
         if not isinstance(self.budget, Budget):
-            raise _fail("budget", self.budget, "a Budget / a [budget] table")
-        if not isinstance(self.measured, bool):
-            raise _fail("measured", self.measured, "true or false")
-        object.__setattr__(self, "sources", _as_str_tuple("sources", self.sources, nonempty=not self.measured))
-        _check_str("notes", self.notes, empty=True)
-        if self.probed_at is not None:
-            _check_str("probed_at", self.probed_at)
-        aliases = _as_str_tuple("aliases", self.aliases)
-        for i, alias in enumerate(aliases):
-            if not _ID_RE.match(alias):
-                raise _fail(f"aliases[{i}]", alias, "lowercase letters, digits and '-'")
-        object.__setattr__(self, "aliases", aliases)
+            problems.items.append(_fail("budget", self.budget, "a Budget / a [budget] table"))
+        sources = problems.check(_as_str_tuple, "sources", self.sources, nonempty=self.measured is not True)
+        if sources is not None:
+            object.__setattr__(self, "sources", sources)
+        problems.raise_if_any()
 
     # -- conversions -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -234,32 +340,56 @@ def _fields(cls: type) -> tuple[list[str], list[str]]:
     return required, optional
 
 
-def _table(cls: type, data: Any, prefix: str) -> dict[str, Any]:
-    """Check a mapping's keys against ``cls``'s fields: missing and unknown keys are named with their path."""
+def _table(cls: type, data: Any, prefix: str, checks: Mapping[str, _Check], problems: _Problems) -> dict[str, Any] | None:
+    """Check a mapping's keys against ``cls``'s fields and every present value against ``checks``.
+
+    Missing and unknown keys and bad values are all collected in ``problems``, each named with its path.
+    Returns the mapping when it is one (None otherwise).
+    """
     where = prefix.rstrip(".") or "profile"
     if not isinstance(data, Mapping):
-        raise _fail(where, data, "a table (key = value pairs)")
+        problems.items.append(_fail(where, data, "a table (key = value pairs)"))
+        return None
     required, optional = _fields(cls)
     known = required + optional
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=2)
             hint = f" (did you mean `{prefix}{close[0]}`?)" if close else ""
-            raise ProfileError(
+            problems.items.append(ProfileError(
                 f"profile has an unknown field `{prefix}{key}`{hint}",
                 f"valid fields of [{where}]: {', '.join(known)}",
-            )
+            ))
     for key in required:
         if key not in data:
-            raise ProfileError(f"profile is missing the required field `{prefix}{key}`", f"add `{key} = …` to [{where}]")
+            expected = checks[key][1] if key in checks else f"a [{prefix}{key}] table"
+            problems.items.append(ProfileError(
+                f"profile is missing the required field `{prefix}{key}`",
+                f"add `{key} = …` to [{where}]: {expected}",
+            ))
+    _validate(checks, data, prefix, problems)
     return dict(data)
 
 
 def profile_from_dict(data: Mapping[str, Any]) -> DeviceProfile:
-    """Build a validated :class:`DeviceProfile` from a parsed TOML / JSON mapping."""
-    top = _table(DeviceProfile, data, "")
-    top["cpu"] = CpuSpec(**_table(CpuSpec, top["cpu"], "cpu."))
-    top["budget"] = Budget(**_table(Budget, top["budget"], "budget."))
+    """Build a validated :class:`DeviceProfile` from a parsed TOML / JSON mapping.
+
+    Every field is checked before anything is raised: one problem raises a :class:`ProfileError`, several
+    raise one :class:`ProfileProblems` naming each (field, value found, what would be valid).
+    """
+    problems = _Problems()
+    top = _table(DeviceProfile, data, "", _PROFILE_CHECKS, problems)
+    if top is None:
+        problems.raise_if_any()
+        raise AssertionError("unreachable")  # pragma: no cover
+    cpu = _table(CpuSpec, top["cpu"], "cpu.", _CPU_CHECKS, problems) if "cpu" in top else None
+    budget = _table(Budget, top["budget"], "budget.", _BUDGET_CHECKS, problems) if "budget" in top else None
+    if "sources" in top:
+        problems.check(_as_str_tuple, "sources", top["sources"], nonempty=top.get("measured") is not True)
+    problems.raise_if_any()
+    assert cpu is not None and budget is not None
+    top["cpu"] = CpuSpec(**cpu)
+    top["budget"] = Budget(**budget)
     return DeviceProfile(**top)
 
 
@@ -271,5 +401,6 @@ __all__ = [
     "Budget",
     "CpuSpec",
     "DeviceProfile",
+    "ProfileProblems",
     "profile_from_dict",
 ]

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from devicefit import __version__
 from devicefit.errors import DevicefitError
 
 #: modules under devicefit.cli that define ``register(subparsers)``; each adds its own subcommands.
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     parser = _Parser(prog="devicefit", description="Fit trained models to edge devices.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"devicefit {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         try:

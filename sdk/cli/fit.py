@@ -55,22 +55,27 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _human(d: dict[str, Any]) -> str:
+    from devicefit.cli.format import mb, ms, num, pct, points, ratio
+
     r = d["result"]
     lat = r["latency"]
+    budget = d["budget"]
     batch = int((d.get("benchmark") or {}).get("batch_size") or 1)
     threads = (d.get("benchmark") or {}).get("threads") or "default"
+    drop_budget = budget.get("accuracy_drop")
     lines = [
         f"{d['model']['name']} on {d['profile']['id']}: budget {'MET' if r['budget_met'] else 'NOT met'}",
-        f"  latency p50 {lat['p50_ms']:.3f} ms ({lat['source']} on {lat.get('device')}, batch {batch}, threads {threads}), fp32 "
-        f"{d['baseline']['latency']['p50_ms']:.3f} ms; budget {d['budget'].get('latency_ms')}",
-        f"  {r['metric']['name']}: {r['metric'].get('baseline')} → {r['metric'].get('compressed')} "
-        f"(drop {r['metric']['drop']:.4f}; budget {d['budget'].get('accuracy_drop')})",
-        f"  size {r['size_bytes'] / 1e6:.2f} MB ({(r.get('compression_ratio') or 0):.2f}× smaller); plan {r['plan_summary']}",
+        f"  latency p50 {ms(lat['p50_ms'])} ({lat['source']} on {lat.get('device')}, batch {batch}, threads {threads}), fp32 "
+        f"{ms(d['baseline']['latency']['p50_ms'])}; budget {ms(budget.get('latency_ms'))}",
+        f"  {r['metric']['name']}: {num(r['metric'].get('baseline'))} → {num(r['metric'].get('compressed'))} "
+        f"(drop {points(r['metric']['drop'])}; budget {points(drop_budget) if drop_budget is not None else '–'})",
+        f"  size {mb(r['size_bytes'])} ({ratio(r.get('compression_ratio') or 0)} smaller); plan {r['plan_summary']}",
         f"  search: {d['search']['trials']} trials, {d['search']['measurements']} measured, {d['search']['minutes']:.1f} min; "
-        f"median prediction error {d['search']['prediction_error']['median']}",
+        f"median prediction error {pct(d['search']['prediction_error']['median'])}",
     ]
     if not r["budget_met"]:
-        lines.append(f"  shortfall: {r.get('shortfall')}")
+        miss = r.get("shortfall") or {}
+        lines.append("  shortfall: " + (", ".join(f"{k} {pct(v)} over its budget" for k, v in miss.items()) or "–"))
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="profile id, alias, 'localhost', or path to a .toml file")
     p.set_defaults(func=_show)
 
-    p = sub.add_parser("validate", parents=[common], help="check a profile file; exit 2 naming the bad field")
+    p = sub.add_parser("validate", parents=[common], help="check a profile file; exit 2 naming every bad field at once")
     p.add_argument("file", metavar="FILE", help="profile .toml file")
     p.set_defaults(func=_validate)
 
