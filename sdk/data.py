@@ -26,19 +26,9 @@ class Dataset:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if not self.inputs:
-            raise UserInputError("dataset has no input arrays", "give at least one array per model input")
-        counts = {name: int(arr.shape[0]) for name, arr in self.inputs.items()}
-        if len(set(counts.values())) != 1:
-            raise UserInputError(
-                f"dataset inputs disagree on the sample count (first axis): {counts}",
-                "every input array must have the same first dimension",
-            )
-        if self.labels is not None and int(self.labels.shape[0]) != len(self):
-            raise UserInputError(
-                f"dataset has {len(self)} samples but {self.labels.shape[0]} labels",
-                "give one label per sample",
-            )
+        problems = _problems(self.inputs, self.labels)
+        if problems:
+            raise _error(problems)
 
     def __len__(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
@@ -85,6 +75,31 @@ class Dataset:
         return h.hexdigest()
 
 
+def _problems(inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> list[tuple[str, str]]:
+    """Every (problem, fix) of a dataset's arrays, all of them (not just the first)."""
+    if not inputs:
+        return [("dataset has no input arrays", "give at least one array per model input")]
+    out = []
+    counts = {name: int(arr.shape[0]) if arr.ndim else 0 for name, arr in inputs.items()}
+    if len(set(counts.values())) != 1:
+        out.append((f"dataset inputs disagree on the sample count (first axis): {counts}",
+                    "every input array must have the same first dimension"))
+    n = next(iter(counts.values()))  # the sample count, as len(dataset) reads it
+    n_labels = int(labels.shape[0]) if labels is not None and labels.ndim else 0
+    if labels is not None and n_labels != n:
+        out.append((f"dataset has {n} samples but {n_labels} labels", "give one label per sample"))
+    return out
+
+
+def _error(problems: list[tuple[str, str]], where: str = "") -> UserInputError:
+    """One problem as is; several as one error listing each with its fix."""
+    if len(problems) == 1:
+        problem, fix = problems[0]
+        return UserInputError(f"{where}{problem}", fix)
+    lines = "\n".join(f"  {i}. {p} — {f}" for i, (p, f) in enumerate(problems, 1))
+    return UserInputError(f"{where}{len(problems)} problems:\n{lines}", "fix each problem listed above")
+
+
 def load_npz(path: str | Path, input_names: Sequence[str] | None = None) -> Dataset:
     """Load ``--data file.npz``. A single array named ``x`` is renamed to the model's only input."""
     p = Path(path)
@@ -98,13 +113,15 @@ def load_npz(path: str | Path, input_names: Sequence[str] | None = None) -> Data
     labels = arrays.pop("labels", None)
     if not arrays:
         raise UserInputError(f"{p} holds no input arrays", "add one array per model input (or 'x')")
+    problems: list[tuple[str, str]] = []
     if input_names is not None:
         if list(arrays) == ["x"] and len(input_names) == 1:
             arrays = {input_names[0]: arrays["x"]}
         unknown = [k for k in arrays if k not in input_names]
         if unknown:
-            raise UserInputError(
-                f"{p} has array(s) {unknown} that are not model inputs {list(input_names)}",
-                "name arrays like the model inputs, or use 'x' for a single-input model",
-            )
+            problems.append((f"array(s) {unknown} are not model inputs {list(input_names)}",
+                             "name arrays like the model inputs, or use 'x' for a single-input model"))
+    problems += _problems(arrays, labels)
+    if problems:
+        raise _error(problems, where=f"{p}: ")
     return Dataset(arrays, labels, description=f"npz:{p.name}")

@@ -85,3 +85,19 @@ def test_fit_summary_is_formatted_and_json_stays_raw() -> None:
     assert "latency 4.2% over its budget" in text
     assert "0.16102943488559868" not in text
     assert json.loads(json.dumps(report))["search"]["prediction_error"]["median"] == 0.16102943488559868
+
+
+def test_data_file_problems_are_all_named_at_once(tmp_path: Path) -> None:
+    import numpy as np
+
+    from devicefit.data import load_npz
+    from devicefit.errors import UserInputError
+
+    f = tmp_path / "bad.npz"
+    np.savez(f, x=np.zeros((10, 3), np.float32), extra=np.zeros((7, 3), np.float32), labels=np.zeros(4, np.int64))
+    with pytest.raises(UserInputError) as info:
+        load_npz(f, input_names=["x"])
+    msg = str(info.value)
+    assert "3 problems" in msg, msg
+    assert "['extra'] are not model inputs ['x']" in msg
+    assert "{'x': 10, 'extra': 7}" in msg and "10 samples but 4 labels" in msg
