@@ -63,3 +63,15 @@ def test_api_reference_matches_the_docstrings() -> None:
     for cls in ("Plan", "LayerRule"):
         assert f"### devicefit.compressor.plan.{cls}\n" in page
     assert "### devicefit.compressor.techniques.Int8Static\n" in page
+
+
+def test_readme_cli_table_lists_every_command() -> None:
+    gen = _gen()
+    from devicefit.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## CLI at a glance"):]
+    names = [name for name, _help, _p in gen._subcommands(build_parser())]
+    assert "demo" in names
+    missing = [n for n in names if f"`devicefit {n}" not in table]
+    assert not missing, f"README's CLI table lacks {missing}"
