@@ -11,6 +11,8 @@ Markers, an HTML comment on the line right before a fence:
   ``127.0.0.1:0``), ready once its output contains TEXT; later device URLs of the page point at it, and it
   is stopped when the page is done.
 * ``<!-- run-in: repository root -->`` — run in the repository root instead of the page's scratch folder.
+* ``<!-- output: of the block above -->`` — on a shown (not run) block: its lines must appear, in order and
+  contiguous, in what the previous example printed (stdout, then stderr), so printed output cannot rot either.
 
 Fence languages: ``python`` and ``bash`` run; the languages in :data:`NOT_CODE` are shown, never run; any
 other language fails the test (so an example cannot escape by its spelling).
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_LANGS = {"python": "python", "bash": "bash"}
 NOT_CODE = {"text", "toml", "yaml", "json", "ini", "diff", ""}
 _FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)\s*$")
-_MARK = re.compile(r"^\s*<!--\s*(no-test|background|run-in)\s*:\s*(.*?)\s*-->\s*$")
+_MARK = re.compile(r"^\s*<!--\s*(no-test|background|run-in|output)\s*:\s*(.*?)\s*-->\s*$")
 _DEVICE_URL = re.compile(r"grpc://[A-Za-z0-9_.-]+:\d+")
 BLOCK_TIMEOUT = 900
 
@@ -50,7 +52,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        page = self.page.relative_to(ROOT) if ROOT in self.page.parents else self.page
+        return f"{page}:{self.line}"
 
 
 def pages() -> list[Path]:
@@ -167,6 +170,12 @@ def _run_page(page: Path, work: Path, agent_url: str, config: Path) -> list[str]
     device = agent_url
     try:
         for i, b in enumerate(blocks(page)):
+            if "output" in b.marks:
+                assert outputs, f"{b.where}: an output block needs an example that ran before it"
+                shown = "\n".join(line.rstrip() for line in b.code.strip("\n").splitlines())
+                printed = "\n".join(line.rstrip() for line in outputs[-1].splitlines())
+                assert shown in printed, f"{b.where}: the page shows output the example no longer prints:\n{printed[-3000:]}"
+                continue
             if b.lang not in RUN_LANGS or "no-test" in b.marks:
                 continue
             code = _DEVICE_URL.sub(device, b.code)
@@ -186,7 +195,7 @@ def _run_page(page: Path, work: Path, agent_url: str, config: Path) -> list[str]
             t0 = time.monotonic()
             res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
             took = time.monotonic() - t0
-            out = res.stdout + res.stderr
+            out = res.stdout + "\n" + res.stderr
             sys.stderr.write(f"{b.where}: exit {res.returncode} in {took:.1f} s\n")
             assert res.returncode == 0, f"{b.where} failed (exit {res.returncode}):\n{code}\n--- output ---\n{out[-4000:]}"
             outputs.append(out)
@@ -201,3 +210,22 @@ def _run_page(page: Path, work: Path, agent_url: str, config: Path) -> list[str]
 def test_examples_of_page_run(page: Path, agent: str, shared_config: Path, tmp_path: Path) -> None:
     outputs = _run_page(page, tmp_path, agent, shared_config)
     assert outputs, f"{page.relative_to(ROOT)}: no example ran"
+
+
+def test_the_runner_honours_markers_rewrites_urls_and_checks_output(tmp_path: Path) -> None:
+    page = tmp_path / "selftest.md"
+    text = "\n".join([
+        "<!-- no-test: would fail, so it must be skipped -->", "```bash", "exit 1", "```",
+        "```bash", "echo device grpc://pi.local:50051", "```",
+        "<!-- output: of the block above -->", "```text", "device grpc://127.0.0.1:9", "```",
+        "```python", "print('py', 6 * 7)", "```",
+        "<!-- output: of the block above -->", "```text", "py 42", "```", ""])
+    page.write_text(text, encoding="utf-8")
+    bs = blocks(page)
+    assert [b.lang for b in bs] == ["bash", "bash", "text", "python", "text"]
+    assert bs[0].marks == {"no-test": "would fail, so it must be skipped"} and bs[2].marks == {"output": "of the block above"}
+    outputs = _run_page(page, tmp_path / "ok", "grpc://127.0.0.1:9", tmp_path / "cfg")
+    assert len(outputs) == 2 and "py 42" in outputs[1]
+    page.write_text(text.replace("py 42", "py 43"), encoding="utf-8")
+    with pytest.raises(AssertionError, match="no longer prints"):
+        _run_page(page, tmp_path / "stale", "grpc://127.0.0.1:9", tmp_path / "cfg")
