@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from devicefit.compressor.techniques import FAMILIES, Distill, Family, Technique, technique_from_dict
-from devicefit.errors import UserInputError
+from devicefit.errors import DevicefitError, ManyProblems, UserInputError, raise_all
 
 PLAN_VERSION = 1
 
@@ -67,13 +67,42 @@ class LayerRule:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerRule:
-        if not isinstance(data, dict) or "match" not in data:
-            raise UserInputError(f"plan rule {data!r} has no 'match'", "each rule needs match: <layer pattern>")
-        unknown = sorted(set(data) - {"match", *FAMILIES})
-        if unknown:
-            raise UserInputError(f"plan rule has unknown key(s) {unknown}", f"valid keys: match, {', '.join(FAMILIES)}")
-        techs = {fam: technique_from_dict(fam, data[fam]) for fam in FAMILIES if data.get(fam) is not None}
-        return cls(match=data["match"], **techs)  # type: ignore[arg-type]
+        """A rule from its mapping; every problem of it is reported at once."""
+        rule, problems = _rule_from_dict(data, "plan rule")
+        raise_all(problems, "plan rule")
+        assert rule is not None
+        return rule
+
+
+def _rule_from_dict(data: Any, where: str) -> tuple[LayerRule | None, list[DevicefitError]]:
+    """(rule or None, every problem found in it), each problem prefixed with ``where``."""
+    problems: list[DevicefitError] = []
+
+    def note(exc: DevicefitError) -> None:
+        for e in exc.problems if isinstance(exc, ManyProblems) else [exc]:
+            problems.append(UserInputError(f"{where}: {e.problem}", e.fix))
+
+    if not isinstance(data, dict) or "match" not in data:
+        note(UserInputError(f"{data!r} has no 'match'", "each rule needs match: <layer pattern>"))
+        return None, problems
+    unknown = sorted(set(data) - {"match", *FAMILIES})
+    if unknown:
+        note(UserInputError(f"unknown key(s) {unknown}", f"valid keys: match, {', '.join(FAMILIES)}"))
+    techs: dict[str, Technique] = {}
+    for fam in FAMILIES:
+        if data.get(fam) is None:
+            continue
+        try:
+            techs[fam] = technique_from_dict(fam, data[fam])
+        except DevicefitError as exc:
+            note(exc)
+    if problems:
+        return None, problems
+    try:
+        return LayerRule(match=data["match"], **techs), []  # type: ignore[arg-type]
+    except DevicefitError as exc:
+        note(exc)
+        return None, problems
 
 
 @dataclass(frozen=True)
@@ -166,28 +195,45 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Any) -> Plan:
+        """A plan from its mapping (a parsed YAML / JSON file); every problem found is reported at once."""
         if not isinstance(data, dict):
             raise UserInputError(f"plan must be a mapping, got {type(data).__name__}", "see `devicefit compress --help`")
+        problems: list[DevicefitError] = []
         version = data.get("version", PLAN_VERSION)
         if version != PLAN_VERSION:
-            raise UserInputError(f"plan version {version!r} is not supported", f"write version: {PLAN_VERSION}")
+            problems.append(UserInputError(f"plan version {version!r} is not supported", f"write version: {PLAN_VERSION}"))
         unknown = sorted(set(data) - {"version", "layers", "distill"})
         if unknown:
-            raise UserInputError(f"plan has unknown key(s) {unknown}", "valid keys: version, layers, distill")
+            problems.append(UserInputError(f"plan has unknown key(s) {unknown}", "valid keys: version, layers, distill"))
         layers = data.get("layers") or []
         if not isinstance(layers, list):
-            raise UserInputError("plan 'layers' must be a list of rules", "write layers: [{match: ..., quant: ...}]")
+            problems.append(UserInputError("plan 'layers' must be a list of rules",
+                                           "write layers: [{match: ..., quant: ...}]"))
+            layers = []
+        rules = []
+        for i, item in enumerate(layers):
+            label = f"layers[{i}]" + (f" (match {item['match']!r})" if isinstance(item, dict) and "match" in item else "")
+            rule, found = _rule_from_dict(item, label)
+            problems += found
+            if rule is not None:
+                rules.append(rule)
         distill = data.get("distill")
+        distill_cfg = None
         if distill is not None:
             if not isinstance(distill, dict):
-                raise UserInputError(f"plan 'distill' must be a mapping, got {distill!r}", "write distill: {steps: 200}")
-            try:
-                distill_cfg = Distill(**distill)
-            except TypeError as exc:
-                raise UserInputError(f"plan 'distill' is invalid: {exc}", "valid keys: steps, epochs, seconds, temperature, hidden_mse, lr, batch_size") from exc
-        else:
-            distill_cfg = None
-        return cls(rules=tuple(LayerRule.from_dict(r) for r in layers), distill=distill_cfg)
+                problems.append(UserInputError(f"plan 'distill' must be a mapping, got {distill!r}",
+                                               "write distill: {steps: 200}"))
+            else:
+                try:
+                    distill_cfg = Distill(**distill)
+                except TypeError as exc:
+                    problems.append(UserInputError(
+                        f"plan 'distill' is invalid: {exc}",
+                        "valid keys: steps, epochs, seconds, temperature, hidden_mse, lr, batch_size"))
+                except DevicefitError as exc:
+                    problems.append(UserInputError(f"plan 'distill': {exc.problem}", exc.fix))
+        raise_all(problems, "plan")
+        return cls(rules=tuple(rules), distill=distill_cfg)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)

@@ -11,11 +11,11 @@ import dataclasses
 import difflib
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from devicefit.errors import ProfileError
+from devicefit.errors import DevicefitError, ManyProblems, ProfileError
 
 CATEGORIES = ("iot", "mobile", "automotive", "industrial", "edge-server", "host")
 ARCHES = ("aarch64", "armv7l", "x86_64", "riscv64")
@@ -98,13 +98,11 @@ def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
         )
 
 
-class ProfileProblems(ProfileError):
+class ProfileProblems(ManyProblems, ProfileError):
     """Several problems found in one profile; ``problems`` holds one :class:`ProfileError` per field."""
 
-    def __init__(self, problems: list[ProfileError], where: str = "profile") -> None:
-        self.problems = list(problems)
-        lines = "\n".join(f"  {i}. {e.problem} — {e.fix}" for i, e in enumerate(self.problems, 1))
-        super().__init__(f"{where} has {len(self.problems)} problems:\n{lines}", "fix each field listed above")
+    def __init__(self, problems: Sequence[DevicefitError], where: str = "profile") -> None:
+        super().__init__(problems, where)
 
 
 class _Problems:
@@ -118,7 +116,7 @@ class _Problems:
             return fn(*args, **kwargs)
         except ProfileError as exc:
             if isinstance(exc, ProfileProblems):
-                self.items.extend(exc.problems)
+                self.items.extend(p for p in exc.problems if isinstance(p, ProfileError))
             else:
                 self.items.append(exc)
             return None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from devicefit.errors import UserInputError
+from devicefit.errors import DevicefitError, UserInputError, raise_all
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,7 @@ class Dataset:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        problems = _problems(self.inputs, self.labels)
-        if problems:
-            raise _error(problems)
+        raise_all(_problems(self.inputs, self.labels), "dataset")
 
     def __len__(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
@@ -75,29 +73,20 @@ class Dataset:
         return h.hexdigest()
 
 
-def _problems(inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> list[tuple[str, str]]:
-    """Every (problem, fix) of a dataset's arrays, all of them (not just the first)."""
+def _problems(inputs: Mapping[str, np.ndarray], labels: np.ndarray | None) -> list[DevicefitError]:
+    """Every problem of a dataset's arrays, all of them (not just the first)."""
     if not inputs:
-        return [("dataset has no input arrays", "give at least one array per model input")]
-    out = []
+        return [UserInputError("dataset has no input arrays", "give at least one array per model input")]
+    out: list[DevicefitError] = []
     counts = {name: int(arr.shape[0]) if arr.ndim else 0 for name, arr in inputs.items()}
     if len(set(counts.values())) != 1:
-        out.append((f"dataset inputs disagree on the sample count (first axis): {counts}",
-                    "every input array must have the same first dimension"))
+        out.append(UserInputError(f"dataset inputs disagree on the sample count (first axis): {counts}",
+                                  "every input array must have the same first dimension"))
     n = next(iter(counts.values()))  # the sample count, as len(dataset) reads it
     n_labels = int(labels.shape[0]) if labels is not None and labels.ndim else 0
     if labels is not None and n_labels != n:
-        out.append((f"dataset has {n} samples but {n_labels} labels", "give one label per sample"))
+        out.append(UserInputError(f"dataset has {n} samples but {n_labels} labels", "give one label per sample"))
     return out
-
-
-def _error(problems: list[tuple[str, str]], where: str = "") -> UserInputError:
-    """One problem as is; several as one error listing each with its fix."""
-    if len(problems) == 1:
-        problem, fix = problems[0]
-        return UserInputError(f"{where}{problem}", fix)
-    lines = "\n".join(f"  {i}. {p} — {f}" for i, (p, f) in enumerate(problems, 1))
-    return UserInputError(f"{where}{len(problems)} problems:\n{lines}", "fix each problem listed above")
 
 
 def load_npz(path: str | Path, input_names: Sequence[str] | None = None) -> Dataset:
@@ -113,15 +102,16 @@ def load_npz(path: str | Path, input_names: Sequence[str] | None = None) -> Data
     labels = arrays.pop("labels", None)
     if not arrays:
         raise UserInputError(f"{p} holds no input arrays", "add one array per model input (or 'x')")
-    problems: list[tuple[str, str]] = []
+    problems: list[DevicefitError] = []
     if input_names is not None:
         if list(arrays) == ["x"] and len(input_names) == 1:
             arrays = {input_names[0]: arrays["x"]}
         unknown = [k for k in arrays if k not in input_names]
         if unknown:
-            problems.append((f"array(s) {unknown} are not model inputs {list(input_names)}",
-                             "name arrays like the model inputs, or use 'x' for a single-input model"))
+            problems.append(UserInputError(f"array(s) {unknown} are not model inputs {list(input_names)}",
+                                           "name arrays like the model inputs, or use 'x' for a single-input model"))
     problems += _problems(arrays, labels)
-    if problems:
-        raise _error(problems, where=f"{p}: ")
+    if len(problems) == 1:  # one problem: its own message, naming the file
+        raise UserInputError(f"{p}: {problems[0].problem}", problems[0].fix)
+    raise_all(problems, str(p))
     return Dataset(arrays, labels, description=f"npz:{p.name}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from devicefit.protos.errors import DeviceError, DevicefitError, UserInputError
 
 __all__ = [
-    "BudgetNotMetError", "DeviceError", "DevicefitError", "ExportError", "ModelLoadError", "ProfileError",
-    "UserInputError",
+    "BudgetNotMetError", "DeviceError", "DevicefitError", "ExportError", "ManyProblems", "ModelLoadError",
+    "ProfileError", "UserInputError", "raise_all",
 ]
 
 
@@ -26,3 +26,27 @@ class BudgetNotMetError(DevicefitError):
     """No candidate met the budget (the report is still written)."""
 
     exit_code = 3
+
+
+# Input is checked as a whole: where a file or call has several problems, raise_all reports every one at once
+# (ManyProblems), so the user fixes them in one pass.
+class ManyProblems(UserInputError):
+    """Several problems found in one input; ``problems`` holds each (its own problem and fix)."""
+
+    def __init__(self, problems: list[DevicefitError], where: str = "input") -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  {i}. {e.problem} — {e.fix}" if e.fix else f"  {i}. {e.problem}"
+                          for i, e in enumerate(self.problems, 1))
+        super().__init__(f"{where} has {len(self.problems)} problems:\n{lines}", "fix each problem listed above")
+
+
+def raise_all(problems: list[DevicefitError], where: str = "input") -> None:
+    """Raise nothing when ``problems`` is empty, the problem itself when there is one, else :class:`ManyProblems`
+    listing them all (nested ``ManyProblems`` are flattened)."""
+    flat: list[DevicefitError] = []
+    for e in problems:
+        flat.extend(e.problems if isinstance(e, ManyProblems) else [e])
+    if len(flat) == 1:
+        raise flat[0]
+    if flat:
+        raise ManyProblems(flat, where)

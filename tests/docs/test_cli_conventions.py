@@ -101,3 +101,24 @@ def test_data_file_problems_are_all_named_at_once(tmp_path: Path) -> None:
     assert "3 problems" in msg, msg
     assert "['extra'] are not model inputs ['x']" in msg
     assert "{'x': 10, 'extra': 7}" in msg and "10 samples but 4 labels" in msg
+
+
+def test_plan_file_problems_are_all_named_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "version: 1\n"
+        "colour: blue\n"                                  # 1. unknown top-level key
+        "layers:\n"
+        "  - match: '*'\n"
+        "    quant: {method: int8_statik}\n"              # 2. unknown method
+        "  - match: fc1\n"
+        "    prune: {method: structured, ratio: 1.5}\n"   # 3. out of range
+        "  - quant: {method: float}\n"                    # 4. no match
+    )
+    assert main(["compress", "zoo:digits-cnn", "--plan", str(plan), "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "plan has 4 problems" in err, err
+    assert "unknown key(s) ['colour']" in err
+    assert "layers[0] (match '*'): unknown quant method 'int8_statik'" in err and "int8_static" in err
+    assert "layers[1] (match 'fc1'): ChannelPrune.ratio=1.5 is invalid" in err and "(0, 1)" in err
+    assert "layers[2]: {'quant': {'method': 'float'}} has no 'match'" in err
