@@ -87,8 +87,8 @@ def render_cli() -> str:
         "- every command takes `--json` (print exactly one JSON object on stdout, raw numbers) and `--debug` "
         "(show tracebacks); `devicefit --version` prints the version;",
         "- bad input exits 2 with a message on stderr naming the problem and the fix — every problem found in "
-        "a profile file at once; `fit` and `demo` exit 3 when no measured candidate met the budget (the "
-        "report is still written);",
+        "a profile, plan or `.npz` data file at once, each with its field, the value found and what would be "
+        "valid; `fit` and `demo` exit 3 when no measured candidate met the budget (the report is still written);",
         "- `MODEL` is `file.onnx`, `file.pt2`, `package.module:factory` or `zoo:NAME` "
         "(`zoo:digits-cnn`, `zoo:minilm-l6`, `zoo:efficientnet-lite0`).",
         "",
