@@ -33,8 +33,9 @@ test-fast: refresh
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra -m "not slow" tests
 
 lint: refresh
-	$(VENV)/bin/ruff check sdk agent compressor kernels protos device_profiles tests bench docs
+	$(VENV)/bin/ruff check sdk agent compressor kernels protos device_profiles tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/ruff check docs
 
 protos: $(STAMP)
 	$(PY) protos/generate.py

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +101,7 @@ def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
 class ProfileProblems(ManyProblems, ProfileError):
     """Several problems found in one profile; ``problems`` holds one :class:`ProfileError` per field."""
 
-    def __init__(self, problems: Sequence[DevicefitError], where: str = "profile") -> None:
+    def __init__(self, problems: list[DevicefitError], where: str = "profile") -> None:
         super().__init__(problems, where)
 
 
@@ -125,7 +125,8 @@ class _Problems:
         if len(self.items) == 1:
             raise self.items[0]
         if self.items:
-            raise ProfileProblems(self.items)
+            items: list[DevicefitError] = [*self.items]
+            raise ProfileProblems(items)
 
 
 #: field -> (check(path, value) -> normalized value, what a valid value is); used by ``__post_init__`` and by
