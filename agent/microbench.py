@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from devicefit.errors import DevicefitError
+from devicefit.kernels.ort_session import cpu_session, session_options
 
 OPSET = 17
 IR_VERSION = 8  # readable by onnxruntime ≥ 1.11, so old board images can run the probe too
@@ -98,15 +99,9 @@ def stream_add_model(numel: int) -> bytes:
 
 
 def _session(model: bytes, threads: int, optimized_path: str | None = None) -> Any:
-    ort = _ort()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3  # the "optimized model is hardware specific" warning is expected here
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if optimized_path:
-        so.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+    _ort()  # a clear error where onnxruntime is missing
+    # the "optimized model is hardware specific" warning is expected here (silenced by session_options)
+    return cpu_session(model, session_options(threads=threads, optimized_model_path=optimized_path))
 
 
 def _bound_runner(sess: Any, feed: np.ndarray, out: np.ndarray) -> Callable[[], None]:

@@ -229,7 +229,7 @@ def export_onnx(
     """
     import onnx
 
-    from devicefit.runtime import make_session, run_onnx
+    from devicefit.kernels.ort_session import cpu_session, run_batches, session_options
 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -290,9 +290,9 @@ def export_onnx(
     )
     bs = _verify_batch(int(example[0].shape[0]) if example and example[0].dim() else 1)
     ref = torch_outputs(module, data, names, batch_size=bs)
-    session = make_session(out, threads=1)
+    session = cpu_session(out, session_options(threads=1))
     try:
-        got = run_onnx(session, data, input_names=names, batch_size=bs)
+        got = run_batches(session, data.batches(bs), names)
     except Exception as exc:
         raise ExportError(
             f"onnxruntime failed on the exported model at batch size {bs}: {str(exc).splitlines()[0][:300]}",

@@ -9,21 +9,16 @@ latency model, the evaluator (device or host), and the measured fp32 baseline.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from devicefit.compressor.paths import cache_root
 from devicefit.compressor.search.candidate import Budget, Candidate
 from devicefit.errors import UserInputError
 from devicefit.fit_phases import Phases
 
 LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
-
-
-def cache_root() -> Path:
-    base = os.environ.get("DEVICEFIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "devicefit")
-    return Path(base)
 
 
 @dataclass

@@ -6,7 +6,8 @@ own runners; this is the host's thin, batched helper.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -14,22 +15,13 @@ import numpy as np
 
 from devicefit.data import Dataset
 from devicefit.errors import ModelLoadError, UserInputError
+from devicefit.kernels import ort_session
+from devicefit.kernels.ort_session import OPTIMIZATIONS, cpu_session, session_options
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
 Optimization = Literal["disabled", "basic", "extended", "all"]
-
-_ORT_TYPES: dict[str, type[np.generic]] = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
 
 
 def make_session(
@@ -39,30 +31,16 @@ def make_session(
     optimization: Optimization = "all",
     custom_ops_libraries: Sequence[str | Path] = (),
 ) -> ort.InferenceSession:
-    """A CPU onnxruntime session. ``threads`` sets intra-op threads (``None``: onnxruntime's default)."""
-    import onnxruntime as ort
-
+    """A CPU onnxruntime session with devicefit's options (:func:`devicefit.kernels.ort_session.session_options`).
+    ``threads`` sets intra-op threads (``None``: onnxruntime's default)."""
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"ONNX file not found: {p}", "pass the path of an existing .onnx file")
-    opts = ort.SessionOptions()
-    levels = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    if optimization not in levels:
-        raise UserInputError(f"optimization={optimization!r} is not valid", f"use one of {sorted(levels)}")
-    opts.graph_optimization_level = levels[optimization]
-    if threads is not None:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    for lib in custom_ops_libraries:
-        opts.register_custom_ops_library(str(lib))
-    opts.log_severity_level = 3
+    if optimization not in OPTIMIZATIONS:
+        raise UserInputError(f"optimization={optimization!r} is not valid", f"use one of {sorted(OPTIMIZATIONS)}")
+    opts = session_options(threads=threads, optimization=optimization, custom_ops=custom_ops_libraries)
     try:
-        return ort.InferenceSession(str(p), sess_options=opts, providers=["CPUExecutionProvider"])
+        return cpu_session(p, opts)
     except Exception as exc:
         raise ModelLoadError(
             f"onnxruntime cannot load {p}: {str(exc).splitlines()[0]}",
@@ -70,34 +48,22 @@ def make_session(
         ) from exc
 
 
-def feeds(session: ort.InferenceSession, batch: dict[str, np.ndarray], input_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Map a dataset batch onto the session inputs, casting to the dtypes the model declares.
+@contextmanager
+def _as_user_errors() -> Iterator[None]:
+    """Missing / surplus input arrays (``KeyError`` / ``ValueError`` of the session helpers) as user errors."""
+    try:
+        yield
+    except KeyError as exc:
+        raise UserInputError(exc.args[0], "name the .npz arrays like the model inputs (or 'x' for a single input)") from exc
+    except ValueError as exc:
+        raise UserInputError(str(exc), "give one data array per model input") from exc
 
-    ``input_names`` are the dataset's names in the order of the session inputs; by default the session's own
-    names (a single-input dataset feeds a single-input model whatever its name).
-    """
-    model_inputs = session.get_inputs()
-    if input_names is None:
-        if len(batch) == 1 and len(model_inputs) == 1:
-            input_names = list(batch)
-        else:
-            input_names = [i.name for i in model_inputs]
-    if len(input_names) != len(model_inputs):
-        raise UserInputError(
-            f"model has inputs {[i.name for i in model_inputs]} but {len(input_names)} names were given",
-            "give one data array per model input",
-        )
-    out: dict[str, np.ndarray] = {}
-    for spec, name in zip(model_inputs, input_names, strict=True):
-        if name not in batch:
-            raise UserInputError(
-                f"data has no array {name!r} for model input {spec.name!r} (it has {sorted(batch)})",
-                "name the .npz arrays like the model inputs (or 'x' for a single input)",
-            )
-        arr = batch[name]
-        want = _ORT_TYPES.get(spec.type)
-        out[spec.name] = np.ascontiguousarray(arr if want is None or arr.dtype == want else arr.astype(want))
-    return out
+
+def feeds(session: ort.InferenceSession, batch: dict[str, np.ndarray], input_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Map a dataset batch onto the session inputs, casting to the dtypes the model declares (see
+    :func:`devicefit.kernels.ort_session.feeds`)."""
+    with _as_user_errors():
+        return ort_session.feeds(session, batch, input_names)
 
 
 def run_onnx(
@@ -109,13 +75,10 @@ def run_onnx(
 ) -> np.ndarray:
     """The model's first output over every sample of ``dataset``, batched, concatenated on axis 0."""
     session = path_or_session if not isinstance(path_or_session, str | Path) else make_session(path_or_session)
-    outs: list[np.ndarray] = []
-    for batch in dataset.batches(batch_size):
-        res = session.run(None, feeds(session, batch, input_names))
-        outs.append(np.asarray(res[0]))
-    if not outs:
+    if len(dataset) == 0:
         raise UserInputError("dataset is empty", "give at least one sample")
-    return np.concatenate(outs, axis=0)
+    with _as_user_errors():
+        return ort_session.run_batches(session, dataset.batches(batch_size), input_names)
 
 
 __all__ = ["feeds", "make_session", "run_onnx"]

@@ -26,6 +26,7 @@ import numpy as np
 
 from devicefit.agent.runners import NodeTime, RunnerSpec, TensorSpec, register
 from devicefit.errors import ModelLoadError, UserInputError
+from devicefit.kernels.ort_session import cpu_session, custom_ops_libraries, session_options
 
 #: onnxruntime type strings -> numpy dtype names
 _ORT_DTYPES = {
@@ -41,7 +42,6 @@ _ORT_DTYPES = {
     "tensor(bool)": "bool",
 }
 
-CUSTOM_OPS_ENV = "DEVICEFIT_ORT_CUSTOM_OPS"
 
 
 def _available() -> bool:
@@ -74,29 +74,17 @@ class OnnxRuntimeRunner:
         profile: bool = False,
         custom_op_libraries: Sequence[str] = (),
     ) -> None:
-        import onnxruntime as ort
-
         if threads is not None and threads < 0:
             raise UserInputError(f"threads={threads} is negative", "pass threads >= 1, or None for the default")
         self.path = Path(path)
         self.threads = threads
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads or 0)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        self._profile_dir: str | None = None
-        if profile:
-            self._profile_dir = tempfile.mkdtemp(prefix="devicefit-ortprof-")
-            so.enable_profiling = True
-            so.profile_file_prefix = os.path.join(self._profile_dir, "trace")
-        libs = [*custom_op_libraries, *filter(None, os.environ.get(CUSTOM_OPS_ENV, "").split(os.pathsep))]
-        for lib in libs:
-            so.register_custom_ops_library(lib)
+        self._profile_dir: str | None = tempfile.mkdtemp(prefix="devicefit-ortprof-") if profile else None
+        prefix = os.path.join(self._profile_dir, "trace") if self._profile_dir else None
+        libs = custom_ops_libraries(custom_op_libraries)
+        so = session_options(threads=int(threads or 0), profile_prefix=prefix, custom_ops=libs)
         self._libs = libs
         try:
-            self._sess = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
+            self._sess = cpu_session(self.path, so)
         except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             self._cleanup()
             raise ModelLoadError(

@@ -12,9 +12,7 @@ residual adds, session overhead).
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,26 +88,9 @@ class NodeMap:
 
 def optimized_graph(path: str | Path, *, level: str = "all") -> Any:
     """The graph onnxruntime actually runs (CPU EP) for ``path``, as an ``onnx.ModelProto``."""
-    import onnx
-    import onnxruntime as ort
+    from devicefit.kernels.ort_session import optimized_model
 
-    levels = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }
-    so = ort.SessionOptions()
-    so.graph_optimization_level = levels.get(level, levels["all"])
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    for lib in filter(None, os.environ.get("DEVICEFIT_ORT_CUSTOM_OPS", "").split(os.pathsep)):
-        so.register_custom_ops_library(lib)
-    with tempfile.TemporaryDirectory(prefix="devicefit-opt-") as tmp:
-        out = os.path.join(tmp, "optimized.onnx")
-        so.optimized_model_filepath = out
-        ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-        return onnx.load(out, load_external_data=False)
+    return optimized_model(path, optimization=level)
 
 
 def _scope_layer(node: Any, match: _Matcher) -> str | None:

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devicefit.compressor.paths import cache_root
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -59,8 +61,7 @@ def default_path() -> Path:
     env = os.environ.get("DEVICEFIT_MEASUREMENTS_DB")
     if env:
         return Path(env)
-    base = os.environ.get("DEVICEFIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "devicefit")
-    return Path(base) / "measurements.db"
+    return cache_root() / "measurements.db"
 
 
 @dataclass

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader
 
 from devicefit.data import Dataset
+from devicefit.kernels import ort_session
 
 NUM_BINS = 2048
 _NP_TYPES: dict[int, type] = {
@@ -77,15 +78,9 @@ class DatasetReader(CalibrationDataReader):  # type: ignore[misc]
 
 
 def session(model: onnx.ModelProto | str, *, optimize: bool = False, threads: int = 0) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
+    so = ort_session.session_options(threads=threads or None, optimization="all" if optimize else "disabled")
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return ort_session.cpu_session(src, so)
 
 
 def capture(

@@ -19,16 +19,15 @@ kernels); the report names it.
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
 from devicefit.compressor.quant import graph as G
 from devicefit.compressor.quant.mapping import layer_of_initializer
+from devicefit.kernels import ort_session
 
 #: kernels doing integer matmul / conv work (weight-only MatMulNBits included)
 INT_OPS = frozenset(
@@ -82,18 +81,7 @@ class Inspection:
 
 def optimized_model(path: str | Path, *, level: str = "all") -> onnx.ModelProto:
     """The graph onnxruntime actually runs (CPU EP, ``ORT_ENABLE_ALL`` by default)."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    }[level]
-    so.log_severity_level = 3
-    with tempfile.TemporaryDirectory(prefix="devicefit-opt-") as tmp:
-        out = Path(tmp) / "optimized.onnx"
-        so.optimized_model_filepath = str(out)
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return onnx.load(str(out))
+    return ort_session.optimized_model(path, optimization=level)
 
 
 def _weight_ancestors(model: onnx.ModelProto) -> dict[str, set[str]]:

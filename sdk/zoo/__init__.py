@@ -9,10 +9,10 @@ import torch; the model modules are imported by :func:`get`.
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from devicefit.compressor.paths import cache_root
 from devicefit.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -47,10 +47,8 @@ def get(name: str) -> ModelBundle:
 
 
 def cache_dir() -> Path:
-    """Where zoo artefacts (trained weights) are cached: ``$DEVICEFIT_CACHE/zoo`` or ``~/.cache/devicefit/zoo``."""
-    root = os.environ.get("DEVICEFIT_CACHE")
-    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "devicefit"
-    path = base / "zoo"
+    """Where zoo artefacts (trained weights) are cached: ``zoo/`` under :func:`~devicefit.compressor.paths.cache_root`."""
+    path = cache_root() / "zoo"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
