@@ -32,7 +32,9 @@ test: refresh
 test-fast: refresh
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra -m "not slow" tests
 
+# Architecture contracts first (import-linter, [tool.importlinter] in pyproject.toml), then style and types.
 lint: refresh
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check sdk agent compressor kernels protos device_profiles tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff check docs

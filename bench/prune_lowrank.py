@@ -106,7 +106,7 @@ def plans(name: str, layers: list[str]) -> dict[str, dict[str, Any]]:
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     from devicefit.compressor.analysis import analyze
     from devicefit.compressor.export import export_bundle
-    from devicefit.compressor.prune.calib import layer_names
+    from devicefit.compressor.layers import layer_names
     from devicefit.compressor.structural import apply_structural
     from devicefit.zoo import get
 

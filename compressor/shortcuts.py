@@ -1,5 +1,8 @@
 """Command-line shortcuts → technique configs and uniform plans (shared by ``devicefit compress`` and ``fit``).
 
+The names come from the technique registry (each class's ``cli_names``, see
+:mod:`devicefit.compressor.techniques`); ``-`` and ``_`` are interchangeable (``int8-static``):
+
 * ``--quant SCHEME[:k=v,...]``: ``int8_dynamic``, ``int8_static``, ``int8_weight_only``, ``int4`` (= int4
   weight-only RTN), ``int4_gptq``, ``int4_awq``, ``smoothquant``, ``float16``, ``float``; options are the
   config's fields, e.g. ``int8_static:calibration=mse``, ``int4_gptq:group_size=64``,
@@ -14,44 +17,53 @@ Pure string parsing (no torch): unknown names raise :class:`UserInputError` list
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from typing import Any
 
 from devicefit.compressor.plan import Plan
-from devicefit.compressor.techniques import (
-    ChannelPrune,
-    Distill,
-    Float16,
-    Int4WeightOnly,
-    Int8Dynamic,
-    Int8Static,
-    Int8WeightOnly,
-    KeepFloat,
-    LowRank,
-    MagnitudePrune,
-    SemiStructuredPrune,
-    SmoothQuant,
-    Technique,
-    WandaPrune,
-)
+from devicefit.compressor.techniques import Distill, Family, Technique, canonical_name, family_classes
 from devicefit.errors import UserInputError
 
-#: scheme name → (config class, fixed keyword arguments)
-QUANT_SCHEMES: dict[str, tuple[type[Technique], dict[str, Any]]] = {
-    "int8_dynamic": (Int8Dynamic, {}),
-    "int8_static": (Int8Static, {}),
-    "int8_weight_only": (Int8WeightOnly, {}),
-    "int4": (Int4WeightOnly, {"algorithm": "rtn"}),
-    "int4_gptq": (Int4WeightOnly, {"algorithm": "gptq"}),
-    "int4_awq": (Int4WeightOnly, {"algorithm": "awq"}),
-    "smoothquant": (SmoothQuant, {}),
-    "float16": (Float16, {}),
-    "float": (KeepFloat, {}),
+_FLAGS: dict[Family, str] = {"quant": "--quant", "prune": "--prune", "lowrank": "--lowrank"}
+_NUMBER_NOTE: dict[Family, str] = {
+    "prune": " (R = fraction removed, e.g. 0.5)",
+    "lowrank": " (R = fraction of params removed) or KIND:energy=E",
+    "quant": "",
 }
-PRUNE_METHODS = {"structured": ChannelPrune, "magnitude": MagnitudePrune, "wanda": WandaPrune}
-LOWRANK_KINDS = ("svd", "asvd", "tucker2", "spatial")
-_NM = re.compile(r"^(\d+):(\d+)$")
+
+
+def schemes(family: Family) -> dict[str, tuple[type[Technique], Mapping[str, Any]]]:
+    """CLI name → (config class, fixed keyword arguments) of ``family``, read from the registry."""
+    return {name: (cls, fixed) for cls in family_classes(family) for name, fixed in cls.shortcuts().items()}
+
+
+class _QuantSchemes(Mapping[str, tuple[type[Technique], Mapping[str, Any]]]):
+    """Live view of the quant CLI names (a technique registered later is listed too)."""
+
+    def __getitem__(self, key: str) -> tuple[type[Technique], Mapping[str, Any]]:
+        return schemes("quant")[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(schemes("quant"))
+
+    def __len__(self) -> int:
+        return len(schemes("quant"))
+
+
+#: scheme name → (config class, fixed keyword arguments)
+QUANT_SCHEMES: Mapping[str, tuple[type[Technique], Mapping[str, Any]]] = _QuantSchemes()
+
+
+def usage(family: Family) -> str:
+    """What the CLI accepts for ``family``, e.g. ``structured:R, magnitude:R, … or N:M (e.g. 2:4)``."""
+    out: list[str] = []
+    for cls in family_classes(family):
+        out += [f"{n}:R" if cls.cli_number else n for n in cls.shortcuts()]
+        if cls.cli_syntax:
+            out.append(cls.cli_syntax)
+    joined = ", ".join(out)
+    return joined + _NUMBER_NOTE[family] if family != "quant" else joined
 
 
 def _value(text: str) -> Any:
@@ -80,46 +92,44 @@ def _options(cls: type[Technique], text: str, where: str) -> dict[str, Any]:
     return out
 
 
+def parse(family: Family, text: str) -> Technique:
+    """``NAME[:ARG]`` of ``family`` → its config. ``ARG`` is a number (the class's ``cli_number`` field,
+    required when it has one) or ``k=v,...`` options; some classes take their own syntax (``2:4``)."""
+    flag, t = _FLAGS[family], text.strip()
+    for cls in family_classes(family):
+        special = cls.from_cli_text(t)
+        if special is not None:
+            return special
+    name, _, arg = t.partition(":")
+    table = schemes(family)
+    entry = table.get(canonical_name(name))
+    if entry is None:
+        raise UserInputError(f"unknown {flag} {text!r}" if family != "quant" else f"unknown --quant scheme {name!r}",
+                             f"use one of: {usage(family)}")
+    cls, fixed = entry
+    where = f"{flag} {text}"
+    if cls.cli_number is not None and "=" not in arg:
+        try:
+            number = float(arg)
+        except ValueError as exc:
+            raise UserInputError(f"{flag} {text!r} has no number", f"use one of: {usage(family)}") from exc
+        return cls.from_cli(fixed, {cls.cli_number: number})
+    return cls.from_cli(fixed, _options(cls, arg, where))
+
+
 def parse_quant(text: str) -> Technique:
-    """``int8_static:calibration=mse`` → ``Int8Static(calibration="mse")``."""
-    name, _, opts = text.strip().partition(":")
-    if name not in QUANT_SCHEMES:
-        raise UserInputError(f"unknown --quant scheme {name!r}", f"use one of: {', '.join(QUANT_SCHEMES)}")
-    cls, fixed = QUANT_SCHEMES[name]
-    kwargs = {**_options(cls, opts, f"--quant {text}"), **fixed}
-    return cls(**kwargs)
+    """``int8_static:calibration=mse`` (or ``int8-static:…``) → ``Int8Static(calibration="mse")``."""
+    return parse("quant", text)
 
 
 def parse_prune(text: str) -> Technique:
     """``structured:0.5`` | ``magnitude:0.5`` | ``wanda:0.5`` | ``2:4``."""
-    t = text.strip()
-    nm = _NM.match(t)
-    if nm:
-        return SemiStructuredPrune(n=int(nm.group(1)), m=int(nm.group(2)))
-    method, _, ratio = t.partition(":")
-    cls = PRUNE_METHODS.get(method)
-    valid = "structured:R, magnitude:R, wanda:R (R = fraction removed, e.g. 0.5) or N:M (e.g. 2:4)"
-    if cls is None:
-        raise UserInputError(f"unknown --prune {text!r}", f"use one of: {valid}")
-    try:
-        r = float(ratio)
-    except ValueError as exc:
-        raise UserInputError(f"--prune {text!r} has no ratio", f"use one of: {valid}") from exc
-    return cls(ratio=r)
+    return parse("prune", text)
 
 
 def parse_lowrank(text: str) -> Technique:
     """``svd:0.5`` | ``asvd:0.5`` | ``tucker2:0.5`` | ``spatial:0.5`` | ``svd:energy=0.9``."""
-    kind, _, arg = text.strip().partition(":")
-    valid = f"{'|'.join(LOWRANK_KINDS)}:R (R = fraction of params removed) or KIND:energy=E"
-    if kind not in LOWRANK_KINDS:
-        raise UserInputError(f"unknown --lowrank {text!r}", f"use {valid}")
-    try:
-        if arg.startswith("energy="):
-            return LowRank(kind=kind, ratio=None, energy=float(arg.removeprefix("energy=")))
-        return LowRank(kind=kind, ratio=float(arg))
-    except ValueError as exc:
-        raise UserInputError(f"--lowrank {text!r} has no number", f"use {valid}") from exc
+    return parse("lowrank", text)
 
 
 def shortcut_plan(
@@ -134,4 +144,4 @@ def shortcut_plan(
     )
 
 
-__all__ = ["QUANT_SCHEMES", "parse_lowrank", "parse_prune", "parse_quant", "shortcut_plan"]
+__all__ = ["QUANT_SCHEMES", "parse", "parse_lowrank", "parse_prune", "parse_quant", "schemes", "shortcut_plan", "usage"]

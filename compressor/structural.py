@@ -25,26 +25,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from devicefit.compressor.layers import REWRITABLE, is_rewritable, layer_names
 from devicefit.compressor.lowrank.apply import apply_lowrank
 from devicefit.compressor.plan import Plan
-from devicefit.compressor.prune.calib import LAYER_TYPES, collect_input_stats, fold_mean_shift, layer_names
-from devicefit.compressor.prune.magnitude import magnitude_prune
-from devicefit.compressor.prune.nm import nm_prune
+from devicefit.compressor.prune.calib import collect_input_stats, fold_mean_shift
 from devicefit.compressor.prune.structured import prune_structured
-from devicefit.compressor.prune.wanda import wanda_prune
-from devicefit.compressor.techniques import (
-    ChannelPrune,
-    LowRank,
-    MagnitudePrune,
-    SemiStructuredPrune,
-    Technique,
-    WandaPrune,
-)
+from devicefit.compressor.techniques import ChannelPrune, LowRank, Technique
 from devicefit.data import Dataset
 from devicefit.errors import DevicefitError, UserInputError
 
@@ -81,9 +72,9 @@ def _step(layer: str, tech: Technique, detail: str) -> StructuralStep:
 def _targets(module: nn.Module, layer: str) -> list[str]:
     """The layer itself, or the Linear/Conv factors it was replaced by."""
     m = module.get_submodule(layer)
-    if isinstance(m, LAYER_TYPES):
+    if is_rewritable(m):
         return [layer]
-    return [f"{layer}.{n}" for n, c in m.named_modules() if n and isinstance(c, LAYER_TYPES)]
+    return [f"{layer}.{n}" for n, c in m.named_modules() if n and is_rewritable(c)]
 
 
 def apply_structural(
@@ -94,18 +85,30 @@ def apply_structural(
     input_names: Sequence[str],
     *,
     channel_multiple: int = 8,
-    asvd_method: str = "refit",
 ) -> StructuralResult:
     """Deep-copy ``module`` and apply the plan's prune + lowrank families (see the module docstring).
 
     ``channel_multiple``: structured pruning keeps channel counts at multiples of it (8 suits AVX2 / NEON;
-    16 measured faster on AVX-512 hosts; 1 = exact ratios). ``asvd_method``: see :func:`apply_lowrank`."""
+    16 measured faster on AVX-512 hosts; 1 = exact ratios). Each technique's ``structural_stage`` says which
+    step applies it; a mask technique applies itself (:meth:`~devicefit.compressor.techniques.Technique.apply_mask`)."""
     m = copy.deepcopy(module).eval()
     names = layer_names(m)
-    prune = plan.layers_with("prune", names)
-    lowrank = {n: t for n, t in plan.layers_with("lowrank", names).items() if isinstance(t, LowRank)}
     result = StructuralResult(m)
     names_in = list(input_names)
+
+    def supported(layer: str, tech: Technique) -> bool:
+        mod = m.get_submodule(layer)
+        if tech.structural_stage is None:
+            result.refused.append(_step(layer, tech, f"{type(tech).__name__} has no torch-side application"))
+            return False
+        if not is_rewritable(mod):
+            only = "/".join(t.__name__ for t in REWRITABLE)
+            result.refused.append(_step(layer, tech, f"{type(mod).__name__} is not rewritten (only {only}); quantization applies"))
+            return False
+        return True
+
+    prune = {n: t for n, t in plan.layers_with("prune", names).items() if supported(n, t)}
+    lowrank = {n: t for n, t in plan.layers_with("lowrank", names).items() if supported(n, t)}
 
     def needs_data(layer: str, tech: Technique) -> bool:
         if calib is None and tech.needs_calibration:
@@ -113,9 +116,11 @@ def apply_structural(
             return False
         return True
 
+    def stage(techs: dict[str, Technique], name: str) -> dict[str, Technique]:
+        return {n: t for n, t in techs.items() if t.structural_stage == name and needs_data(n, t)}
+
     # 1. structured
-    structured = {n: t for n, t in prune.items() if isinstance(t, ChannelPrune)}
-    structured = {n: t for n, t in structured.items() if t.importance in ("l1", "l2") or needs_data(n, t)}
+    structured = cast("dict[str, ChannelPrune]", stage(prune, "channels"))
     if structured:
         out = prune_structured(
             m, structured, example_inputs=example_inputs, data=calib, input_names=names_in,
@@ -127,17 +132,16 @@ def apply_structural(
             else:
                 result.refused.append(_step(n, t, out.refused.get(n, "not applied")))
     # 2. low-rank
-    factorize = {n: t for n, t in lowrank.items() if needs_data(n, t)}
+    factorize = cast("dict[str, LowRank]", stage(lowrank, "factorize"))
     if factorize:
-        lr = apply_lowrank(m, factorize, data=calib, input_names=names_in, example_inputs=example_inputs,
-                          asvd_method=asvd_method)
+        lr = apply_lowrank(m, factorize, data=calib, input_names=names_in, example_inputs=example_inputs)
         for n, lt in factorize.items():
             if n in lr.applied:
                 result.applied.append(_step(n, lt, lr.applied[n]))
             else:
                 result.refused.append(_step(n, lt, lr.refused[n]))
     # 3. unstructured / N:M on the (possibly factorized) layers
-    masks = {n: t for n, t in prune.items() if not isinstance(t, ChannelPrune) and needs_data(n, t)}
+    masks = stage(prune, "mask")
     if masks:
         _apply_masks(m, masks, calib, names_in, result)
     _check_runs(m, example_inputs)
@@ -154,15 +158,7 @@ def _apply_masks(
         tg = targets[layer]
         before = {t: _weight(m, t).clone() for t in tg if t in stats}
         try:
-            if isinstance(tech, MagnitudePrune):
-                got = magnitude_prune(m, dict.fromkeys(tg, tech.ratio))
-            elif isinstance(tech, WandaPrune):
-                assert calib is not None
-                got = wanda_prune(m, dict.fromkeys(tg, tech.ratio), calib, input_names, stats=stats)
-            elif isinstance(tech, SemiStructuredPrune):
-                got = nm_prune(m, tg, n=tech.n, m=tech.m, importance=tech.importance, stats=stats)
-            else:
-                raise UserInputError(f"unknown prune technique {tech.method!r}", "see devicefit.compressor.techniques")
+            got = tech.apply_mask(m, tg, calib, input_names, stats)
         except UserInputError as exc:
             result.refused.append(_step(layer, tech, str(exc)))
             continue
@@ -174,9 +170,9 @@ def _apply_masks(
 
 
 def _weight(m: nn.Module, name: str) -> torch.Tensor:
-    layer = m.get_submodule(name)
-    assert isinstance(layer, LAYER_TYPES)
-    return layer.weight.detach()
+    weight = m.get_submodule(name).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight.detach()
 
 
 @torch.no_grad()

@@ -1,19 +1,49 @@
-"""Technique configs: one frozen dataclass per compression scheme, registered by (family, method).
+"""Technique configs: one frozen dataclass per compression scheme — the one place a technique is defined.
 
+A technique class declares everything the rest of devicefit asks of it, as class attributes and methods:
+
+* **identity**: ``family`` and ``method`` (the key of :data:`TECHNIQUES`, used by plan YAML/JSON);
+* **capabilities**: ``layer_types``, ``formats``, ``needs_calibration``;
+* **CLI**: ``cli_names`` (short names → fixed field values, e.g. ``int4_gptq``), ``cli_number`` (the field a
+  bare number sets, ``structured:0.5``); names accept ``-`` for ``_`` (:func:`canonical_name`);
+* **search**: ``search_default`` / ``search_ratios`` / ``search_settings`` (the default search space);
+* **latency model**: ``compute_dtype`` (a dtype class of :mod:`devicefit.compressor.latency.roofline`),
+  ``removes_channels``, :meth:`Technique.extra_weight_bytes`;
+* **sensitivity**: :meth:`Technique.fake`, the torch imitation scored per layer
+  (:mod:`devicefit.compressor.fake`);
+* **application**: ``structural_stage`` + :meth:`Technique.apply_mask` (torch side, prune / low-rank) or
+  ``onnx_pass`` + :meth:`Technique.quantize_layer` (graph side, quant).
+
+Adding a technique = one class here (or in its own module) decorated with :func:`register`, plus its kernel.
 Families are applied in the order prune → lowrank → distill → quant (see ``Plan``). Every config validates
-itself at construction and names the field, the value and what would be valid. The search and the CLI read
-the registry (``TECHNIQUES``) and each config's declared capabilities instead of if-chains.
+itself at construction and names the field, the value and what would be valid. This module imports no torch
+or onnx: the methods import their kernels when called.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from devicefit.errors import UserInputError
 
+if TYPE_CHECKING:
+    from devicefit.compressor.fake import FakeOp
+
 Family = Literal["prune", "lowrank", "quant"]
 FAMILIES: tuple[Family, ...] = ("prune", "lowrank", "quant")
+#: how a prune / low-rank technique rewrites the torch module (see :mod:`devicefit.compressor.structural`)
+StructuralStage = Literal["channels", "factorize", "mask"]
+#: which pass of :func:`devicefit.compressor.quant.quantize_onnx` applies a quant technique
+OnnxPass = Literal["keep", "weights", "static", "dynamic", "storage"]
+#: a field left out of ``to_dict`` / ``label`` while it holds its default (keeps plan hashes stable)
+OMIT_DEFAULT = {"omit_default": True}
+
+
+def canonical_name(name: str) -> str:
+    """Scheme / method names accept ``-`` and ``_`` alike: ``int8-static`` → ``int8_static``."""
+    return name.strip().replace("-", "_")
 
 
 def _fail(cls: str, name: str, value: object, valid: str) -> UserInputError:
@@ -33,7 +63,7 @@ def _check_choice(cls: str, name: str, value: object, choices: tuple[str, ...]) 
 
 @dataclass(frozen=True)
 class Technique:
-    """Base of every technique config."""
+    """Base of every technique config (see the module docstring for what a subclass declares)."""
 
     family: ClassVar[Family]
     method: ClassVar[str]
@@ -43,19 +73,155 @@ class Technique:
     needs_calibration: ClassVar[bool] = False
     #: export formats that can carry the result
     formats: ClassVar[tuple[str, ...]] = ("onnx",)
+    #: CLI short name → fixed field values (``None``: the method name, no fixed values)
+    cli_names: ClassVar[Mapping[str, Mapping[str, Any]] | None] = None
+    #: the field a bare number after the name sets (``magnitude:0.5`` → ratio); ``None``: ``k=v`` options only
+    cli_number: ClassVar[str | None] = None
+    #: CLI syntax of :meth:`from_cli_text`, for help and errors (``N:M (e.g. 2:4)``)
+    cli_syntax: ClassVar[str | None] = None
+    #: offered by the default search space, on this grid of ``ratio`` (per family), with these fixed fields
+    search_default: ClassVar[bool] = False
+    search_ratios: ClassVar[tuple[float, ...]] = ()
+    search_settings: ClassVar[Mapping[str, Any]] = {}
+    #: dtype class the layer computes in (latency model); ``fp32`` for everything that is not quantization
+    compute_dtype: ClassVar[str] = "fp32"
+    #: physically removes output channels (and the matching inputs of the layers consuming them)
+    removes_channels: ClassVar[bool] = False
+    #: torch-side stage (prune / low-rank families)
+    structural_stage: ClassVar[StructuralStage | None] = None
+    #: graph-side pass (quant family)
+    onnx_pass: ClassVar[OnnxPass | None] = None
+
+    def _shown(self) -> list[tuple[str, Any]]:
+        return [(f.name, getattr(self, f.name)) for f in fields(self)
+                if not (f.metadata.get("omit_default") and getattr(self, f.name) == f.default)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, **asdict(self)}
+        return {"method": self.method, **dict(self._shown())}
 
     def label(self) -> str:
         """Short human label, e.g. ``int4_weight_only(group_size=32,method=gptq)``."""
-        args = ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+        args = ",".join(f"{k}={v}" for k, v in self._shown())
         return f"{self.method}({args})" if args else self.method
+
+    @classmethod
+    def shortcuts(cls) -> Mapping[str, Mapping[str, Any]]:
+        """CLI names of this class → the field values each one fixes."""
+        return cls.cli_names if cls.cli_names is not None else {cls.method: {}}
+
+    @classmethod
+    def from_cli_text(cls, text: str) -> Technique | None:
+        """A technique from CLI syntax other than ``NAME[:ARG]`` (``2:4`` for N:M); ``None`` = not this syntax."""
+        return None
+
+    @classmethod
+    def from_cli(cls, fixed: Mapping[str, Any], options: dict[str, Any]) -> Technique:
+        """The config for a CLI name's ``fixed`` fields and the user's ``options`` (fixed ones win)."""
+        return cls(**{**options, **fixed})
+
+    # ------------------------------------------------------------------ latency model / sensitivity
+    def extra_weight_bytes(self, params: float) -> float:
+        """Stored bytes besides the weights themselves (quantization scales) for ``params`` weights."""
+        return 0.0
+
+    def fake(self) -> FakeOp | None:
+        """The torch imitation scored by sensitivity (``None``: the layer is left as it is)."""
+        return None
+
+    # ------------------------------------------------------------------ application
+    def apply_mask(self, module: Any, targets: list[str], calib: Any, input_names: list[str],
+                   stats: Mapping[str, Any]) -> dict[str, float]:
+        """``structural_stage == "mask"``: zero weights of ``targets`` in place; returns target → sparsity."""
+        raise NotImplementedError(f"{type(self).__name__} is not a mask technique")
+
+    def quantize_layer(self, ctx: Any, layer: str, nodes: list[Any]) -> None:
+        """``onnx_pass`` ``weights`` / ``storage``: rewrite the ONNX ``nodes`` of ``layer`` in ``ctx.model``."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-layer ONNX rewrite")
+
+    def runs_int(self, is_linear: bool) -> bool:
+        """Whether the layer's compute becomes an integer kernel (checked on the optimized graph)."""
+        return False
+
+    @property
+    def calib_stat(self) -> str | None:
+        """Statistic the graph-side algorithm needs from calibration: ``hessian``, ``inputs``, ``absmax``."""
+        return None
+
+
+T = TypeVar("T", bound=type[Technique])
+
+
+# ----------------------------------------------------------------------------------------- registry
+TECHNIQUES: dict[tuple[Family, str], type[Technique]] = {}
+
+
+def register(cls: T) -> T:
+    """Add a technique class to :data:`TECHNIQUES` (usable as a decorator). Its ``(family, method)`` and CLI
+    names must be new."""
+    key = (cls.family, cls.method)
+    if key in TECHNIQUES and TECHNIQUES[key] is not cls:
+        raise ValueError(f"technique {key} is already registered ({TECHNIQUES[key].__name__})")
+    taken = {n for c in family_classes(cls.family) if c is not cls for n in c.shortcuts()}
+    clash = sorted(taken & set(cls.shortcuts()))
+    if clash:
+        raise ValueError(f"{cls.__name__}: CLI name(s) {clash} already used in family {cls.family!r}")
+    TECHNIQUES[key] = cls
+    return cls
+
+
+def unregister(cls: type[Technique]) -> None:
+    """Remove ``cls`` from the registry (tests that register a technique of their own)."""
+    TECHNIQUES.pop((cls.family, cls.method), None)
+
+
+def family_classes(family: str) -> list[type[Technique]]:
+    """Registered classes of ``family``, in registration order."""
+    return [c for (f, _), c in TECHNIQUES.items() if f == family]
 
 
 # --------------------------------------------------------------------------------------------- prune
+class _Masking(Technique):
+    """Shared by the mask techniques: zeros in dense weights (shapes kept)."""
+
+    structural_stage: ClassVar[StructuralStage | None] = "mask"
+    cli_number: ClassVar[str | None] = "ratio"
+
+
+@register
 @dataclass(frozen=True)
-class MagnitudePrune(Technique):
+class ChannelPrune(Technique):
+    """Structured pruning: remove ``ratio`` of whole filters / neurons / heads with their dependents."""
+
+    family: ClassVar[Family] = "prune"
+    method: ClassVar[str] = "structured"
+    formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
+    cli_number: ClassVar[str | None] = "ratio"
+    search_default: ClassVar[bool] = True
+    search_ratios: ClassVar[tuple[float, ...]] = (0.25, 0.5)
+    removes_channels: ClassVar[bool] = True
+    structural_stage: ClassVar[StructuralStage | None] = "channels"
+    ratio: float = 0.3
+    importance: str = "l2"
+    global_ranking: bool = False
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_fraction(name, "ratio", self.ratio)
+        _check_choice(name, "importance", self.importance, ("l1", "l2", "taylor", "activation"))
+
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]
+        return self.importance in ("taylor", "activation")
+
+    def fake(self) -> FakeOp:
+        from devicefit.compressor import fake
+
+        return fake.FakeOp(fake.w_channels, zero_bias_rows=True)
+
+
+@register
+@dataclass(frozen=True)
+class MagnitudePrune(_Masking):
     """Unstructured magnitude pruning: zero the ``ratio`` smallest |W| of each layer."""
 
     family: ClassVar[Family] = "prune"
@@ -65,9 +231,21 @@ class MagnitudePrune(Technique):
     def __post_init__(self) -> None:
         _check_fraction(type(self).__name__, "ratio", self.ratio)
 
+    def fake(self) -> FakeOp:
+        from devicefit.compressor import fake
 
+        return fake.FakeOp(fake.w_magnitude)
+
+    def apply_mask(self, module: Any, targets: list[str], calib: Any, input_names: list[str],
+                   stats: Mapping[str, Any]) -> dict[str, float]:
+        from devicefit.compressor.prune.magnitude import magnitude_prune
+
+        return magnitude_prune(module, dict.fromkeys(targets, self.ratio))
+
+
+@register
 @dataclass(frozen=True)
-class WandaPrune(Technique):
+class WandaPrune(_Masking):
     """Unstructured Wanda pruning: score |W|·‖X‖ per input channel from calibration activations."""
 
     family: ClassVar[Family] = "prune"
@@ -78,13 +256,29 @@ class WandaPrune(Technique):
     def __post_init__(self) -> None:
         _check_fraction(type(self).__name__, "ratio", self.ratio)
 
+    def fake(self) -> FakeOp:
+        from devicefit.compressor import fake
 
+        return fake.FakeOp(fake.w_magnitude)
+
+    def apply_mask(self, module: Any, targets: list[str], calib: Any, input_names: list[str],
+                   stats: Mapping[str, Any]) -> dict[str, float]:
+        from devicefit.compressor.prune.wanda import wanda_prune
+
+        assert calib is not None
+        return wanda_prune(module, dict.fromkeys(targets, self.ratio), calib, input_names, stats=stats)
+
+
+@register
 @dataclass(frozen=True)
-class SemiStructuredPrune(Technique):
+class SemiStructuredPrune(_Masking):
     """N:M semi-structured pruning: keep ``n`` of every ``m`` weights along the input dimension."""
 
     family: ClassVar[Family] = "prune"
     method: ClassVar[str] = "nm"
+    #: written ``N:M`` on the command line (:meth:`from_cli_text`)
+    cli_names: ClassVar[Mapping[str, Mapping[str, Any]] | None] = {}
+    cli_syntax: ClassVar[str | None] = "N:M (e.g. 2:4)"
     n: int = 2
     m: int = 4
     importance: str = "magnitude"
@@ -97,44 +291,63 @@ class SemiStructuredPrune(Technique):
             raise _fail(name, "n", self.n, f"an integer in [1, m={self.m})")
         _check_choice(name, "importance", self.importance, ("magnitude", "wanda"))
 
+    @classmethod
+    def from_cli_text(cls, text: str) -> Technique | None:
+        n, sep, m = text.partition(":")
+        return cls(n=int(n), m=int(m)) if sep and n.isdigit() and m.isdigit() else None
 
-@dataclass(frozen=True)
-class ChannelPrune(Technique):
-    """Structured pruning: remove ``ratio`` of whole filters / neurons / heads with their dependents."""
+    def fake(self) -> FakeOp:
+        from devicefit.compressor import fake
 
-    family: ClassVar[Family] = "prune"
-    method: ClassVar[str] = "structured"
-    formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
-    ratio: float = 0.3
-    importance: str = "l2"
-    global_ranking: bool = False
+        return fake.FakeOp(fake.w_nm)
 
-    def __post_init__(self) -> None:
-        name = type(self).__name__
-        _check_fraction(name, "ratio", self.ratio)
-        _check_choice(name, "importance", self.importance, ("l1", "l2", "taylor", "activation"))
+    def apply_mask(self, module: Any, targets: list[str], calib: Any, input_names: list[str],
+                   stats: Mapping[str, Any]) -> dict[str, float]:
+        from devicefit.compressor.prune.nm import nm_prune
+
+        return nm_prune(module, targets, n=self.n, m=self.m, importance=self.importance, stats=stats)
 
 
 # ------------------------------------------------------------------------------------------- lowrank
+#: ``refit`` (:mod:`devicefit.compressor.lowrank.refit`) + the one-shot methods of :mod:`~devicefit.compressor.lowrank.asvd`
+ASVD_METHODS = ("refit", "whiten", "scale")
+
+
+@register
 @dataclass(frozen=True)
 class LowRank(Technique):
     """Low-rank factorization. ``ratio`` is the fraction of the layer's params removed; or give ``energy``
     (fraction of singular-value energy retained) to pick the rank per layer.
 
-    methods: ``svd`` (truncated SVD of Linear), ``asvd`` (activation-aware SVD), ``tucker2`` and
-    ``spatial`` (conv decompositions).
+    kinds: ``svd`` (truncated SVD of Linear), ``asvd`` (activation-aware SVD), ``tucker2`` and ``spatial``
+    (conv decompositions). ``asvd_method`` (``kind="asvd"``): ``refit`` (layer by layer, weighted by the model
+    output — best), ``whiten`` / ``scale`` (one shot from input statistics — much faster; the search's
+    candidates use ``whiten``), see :func:`~devicefit.compressor.lowrank.apply_lowrank`.
     """
 
     family: ClassVar[Family] = "lowrank"
     method: ClassVar[str] = "lowrank"
     formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
+    cli_names: ClassVar[Mapping[str, Mapping[str, Any]] | None] = {
+        k: {"kind": k} for k in ("svd", "asvd", "tucker2", "spatial")
+    }
+    cli_number: ClassVar[str | None] = "ratio"
+    search_default: ClassVar[bool] = True
+    search_ratios: ClassVar[tuple[float, ...]] = (0.5,)
+    # one-shot whitened ASVD: the layer-by-layer refit costs minutes per candidate on MiniLM
+    search_settings: ClassVar[Mapping[str, Any]] = {"kind": "asvd", "asvd_method": "whiten"}
+    structural_stage: ClassVar[StructuralStage | None] = "factorize"
     ratio: float | None = 0.5
     kind: str = "svd"
     energy: float | None = None
+    asvd_method: str = field(default="refit", metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         _check_choice(name, "kind", self.kind, ("svd", "asvd", "tucker2", "spatial"))
+        _check_choice(name, "asvd_method", self.asvd_method, ASVD_METHODS)
+        if self.kind != "asvd" and self.asvd_method != "refit":  # only ASVD reads it: keep plans canonical
+            object.__setattr__(self, "asvd_method", "refit")
         if (self.ratio is None) == (self.energy is None):
             raise UserInputError(
                 f"{name}(ratio={self.ratio!r}, energy={self.energy!r}) sets both or neither",
@@ -149,45 +362,116 @@ class LowRank(Technique):
     def needs_calibration(self) -> bool:  # type: ignore[override]
         return self.kind == "asvd"
 
+    @classmethod
+    def from_cli(cls, fixed: Mapping[str, Any], options: dict[str, Any]) -> Technique:
+        if "energy" in options and "ratio" not in options:
+            options = {**options, "ratio": None}
+        return super().from_cli(fixed, options)
+
+    def fake(self) -> FakeOp:
+        from devicefit.compressor import fake
+
+        return fake.FakeOp(fake.w_lowrank)
+
 
 # --------------------------------------------------------------------------------------------- quant
 CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
 
 
-@dataclass(frozen=True)
-class KeepFloat(Technique):
-    """Leave the layer in float32 (explicit opt-out inside a quantized plan)."""
+class _Quant(Technique):
+    """Shared by the quant family: options are ``k=v`` on the command line."""
 
     family: ClassVar[Family] = "quant"
-    method: ClassVar[str] = "float"
-    formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
 
 
+@register
 @dataclass(frozen=True)
-class Float16(Technique):
-    """Store (and where the runtime can, compute) the layer in float16."""
+class Int8Dynamic(_Quant):
+    """int8 weights, activations quantized per batch at run time (no calibration)."""
 
-    family: ClassVar[Family] = "quant"
-    method: ClassVar[str] = "float16"
-    formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
-
-
-@dataclass(frozen=True)
-class Int8WeightOnly(Technique):
-    """int8 weights (per output channel), float activations; dequantized at load/run time."""
-
-    family: ClassVar[Family] = "quant"
-    method: ClassVar[str] = "int8_weight_only"
+    method: ClassVar[str] = "int8_dynamic"
+    search_default: ClassVar[bool] = True
+    compute_dtype: ClassVar[str] = "int8dyn"
+    onnx_pass: ClassVar[OnnxPass | None] = "dynamic"
     per_channel: bool = True
 
+    def fake(self) -> FakeOp:
+        from devicefit.compressor import fake
 
+        return fake.FakeOp(fake.w_int8, "dynamic")
+
+    def runs_int(self, is_linear: bool) -> bool:
+        return True
+
+
+@register
 @dataclass(frozen=True)
-class Int4WeightOnly(Technique):
+class Int8Static(_Quant):
+    """int8 weights and activations, activation ranges from calibration data (W8A8)."""
+
+    method: ClassVar[str] = "int8_static"
+    needs_calibration: ClassVar[bool] = True
+    formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
+    search_default: ClassVar[bool] = True
+    compute_dtype: ClassVar[str] = "int8"
+    onnx_pass: ClassVar[OnnxPass | None] = "static"
+    calibration: str = "minmax"
+    per_channel: bool = True
+    percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_choice(name, "calibration", self.calibration, CALIBRATIONS)
+        if not (50.0 < self.percentile <= 100.0):
+            raise _fail(name, "percentile", self.percentile, "a number in (50, 100]")
+
+    def fake(self) -> FakeOp:
+        from devicefit.compressor import fake
+
+        return fake.FakeOp(fake.w_int8, "static")
+
+    def runs_int(self, is_linear: bool) -> bool:
+        return True
+
+
+@register
+@dataclass(frozen=True)
+class Int8WeightOnly(_Quant):
+    """int8 weights (per output channel), float activations; dequantized at load/run time."""
+
+    method: ClassVar[str] = "int8_weight_only"
+    compute_dtype: ClassVar[str] = "int8w"
+    onnx_pass: ClassVar[OnnxPass | None] = "weights"
+    per_channel: bool = True
+
+    def fake(self) -> FakeOp:
+        from devicefit.compressor import fake
+
+        return fake.FakeOp(fake.w_int8)
+
+    def quantize_layer(self, ctx: Any, layer: str, nodes: list[Any]) -> None:
+        from devicefit.compressor.quant.weight_only import int8_weight_only
+
+        for ln in nodes:
+            int8_weight_only(ctx, ln, per_channel=self.per_channel)
+
+    def runs_int(self, is_linear: bool) -> bool:
+        return is_linear  # a Linear runs 8-bit MatMulNBits; a Conv keeps float compute (storage only)
+
+
+@register
+@dataclass(frozen=True)
+class Int4WeightOnly(_Quant):
     """int4 weights in groups of ``group_size`` along the input dim (onnxruntime ``MatMulNBits``)."""
 
-    family: ClassVar[Family] = "quant"
     method: ClassVar[str] = "int4_weight_only"
     layer_types: ClassVar[tuple[str, ...]] = ("linear",)
+    cli_names: ClassVar[Mapping[str, Mapping[str, Any]] | None] = {
+        "int4": {"algorithm": "rtn"}, "int4_gptq": {"algorithm": "gptq"}, "int4_awq": {"algorithm": "awq"},
+    }
+    search_default: ClassVar[bool] = True
+    compute_dtype: ClassVar[str] = "int4w"
+    onnx_pass: ClassVar[OnnxPass | None] = "weights"
     group_size: int = 32
     algorithm: str = "rtn"
 
@@ -201,43 +485,38 @@ class Int4WeightOnly(Technique):
     def needs_calibration(self) -> bool:  # type: ignore[override]
         return self.algorithm != "rtn"
 
+    @property
+    def calib_stat(self) -> str | None:
+        return {"gptq": "hessian", "awq": "inputs"}.get(self.algorithm)
 
+    def extra_weight_bytes(self, params: float) -> float:
+        return params / self.group_size * 4.0  # one fp32 scale (+ packed zero point) per group
+
+    def fake(self) -> FakeOp:
+        from devicefit.compressor import fake
+
+        return fake.FakeOp(fake.w_int4)
+
+    def quantize_layer(self, ctx: Any, layer: str, nodes: list[Any]) -> None:
+        from devicefit.compressor.quant.weight_only import int4_weight_only
+
+        for ln in nodes:
+            int4_weight_only(ctx, layer, ln, group_size=self.group_size, algorithm=self.algorithm)
+
+    def runs_int(self, is_linear: bool) -> bool:
+        return True
+
+
+@register
 @dataclass(frozen=True)
-class Int8Dynamic(Technique):
-    """int8 weights, activations quantized per batch at run time (no calibration)."""
-
-    family: ClassVar[Family] = "quant"
-    method: ClassVar[str] = "int8_dynamic"
-    per_channel: bool = True
-
-
-@dataclass(frozen=True)
-class Int8Static(Technique):
-    """int8 weights and activations, activation ranges from calibration data (W8A8)."""
-
-    family: ClassVar[Family] = "quant"
-    method: ClassVar[str] = "int8_static"
-    needs_calibration: ClassVar[bool] = True
-    formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
-    calibration: str = "minmax"
-    per_channel: bool = True
-    percentile: float = 99.999
-
-    def __post_init__(self) -> None:
-        name = type(self).__name__
-        _check_choice(name, "calibration", self.calibration, CALIBRATIONS)
-        if not (50.0 < self.percentile <= 100.0):
-            raise _fail(name, "percentile", self.percentile, "a number in (50, 100]")
-
-
-@dataclass(frozen=True)
-class SmoothQuant(Technique):
+class SmoothQuant(_Quant):
     """W8A8 with SmoothQuant: migrate activation outliers into weights by per-channel scales^alpha."""
 
-    family: ClassVar[Family] = "quant"
     method: ClassVar[str] = "smoothquant"
     layer_types: ClassVar[tuple[str, ...]] = ("linear",)
     needs_calibration: ClassVar[bool] = True
+    compute_dtype: ClassVar[str] = "int8"
+    onnx_pass: ClassVar[OnnxPass | None] = "static"
     alpha: float = 0.5
     calibration: str = "minmax"
 
@@ -246,6 +525,50 @@ class SmoothQuant(Technique):
         if not (0.0 <= self.alpha <= 1.0):
             raise _fail(name, "alpha", self.alpha, "a number in [0, 1]")
         _check_choice(name, "calibration", self.calibration, CALIBRATIONS)
+
+    @property
+    def calib_stat(self) -> str | None:
+        return "absmax"  # the activations' per-channel maxima the smoothing scales come from
+
+    def fake(self) -> FakeOp:
+        from devicefit.compressor import fake
+
+        return fake.FakeOp(fake.w_int8, "static")
+
+    def runs_int(self, is_linear: bool) -> bool:
+        return True
+
+
+@register
+@dataclass(frozen=True)
+class Float16(_Quant):
+    """Store (and where the runtime can, compute) the layer in float16."""
+
+    method: ClassVar[str] = "float16"
+    formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
+    compute_dtype: ClassVar[str] = "fp16"
+    onnx_pass: ClassVar[OnnxPass | None] = "storage"
+
+    def fake(self) -> FakeOp:
+        from devicefit.compressor import fake
+
+        return fake.FakeOp(fake.w_fp16)
+
+    def quantize_layer(self, ctx: Any, layer: str, nodes: list[Any]) -> None:
+        from devicefit.compressor.quant import weights
+
+        for ln in nodes:
+            weights.float16(ctx.model, ln)
+
+
+@register
+@dataclass(frozen=True)
+class KeepFloat(_Quant):
+    """Leave the layer in float32 (explicit opt-out inside a quantized plan)."""
+
+    method: ClassVar[str] = "float"
+    formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
+    onnx_pass: ClassVar[OnnxPass | None] = "keep"
 
 
 # ------------------------------------------------------------------------------------------ distill
@@ -285,32 +608,13 @@ class Distill:
         return asdict(self)
 
 
-# ----------------------------------------------------------------------------------------- registry
-TECHNIQUES: dict[tuple[Family, str], type[Technique]] = {
-    (cls.family, cls.method): cls
-    for cls in (
-        MagnitudePrune,
-        WandaPrune,
-        SemiStructuredPrune,
-        ChannelPrune,
-        LowRank,
-        KeepFloat,
-        Float16,
-        Int8WeightOnly,
-        Int4WeightOnly,
-        Int8Dynamic,
-        Int8Static,
-        SmoothQuant,
-    )
-}
-
-
 def technique_from_dict(family: Family, data: dict[str, Any]) -> Technique:
-    """Inverse of ``Technique.to_dict`` for the given family; unknown methods/fields name the options."""
+    """Inverse of ``Technique.to_dict`` for the given family; unknown methods/fields name the options.
+    Method names accept ``-`` for ``_``."""
     if not isinstance(data, dict) or "method" not in data:
         raise UserInputError(f"{family} entry {data!r} has no 'method'", f"write e.g. {{method: ...}} for {family}")
     method = data["method"]
-    cls = TECHNIQUES.get((family, method))
+    cls = TECHNIQUES.get((family, canonical_name(method))) if isinstance(method, str) else None
     if cls is None:
         valid = sorted(m for f, m in TECHNIQUES if f == family)
         raise UserInputError(f"unknown {family} method {method!r}", f"use one of {', '.join(valid)}")

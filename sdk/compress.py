@@ -111,13 +111,6 @@ def _bundle(model: ModelBundle | str | Path, data: Any) -> ModelBundle:
     return load_model(model, data=data)
 
 
-def _layer_names(module: Any) -> list[str]:
-    import torch
-
-    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
-    return [n for n, m in module.named_modules() if n and isinstance(m, kinds)]
-
-
 def carry_quant(plan: Plan, before: list[str], after: list[str]) -> Plan:
     """Give the factors of a factorized layer (``fc.down``, ``fc.up`` …) that layer's quant choice."""
     extra = []
@@ -157,8 +150,8 @@ def _count(module: Any, example: Any, onnx_path: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def _structural(b: ModelBundle, plan: Plan, cfg: Distill | None, ph: _Phases, progress: bool,
-                asvd_method: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def _structural(b: ModelBundle, plan: Plan, cfg: Distill | None, ph: _Phases,
+                progress: bool) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Copy the module, prune / factorize it, distill it. Returns (student, structural info, distill info)."""
     import copy
 
@@ -170,7 +163,7 @@ def _structural(b: ModelBundle, plan: Plan, cfg: Distill | None, ph: _Phases, pr
         from devicefit.compressor.structural import apply_structural
 
         with ph("structural", "prune + low-rank"):
-            res = apply_structural(student, plan, b.calib, b.example_inputs, b.input_names, asvd_method=asvd_method)
+            res = apply_structural(student, plan, b.calib, b.example_inputs, b.input_names)
         student = res.module
         info = res.to_dict()
         for step in info.get("refused", []):
@@ -196,11 +189,9 @@ def compress(
     distill: Distill | None = None,
     progress: bool = True,
     calib_samples: int = 128,
-    asvd_method: str = "refit",
 ) -> CompressResult:
     """Compress ``model`` with ``plan`` into ``out`` (.onnx) and measure it (see the module docstring).
-    ``asvd_method``: how ``LowRank(kind="asvd")`` layers are fitted (``"refit"``: layer by layer, weighted by
-    the model output — best; ``"whiten"``: one shot, much faster; see :func:`~devicefit.compressor.lowrank.apply_lowrank`)."""
+    How ``LowRank(kind="asvd")`` layers are fitted is the technique's ``asvd_method``."""
     from devicefit.compressor.export import export_bundle
 
     b = _bundle(model, data)
@@ -227,15 +218,16 @@ def compress(
         dinfo: dict[str, Any] = {}
         fp32_path = ref_path
         if structural:
-            student, sinfo, dinfo = _structural(b, plan, cfg, ph, progress, asvd_method)
+            student, sinfo, dinfo = _structural(b, plan, cfg, ph, progress)
             with ph("export", "fp32 ONNX of the pruned / factorized model"):
                 fp32_path = export_bundle(b, work / "student.fp32.onnx", module=student).path
         qres: QuantResult | None = None
         if plan.uses("quant"):
+            from devicefit.compressor.layers import layer_names
             from devicefit.compressor.quant import quantize_onnx
 
-            names = _layer_names(student) if student is not None else None
-            qplan = carry_quant(plan, _layer_names(b.module), names) if structural and names is not None else plan
+            names = layer_names(student) if student is not None else None
+            qplan = carry_quant(plan, layer_names(b.module), names) if structural and names is not None else plan
             with ph("quantize", "per-layer quantization + optimized-graph check"):
                 qres = quantize_onnx(
                     fp32_path, out, qplan, layer_names=names, calib=b.calib, profile=prof, module=student,

@@ -143,9 +143,8 @@ class FitEvaluator:
         fp32 = self.fp32()
         # the fp32 export we already have is the quantizers' input (graph-level plans) and the reference
         source: ModelBundle = replace(self.bundle, onnx_path=fp32.path)
-        # one-shot whitened ASVD: the layer-by-layer refit costs minutes per candidate on MiniLM
-        res = compress(source, plan, out=self.workdir / f"{name}.onnx", profile=self.profile, progress=False,
-                       asvd_method="whiten")
+        # the search's LowRank options carry asvd_method="whiten" (LowRank.search_settings)
+        res = compress(source, plan, out=self.workdir / f"{name}.onnx", profile=self.profile, progress=False)
         metric = res.metric.to_dict()
         params = int(getattr(res, "params", 0) or 0) or fp32.params
         macs = int(getattr(res, "macs", 0) or 0) or fp32.macs

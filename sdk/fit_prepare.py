@@ -18,8 +18,6 @@ from devicefit.compressor.search.candidate import Budget, Candidate
 from devicefit.errors import UserInputError
 from devicefit.fit_phases import Phases
 
-LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
-
 
 @dataclass
 class FitSpec:
@@ -172,13 +170,11 @@ def prepare(spec: FitSpec, *, work: Path, phases: Phases, model_obj: Any = None,
     phases.start("analyze", 3, "per-layer table")
     analysis = analyze(bundle.module, bundle.example_inputs)
     mods = dict(bundle.module.named_modules())
-    # analysis is per sample; the device runs ``batch_size`` samples per inference. Layers by class, subclasses
-    # included (EfficientNet's Conv2dStaticSamePadding is an nn.Conv2d)
-    import torch
+    # analysis is per sample; the device runs ``batch_size`` samples per inference
+    from devicefit.compressor.layers import is_compressible
 
-    layer_classes = tuple(getattr(torch.nn, t) for t in LAYER_TYPES)
     specs = [LayerSpec.from_info(li).batched(spec.batch_size) for li in analysis.layers
-             if li.macs > 0 and li.name in mods and isinstance(mods[li.name], layer_classes)]
+             if li.macs > 0 and li.name in mods and is_compressible(mods[li.name])]
     if not specs:
         raise UserInputError(f"{bundle.name} has no Linear / Conv layers to compress", "fit works on Linear and Conv layers")
     phases.update("analyze", 1, description="model hash")

@@ -3,8 +3,9 @@
 Each Linear/Conv layer costs ``max(2·MACs ÷ peak GOPS of its compute dtype, bytes moved ÷ bandwidth)``
 plus a fixed per-kernel overhead. A plan changes a layer's cost through:
 
-* its **quant** choice → compute dtype (``fp32``, ``fp16``, ``int8`` static, ``int8dyn`` dynamic,
-  ``int8w`` / ``int4w`` weight-only) → which peak applies and how many bytes a weight takes;
+* its **quant** choice → the compute dtype class the technique declares (``compute_dtype``: ``fp32``,
+  ``fp16``, ``int8`` static, ``int8dyn`` dynamic, ``int8w`` / ``int4w`` weight-only; costs in
+  :data:`DTYPE_COSTS`) → which peak applies and how many bytes a weight takes;
 * its **structural** choice (channel pruning, low-rank) → fewer MACs and params for the layer itself and,
   for channel pruning, fewer input channels in the layers that consume its output (``consumers``, found
   by :func:`devicefit.compressor.search.deps.find_consumers`).
@@ -23,35 +24,47 @@ from typing import Any
 from devicefit.compressor.plan import LayerChoice, Plan
 from devicefit.compressor.techniques import Technique
 
-#: (family, method) -> compute dtype class. Techniques may also declare ``compute_dtype`` themselves.
-QUANT_DTYPE: dict[tuple[str, str], str] = {
-    ("quant", "float"): "fp32",
-    ("quant", "float16"): "fp16",
-    ("quant", "int8_weight_only"): "int8w",
-    ("quant", "int4_weight_only"): "int4w",
-    ("quant", "int8_dynamic"): "int8dyn",
-    ("quant", "int8_static"): "int8",
-    ("quant", "smoothquant"): "int8",
+
+@dataclass(frozen=True)
+class DtypeCost:
+    """What the roofline needs of a compute dtype class."""
+
+    #: bytes per stored weight
+    weight_bytes: float
+    #: bytes per activation element moved by the layer's kernel
+    act_bytes: float
+    #: the matmul runs on the int8 peak (else the fp32 one)
+    int8_peak: bool = False
+    #: extra kernels per layer (dynamic quantization of the activation)
+    extra_kernels: int = 0
+
+
+#: dtype class → its costs. Techniques name their class in ``compute_dtype``; a technique bringing a new
+#: class registers it with :func:`register_dtype` next to its definition.
+DTYPE_COSTS: dict[str, DtypeCost] = {
+    "fp32": DtypeCost(4.0, 4.0),
+    "fp16": DtypeCost(2.0, 2.0),
+    "int8": DtypeCost(1.0, 1.0, int8_peak=True),
+    "int8dyn": DtypeCost(1.0, 4.0, int8_peak=True, extra_kernels=1),
+    "int8w": DtypeCost(1.0, 4.0),
+    "int4w": DtypeCost(0.5, 4.0),
 }
-#: bytes per stored weight of each dtype class
-WEIGHT_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8dyn": 1.0, "int8w": 1.0, "int4w": 0.5}
-#: bytes per activation element moved by the layer's kernel
-ACT_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8dyn": 4.0, "int8w": 4.0, "int4w": 4.0}
-#: dtype classes whose matmul runs on the int8 peak
-INT8_COMPUTE = frozenset({"int8", "int8dyn"})
-#: extra kernels a dtype class adds per layer (dynamic quantization of the activation)
-EXTRA_KERNELS: dict[str, int] = {"int8dyn": 1}
-DTYPES: tuple[str, ...] = tuple(WEIGHT_BYTES)
+#: the statically quantized class: activations stay int8 between consecutive layers of it (see glue_melems)
+STATIC_INT8 = "int8"
+
+
+def register_dtype(name: str, cost: DtypeCost) -> None:
+    """Add a compute dtype class (``ValueError`` if ``name`` exists with other costs)."""
+    if DTYPE_COSTS.get(name, cost) != cost:
+        raise ValueError(f"dtype class {name!r} is already registered with {DTYPE_COSTS[name]}")
+    DTYPE_COSTS[name] = cost
 
 
 def dtype_of(quant: Technique | None) -> str:
-    """Compute dtype class of a quant technique (``None`` = fp32)."""
+    """Compute dtype class of a quant technique (``None`` = fp32), as the technique declares it."""
     if quant is None:
         return "fp32"
-    declared = getattr(quant, "compute_dtype", None)
-    if isinstance(declared, str) and declared in WEIGHT_BYTES:
-        return declared
-    return QUANT_DTYPE.get((quant.family, quant.method), "fp32")
+    return quant.compute_dtype if quant.compute_dtype in DTYPE_COSTS else "fp32"
 
 
 def layer_kind(type_name: str) -> str:
@@ -138,7 +151,7 @@ def structural_scales(
 ) -> dict[str, tuple[float, float, float, int]]:
     """Per layer: (MAC scale, param scale, output-activation scale, kernels) from prune / low-rank choices.
 
-    Channel pruning (a technique with ``family == "prune"`` whose method is ``structured``) removes output
+    Channel pruning (a prune technique with ``removes_channels``) removes output
     channels of the layer and the matching input channels of its consumers. Low-rank with ``ratio`` r
     keeps (1 − r) of the layer's params (and MACs) in two kernels; with ``energy`` the kept fraction is
     unknown before the SVD and 0.5 is assumed.
@@ -149,7 +162,7 @@ def structural_scales(
         c = choices.get(s.name)
         if c is None:
             continue
-        if c.prune is not None and _removes_channels(c.prune):
+        if c.prune is not None and c.prune.removes_channels:
             keep = 1.0 - float(getattr(c.prune, "ratio", 0.0))
             row = out[s.name]
             row[0] *= keep
@@ -168,14 +181,6 @@ def structural_scales(
     return {k: (v[0], v[1], v[2], int(v[3])) for k, v in out.items()}
 
 
-def _removes_channels(tech: Technique) -> bool:
-    """Whether a prune technique physically removes channels (declared, else structured = yes)."""
-    declared = getattr(tech, "physically_smaller", None)
-    if isinstance(declared, bool):
-        return declared
-    return tech.family == "prune" and tech.method == "structured"
-
-
 def plan_costs(
     specs: Sequence[LayerSpec], plan: Plan | Mapping[str, LayerChoice], *, consumers: Mapping[str, Sequence[str]] | None = None
 ) -> list[LayerCost]:
@@ -189,13 +194,13 @@ def plan_costs(
         dtype = dtype_of(c.quant if c is not None else None)
         mac_s, par_s, out_s, kernels = scales[s.name]
         params = s.params * par_s
-        wbytes = params * WEIGHT_BYTES[dtype]
-        group = getattr(c.quant, "group_size", None) if c is not None and c.quant is not None else None
-        if isinstance(group, int) and group > 0:
-            wbytes += params / group * 4.0  # one fp32 scale (+ packed zero point) per group
-        act = (s.in_elems + s.out_elems * out_s) * ACT_BYTES[dtype]
+        cost = DTYPE_COSTS[dtype]
+        wbytes = params * cost.weight_bytes
+        if c is not None and c.quant is not None:
+            wbytes += c.quant.extra_weight_bytes(params)
+        act = (s.in_elems + s.out_elems * out_s) * cost.act_bytes
         costs.append(
-            LayerCost(s.name, s.kind, dtype, s.macs * mac_s, params, wbytes, act, kernels + EXTRA_KERNELS.get(dtype, 0), mac_s,
+            LayerCost(s.name, s.kind, dtype, s.macs * mac_s, params, wbytes, act, kernels + cost.extra_kernels, mac_s,
                       shape=f"{s.kind}:{s.params}:{s.in_elems}:{s.out_elems}", in_elems=float(s.in_elems),
                       out_elems=float(s.out_elems * out_s))
         )
@@ -220,7 +225,7 @@ class Roofline:
         )
 
     def peak_gops(self, dtype: str) -> float:
-        if dtype in INT8_COMPUTE:
+        if DTYPE_COSTS[dtype].int8_peak:
             return self.peak_gops_int8
         return self.peak_gops_fp32
 
@@ -254,16 +259,17 @@ def glue_melems(costs: Sequence[LayerCost]) -> float:
     total = 0.0
     prev: LayerCost | None = None
     for c in costs:
-        if (c.dtype == "int8") != (prev is not None and prev.dtype == "int8"):
+        if (c.dtype == STATIC_INT8) != (prev is not None and prev.dtype == STATIC_INT8):
             total += c.in_elems
         prev = c
-    if prev is not None and prev.dtype == "int8":
+    if prev is not None and prev.dtype == STATIC_INT8:
         total += prev.out_elems
     return total / 1e6
 
 
 def with_dtype(cost: LayerCost, dtype: str) -> LayerCost:
     """The same layer at another dtype (used to derive priors for dtypes not measured yet)."""
-    act = cost.act_bytes / ACT_BYTES[cost.dtype] * ACT_BYTES[dtype]
-    kernels = cost.kernels - EXTRA_KERNELS.get(cost.dtype, 0) + EXTRA_KERNELS.get(dtype, 0)
-    return replace(cost, dtype=dtype, weight_bytes=cost.params * WEIGHT_BYTES[dtype], act_bytes=act, kernels=kernels)
+    old, new = DTYPE_COSTS[cost.dtype], DTYPE_COSTS[dtype]
+    act = cost.act_bytes / old.act_bytes * new.act_bytes
+    kernels = cost.kernels - old.extra_kernels + new.extra_kernels
+    return replace(cost, dtype=dtype, weight_bytes=cost.params * new.weight_bytes, act_bytes=act, kernels=kernels)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from devicefit.compressor.lowrank.asvd import METHODS, asvd_linear
+from devicefit.compressor.lowrank.asvd import asvd_linear
 from devicefit.compressor.lowrank.conv import spatial_svd_conv, tucker2_conv
 from devicefit.compressor.lowrank.refit import REFIT_SAMPLES, refit_asvd
 from devicefit.compressor.lowrank.svd import LowRankRefused, svd_linear
@@ -52,50 +52,48 @@ def apply_lowrank(
     data: Dataset | None = None,
     input_names: Sequence[str] = (),
     example_inputs: Sequence[torch.Tensor] | None = None,
-    asvd_method: str = "refit",
     max_samples: int | None = None,
 ) -> LowRankOutcome:
     """Factorize the named layers of ``module`` **in place**; refusals are listed, not raised.
 
-    ``kind="asvd"`` needs ``data``. ``asvd_method``: ``"refit"`` (default, :mod:`.refit`: layer by layer in
-    network order, each fitted to the original layer from the inputs it now receives, output directions
-    weighted by the model output's Gauss–Newton matrix; the other kinds are applied first), ``"whiten"`` /
-    ``"scale"`` (:mod:`.asvd`: one shot from statistics collected before any replacement).
-    ``example_inputs`` give conv spatial sizes for the MAC check of ``tucker2`` / ``spatial``.
-    ``max_samples``: calibration samples used (default: :data:`ONE_SHOT_SAMPLES` one shot,
+    ``kind="asvd"`` needs ``data``; each layer's ``asvd_method`` says how it is fitted: ``"refit"`` (default,
+    :mod:`.refit`: layer by layer in network order, each fitted to the original layer from the inputs it
+    now receives, output directions weighted by the model output's Gauss–Newton matrix; the other layers
+    are factorized first), ``"whiten"`` / ``"scale"`` (:mod:`.asvd`: one shot from statistics collected
+    before any replacement). ``example_inputs`` give conv spatial sizes for the MAC check of ``tucker2`` /
+    ``spatial``. ``max_samples``: calibration samples used (default: :data:`ONE_SHOT_SAMPLES` one shot,
     :data:`~.refit.REFIT_SAMPLES` for the refit).
     """
-    if asvd_method not in ("refit", *METHODS):
-        raise UserInputError(f"asvd_method={asvd_method!r} is invalid", f"use one of refit, {', '.join(METHODS)}")
     out = LowRankOutcome()
     asvd_layers = [n for n, t in layers.items() if t.kind == "asvd" and not _is_kxk(get_module(module, n))]
     if asvd_layers and data is None:
         raise UserInputError("LowRank(kind='asvd') needs calibration data", "pass data (or use kind='svd')")
-    refit = asvd_method == "refit"
-    original = copy.deepcopy(module) if asvd_layers and refit else None
+    refit_layers = [n for n in asvd_layers if layers[n].asvd_method == "refit"]
+    one_shot = [n for n in asvd_layers if layers[n].asvd_method != "refit"]
+    original = copy.deepcopy(module) if refit_layers else None
     stats = {}
-    if asvd_layers and not refit:
+    if one_shot:
         assert data is not None
         stats = collect_input_stats(
-            module, asvd_layers, data, input_names, max_samples=max_samples or ONE_SHOT_SAMPLES,
-            gram=asvd_method == "whiten",
+            module, one_shot, data, input_names, max_samples=max_samples or ONE_SHOT_SAMPLES,
+            gram=any(layers[n].asvd_method == "whiten" for n in one_shot),
         )
     spatial = output_spatial(module, example_inputs) if example_inputs is not None else {}
     for name, tech in layers.items():
-        if refit and name in asvd_layers:
+        if name in refit_layers:
             continue
         layer = get_module(module, name)
         try:
-            new = _factorize(name, layer, tech, stats, spatial, asvd_method)
+            new = _factorize(name, layer, tech, stats, spatial)
         except LowRankRefused as exc:
             out.refused[name] = str(exc)
             continue
         _record(out, name, tech, layer, new)
         set_module(module, name, new)
-    if refit and asvd_layers:
+    if refit_layers:
         assert data is not None and original is not None
-        before = {n: get_module(module, n) for n in asvd_layers}
-        replaced, refused = refit_asvd(module, original, {n: layers[n] for n in asvd_layers}, data, input_names,
+        before = {n: get_module(module, n) for n in refit_layers}
+        replaced, refused = refit_asvd(module, original, {n: layers[n] for n in refit_layers}, data, input_names,
                                        max_samples=max_samples or REFIT_SAMPLES)
         out.refused.update(refused)
         for name, new in replaced.items():
@@ -112,7 +110,6 @@ def _record(out: LowRankOutcome, name: str, tech: LowRank, layer: nn.Module, new
 
 def _factorize(
     name: str, layer: nn.Module, tech: LowRank, stats: Mapping[str, object], spatial: Mapping[str, tuple[int, ...]],
-    asvd_method: str,
 ) -> nn.Module:
     kw = {"ratio": tech.ratio, "energy": tech.energy, "name": name}
     if tech.kind in ("svd", "asvd"):
@@ -120,7 +117,7 @@ def _factorize(
             raise LowRankRefused(f"{name}: {tech.kind} factorizes Linear / 1×1 conv layers", "use kind='tucker2'")
         if tech.kind == "svd":
             return svd_linear(layer, **kw)  # type: ignore[arg-type]
-        return asvd_linear(layer, stats[name], method=asvd_method, **kw)  # type: ignore[arg-type]
+        return asvd_linear(layer, stats[name], method=tech.asvd_method, **kw)  # type: ignore[arg-type]
     if tech.kind == "tucker2":
         return tucker2_conv(layer, spatial=spatial.get(name), **kw)  # type: ignore[arg-type]
     return spatial_svd_conv(layer, spatial=spatial.get(name), **kw)  # type: ignore[arg-type]

@@ -14,15 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from devicefit.compressor.layers import REWRITABLE
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
 
-LAYER_TYPES = (nn.Linear, nn.Conv2d)
-
-
-def layer_names(module: nn.Module) -> list[str]:
-    """Qualified names of every Linear / Conv2d in ``module`` (the names plans refer to)."""
-    return [n for n, m in module.named_modules() if isinstance(m, LAYER_TYPES) and n]
+#: the layers the torch passes rewrite (see :mod:`devicefit.compressor.layers`)
+LAYER_TYPES = REWRITABLE
 
 
 def get_module(root: nn.Module, name: str) -> nn.Module:

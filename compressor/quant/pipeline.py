@@ -23,28 +23,20 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import onnx
 
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.quant import calibration as C
-from devicefit.compressor.quant import embeddings, fusions, nbits, ort_int8, smoothquant, verify, weights
+from devicefit.compressor.quant import embeddings, fusions, ort_int8, smoothquant, verify
 from devicefit.compressor.quant import graph as G
-from devicefit.compressor.quant.awq import InputStats, awq
-from devicefit.compressor.quant.gptq import HessianAccumulator, gptq
+from devicefit.compressor.quant.awq import InputStats
+from devicefit.compressor.quant.gptq import HessianAccumulator
 from devicefit.compressor.quant.isa import IntFormat, int_format
 from devicefit.compressor.quant.mapping import LayerMap, LayerNode, canonicalize, map_layers
-from devicefit.compressor.techniques import (
-    Float16,
-    Int4WeightOnly,
-    Int8Dynamic,
-    Int8Static,
-    Int8WeightOnly,
-    KeepFloat,
-    SmoothQuant,
-    Technique,
-)
+from devicefit.compressor.quant.weight_only import QuantContext
+from devicefit.compressor.techniques import SmoothQuant, Technique
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
 
@@ -75,11 +67,8 @@ class QuantResult:
         return d
 
 
-def _planned_int(tech: Technique, ln: LayerNode) -> bool:
-    """Does the plan make this layer's compute an integer kernel?"""
-    if isinstance(tech, (Int8Dynamic, Int8Static, SmoothQuant, Int4WeightOnly)):
-        return True
-    return isinstance(tech, Int8WeightOnly) and ln.is_linear
+def _keeps_float(tech: Technique | None) -> bool:
+    return tech is not None and tech.onnx_pass == "keep"
 
 
 def _select(plan: Plan, lmap: LayerMap) -> tuple[dict[str, Technique], dict[str, str]]:
@@ -92,7 +81,7 @@ def _select(plan: Plan, lmap: LayerMap) -> tuple[dict[str, Technique], dict[str,
         if kind not in tech.layer_types:
             skipped[layer] = f"{tech.method} applies to {'/'.join(tech.layer_types)} layers, {layer} is a {kind} ({ln.op_type})"
             continue
-        if isinstance(tech, KeepFloat):
+        if _keeps_float(tech):
             continue
         chosen[layer] = tech
     return chosen, skipped
@@ -107,11 +96,11 @@ def _capture_stats(
     for layer, tech in chosen.items():
         ln = lmap.first(layer)
         k = ln.weight_kn(model).shape[0] if ln.is_linear else 0
-        if isinstance(tech, Int4WeightOnly) and tech.algorithm == "gptq":
+        if tech.calib_stat == "hessian":
             hess.setdefault(ln.input, HessianAccumulator(k))
-        elif isinstance(tech, Int4WeightOnly) and tech.algorithm == "awq":
+        elif tech.calib_stat == "inputs":
             ins.setdefault(ln.input, InputStats(k))
-        elif isinstance(tech, SmoothQuant):
+        elif tech.calib_stat == "absmax":
             amax.setdefault(ln.input, smoothquant.AbsMax())
     tensors = set(hess) | set(ins) | set(amax)
     if tensors:
@@ -129,39 +118,11 @@ def _capture_stats(
     return hess, ins, amax
 
 
-def _weight_only(
-    model: onnx.ModelProto,
-    lmap: LayerMap,
-    chosen: dict[str, Technique],
-    hess: dict[str, HessianAccumulator],
-    ins: dict[str, InputStats],
-    accuracy_level: int,
-    notes: list[str],
-) -> None:
+def _per_layer(ctx: QuantContext, lmap: LayerMap, chosen: dict[str, Technique], onnx_pass: str) -> None:
+    """Each layer whose technique applies in ``onnx_pass`` rewrites its own nodes."""
     for layer, tech in chosen.items():
-        for ln in lmap.nodes[layer]:
-            if isinstance(tech, Int8WeightOnly):
-                if ln.is_linear and ln.weight_kn(model).shape[0] >= 16:
-                    w = ln.weight_kn(model)
-                    # MatMulNBits has no per-tensor / per-channel mode: blocks of 128 along K (finer than
-                    # per channel); ``per_channel`` applies to the Conv (DequantizeLinear) path
-                    bq = nbits.rtn(w, bits=8, block_size=nbits.block_size_for(w.shape[0], 128))
-                    nbits.write_matmulnbits(model, ln, bq, accuracy_level=accuracy_level)
-                else:
-                    weights.int8_storage(model, ln, per_channel=tech.per_channel)
-            elif isinstance(tech, Int4WeightOnly):
-                w = ln.weight_kn(model)
-                gs = nbits.block_size_for(w.shape[0], tech.group_size)
-                pre = None
-                if tech.algorithm == "gptq":
-                    bq = gptq(w, hess[ln.input].hessian(), bits=4, group_size=gs)
-                elif tech.algorithm == "awq":
-                    res = awq(w, ins[ln.input], bits=4, group_size=gs)
-                    bq, pre = res.quant, (res.input_scale if res.alpha > 0 else None)
-                    notes.append(f"{layer}: awq alpha={res.alpha:.2f} err {res.error:.3g} (rtn {res.rtn_error:.3g})")
-                else:
-                    bq = nbits.rtn(w, bits=4, block_size=gs)
-                nbits.write_matmulnbits(model, ln, bq, accuracy_level=accuracy_level, pre_scale=pre)
+        if tech.onnx_pass == onnx_pass:
+            tech.quantize_layer(ctx, layer, lmap.nodes[layer])
 
 
 def _static(
@@ -217,7 +178,7 @@ def quantize_onnx(
     say = progress or (lambda _msg: None)
     model = G.load(fp32_onnx)
     notes: list[str] = []
-    if fuse and any(r.quant is not None and not isinstance(r.quant, KeepFloat) for r in plan.rules):
+    if fuse and any(r.quant is not None and not _keeps_float(r.quant) for r in plan.rules):
         n_gelu, n_attn = fusions.fuse_gelu(model), fusions.fuse_attention(model)
         if n_gelu or n_attn:
             notes.append(f"fused {n_gelu} GELU and {n_attn} attention subgraph(s) (exact fp32 rewrites)")
@@ -238,28 +199,29 @@ def quantize_onnx(
         )
     feeds = C.batches(calib, model, batch_size=batch_size, limit=calib_samples) if calib is not None else []
 
-    if any(isinstance(t, (SmoothQuant, Int4WeightOnly)) and t.needs_calibration for t in chosen.values()):
+    if any(t.calib_stat is not None for t in chosen.values()):
         say("collecting calibration statistics (GPTQ / AWQ / SmoothQuant)")
     hess, ins, amax = _capture_stats(model, lmap, chosen, feeds)
-    sq = {k: t for k, t in chosen.items() if isinstance(t, SmoothQuant)}
+    sq = {k: t for k, t in chosen.items() if t.calib_stat == "absmax"}
     if sq:
         say("smoothing activations (SmoothQuant)")
         by_alpha: dict[float, dict[str, list[LayerNode]]] = defaultdict(lambda: defaultdict(list))
         for layer, sqt in sq.items():
             for ln in lmap.nodes[layer]:
-                by_alpha[sqt.alpha][ln.input].append(ln)
+                by_alpha[cast(SmoothQuant, sqt).alpha][ln.input].append(ln)
         for alpha, groups in by_alpha.items():
             how = smoothquant.apply(model, groups, {k: v.value for k, v in amax.items() if v.value is not None}, alpha)
             notes += [f"smoothquant {t}: {h}" for t, h in how.items()]
         lmap = canonicalize(model, map_layers(model, list(lmap.nodes)))
-    if any(isinstance(t, (Int8WeightOnly, Int4WeightOnly)) for t in chosen.values()):
+    ctx = QuantContext(model, hess, ins, accuracy_level, notes)
+    if any(t.onnx_pass == "weights" for t in chosen.values()):
         say("weight-only layers (MatMulNBits)")
-    _weight_only(model, lmap, chosen, hess, ins, accuracy_level, notes)
-    static = {k: t for k, t in chosen.items() if isinstance(t, (Int8Static, SmoothQuant))}
+    _per_layer(ctx, lmap, chosen, "weights")
+    static = {k: t for k, t in chosen.items() if t.onnx_pass == "static"}
     if static:
         say(f"static int8 on {len(static)} layer(s) (calibrating on {min(len(calib or []), calib_samples)} samples)")
         model = _static(model, lmap, static, feeds, fmt)
-    dyn = {k: t for k, t in chosen.items() if isinstance(t, Int8Dynamic)}
+    dyn = {k: t for k, t in chosen.items() if t.onnx_pass == "dynamic"}
     dyn_convs = [k for k in dyn if lmap.first(k).op_type == "Conv"]
     if dyn_convs:
         notes.append(
@@ -267,19 +229,17 @@ def quantize_onnx(
             "slower than fp32 (measured ~10x on EfficientNet-Lite0); int8_static is the fast int8 path for convs"
         )
     for pc in (True, False):
-        nodes = [ln.node for k, t in dyn.items() if t.per_channel == pc for ln in lmap.nodes[k]]
+        nodes = [ln.node for k, t in dyn.items() if bool(getattr(t, "per_channel", True)) == pc for ln in lmap.nodes[k]]
         if nodes:
             say(f"dynamic int8 on {len(nodes)} node(s)")
             model = ort_int8.dynamic_int8(model, nodes, per_channel=pc, fmt=fmt)
-    for layer, t in chosen.items():
-        if isinstance(t, Float16):
-            for ln in lmap.nodes[layer]:
-                weights.float16(model, ln)
+    ctx.model = model
+    _per_layer(ctx, lmap, chosen, "storage")
     tables = []
-    if embeddings_int8 and any(not isinstance(t, Float16) for t in chosen.values()):
+    if embeddings_int8 and any(t.onnx_pass != "storage" for t in chosen.values()):
         for node in embeddings.candidates(model):
             name = embeddings.table_name(node.input[0])
-            if not isinstance(plan.choice_for(name).quant, KeepFloat):
+            if not _keeps_float(plan.choice_for(name).quant):
                 tables.append(embeddings.quantize_gather(model, node))
         if tables:
             say(f"int8 embedding tables: {', '.join(tables)}")
@@ -287,7 +247,7 @@ def quantize_onnx(
 
     say("checking the optimized graph")
     insp = verify.inspect(path, list(lmap.nodes))
-    planned = [k for k, t in chosen.items() if _planned_int(t, lmap.first(k))]
+    planned = [k for k, t in chosen.items() if t.runs_int(lmap.first(k).is_linear)]
     reasons = insp.fallbacks(planned)
     for layer, why in reasons.items():
         log.warning("float fallback: %s %s", layer, why)

@@ -1,17 +1,11 @@
 """Per-layer sensitivity: the metric drop when only one layer gets one technique.
 
-Evaluated cheaply in torch on a small slice of the evaluation data, with *fake* versions of each technique
+Evaluated cheaply in torch on a small slice of the evaluation data, with the *fake* form each technique
+declares (:meth:`~devicefit.compressor.techniques.Technique.fake`, kernels in :mod:`devicefit.compressor.fake`)
 applied to one layer at a time (weights swapped in place and restored; activations fake-quantized by a
-forward pre-hook). These are approximations meant for **ranking**, not the final numbers (the search
-measures its candidates for real through the compress pipeline):
-
-* int8 weights: symmetric per output channel; int4 weights: asymmetric RTN in groups along the input
-  dimension (GPTQ/AWQ are scored as RTN, an upper bound on their drop); float16: weights rounded;
-* int8 dynamic: weights as above + the layer input fake-quantized per batch (asymmetric uint8, per
-  tensor); int8 static / SmoothQuant: the same with the input range fixed from the slice itself;
-* channel pruning: the lowest-L2 output channels (weight rows and bias) zeroed; low-rank: truncated SVD of
-  the (out, in·k·k) weight keeping (1 − ratio) of its params, activation-aware (columns scaled by the
-  mean |input|) for ``asvd``; unstructured / N:M: smallest |W| zeroed.
+forward pre-hook: per batch for int8 dynamic, with the range fixed from the slice itself for int8 static /
+SmoothQuant). These are approximations meant for **ranking**, not the final numbers (the search measures
+its candidates for real through the compress pipeline).
 
 Results are cached on disk per model hash + data hash + option label. Under a time budget
 (``max_full``), one full evaluation per layer and option group anchors estimates of the others from
@@ -32,135 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from devicefit.compressor.fake import fake_act_quant
 from devicefit.compressor.search.space import Option, SearchSpace
-from devicefit.compressor.techniques import Technique
 from devicefit.data import Dataset
 from devicefit.metrics import cosine, score
-
-# ------------------------------------------------------------------------------------------ fake ops
-WeightFn = Callable[[torch.Tensor, Technique, "torch.Tensor | None"], torch.Tensor]
-
-
-def _q_sym_per_channel(w: torch.Tensor, bits: int) -> torch.Tensor:
-    flat = w.reshape(w.shape[0], -1)
-    qmax = 2 ** (bits - 1) - 1
-    scale = flat.abs().amax(1, keepdim=True).clamp_min(1e-12) / qmax
-    return (torch.round(flat / scale).clamp(-qmax - 1, qmax) * scale).reshape(w.shape)
-
-
-def _q_group_asym(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
-    flat = w.reshape(w.shape[0], -1)
-    cols = flat.shape[1]
-    pad = (-cols) % group
-    x = torch.nn.functional.pad(flat, (0, pad)).reshape(flat.shape[0], -1, group)
-    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-    qmax = 2**bits - 1
-    scale = ((hi - lo) / qmax).clamp_min(1e-12)
-    zp = torch.round(-lo / scale)
-    q = (torch.round(x / scale) + zp).clamp(0, qmax)
-    return ((q - zp) * scale).reshape(flat.shape[0], -1)[:, :cols].reshape(w.shape)
-
-
-def _w_int8(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
-    return _q_sym_per_channel(w, 8)
-
-
-def _w_int4(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
-    return _q_group_asym(w, 4, int(getattr(tech, "group_size", 32)))
-
-
-def _w_fp16(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
-    return w.half().float()
-
-
-def _w_channels(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
-    flat = w.reshape(w.shape[0], -1)
-    k = round(flat.shape[0] * float(getattr(tech, "ratio", 0.0)))
-    out = w.clone()
-    if k > 0:
-        idx = torch.argsort(flat.norm(dim=1))[:k]
-        out[idx] = 0.0
-    return out
-
-
-def _w_lowrank(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
-    """Best rank-k approximation through the eigendecomposition of the smaller Gram matrix (W Wᵀ or WᵀW):
-    the same truncation as an SVD, ~50x cheaper on CPU for these shapes."""
-    flat = w.reshape(w.shape[0], -1).double()
-    n_out, n_in = flat.shape
-    scale = None
-    if getattr(tech, "kind", "svd") == "asvd" and act is not None and act.numel() == n_in:
-        scale = act.double().clamp_min(1e-6) ** 0.5
-        flat = flat * scale
-    right = n_in <= n_out
-    gram = flat.T @ flat if right else flat @ flat.T
-    evals, evecs = torch.linalg.eigh(gram)  # ascending
-    evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
-    ratio = getattr(tech, "ratio", None)
-    if ratio is not None:
-        rank = int((1.0 - float(ratio)) * n_out * n_in / (n_out + n_in))
-    else:
-        energy = torch.cumsum(evals, 0) / evals.sum().clamp_min(1e-30)
-        rank = int(torch.searchsorted(energy, float(getattr(tech, "energy", 0.9)))) + 1
-    rank = max(1, min(rank, evals.numel()))
-    basis = evecs[:, :rank]
-    approx = (flat @ basis) @ basis.T if right else basis @ (basis.T @ flat)
-    if scale is not None:
-        approx = approx / scale
-    return approx.to(w.dtype).reshape(w.shape)
-
-
-def _w_magnitude(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
-    n = w.numel()
-    k = int(n * float(getattr(tech, "ratio", 0.5)))
-    if k <= 0:
-        return w
-    thresh = w.abs().flatten().kthvalue(k).values
-    return torch.where(w.abs() <= thresh, torch.zeros_like(w), w)
-
-
-def _w_nm(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
-    n, m = int(getattr(tech, "n", 2)), int(getattr(tech, "m", 4))
-    flat = w.reshape(w.shape[0], -1)
-    cols = flat.shape[1] - flat.shape[1] % m
-    groups = flat[:, :cols].reshape(flat.shape[0], -1, m)
-    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.abs().topk(n, dim=-1).indices, True)
-    out = flat.clone()
-    out[:, :cols] = (groups * keep).reshape(flat.shape[0], cols)
-    return out.reshape(w.shape)
-
-
-@dataclass(frozen=True)
-class FakeOp:
-    """How a technique is imitated in torch: a weight transform and an activation quantizer (or none)."""
-
-    weight: WeightFn | None
-    activation: str | None = None  # "dynamic" | "static"
-    zero_bias_rows: bool = False
-
-
-#: (family, method) -> FakeOp. A technique missing here is scored by its quant/structural part only.
-FAKE: dict[tuple[str, str], FakeOp] = {
-    ("quant", "float"): FakeOp(None),
-    ("quant", "float16"): FakeOp(_w_fp16),
-    ("quant", "int8_weight_only"): FakeOp(_w_int8),
-    ("quant", "int4_weight_only"): FakeOp(_w_int4),
-    ("quant", "int8_dynamic"): FakeOp(_w_int8, "dynamic"),
-    ("quant", "int8_static"): FakeOp(_w_int8, "static"),
-    ("quant", "smoothquant"): FakeOp(_w_int8, "static"),
-    ("prune", "structured"): FakeOp(_w_channels, zero_bias_rows=True),
-    ("prune", "magnitude"): FakeOp(_w_magnitude),
-    ("prune", "wanda"): FakeOp(_w_magnitude),
-    ("prune", "nm"): FakeOp(_w_nm),
-    ("lowrank", "lowrank"): FakeOp(_w_lowrank),
-}
-
-
-def _fake_act_quant(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max(hi - lo, 1e-12) / 255.0
-    zp = round(-lo / scale)
-    return (torch.clamp(torch.round(x / scale) + zp, 0, 255) - zp) * scale
 
 
 @contextmanager
@@ -176,7 +45,7 @@ def applied(module: nn.Module, layer: str, option: Option, act_stats: dict[str, 
         for tech in (option.prune, option.lowrank, option.quant):
             if tech is None:
                 continue
-            op = FAKE.get((tech.family, tech.method))
+            op = tech.fake()
             if op is None:
                 continue
             if op.weight is not None:
@@ -192,7 +61,7 @@ def applied(module: nn.Module, layer: str, option: Option, act_stats: dict[str, 
                 def pre(_m: nn.Module, args: tuple[Any, ...], static: bool = static, rng: Any = rng) -> Any:
                     x = args[0]
                     lo, hi = (float(rng[0]), float(rng[1])) if static else (float(x.min()), float(x.max()))
-                    return (_fake_act_quant(x, lo, hi), *args[1:])
+                    return (fake_act_quant(x, lo, hi), *args[1:])
 
                 hooks.append(mod.register_forward_pre_hook(pre))
         yield

@@ -3,7 +3,8 @@
 Which techniques exist, which layer kinds they act on, which export formats carry them and whether they
 need calibration data is read from :data:`devicefit.compressor.techniques.TECHNIQUES` and each config's
 declared capabilities (``layer_types``, ``formats``, ``needs_calibration``). :class:`SpaceConfig` only says
-which (family, method) pairs to search and on which ratio grid; numeric ``ratio`` fields are varied
+which (family, method) pairs to search and on which ratio grid — by default what the technique classes
+declare (``search_default``, ``search_ratios``, ``search_settings``); numeric ``ratio`` fields are varied
 generically. A layer's options are every structural choice (none, each prune / low-rank setting) crossed
 with every quant choice (float, each scheme). Channel pruning is offered only on layers the dependency
 probe (:mod:`.deps`) found prunable on their own.
@@ -20,18 +21,35 @@ from typing import Any
 
 from devicefit.compressor.latency.roofline import LayerSpec
 from devicefit.compressor.plan import LayerChoice, Plan
-from devicefit.compressor.techniques import FAMILIES, TECHNIQUES, Distill, Technique
+from devicefit.compressor.techniques import FAMILIES, TECHNIQUES, Distill, Technique, family_classes
 from devicefit.errors import UserInputError
 
 FLOAT = "float"
 
 
 def _default_families() -> dict[str, tuple[str, ...]]:
-    return {
-        "prune": ("structured",),
-        "lowrank": ("lowrank",),
-        "quant": ("int8_dynamic", "int8_static", "int4_weight_only"),
-    }
+    """Per family, the methods whose technique class is ``search_default`` (registry order)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for fam in FAMILIES:
+        methods = tuple(c.method for c in family_classes(fam) if c.search_default)
+        if methods:
+            out[fam] = methods
+    return out
+
+
+def _default_ratios() -> dict[str, tuple[float, ...]]:
+    """Per family, the ``search_ratios`` grid of its first default technique that declares one."""
+    out: dict[str, tuple[float, ...]] = {}
+    for fam in FAMILIES:
+        grids = [c.search_ratios for c in family_classes(fam) if c.search_default and c.search_ratios]
+        if grids:
+            out[fam] = grids[0]
+    return out
+
+
+def _default_settings() -> dict[str, dict[str, Any]]:
+    """Per method, the fixed fields its technique class declares for the search (``search_settings``)."""
+    return {c.method: dict(c.search_settings) for c in TECHNIQUES.values() if c.search_default and c.search_settings}
 
 
 @dataclass(frozen=True)
@@ -39,9 +57,9 @@ class SpaceConfig:
     """What to search: methods per family, ratio grids, fixed settings per method, export format."""
 
     families: Mapping[str, tuple[str, ...]] = field(default_factory=_default_families)
-    ratios: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: {"prune": (0.25, 0.5), "lowrank": (0.5,)})
+    ratios: Mapping[str, tuple[float, ...]] = field(default_factory=_default_ratios)
     #: method -> fixed keyword arguments (e.g. {"lowrank": {"kind": "asvd"}})
-    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"lowrank": {"kind": "asvd"}})
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=_default_settings)
     format: str = "onnx"
 
     def __post_init__(self) -> None:
@@ -62,8 +80,8 @@ class SpaceConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> SpaceConfig:
         return cls(
             families={k: tuple(v) for k, v in d.get("families", _default_families()).items()},
-            ratios={k: tuple(float(x) for x in v) for k, v in d.get("ratios", {"prune": (0.25, 0.5), "lowrank": (0.5,)}).items()},
-            settings={k: dict(v) for k, v in d.get("settings", {"lowrank": {"kind": "asvd"}}).items()},
+            ratios={k: tuple(float(x) for x in v) for k, v in d.get("ratios", _default_ratios()).items()},
+            settings={k: dict(v) for k, v in d.get("settings", _default_settings()).items()},
             format=str(d.get("format", "onnx")),
         )
 
@@ -99,7 +117,7 @@ def candidates(config: SpaceConfig, family: str, *, kind: str, has_calibration: 
     out: list[Technique] = []
     for method in config.families.get(family, ()):
         cls = TECHNIQUES[(family, method)]  # type: ignore[index]
-        fixed = dict(config.settings.get(method, {}))
+        fixed = {**cls.search_settings, **config.settings.get(method, {})}
         has_ratio = any(f.name == "ratio" for f in fields(cls))
         grid = config.ratios.get(family, ()) if has_ratio and "ratio" not in fixed else (None,)
         for ratio in grid:
@@ -177,8 +195,7 @@ def build_space(
         structs: list[Technique | None] = [None]
         for fam in ("prune", "lowrank"):
             for tech in candidates(config, fam, kind=spec.kind, has_calibration=has_calibration):
-                removes = tech.family == "prune" and getattr(tech, "physically_smaller", tech.method == "structured")
-                if removes and prunable is not None and spec.name not in prunable:
+                if tech.removes_channels and prunable is not None and spec.name not in prunable:
                     continue
                 structs.append(tech)
         opts: dict[str, Option] = {}

@@ -12,17 +12,23 @@ from typing import Any
 
 from devicefit.cli import emit
 
-_SCHEMES = "int8_dynamic, int8_static, int8_weight_only, int4, int4_gptq, int4_awq, smoothquant, float16"
+#: what --quant / --prune / --lowrank accept. Written out because the parser must build without the compressor
+#: (no torch on devices); a test checks them against the technique registry (``shortcuts.usage``).
+USAGE = {
+    "quant": "int8_dynamic, int8_static, int8_weight_only, int4, int4_gptq, int4_awq, smoothquant, float16, float",
+    "prune": "structured:R, magnitude:R, wanda:R, N:M (e.g. 2:4) (R = fraction removed, e.g. 0.5)",
+    "lowrank": "svd:R, asvd:R, tucker2:R, spatial:R (R = fraction of params removed) or KIND:energy=E",
+}
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("compress", parents=[common], help="prune / factorize / distill / quantize a model")
     p.add_argument("model", metavar="MODEL", help="zoo:NAME, file.onnx, file.pt2 or package.module:factory")
     p.add_argument("-o", "--output", metavar="OUT.onnx", required=True, help="where to write the compressed model")
-    p.add_argument("--quant", metavar="SCHEME", help=f"uniform quantization: {_SCHEMES} (options: SCHEME:key=value,…)")
+    p.add_argument("--quant", metavar="SCHEME", help=f"uniform quantization: {USAGE['quant']} (options: SCHEME:key=value,…; int8-static = int8_static)")
     p.add_argument("--plan", metavar="PLAN.yaml", help="per-layer plan (YAML or JSON)")
-    p.add_argument("--prune", metavar="P", help="structured:R | magnitude:R | wanda:R | N:M (R = fraction removed)")
-    p.add_argument("--lowrank", metavar="L", help="svd:R | asvd:R | tucker2:R | spatial:R (R = fraction of params removed)")
+    p.add_argument("--prune", metavar="P", help=USAGE["prune"])
+    p.add_argument("--lowrank", metavar="L", help=USAGE["lowrank"])
     p.add_argument("--distill-steps", metavar="N", type=int, help="distill the compressed model from the original")
     p.add_argument("--data", metavar="FILE.npz", help="calibration / evaluation data (one array per input, labels)")
     p.add_argument("--profile", metavar="NAME", help="target device profile (picks integer formats for its CPU)")
@@ -44,7 +50,7 @@ def build_plan(args: argparse.Namespace) -> Any:
     if not plan.rules and plan.distill is None:
         raise UserInputError(
             "nothing to do: no --quant, --prune, --lowrank, --distill-steps or --plan given",
-            f"e.g. --quant int8_dynamic (schemes: {_SCHEMES})",
+            f"e.g. --quant int8_dynamic (schemes: {USAGE['quant']})",
         )
     return plan
 

@@ -18,8 +18,9 @@ import torch
 from devicefit.compressor.analysis import analyze
 from devicefit.compressor.distill import distill
 from devicefit.compressor.export import export_bundle
+from devicefit.compressor.layers import layer_names
 from devicefit.compressor.plan import LayerChoice, Plan
-from devicefit.compressor.prune.calib import layer_names, outputs
+from devicefit.compressor.prune.calib import outputs
 from devicefit.compressor.structural import apply_structural
 from devicefit.compressor.techniques import ChannelPrune, Distill, LowRank, MagnitudePrune, WandaPrune
 from devicefit.metrics import accuracy, cosine, top1_agreement

@@ -53,11 +53,11 @@ def _output_err(net: nn.Module, ref: nn.Module, x: torch.Tensor) -> float:
 def test_refit_beats_one_shot_whitening_at_equal_params() -> None:
     base = _mlp()
     calib, held = _data(seed=1), _data(seed=2)
-    plan = {"0": LowRank(ratio=0.6, kind="asvd"), "2": LowRank(ratio=0.6, kind="asvd")}
     errs, params = {}, {}
     for method in ("whiten", "refit"):
         net = copy.deepcopy(base)
-        res = apply_lowrank(net, plan, data=calib, input_names=["x"], asvd_method=method)
+        plan = {n: LowRank(ratio=0.6, kind="asvd", asvd_method=method) for n in ("0", "2")}
+        res = apply_lowrank(net, plan, data=calib, input_names=["x"])
         assert set(res.applied) == {"0", "2"} and not res.refused
         params[method] = sum(p.numel() for p in net.parameters())
         errs[method] = _output_err(net, base, torch.from_numpy(held.inputs["x"]))

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from devicefit.compressor.export import export_onnx
+from devicefit.compressor.layers import layer_names
 from devicefit.compressor.prune import prune_structured
-from devicefit.compressor.prune.calib import layer_names
 from devicefit.compressor.prune.structured import aligned_keep
 from devicefit.compressor.techniques import ChannelPrune
 from devicefit.data import Dataset
