@@ -61,6 +61,19 @@ def test_quant_json(files: tuple[Path, Path], tmp_path: Path, capsys: pytest.Cap
                                                "percentile": 99.999}
 
 
+@pytest.mark.parametrize("scheme", ["int8-static", "int8_static"])
+def test_scheme_names_accept_hyphen_and_underscore(files: tuple[Path, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str], scheme: str) -> None:
+    model, data = files
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("version: 1\nlayers:\n  - match: head\n    quant: {method: int8-dynamic}\n")
+    d = _json(capsys, ["compress", str(model), "--quant", scheme, "--plan", str(plan), "--data", str(data),
+                       "-o", str(tmp_path / f"{scheme}.onnx"), "--json", "--no-progress"])
+    assert d["plan"]["layers"][0]["quant"]["method"] == "int8_static"
+    assert d["plan"]["layers"][1]["quant"] == {"method": "int8_dynamic", "per_channel": True}
+    assert d["quant"]["schemes"]["head"] == "int8_dynamic(per_channel=True)"
+
+
 def test_plan_file_overrides_shortcut(files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model, data = files
     plan = tmp_path / "plan.yaml"
