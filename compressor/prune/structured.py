@@ -44,6 +44,7 @@ from devicefit.compressor.prune.calib import (
     get_module,
     iter_batches,
 )
+from devicefit.compressor.prune.deps import dependency_graph, is_output_layer
 from devicefit.compressor.techniques import ChannelPrune
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
@@ -230,13 +231,6 @@ def _importance(kind: str) -> Any:
     raise UserInputError(f"importance {kind!r} is invalid", "use l1, l2, taylor or activation")
 
 
-def _is_output_layer(dg: Any, layer: nn.Module) -> bool:
-    """True when no layer consumes ``layer``'s output channels (they reach the model output)."""
-    pruner = dg.get_pruner_of_module(layer)
-    group = dg.get_pruning_group(layer, pruner.prune_out_channels, [0])
-    return not any(dg.is_in_channel_pruning_fn(dep.handler) for dep, _ in group)
-
-
 def _prune_graph(
     module: nn.Module,
     todo: Mapping[str, ChannelPrune],
@@ -251,19 +245,19 @@ def _prune_graph(
     was_training = module.training
     module.eval()
     example = tuple(example_inputs)
-    dg = tp.DependencyGraph().build_dependency(module, example_inputs=example)
+    dg = dependency_graph(module, example)  # the graph the search's dependencies come from (.deps)
     todo = dict(todo)
     all_layers = {n: m for n, m in module.named_modules() if isinstance(m, LAYER_TYPES)}
     for name in list(todo):
         m = get_module(module, name)
-        if _is_output_layer(dg, m):
+        if is_output_layer(dg, m):
             outcome.refused[name] = "its output channels are a model output (removing them changes the output shape)"
             ignored.append(m)
             del todo[name]
     if not todo:
         return
     for n, m in all_layers.items():  # output layers must never lose channels, even as group members
-        if n not in todo and m not in ignored and _is_output_layer(dg, m):
+        if n not in todo and m not in ignored and is_output_layer(dg, m):
             ignored.append(m)
     ratio_dict: dict[Any, float] = {}
     pool = [n for n, t in todo.items() if t.global_ranking]
