@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from torch import nn
 
-COMPRESSIBLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-REWRITABLE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+COMPRESSIBLE: tuple[type[nn.Linear], type[nn.Conv1d], type[nn.Conv2d], type[nn.Conv3d]] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+)
+REWRITABLE: tuple[type[nn.Linear], type[nn.Conv2d]] = (nn.Linear, nn.Conv2d)
 
 
 def is_compressible(m: nn.Module) -> bool:

@@ -9,8 +9,8 @@ A technique class declares everything the rest of devicefit asks of it, as class
 * **search**: ``search_default`` / ``search_ratios`` / ``search_settings`` (the default search space);
 * **latency model**: ``compute_dtype`` (a dtype class of :mod:`devicefit.compressor.latency.roofline`),
   ``removes_channels``, :meth:`Technique.extra_weight_bytes`;
-* **sensitivity**: :meth:`Technique.fake`, the torch imitation scored per layer
-  (:mod:`devicefit.compressor.fake`);
+* **sensitivity**: ``fake_weight`` / ``fake_activation`` (or :meth:`Technique.fake`), the torch imitation
+  scored per layer (:mod:`devicefit.compressor.fake`);
 * **application**: ``structural_stage`` + :meth:`Technique.apply_mask` (torch side, prune / low-rank) or
   ``onnx_pass`` + :meth:`Technique.quantize_layer` (graph side, quant).
 
@@ -87,6 +87,13 @@ class Technique:
     compute_dtype: ClassVar[str] = "fp32"
     #: physically removes output channels (and the matching inputs of the layers consuming them)
     removes_channels: ClassVar[bool] = False
+    #: sensitivity's imitation: a weight transform of :mod:`devicefit.compressor.fake` (by name), the activation
+    #: quantizer (``dynamic`` / ``static``), whether rows zeroed by the transform zero their bias too
+    fake_weight: ClassVar[str | None] = None
+    fake_activation: ClassVar[str | None] = None
+    fake_zero_bias_rows: ClassVar[bool] = False
+    #: the layer computes in an integer kernel (checked on the optimized graph after quantization)
+    int_compute: ClassVar[bool] = False
     #: torch-side stage (prune / low-rank families)
     structural_stage: ClassVar[StructuralStage | None] = None
     #: graph-side pass (quant family)
@@ -126,7 +133,12 @@ class Technique:
 
     def fake(self) -> FakeOp | None:
         """The torch imitation scored by sensitivity (``None``: the layer is left as it is)."""
-        return None
+        if self.fake_weight is None and self.fake_activation is None:
+            return None
+        from devicefit.compressor import fake
+
+        weight = getattr(fake, self.fake_weight) if self.fake_weight else None
+        return fake.FakeOp(weight, self.fake_activation, self.fake_zero_bias_rows)
 
     # ------------------------------------------------------------------ application
     def apply_mask(self, module: Any, targets: list[str], calib: Any, input_names: list[str],
@@ -140,7 +152,7 @@ class Technique:
 
     def runs_int(self, is_linear: bool) -> bool:
         """Whether the layer's compute becomes an integer kernel (checked on the optimized graph)."""
-        return False
+        return self.int_compute
 
     @property
     def calib_stat(self) -> str | None:
@@ -200,6 +212,8 @@ class ChannelPrune(Technique):
     search_ratios: ClassVar[tuple[float, ...]] = (0.25, 0.5)
     removes_channels: ClassVar[bool] = True
     structural_stage: ClassVar[StructuralStage | None] = "channels"
+    fake_weight: ClassVar[str | None] = "w_channels"
+    fake_zero_bias_rows: ClassVar[bool] = True
     ratio: float = 0.3
     importance: str = "l2"
     global_ranking: bool = False
@@ -213,10 +227,6 @@ class ChannelPrune(Technique):
     def needs_calibration(self) -> bool:  # type: ignore[override]
         return self.importance in ("taylor", "activation")
 
-    def fake(self) -> FakeOp:
-        from devicefit.compressor import fake
-
-        return fake.FakeOp(fake.w_channels, zero_bias_rows=True)
 
 
 @register
@@ -226,15 +236,12 @@ class MagnitudePrune(_Masking):
 
     family: ClassVar[Family] = "prune"
     method: ClassVar[str] = "magnitude"
+    fake_weight: ClassVar[str | None] = "w_magnitude"
     ratio: float = 0.5
 
     def __post_init__(self) -> None:
         _check_fraction(type(self).__name__, "ratio", self.ratio)
 
-    def fake(self) -> FakeOp:
-        from devicefit.compressor import fake
-
-        return fake.FakeOp(fake.w_magnitude)
 
     def apply_mask(self, module: Any, targets: list[str], calib: Any, input_names: list[str],
                    stats: Mapping[str, Any]) -> dict[str, float]:
@@ -251,15 +258,12 @@ class WandaPrune(_Masking):
     family: ClassVar[Family] = "prune"
     method: ClassVar[str] = "wanda"
     needs_calibration: ClassVar[bool] = True
+    fake_weight: ClassVar[str | None] = "w_magnitude"  # scored as magnitude
     ratio: float = 0.5
 
     def __post_init__(self) -> None:
         _check_fraction(type(self).__name__, "ratio", self.ratio)
 
-    def fake(self) -> FakeOp:
-        from devicefit.compressor import fake
-
-        return fake.FakeOp(fake.w_magnitude)
 
     def apply_mask(self, module: Any, targets: list[str], calib: Any, input_names: list[str],
                    stats: Mapping[str, Any]) -> dict[str, float]:
@@ -279,6 +283,7 @@ class SemiStructuredPrune(_Masking):
     #: written ``N:M`` on the command line (:meth:`from_cli_text`)
     cli_names: ClassVar[Mapping[str, Mapping[str, Any]] | None] = {}
     cli_syntax: ClassVar[str | None] = "N:M (e.g. 2:4)"
+    fake_weight: ClassVar[str | None] = "w_nm"
     n: int = 2
     m: int = 4
     importance: str = "magnitude"
@@ -296,10 +301,6 @@ class SemiStructuredPrune(_Masking):
         n, sep, m = text.partition(":")
         return cls(n=int(n), m=int(m)) if sep and n.isdigit() and m.isdigit() else None
 
-    def fake(self) -> FakeOp:
-        from devicefit.compressor import fake
-
-        return fake.FakeOp(fake.w_nm)
 
     def apply_mask(self, module: Any, targets: list[str], calib: Any, input_names: list[str],
                    stats: Mapping[str, Any]) -> dict[str, float]:
@@ -337,6 +338,7 @@ class LowRank(Technique):
     # one-shot whitened ASVD: the layer-by-layer refit costs minutes per candidate on MiniLM
     search_settings: ClassVar[Mapping[str, Any]] = {"kind": "asvd", "asvd_method": "whiten"}
     structural_stage: ClassVar[StructuralStage | None] = "factorize"
+    fake_weight: ClassVar[str | None] = "w_lowrank"
     ratio: float | None = 0.5
     kind: str = "svd"
     energy: float | None = None
@@ -368,10 +370,6 @@ class LowRank(Technique):
             options = {**options, "ratio": None}
         return super().from_cli(fixed, options)
 
-    def fake(self) -> FakeOp:
-        from devicefit.compressor import fake
-
-        return fake.FakeOp(fake.w_lowrank)
 
 
 # --------------------------------------------------------------------------------------------- quant
@@ -393,15 +391,11 @@ class Int8Dynamic(_Quant):
     search_default: ClassVar[bool] = True
     compute_dtype: ClassVar[str] = "int8dyn"
     onnx_pass: ClassVar[OnnxPass | None] = "dynamic"
+    fake_weight: ClassVar[str | None] = "w_int8"
+    fake_activation: ClassVar[str | None] = "dynamic"
+    int_compute: ClassVar[bool] = True
     per_channel: bool = True
 
-    def fake(self) -> FakeOp:
-        from devicefit.compressor import fake
-
-        return fake.FakeOp(fake.w_int8, "dynamic")
-
-    def runs_int(self, is_linear: bool) -> bool:
-        return True
 
 
 @register
@@ -415,6 +409,9 @@ class Int8Static(_Quant):
     search_default: ClassVar[bool] = True
     compute_dtype: ClassVar[str] = "int8"
     onnx_pass: ClassVar[OnnxPass | None] = "static"
+    fake_weight: ClassVar[str | None] = "w_int8"
+    fake_activation: ClassVar[str | None] = "static"
+    int_compute: ClassVar[bool] = True
     calibration: str = "minmax"
     per_channel: bool = True
     percentile: float = 99.999
@@ -425,13 +422,6 @@ class Int8Static(_Quant):
         if not (50.0 < self.percentile <= 100.0):
             raise _fail(name, "percentile", self.percentile, "a number in (50, 100]")
 
-    def fake(self) -> FakeOp:
-        from devicefit.compressor import fake
-
-        return fake.FakeOp(fake.w_int8, "static")
-
-    def runs_int(self, is_linear: bool) -> bool:
-        return True
 
 
 @register
@@ -442,12 +432,9 @@ class Int8WeightOnly(_Quant):
     method: ClassVar[str] = "int8_weight_only"
     compute_dtype: ClassVar[str] = "int8w"
     onnx_pass: ClassVar[OnnxPass | None] = "weights"
+    fake_weight: ClassVar[str | None] = "w_int8"
     per_channel: bool = True
 
-    def fake(self) -> FakeOp:
-        from devicefit.compressor import fake
-
-        return fake.FakeOp(fake.w_int8)
 
     def quantize_layer(self, ctx: Any, layer: str, nodes: list[Any]) -> None:
         from devicefit.compressor.quant.weight_only import int8_weight_only
@@ -472,6 +459,8 @@ class Int4WeightOnly(_Quant):
     search_default: ClassVar[bool] = True
     compute_dtype: ClassVar[str] = "int4w"
     onnx_pass: ClassVar[OnnxPass | None] = "weights"
+    fake_weight: ClassVar[str | None] = "w_int4"  # GPTQ / AWQ scored as RTN (an upper bound on their drop)
+    int_compute: ClassVar[bool] = True
     group_size: int = 32
     algorithm: str = "rtn"
 
@@ -492,19 +481,12 @@ class Int4WeightOnly(_Quant):
     def extra_weight_bytes(self, params: float) -> float:
         return params / self.group_size * 4.0  # one fp32 scale (+ packed zero point) per group
 
-    def fake(self) -> FakeOp:
-        from devicefit.compressor import fake
-
-        return fake.FakeOp(fake.w_int4)
 
     def quantize_layer(self, ctx: Any, layer: str, nodes: list[Any]) -> None:
         from devicefit.compressor.quant.weight_only import int4_weight_only
 
         for ln in nodes:
             int4_weight_only(ctx, layer, ln, group_size=self.group_size, algorithm=self.algorithm)
-
-    def runs_int(self, is_linear: bool) -> bool:
-        return True
 
 
 @register
@@ -517,6 +499,9 @@ class SmoothQuant(_Quant):
     needs_calibration: ClassVar[bool] = True
     compute_dtype: ClassVar[str] = "int8"
     onnx_pass: ClassVar[OnnxPass | None] = "static"
+    fake_weight: ClassVar[str | None] = "w_int8"
+    fake_activation: ClassVar[str | None] = "static"
+    int_compute: ClassVar[bool] = True
     alpha: float = 0.5
     calibration: str = "minmax"
 
@@ -530,13 +515,6 @@ class SmoothQuant(_Quant):
     def calib_stat(self) -> str | None:
         return "absmax"  # the activations' per-channel maxima the smoothing scales come from
 
-    def fake(self) -> FakeOp:
-        from devicefit.compressor import fake
-
-        return fake.FakeOp(fake.w_int8, "static")
-
-    def runs_int(self, is_linear: bool) -> bool:
-        return True
 
 
 @register
@@ -548,11 +526,8 @@ class Float16(_Quant):
     formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
     compute_dtype: ClassVar[str] = "fp16"
     onnx_pass: ClassVar[OnnxPass | None] = "storage"
+    fake_weight: ClassVar[str | None] = "w_fp16"
 
-    def fake(self) -> FakeOp:
-        from devicefit.compressor import fake
-
-        return fake.FakeOp(fake.w_fp16)
 
     def quantize_layer(self, ctx: Any, layer: str, nodes: list[Any]) -> None:
         from devicefit.compressor.quant import weights

@@ -227,7 +227,7 @@ def compress(
             from devicefit.compressor.quant import quantize_onnx
 
             names = layer_names(student) if student is not None else None
-            qplan = carry_quant(plan, layer_names(b.module), names) if structural and names is not None else plan
+            qplan = carry_quant(plan, layer_names(b.require_module('quantize')), names) if structural and names is not None else plan
             with ph("quantize", "per-layer quantization + optimized-graph check"):
                 qres = quantize_onnx(
                     fp32_path, out, qplan, layer_names=names, calib=b.calib, profile=prof, module=student,

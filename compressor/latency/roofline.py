@@ -8,7 +8,7 @@ plus a fixed per-kernel overhead. A plan changes a layer's cost through:
   :data:`DTYPE_COSTS`) → which peak applies and how many bytes a weight takes;
 * its **structural** choice (channel pruning, low-rank) → fewer MACs and params for the layer itself and,
   for channel pruning, fewer input channels in the layers that consume its output (``consumers``, found
-  by :func:`devicefit.compressor.search.deps.find_consumers`).
+  by :func:`devicefit.compressor.prune.deps.find_deps`).
 
 Unstructured / N:M pruning does not change dense MACs or the stored dense size, so it costs nothing here.
 The numbers are a *prior*: :mod:`devicefit.compressor.latency.calibrated` scales them with measurements.

@@ -6,8 +6,8 @@ declared capabilities (``layer_types``, ``formats``, ``needs_calibration``). :cl
 which (family, method) pairs to search and on which ratio grid — by default what the technique classes
 declare (``search_default``, ``search_ratios``, ``search_settings``); numeric ``ratio`` fields are varied
 generically. A layer's options are every structural choice (none, each prune / low-rank setting) crossed
-with every quant choice (float, each scheme). Channel pruning is offered only on layers the dependency
-probe (:mod:`.deps`) found prunable on their own.
+with every quant choice (float, each scheme). Channel pruning is offered only on layers the channel
+dependencies (:mod:`devicefit.compressor.prune.deps`, shared with the pruner) find prunable on their own.
 
 Unstructured and N:M pruning are left out by default: on dense CPU runtimes they change neither latency
 nor the stored size (add them via ``SpaceConfig(families=...)``).
