@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from devicefit.compressor.latency.roofline import LayerCost, Roofline, glue_melems, with_dtype
+from devicefit.compressor.latency.roofline import DTYPE_COSTS, LayerCost, Roofline, glue_melems, with_dtype
 
 #: version of the saved parameters: a file written by another version is not reused (its ratios were learned
 #: under other rules — v2: per-node trust by kernel size, shape classes, ratios per benchmark settings; v3:
@@ -42,9 +42,6 @@ SMOOTH = 10.0
 #: per-node times are trusted when the mean kernel takes at least this long (onnxruntime's profiler adds a
 #: few µs per kernel event: at 20 µs that is ≲ 20%; digits-cnn at batch 1 averages ~6 µs per kernel)
 MIN_KERNEL_MS = 0.02
-#: before a dtype has been measured on a device: its speed-up over fp32 is at most this (the profile's
-#: peak int8 / fp32 ratio is a GEMM peak; whole layers on CPU runtimes gain ~2-3x, weight-only ~1x)
-PRIOR_SPEEDUP: dict[str, float] = {"int8": 3.0, "int8dyn": 2.5, "fp16": 1.0, "int8w": 1.0, "int4w": 2.0}
 
 
 #: the ratio tables (attributes of :class:`CalibratedModel`) whose values are split into earlier sessions'
@@ -158,7 +155,7 @@ class CalibratedModel:
         against its own fp32) → this model's layers of the same kind at this dtype. A dtype not yet measured
         for this model starts from the layer's own fp32 efficiency, scaled by the dtype's speed-up over fp32
         seen for *other* models on this device (under the same benchmark settings) when there is one, else capped at
-        :data:`PRIOR_SPEEDUP` (and never faster than the roofline says); both count as uncalibrated. (A
+        :attr:`~.roofline.DtypeCost.prior_speedup` (and never faster than the roofline says); both count as uncalibrated. (A
         fit's calibration probes measure every dtype in the model itself before the search.) ``kinds``:
         layer name → kind, for the speed-up.
         """
@@ -184,7 +181,7 @@ class CalibratedModel:
         dev_d, dev_f = self._ratios("kind_ratios", f"{cost.kind}/{cost.dtype}"), self._ratios("kind_ratios", f"{cost.kind}/fp32")
         if dev_d and dev_f:
             return ratio * statistics.median(dev_d) / statistics.median(dev_f) * roof, False
-        return max(ratio * roof, as_fp32 / PRIOR_SPEEDUP.get(cost.dtype, 1.0)), False
+        return max(ratio * roof, as_fp32 / DTYPE_COSTS[cost.dtype].prior_speedup), False
 
     def _sibling_speedup(self, kind: str, dtype: str, kinds: Mapping[str, str]) -> float | None:
         """Median, over this model's shape classes (or layers) of ``kind`` measured at ``dtype`` and at fp32,

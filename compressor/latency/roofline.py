@@ -37,6 +37,9 @@ class DtypeCost:
     int8_peak: bool = False
     #: extra kernels per layer (dynamic quantization of the activation)
     extra_kernels: int = 0
+    #: before the class is measured on a device, its speed-up over fp32 is at most this (the profile's peak
+    #: int8 / fp32 ratio is a GEMM peak; whole layers on CPU runtimes gain ~2-3x, weight-only ~1x)
+    prior_speedup: float = 1.0
 
 
 #: dtype class → its costs. Techniques name their class in ``compute_dtype``; a technique bringing a new
@@ -44,10 +47,10 @@ class DtypeCost:
 DTYPE_COSTS: dict[str, DtypeCost] = {
     "fp32": DtypeCost(4.0, 4.0),
     "fp16": DtypeCost(2.0, 2.0),
-    "int8": DtypeCost(1.0, 1.0, int8_peak=True),
-    "int8dyn": DtypeCost(1.0, 4.0, int8_peak=True, extra_kernels=1),
+    "int8": DtypeCost(1.0, 1.0, int8_peak=True, prior_speedup=3.0),
+    "int8dyn": DtypeCost(1.0, 4.0, int8_peak=True, extra_kernels=1, prior_speedup=2.5),
     "int8w": DtypeCost(1.0, 4.0),
-    "int4w": DtypeCost(0.5, 4.0),
+    "int4w": DtypeCost(0.5, 4.0, prior_speedup=2.0),
 }
 #: the statically quantized class: activations stay int8 between consecutive layers of it (see glue_melems)
 STATIC_INT8 = "int8"
