@@ -62,11 +62,9 @@ def normalize_arch(machine: str) -> str:
 
 def cache_dir() -> Path:
     """Where built libraries live (see the module docstring)."""
-    if os.environ.get("DEVICEFIT_CACHE"):
-        return Path(os.environ["DEVICEFIT_CACHE"]) / "kernels"
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "devicefit" / "kernels"
-    return Path.home() / ".cache" / "devicefit" / "kernels"
+    from devicefit.kernels.paths import cache_root
+
+    return cache_root() / "kernels"
 
 
 def find_compiler() -> str:

@@ -80,15 +80,10 @@ def single_op_model(node: Any, inits: list[Any], *, k: int | str, n: int, m: int
 
 def session_options(threads: int = 1) -> Any:
     """onnxruntime ``SessionOptions`` with the kernel library registered (built first if needed)."""
-    import onnxruntime as ort
-
+    from devicefit.kernels import ort_session
     from devicefit.kernels.builder import library_path
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.register_custom_ops_library(str(library_path()))
-    return so
+    return ort_session.session_options(threads=threads, custom_ops=[str(library_path())])
 
 
 def set_graph_nodes(graph: Any, nodes: list[Any], maybe_unused: set[str]) -> None:

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from devicefit.compressor.paths import cache_root
 from devicefit.compressor.search.candidate import Budget, Candidate
 from devicefit.errors import UserInputError
 from devicefit.fit_phases import Phases
+from devicefit.kernels.paths import cache_root
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devicefit.compressor.paths import cache_root
+from devicefit.kernels.paths import cache_root
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (

@@ -12,8 +12,8 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devicefit.compressor.paths import cache_root
 from devicefit.errors import ModelLoadError
+from devicefit.kernels.paths import cache_root
 
 if TYPE_CHECKING:
     from devicefit.bundle import ModelBundle
@@ -47,7 +47,7 @@ def get(name: str) -> ModelBundle:
 
 
 def cache_dir() -> Path:
-    """Where zoo artefacts (trained weights) are cached: ``zoo/`` under :func:`~devicefit.compressor.paths.cache_root`."""
+    """Where zoo artefacts (trained weights) are cached: ``zoo/`` under :func:`~devicefit.kernels.paths.cache_root`."""
     path = cache_root() / "zoo"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -8,7 +8,7 @@ import pytest
 
 from devicefit import zoo
 from devicefit.compressor.latency.store import default_path
-from devicefit.compressor.paths import cache_root
+from devicefit.kernels.paths import cache_root
 
 
 def test_devicefit_cache_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Where devicefit keeps its caches on the host (zoo weights, sensitivity tables, latency models, measurements).
 
 One rule for every cache: ``$DEVICEFIT_CACHE`` when set, else ``$XDG_CACHE_HOME/devicefit``, else
-``~/.cache/devicefit``. Pure ``os`` (no torch): importable from the compressor, the sdk and the CLI.
+``~/.cache/devicefit``. Pure ``os``: it lives in ``kernels`` so that every layer can import it (the kernels'
+build cache, the compressor's sensitivity / latency / measurement caches, the sdk's zoo).
 """
 
 from __future__ import annotations
