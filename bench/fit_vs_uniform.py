@@ -15,7 +15,8 @@ have a top-1/top-2 logit margin under 0.5, and int8 static flips 7 of them at a 
 ``--max-drop efficientnet-lite0=0.02`` runs it anyway); then each uniform config — int8 dynamic
 everywhere, int8 static everywhere, int4 weight-only everywhere (Linear layers; it declares no Conv support), 50% structured
 channel pruning, 50% low-rank — is compressed with ``devicefit.compress`` and measured with the same host
-benchmark (``benchmark_onnx`` in a clean subprocess, per-node off), alternating rounds with the fit
+benchmark (``benchmark_onnx`` on a local agent spawned for the bench, as the fit's own host measurements
+are made; per-node off), alternating rounds with the fit
 result's file so drift hits both (``--rounds``, default 5, each starting one row later; the median is printed,
 every round's p50 is in ``--json``). Printed per row: measured p50 and ratio to fit, size, metric drop, and
 whether the row is **both faster (measured) and more accurate** than the fit result — the Done-when says
@@ -50,13 +51,20 @@ def uniform_plans() -> dict[str, Any]:
     }
 
 
-def measure(path: Path, runs: int, batch_size: int) -> float:
-    from devicefit.fit_backend import host_benchmark
-
-    return host_benchmark(path, runs=runs, warmup=5, threads=None, per_node=False, batch_size=batch_size).p50_ms
+def measure(dev: Any, path: Path, runs: int, batch_size: int) -> float:
+    """p50 of ``path`` on the bench's local agent ``dev``."""
+    sha = dev.deploy(path, progress=False, activate=False).sha256
+    return float(dev.benchmark(sha, runs=runs, warmup=5, per_node=False, batch_size=batch_size).p50_ms)
 
 
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    from devicefit.fitting.evaluator import measuring_device
+
+    with measuring_device(None, work / f"{name}-bench-agent") as dev:
+        return _bench_model(dev, name, args, work)
+
+
+def _bench_model(dev: Any, name: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     import devicefit
     from devicefit.compress import compress
     from devicefit.compressor.export import export_bundle
@@ -65,7 +73,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
     bundle = get(name)
     bs = args.batch_size or DEFAULT_BATCH.get(name, 1)
     fp32 = export_bundle(bundle, work / f"{name}-fp32.onnx").path
-    fp32_ms = statistics.median(measure(fp32, args.runs, bs) for _ in range(3))
+    fp32_ms = statistics.median(measure(dev, fp32, args.runs, bs) for _ in range(3))
     budget = round(args.latency_frac * fp32_ms, 4)
     t0 = time.monotonic()
     res = devicefit.fit(bundle, profile="localhost", max_latency_ms=budget, max_accuracy_drop=args.max_drop[name],
@@ -88,7 +96,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[st
     times: dict[str, list[float]] = {r["config"]: [] for r in timed}
     for k in range(args.rounds):
         for r in timed[k % len(timed):] + timed[: k % len(timed)]:
-            times[r["config"]].append(measure(r["path"], args.runs, bs))
+            times[r["config"]].append(measure(dev, r["path"], args.runs, bs))
     for r in timed:
         r["rounds_ms"] = times[r["config"]]
         r["p50_ms"] = statistics.median(times[r["config"]])

@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 # public name -> "module:attribute" (resolved on first access)
 _LAZY = {
-    "fit": "devicefit.fitting:fit",
-    "FitResult": "devicefit.fitting:FitResult",
+    "fit": "devicefit.fitting.api:fit",
+    "FitResult": "devicefit.fitting.api:FitResult",
     "compress": "devicefit.compress:compress",
     "CompressResult": "devicefit.compress:CompressResult",
     "connect": "devicefit.device:connect",

@@ -1,8 +1,8 @@
 """Budgets, candidates and the two things a search needs from outside: materialize and measure.
 
-The compressor never imports the agent: the search gets an :class:`Evaluator` (built by
-``devicefit.fitting``) that compresses a plan through ``devicefit.compress`` and measures the file on the
-device (``Device.benchmark``) or on the host (``benchmark_onnx`` in a clean subprocess).
+The compressor never imports the agent: the search gets an :class:`Evaluator` (built by ``devicefit.fit``)
+that compresses a plan through ``devicefit.compress`` and measures the file on an agent (the device's, or
+one spawned on this host) through the transport.
 """
 
 from __future__ import annotations
@@ -81,6 +81,27 @@ class Timing:
     rounds: int = 0
     spread: float | None = None
 
+    @classmethod
+    def from_report(cls, report: Mapping[str, Any], *, device: str) -> Timing:
+        """A benchmark report (``BenchReport.to_dict()``, the agent's record) as the search uses it."""
+        d = report
+        return cls(
+            p50_ms=float(d["p50_ms"]), p90_ms=float(d.get("p90_ms", d["p50_ms"])),
+            mean_ms=float(d.get("mean_ms", d["p50_ms"])), peak_rss_mb=float(d.get("peak_rss_mb", 0.0)),
+            per_node=list(d.get("per_node", [])),
+            profiled_e2e_ms=float(d["per_node_e2e_ms"]) if d.get("per_node_e2e_ms") else None,
+            threads=int(d.get("threads", 0)), runtime={str(k): str(v) for k, v in (d.get("runtime") or {}).items()},
+            source=str(d.get("source", "host")), device=device, batch_size=int(d.get("batch_size") or 1),
+        )
+
+    @classmethod
+    def from_measurement(cls, row: Any) -> Timing:
+        """A stored :class:`~devicefit.compressor.latency.store.Measurement` (an earlier session's)."""
+        return cls(p50_ms=row.p50_ms, p90_ms=row.p90_ms or row.p50_ms, mean_ms=row.mean_ms or row.p50_ms,
+                   peak_rss_mb=row.peak_rss_mb or 0.0, per_node=list(row.per_node), profiled_e2e_ms=row.profiled_e2e_ms,
+                   threads=row.threads, runtime=dict(row.runtime_versions), source=row.source, device=row.device_id,
+                   batch_size=row.batch_size, load=row.load)
+
     def scaled(self, factor: float) -> Timing:
         """The same measurement divided by ``factor`` (a load factor: times at the reference load)."""
         f = factor if factor > 0 else 1.0
@@ -111,14 +132,30 @@ class Materialized:
 
 
 class Evaluator(Protocol):
-    """What the search calls to turn a plan into a measured candidate."""
+    """What the engine calls to turn a plan into a measured candidate (built by ``devicefit.fit``)."""
 
+    #: the measuring device's id (the latency model and the measurement store are kept per device)
     device_id: str
+    #: inputs per benchmark run
+    batch_size: int
+
+    @property
+    def reference_level(self) -> float | None:
+        """The load reference's p50 at load 1 (the fp32 baseline's) once :meth:`mark_reference` set it."""
+        ...
+
+    def fp32(self) -> Materialized:
+        """The unmodified model exported once, with its metric on the evaluation data (drop 0)."""
+        ...
 
     def materialize(self, plan: Plan, *, name: str) -> Materialized: ...
 
     def measure(self, path: Path) -> Timing:
         """Benchmark the file; ``Timing.load`` may carry the device load measured alongside."""
+        ...
+
+    def mark_reference(self, p50_ms: float) -> None:
+        """The file measured last (the fp32 baseline, ``p50_ms``) becomes the load reference."""
         ...
 
     def runtime_key(self) -> tuple[dict[str, str], int]:

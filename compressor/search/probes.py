@@ -13,10 +13,13 @@ error (made from the prior alone) is reported separately from the candidates'.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devicefit.compressor.search.candidate import Candidate
 from devicefit.compressor.search.problem import SearchProblem
+
+if TYPE_CHECKING:
+    from devicefit.compressor.search.session import FitSession
 
 
 def quant_labels(problem: SearchProblem) -> list[str]:
@@ -60,7 +63,7 @@ def probe_plans(problem: SearchProblem) -> dict[str, dict[str, str]]:
     return out
 
 
-def run_probes(loop: Any, *, note: Callable[[str], None] | None = None) -> list[Candidate]:
+def run_probes(loop: FitSession, *, note: Callable[[str], None] | None = None) -> list[Candidate]:
     """Measure each probe whose quantized layers are not all measured at their scheme for this model on
     this device yet (a persisted latency model may already hold them)."""
     done: list[Candidate] = []

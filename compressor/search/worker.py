@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from devicefit.compressor.search.study import SearchLoop
+from devicefit.compressor.search.session import FitSession
 from devicefit.errors import UserInputError
 
 SPEC_ATTR = "devicefit_spec"
@@ -31,10 +31,11 @@ def read_spec(study: optuna.Study) -> dict[str, Any]:
     return dict(spec)
 
 
-def join_study(loop: SearchLoop, study: optuna.Study, *, worker_id: str) -> int:
-    """Run ``loop`` against ``study`` without enqueuing seeds; every trial is tagged with ``worker_id``."""
-    before = len(loop.candidates)
-    loop.worker_id = worker_id
-    loop.run(study, enqueue=False)
-    loop.exploit()
-    return len(loop.candidates) - before
+def join_study(session: FitSession, study: optuna.Study, *, worker_id: str) -> int:
+    """Run ``session``'s search and exploit phases against ``study`` without enqueuing seeds; every trial is
+    tagged with ``worker_id``. Returns the number of trials this process ran."""
+    before = len(session.candidates)
+    session.worker_id = worker_id
+    session.search(study, enqueue=False)
+    session.exploit()
+    return len(session.candidates) - before

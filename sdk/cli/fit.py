@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from devicefit import defaults
 from devicefit.cli import emit
 
 _MODEL_HELP = "zoo:NAME, file.pt2, package.module:factory (fit needs the torch model)"
@@ -18,16 +19,16 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("fit", parents=[common], help="search the best compressed model meeting a device budget")
     p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     p.add_argument("--profile", default="localhost", help="device profile name or .toml file (default: localhost)")
-    p.add_argument("--device", metavar="URL", default=None, help="measure on this agent (grpc://host:port); default: host")
+    p.add_argument("--device", metavar="URL", default=None, help="measure on this agent (grpc://host:port); default: an agent spawned on this host")
     p.add_argument("--max-latency-ms", type=float, default=None, help="latency budget (p50 ms); default: the profile's")
     p.add_argument("--max-size-mb", type=float, default=None, help="model file size budget (MB); default: the profile's")
     p.add_argument("--max-memory-mb", type=float, default=None, help="peak memory budget (MB); default: the profile's")
     p.add_argument("--max-accuracy-drop", type=float, default=None,
                    help="metric drop budget as a fraction (0.01 = 1 point); default: the profile's")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--trials", type=int, default=None, help="number of search trials (default 120)")
+    group.add_argument("--trials", type=int, default=None, help=f"number of search trials (default {defaults.TRIALS})")
     group.add_argument("--minutes", type=float, default=None, help="search time budget in minutes")
-    p.add_argument("--max-measurements", type=int, default=None, help="candidates to compress and measure (default 6)")
+    p.add_argument("--max-measurements", type=int, default=None, help=f"candidates to compress and measure (default {defaults.MAX_MEASUREMENTS})")
     p.add_argument("--batch-size", type=int, default=1,
                    help="inputs per benchmark run; every latency (budget included) is per run at this batch (default 1)")
     p.add_argument("--threads", type=int, default=None,
@@ -46,7 +47,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     w.add_argument("--storage", metavar="URL", required=True, help="the study's Optuna storage URL")
     w.add_argument("--study", required=True, help="the study name (report.json → search.study.name)")
     wg = w.add_mutually_exclusive_group()
-    wg.add_argument("--trials", type=int, default=20, help="trials to run (default 20)")
+    wg.add_argument("--trials", type=int, default=defaults.WORKER_TRIALS,
+                    help=f"trials to run (default {defaults.WORKER_TRIALS})")
     wg.add_argument("--minutes", type=float, default=None, help="time to run instead of a trial count")
     w.add_argument("--max-measurements", type=int, default=None, help="candidates this worker may measure")
     w.add_argument("--work", metavar="DIR", default=None, help="scratch folder (default: a temp folder)")

@@ -117,7 +117,7 @@ def test_fit_rejects_bad_arguments() -> None:
 def test_interleaved_measurement_follows_the_load() -> None:
     """The candidate / reference ratio is taken per round against the two bracketing references, so a load
     that drifts (here: 20% more every block) cancels; rounds are added while they disagree, up to the cap."""
-    from devicefit.fit_measure import (
+    from devicefit.fitting.interleave import (
         HARD_MAX_ROUNDS,
         LOOSE_SPREAD,
         MAX_ROUNDS,
@@ -148,7 +148,7 @@ def test_interleaved_measurement_follows_the_load() -> None:
 def test_measurement_blocks_last_long_enough_on_tiny_models() -> None:
     """A block of timed runs covers at least MIN_BLOCK_MS, so a 0.2 ms model's p50 (and the load estimate
     made from it) is not decided by 2 ms of work; large models keep the configured count."""
-    from devicefit.fit_backend import MIN_BLOCK_MS, FitEvaluator
+    from devicefit.fitting.evaluator import MIN_BLOCK_MS, FitEvaluator
 
     assert FitEvaluator._block_runs(10, 0.2) == round(MIN_BLOCK_MS / 0.2)
     assert FitEvaluator._block_runs(10, 7.0) == 10

@@ -12,14 +12,15 @@ from typing import Any
 import optuna
 import pytest
 
-import devicefit.compressor.search.study as study_mod
+import devicefit.compressor.search.measure as measure_mod
 from devicefit.compressor.latency import CalibratedModel, LayerSpec, NodeMap, Roofline
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.search.candidate import Budget, Materialized, Timing
+from devicefit.compressor.search.config import SearchConfig
 from devicefit.compressor.search.problem import SearchProblem
 from devicefit.compressor.search.sensitivity import SensitivityTable
+from devicefit.compressor.search.session import FitSession
 from devicefit.compressor.search.space import SpaceConfig, build_space
-from devicefit.compressor.search.study import LoopConfig, SearchLoop
 from devicefit.compressor.search.studydb import open_study
 
 ROOF = Roofline(peak_gops_fp32=50.0, peak_gops_int8=200.0, mem_bandwidth_gbs=10.0)
@@ -35,6 +36,14 @@ def _true_layer_ms(layer: str, dtype: str, cost: Any) -> float:
 
 class FakeDevice:
     device_id = "fake-board"
+    batch_size = 1
+    reference_level = None
+
+    def fp32(self) -> Materialized:
+        return self.materialize(Plan(), name="fp32")
+
+    def mark_reference(self, p50_ms: float) -> None:
+        pass
 
     def __init__(self, problem: SearchProblem, tmp: Path) -> None:
         self.problem = problem
@@ -86,20 +95,20 @@ def _problem(budget: Budget) -> SearchProblem:
                          latency=CalibratedModel(ROOF, device_id="fake-board"), budget=budget)
 
 
-def _run(tmp_path: Path, budget: Budget, monkeypatch: pytest.MonkeyPatch, **cfg: Any) -> tuple[SearchLoop, Any, FakeDevice]:
-    monkeypatch.setattr(study_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+def _run(tmp_path: Path, budget: Budget, monkeypatch: pytest.MonkeyPatch, **cfg: Any) -> tuple[FitSession, Any, FakeDevice]:
+    monkeypatch.setattr(measure_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
     problem = _problem(budget)
     dev = FakeDevice(problem, tmp_path)
-    loop = SearchLoop(problem, dev, config=LoopConfig(**{"trials": 40, "max_measurements": 5, **cfg}))
+    loop = FitSession(problem, dev, config=SearchConfig(**{"trials": 40, "max_measurements": 5, **cfg}))
     # fp32 baseline, measured first (as fit does)
     base = problem.predict(problem.float_labels(), trial=-1)
     mat = dev.materialize(Plan(), name="fp32")
     timing = dev.measure(mat.path)
     problem.learn(base, timing, None, NodeMap({n: n for n in problem.space.layers}, {}), score=False)
     base.measured_ms, base.metric, base.size_bytes, base.measured_memory_mb = timing.p50_ms, mat.metric, 6_400_000, 80.0
-    loop.add_measured(base)
+    loop.add_baseline(base)
     study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "t", seed=0)
-    loop.run(study)
+    loop.search(study)
     loop.exploit()
     return loop, loop.outcome(base), dev
 
@@ -141,11 +150,11 @@ def test_loop_reports_shortfall_when_budget_impossible(tmp_path: Path, monkeypat
 def test_worker_trials_tagged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from devicefit.compressor.search.worker import join_study
 
-    monkeypatch.setattr(study_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+    monkeypatch.setattr(measure_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
     problem = _problem(Budget(latency_ms=1.0))
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = open_study(storage, "w", seed=1)
-    loop = SearchLoop(problem, FakeDevice(problem, tmp_path), config=LoopConfig(trials=5, max_measurements=0))
+    loop = FitSession(problem, FakeDevice(problem, tmp_path), config=SearchConfig(trials=5, max_measurements=0))
     assert join_study(loop, study, worker_id="host-a:1") == 5
     assert {t.user_attrs["devicefit"]["worker"] for t in study.get_trials()} == {"host-a:1"}
 
@@ -153,14 +162,14 @@ def test_worker_trials_tagged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_calibration_probes_make_first_predictions_accurate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from devicefit.compressor.search.probes import probe_plans, run_probes
 
-    monkeypatch.setattr(study_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+    monkeypatch.setattr(measure_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
     problem = _problem(Budget(latency_ms=100.0))
     plans = probe_plans(problem)
     assert set(plans) == set(DROP)
     # the first half of the layers, in network order
     assert [layer for layer, lab in plans["int8_static"].items() if lab != "float"] == ["l0", "l1", "l2"]
     dev = FakeDevice(problem, tmp_path)
-    loop = SearchLoop(problem, dev, config=LoopConfig(trials=1, max_measurements=3))
+    loop = FitSession(problem, dev, config=SearchConfig(trials=1, max_measurements=3))
     base = problem.predict(problem.float_labels(), trial=-1)
     mat = dev.materialize(Plan(), name="fp32")
     problem.learn(base, dev.measure(mat.path), None, NodeMap({s.name: s.name for s in SPECS}, {}), score=False)

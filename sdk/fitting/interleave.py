@@ -1,5 +1,4 @@
-"""Interleaved measurement of a candidate against the load reference (the fp32 baseline) — stdlib only, so
-the host benchmark subprocess can import it without torch.
+"""Interleaved measurement of a candidate against the load reference (the fp32 baseline), stdlib only.
 
 Rounds alternate reference and candidate: ``ref, cand, ref, cand, …, ref``; each candidate block is
 bracketed by two reference blocks. The candidate's speed relative to the reference in round *i* is

@@ -1,12 +1,21 @@
-"""report.json of a fit: model, profile, budget, result, baseline, Pareto candidates, search statistics,
-per-layer plan and the predicted-vs-measured points."""
+"""The outputs of a fit: model.onnx, plan.yaml, manifest.json, report.json (model, profile, budget, result,
+baseline, Pareto candidates, search statistics, per-layer plan and the predicted-vs-measured points) and
+report.html."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from devicefit.compressor.plan import Plan
 from devicefit.compressor.search.candidate import Candidate, summarize
+from devicefit.compressor.search.session import FitSession, SearchOutcome
 from devicefit.compressor.search.studydb import front
+from devicefit.fitting.config import FitConfig
 
 REPORT_VERSION = 1
 
@@ -36,29 +45,35 @@ def _metric(c: Candidate, baseline: Candidate) -> dict[str, Any]:
     return {k: m.get(k) for k in ("name", "baseline", "compressed", "drop", "data")}
 
 
-def _layers(ctx: Any, chosen: Candidate) -> list[dict[str, Any]]:
-    problem = ctx.problem
+def _layers(session: FitSession, chosen: Candidate) -> list[dict[str, Any]]:
+    problem = session.problem
+    facts = session.facts
+    assert facts is not None, "a fit's session is opened from a model (FitSession.open)"
     labels = chosen.labels or problem.float_labels()
     pred = problem.latency.predict(problem.latency_costs(problem.costs(labels))).per_layer
     sens = problem.sensitivity
     out = []
-    for s in ctx.specs:
+    for s in facts.specs:
         lab = labels.get(s.name, "float")
         opt = problem.space.option(s.name, lab) if problem.space.has(s.name, lab) else None
         out.append({
             "name": s.name, "kind": s.kind, "params": s.params, "macs": s.macs, "choice": lab,
-            "prunable": s.name in ctx.deps.prunable,
+            "prunable": s.name in facts.deps.prunable,
             "predicted_ms": round(pred.get(s.name, 0.0), 5),
             "sensitivity_drop": round(sens.drop(s.name, opt), 6) if opt is not None else None,
         })
     return out
 
 
-def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], seconds: float) -> dict[str, Any]:
-    budget = ctx.problem.budget
-    batch = int(getattr(spec, "batch_size", 1) or 1)
+def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome, *, bundle: Any, profile: Any,
+                 origin: dict[str, str], seconds: float, study: dict[str, Any] | None = None) -> dict[str, Any]:
+    """report.json of a fit (``study``: the Optuna storage, password redacted, and study name)."""
+    facts = session.facts
+    assert facts is not None, "a fit's session is opened from a model (FitSession.open)"
+    budget = session.problem.budget
+    batch = config.batch_size
     chosen: Candidate = outcome.chosen
-    base: Candidate = ctx.baseline
+    base: Candidate = outcome.baseline
     met = outcome.best is not None and chosen is outcome.best and chosen.passes(budget)
     size = chosen.size_bytes if chosen.size_bytes is not None else int(chosen.predicted_size_bytes)
     result = {
@@ -70,7 +85,7 @@ def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], s
         "memory_mb": chosen.measured_memory_mb,
         "budget_met": bool(met),
         "shortfall": {} if met else chosen.shortfall(budget),
-        "plan_summary": summarize(chosen.labels) if chosen is not base else {"float": len(ctx.specs)},
+        "plan_summary": summarize(chosen.labels) if chosen is not base else {"float": len(facts.specs)},
         "distilled": chosen.distilled,
         "trial": chosen.trial,
         "path": "model.onnx",
@@ -98,19 +113,20 @@ def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], s
         d["chosen"] = c.plan_hash == chosen.plan_hash
         pareto.append(d)
     errors = list(outcome.errors)
+    sens = session.problem.sensitivity
     med = outcome.median_error()
     failed = [c for c in outcome.candidates if c.error]
     return {
         "version": REPORT_VERSION,
-        "model": {"name": ctx.bundle.name, "source": ctx.bundle.source or spec.model, "params": base.params,
-                  "macs": base.macs, "size_bytes": base.size_bytes, "hash": ctx.model_hash[:16],
-                  "metric": ctx.bundle.metric, "layers": len(ctx.specs)},
-        "profile": {"id": ctx.profile.id, "name": getattr(ctx.profile, "name", ctx.profile.id),
-                    "peak_gops_fp32": ctx.profile.peak_gops_fp32, "peak_gops_int8": ctx.profile.peak_gops_int8,
-                    "mem_bandwidth_gbs": ctx.profile.mem_bandwidth_gbs},
+        "model": {"name": bundle.name, "source": bundle.source or config.model, "params": base.params,
+                  "macs": base.macs, "size_bytes": base.size_bytes, "hash": facts.model_hash[:16],
+                  "metric": bundle.metric, "layers": len(facts.specs)},
+        "profile": {"id": profile.id, "name": getattr(profile, "name", profile.id),
+                    "peak_gops_fp32": profile.peak_gops_fp32, "peak_gops_int8": profile.peak_gops_int8,
+                    "mem_bandwidth_gbs": profile.mem_bandwidth_gbs},
         "budget": {**budget.to_dict(), "origin": origin},
         # every latency in this report (budget, baseline, candidates) is the p50 of one run on this many inputs
-        "benchmark": {"batch_size": batch, "runs": spec.runs, "warmup": spec.warmup, "threads": spec.threads},
+        "benchmark": {"batch_size": batch, "runs": config.runs, "warmup": config.warmup, "threads": config.threads},
         "result": result,
         "baseline": {"latency": _latency(base, batch), "metric": _metric(base, base), "size_bytes": base.size_bytes,
                      "memory_mb": base.measured_memory_mb},
@@ -118,7 +134,7 @@ def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], s
         "search": {
             "trials": outcome.trials, "measurements": outcome.measurements, "minutes": round(seconds / 60.0, 3),
             "search_minutes": round(outcome.seconds / 60.0, 3),
-            "device": ctx.evaluator.device_id, "measured_on": "device" if spec.device else "host",
+            "device": session.evaluator.device_id, "measured_on": "device" if config.device else "host",
             "prediction_error": {"median": med, "count": len(errors), "points": errors,
                                  "definition": "median |predicted - measured| / measured p50 over the candidates measured "
                                                "in this search, each predicted before it was measured (calibration "
@@ -128,19 +144,51 @@ def build_report(ctx: Any, spec: Any, outcome: Any, *, origin: dict[str, str], s
                 {"probe": (c.tags or ["probe"])[-1], "predicted_ms": c.predicted_ms, "measured_ms": c.measured_ms,
                  "rel_error": abs(c.predicted_ms - c.measured_ms) / c.measured_ms if c.measured_ms else None,
                  "summary": summarize(c.labels), "error": c.error}
-                for c in ctx.loop.probes
+                for c in session.probes
             ],
-            "sensitivity": {"samples": ctx.problem.sensitivity.samples, "seconds": round(ctx.problem.sensitivity.seconds, 2),
-                            "cached": ctx.problem.sensitivity.cached, "estimated": ctx.problem.sensitivity.estimated,
-                            "data": ctx.sensitivity_data,
+            "sensitivity": {"samples": sens.samples, "seconds": round(sens.seconds, 2),
+                            "cached": sens.cached, "estimated": sens.estimated, "data": facts.sensitivity_data,
                             "method": "torch fake-compress of one layer at a time on a small eval slice (ranking "
                                       "only); 'estimated' entries scale one full evaluation per layer and option "
                                       "group by local output error"},
-            "study": getattr(outcome, "study", None),
-            "space": {"layers": len(ctx.problem.space.layers), "options": ctx.problem.space.size()},
-            "drop_scale": ctx.problem.drops.scale,
+            "study": study,
+            "space": {"layers": len(session.problem.space.layers), "options": session.problem.space.size()},
+            "drop_scale": session.problem.drops.scale,
             # fp32 baseline measured now ÷ predicted by the calibration persisted from earlier sessions (1: none)
-            "latency_session_scale": ctx.problem.latency.session_scale,
+            "latency_session_scale": session.problem.latency.session_scale,
         },
-        "layers": _layers(ctx, chosen),
+        "layers": _layers(session, chosen),
     }
+
+
+@dataclass
+class Written:
+    model_path: Path
+    plan: Plan
+    report: dict[str, Any]
+
+
+def write_outputs(session: FitSession, config: FitConfig, outcome: SearchOutcome, out_dir: Path, *, bundle: Any,
+                  profile: Any, origin: dict[str, str], seconds: float, study: dict[str, Any]) -> Written:
+    """Write model.onnx, plan.yaml, manifest.json, report.json and report.html; persist the latency model."""
+    from devicefit.artifact import Artifact
+    from devicefit.report_html import render_html
+
+    chosen = outcome.chosen
+    plan = session.problem.space.plan(chosen.labels) if chosen is not outcome.baseline else Plan()
+    if chosen.distilled and session.config.distill is not None:
+        plan = Plan(plan.rules, distill=session.config.distill)
+    model_path = out_dir / "model.onnx"
+    src = chosen.path or outcome.baseline.path
+    if src is not None and Path(src).resolve() != model_path.resolve():
+        shutil.copyfile(src, model_path)
+    plan.save(out_dir / "plan.yaml")
+    report = build_report(session, config, outcome, bundle=bundle, profile=profile, origin=origin, seconds=seconds,
+                          study=study)
+    model_id = re.sub(r"[^A-Za-z0-9._+-]+", "-", bundle.name).strip("-.") or "model"
+    Artifact.from_file(model_path, model_id=f"{model_id}-fit"[:128], plan=plan, metrics=report["result"]["metric"]).save()
+    report["manifest"] = "manifest.json (devicefit.artifact)"
+    session.save_latency()
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out_dir / "report.html").write_text(render_html(report), encoding="utf-8")
+    return Written(model_path, plan, report)

@@ -1,4 +1,7 @@
-"""Progress bars for a fit: one line per phase on stderr (rich), silent when disabled."""
+"""Progress of a fit: one line per phase on stderr (rich), silent when disabled.
+
+:class:`Phases` implements the engine's :class:`~devicefit.compressor.search.progress.PhaseProgress`.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +38,10 @@ class Phases:
         if self._progress is not None:
             self._progress.stop()
 
+    def note(self, phase: str, text: str) -> None:
+        """One timestamped line (log files and CI; a terminal shows it in the phase's bar)."""
+        self._line(phase, text)
+
     def _line(self, phase: str, text: str) -> None:
         if self._lines is not None:
             import time
@@ -70,9 +77,3 @@ class Phases:
         task = self._tasks[phase]
         total = self._progress.tasks[[t.id for t in self._progress.tasks].index(task)].total or 1
         self._progress.update(task, completed=total, total=total, **({"description": description} if description else {}))
-
-    def search_callback(self, phase: str, done: int, total: int, msg: str) -> None:
-        """Adapter for :class:`devicefit.compressor.search.study.SearchLoop` progress."""
-        if phase == "measure":
-            self._line(phase, msg)
-        self.update(phase, done, total or None, msg)

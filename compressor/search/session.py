@@ -1,0 +1,362 @@
+"""The fit engine: one object whose methods are the phases of a fit, in the order they run.
+
+    session = FitSession.open(bundle, profile, evaluator, config, cache_dir=..., store=...)  # analyze, sensitivity
+    session.baseline()          # fp32 exported and measured: the load reference and first calibration point
+    session.probe()             # each quant scheme measured on half the layers (calibration)
+    session.search(study)       # Optuna trials: predicted everywhere, measured where promising
+    session.exploit()           # the most promising unmeasured plans, re-predicted, measured
+    outcome = session.choose()  # fastest passing (or closest) measured candidate, distilled when it helps
+
+* **Seeds** (``enqueue_trial``): the fp32 model, every uniform single-technique plan (the *anchors*), int8
+  dynamic with the most sensitive layers kept float (sensitivity order), structural + int8 uniform plans.
+* **Every trial is predicted** (calibrated latency model, size, memory, additive sensitivity drop). A trial
+  is *materialized and measured* when :mod:`.policy` says so — its prediction looks feasible (a latency
+  margin wider while its dtypes are uncalibrated) or it is an anchor, and it could beat the fastest passing
+  candidate so far — up to ``max_measurements``. The latency model is recalibrated after each.
+* **Exploit** re-predicts the unmeasured trials with the final model and measures the most promising ones
+  with the measurements left; **choose** keeps the fastest passing measured candidate (ties within ``tie``
+  → lower drop), or the closest one with its shortfall, and runs distillation on it when its plan has prune /
+  low-rank parts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from devicefit.compressor.latency.nodemap import node_map_for
+from devicefit.compressor.latency.store import MeasurementStore
+from devicefit.compressor.plan import Plan
+from devicefit.compressor.search import policy, trials
+from devicefit.compressor.search.candidate import Candidate, Evaluator, plan_hash
+from devicefit.compressor.search.config import SearchConfig
+from devicefit.compressor.search.measure import Measurements
+from devicefit.compressor.search.problem import SearchProblem
+from devicefit.compressor.search.progress import NoProgress, PhaseProgress
+from devicefit.compressor.search.setup import ModelFacts, analyze_model, build_problem
+from devicefit.errors import UserInputError
+
+
+@dataclass
+class SearchOutcome:
+    """What a search found: every candidate, the winner (``best``) or the ``closest`` miss."""
+
+    candidates: list[Candidate]
+    baseline: Candidate
+    best: Candidate | None
+    closest: Candidate | None
+    trials: int
+    measurements: int
+    seconds: float
+    errors: list[dict[str, Any]]
+
+    @property
+    def chosen(self) -> Candidate:
+        return self.best or self.closest or self.baseline
+
+    def median_error(self) -> float | None:
+        errs = sorted(e["rel_error"] for e in self.errors)
+        if not errs:
+            return None
+        mid = len(errs) // 2
+        return errs[mid] if len(errs) % 2 else (errs[mid - 1] + errs[mid]) / 2
+
+
+class FitSession:
+    """One process's part of a fit (the fit itself or a ``search-worker``)."""
+
+    def __init__(self, problem: SearchProblem, evaluator: Evaluator, *, config: SearchConfig,
+                 store: MeasurementStore | None = None, profile_id: str = "", progress: PhaseProgress | None = None,
+                 worker_id: str = "main", facts: ModelFacts | None = None, latency_path: Path | None = None) -> None:
+        self.problem = problem
+        self.evaluator = evaluator
+        self.config = config
+        self.progress: PhaseProgress = progress or NoProgress()
+        self.worker_id = worker_id
+        self.facts = facts
+        self.latency_path = latency_path
+        self.measures = Measurements(problem, evaluator, store=store, profile_id=profile_id, reuse=config.reuse,
+                                     note=self._note_measure)
+        #: trial number -> candidate, for the trials this process ran (and the plans it exploited)
+        self.candidates: dict[int, Candidate] = {}
+        self._anchors = policy.anchors(problem.space)
+        self._baseline: Candidate | None = None
+        self._start_clock()
+
+    @classmethod
+    def open(cls, bundle: Any, profile: Any, evaluator: Evaluator, config: SearchConfig, *, cache_dir: Path,
+             store: MeasurementStore | None = None, progress: PhaseProgress | None = None,
+             worker_id: str = "main") -> FitSession:
+        """Phases *analyze* and *sensitivity*: the per-layer table, the space, the sensitivity table (cached
+        under ``cache_dir``) and the latency model persisted for the evaluator's device."""
+        progress = progress or NoProgress()
+        facts = analyze_model(bundle, config, progress)
+        problem, latency_path = build_problem(bundle, profile, facts, config, device_id=evaluator.device_id,
+                                              cache_dir=cache_dir, progress=progress)
+        return cls(problem, evaluator, config=config, store=store, profile_id=str(getattr(profile, "id", "")),
+                   progress=progress, worker_id=worker_id, facts=facts, latency_path=latency_path)
+
+    # ------------------------------------------------------------------------------ the whole fit
+    def run(self, study: optuna.Study) -> SearchOutcome:
+        """Every phase after :meth:`open`, in order; ``study`` may be shared with ``search-worker`` processes,
+        whose measured candidates compete too."""
+        self.baseline()
+        self.probe()
+        self.search(study)
+        others = self.from_study(study)
+        self.exploit(extra=others)
+        return self.choose(others=others)
+
+    def join(self, study: optuna.Study, *, worker_id: str) -> int:
+        """A ``search-worker``'s part: baseline, probe, then trials and exploit on a study another process
+        seeded. Returns the number of trials run here."""
+        from devicefit.compressor.search.worker import join_study
+
+        self.baseline()
+        self.probe()
+        return join_study(self, study, worker_id=worker_id)
+
+    # ------------------------------------------------------------------------------ phases
+    def baseline(self) -> Candidate:
+        """Phase *baseline*: the fp32 export, measured; its p50 rescales the persisted calibration to today's
+        device speed, becomes the first calibration point and the load reference of every later measurement."""
+        problem, ev = self.problem, self.evaluator
+        self.progress.start("baseline", 3, "fp32 export")
+        fp32 = ev.fp32()
+        self.progress.update("baseline", 1, description="fp32 measure")
+        timing = ev.measure(fp32.path)
+        if timing.batch_size != ev.batch_size:
+            raise UserInputError(f"the benchmark ran at batch {timing.batch_size}, not the batch_size={ev.batch_size} asked",
+                                 "update the agent (its BenchmarkRequest must honour batch_size)")
+        # the persisted calibration was learned on other days: rescale it to the device's speed now
+        problem.latency.anchor_session(problem.latency_costs(problem.costs(problem.float_labels())), timing.p50_ms)
+        base = problem.predict(problem.float_labels(), trial=-1)
+        split = problem.learn(base, timing, None, node_map_for(fp32.path, problem.space.layers), score=False)
+        base.measured_ms, base.p90_ms, base.measured_memory_mb = timing.p50_ms, timing.p90_ms, timing.peak_rss_mb
+        base.size_bytes, base.params, base.macs = fp32.size_bytes, fp32.params, fp32.macs
+        base.metric, base.path, base.device = dict(fp32.metric), fp32.path, timing.device
+        base.tags.append("fp32")
+        self.add_baseline(base)
+        ev.mark_reference(timing.p50_ms)
+        self.measures.record(base, Plan(), timing, split, role="baseline")
+        self.progress.finish("baseline", f"fp32 p50 {timing.p50_ms:.2f} ms on {timing.device}")
+        self._start_clock()  # the search's minutes start now
+        return base
+
+    def add_baseline(self, base: Candidate) -> None:
+        """Register the measured fp32 baseline (:meth:`baseline` does; tests with a simulated device too)."""
+        self._baseline = base
+        self.measures.add(base)
+
+    def probe(self) -> list[Candidate]:
+        """Phase *probe*: calibration measurements of each quant scheme in the model (:mod:`.probes`)."""
+        from devicefit.compressor.search.probes import run_probes
+
+        if not self.config.probe:
+            return []
+        self.progress.start("probe", None, "each quant scheme on every other layer, measured (calibration)")
+        probes = run_probes(self, note=lambda msg: self.progress.update("probe", len(self.probes), None, msg))
+        ok = [p for p in probes if p.measured]
+        self.progress.finish("probe", ", ".join(f"{p.tags[-1]} {p.measured_ms:.2f} ms (prior said {p.predicted_ms:.2f})"
+                                                for p in ok) or "nothing to calibrate")
+        return probes
+
+    def search(self, study: optuna.Study, *, enqueue: bool = True) -> None:
+        """Phase *search*: optimize until the trial / minute budget is spent (seeds enqueued first unless
+        joining a study another process seeded)."""
+        trials.optimize(study, self.problem.space, self.consider, budget=self.budget, worker_id=self.worker_id,
+                        trials=self.config.trials, deadline=self.deadline, seeds=self.seeds() if enqueue else (),
+                        on_trial=lambda done, n, number: self.progress.update("trials", done, n or None, f"trial {number}"))
+
+    def from_study(self, study: optuna.Study) -> list[Candidate]:
+        """The candidates other processes recorded in ``study`` (measured ones carry their numbers)."""
+        from devicefit.compressor.search.studydb import candidates_from_study
+
+        return [c for c in candidates_from_study(study, self.problem) if c.trial not in self.candidates]
+
+    def consider(self, labels: dict[str, str], trial: int) -> Candidate:
+        """One trial: predict ``labels``; measure them when the policy says they are worth it."""
+        cfg = self.config
+        cand = self.refined(self.problem.predict(labels, trial=trial))
+        reserve = min(2, cfg.max_measurements // 3)
+        anchor = policy.is_anchor(cand, self._anchors, self.measures.fp32(), self.budget)
+        if ((policy.looks_feasible(cand, self.budget, cfg) or anchor) and self.worth_measuring(cand)
+                and self.can_measure(reserve)):
+            self.measures.evaluate(cand, tag="anchor" if anchor else "search")
+        elif cand.plan_hash in self.measures.by_hash:
+            self.measures.copy_measured(self.measures.by_hash[cand.plan_hash], cand)
+        self.candidates[trial] = cand
+        return cand
+
+    def exploit(self, extra: list[Candidate] | None = None) -> None:
+        """Phase *exploit*: measure the most promising unmeasured plans (re-predicted with the final model),
+        this process's and ``extra`` (other workers')."""
+        self.progress.start("exploit", None, "measuring the most promising predictions")
+        budget, cfg, fp32 = self.budget, self.config, self.measures.fp32()
+        pool: dict[str, Candidate] = {}
+        for c in [*self.candidates.values(), *(extra or [])]:
+            if c.plan_hash not in self.measures.by_hash and c.plan_hash not in pool:
+                pool[c.plan_hash] = c
+        while self.can_measure() and pool:
+            fresh = {h: self.refined(replace(self.problem.predict(c.labels, trial=c.trial), tags=list(c.tags)))
+                     for h, c in pool.items()}
+            ok = [c for c in fresh.values() if policy.looks_feasible(c, budget, cfg) and self.worth_measuring(c)]
+            if not ok and self.best_passing() is None:
+                # nothing predicted feasible and nothing passed: measure the fastest plans whose predicted drop
+                # is within budget anyway — predictions can be wrong, measurements are what count — but not
+                # one predicted slower than fp32 under a latency budget (the fit never returns one)
+                ok = sorted((c for c in fresh.values() if policy.drop_ok(c, budget, cfg)
+                             and (budget.latency_ms is None or policy.faster_than_fp32(c, fp32))),
+                            key=lambda c: (c.predicted_ms, c.predicted_drop))
+                # ... the first whose whole plan, fake-compressed at once, still looks within the drop budget
+                # (per-layer drops of 0 on a small slice add up to nothing; 33 layers pruned at once do not)
+                ok = next(([c] for c in ok if policy.drop_ok(self.problem.refine_drop(c), budget, cfg)), [])
+                if not ok:
+                    # ... and then the uniform anchors predicted faster than fp32, whatever their predicted drop
+                    ok = [c for c in fresh.values() if c.labels in self._anchors and policy.faster_than_fp32(c, fp32)]
+            if not ok:
+                break
+            pick = min(ok, key=lambda c: (c.predicted_ms, c.predicted_drop))
+            pool.pop(pick.plan_hash)
+            self.measures.evaluate(pick, tag="exploit")
+            self.candidates[pick.trial] = pick
+        self.progress.finish("exploit")
+
+    def distill(self, cand: Candidate) -> Candidate:
+        """Phase *distill*: distillation on ``cand``'s plan when it has prune / low-rank parts, measured; the
+        distilled model replaces ``cand`` when :func:`.policy.keep_distilled` says it is better."""
+        cfg = self.config.distill
+        plan = self.problem.space.plan(cand.labels)
+        if cfg is None or not (plan.uses("prune") or plan.uses("lowrank")) or not cand.measured:
+            return cand
+        plan = Plan(plan.rules, distill=cfg)
+        d = replace(cand, plan_hash=plan_hash(plan), tags=[*cand.tags], measured_ms=None, metric=None, path=None)
+        d.distilled = True
+        d = self.measures.evaluate(d, tag="distill", plan=plan, score=False)
+        return d if policy.keep_distilled(cand, d, self.budget, self.measures.fp32()) else cand
+
+    def choose(self, others: list[Candidate] | None = None) -> SearchOutcome:
+        """Phase *choose*: the fastest passing measured candidate (or the closest miss) among this process's
+        and ``others`` (measured by other workers: the winner is measured again here, where its file is
+        needed), distilled when that helps."""
+        outcome = self.outcome(others=others)
+        chosen = outcome.chosen
+        if chosen.path is None and chosen is not self._baseline:  # measured by another worker: materialize it here
+            self.progress.start("measure", None, "re-measuring the winner locally")
+            self.measures.forget(chosen)
+            self.measures.evaluate(chosen, tag="local", score=False)
+        self.progress.start("distill", None, "distillation on the chosen structural plan")
+        final = self.distill(chosen)
+        self.progress.finish("distill")
+        if final is not chosen:
+            outcome = self.outcome(others=others)  # now listing the distilled candidate too
+            if final.passes(self.budget):
+                outcome.best = final
+            else:
+                outcome.closest, outcome.best = final, None
+        return outcome
+
+    def outcome(self, baseline: Candidate | None = None, *, others: list[Candidate] | None = None) -> SearchOutcome:
+        """Every candidate so far, the best passing one, and the closest one when none passes."""
+        base = baseline or self._baseline or self.measures.fp32()
+        if base is None:
+            raise RuntimeError("no fp32 baseline: run FitSession.baseline() first")
+        for c in others or []:
+            if c.measured and c.plan_hash not in self.measures.by_hash:
+                self.measures.add(c)
+        best = self.best_passing()
+        closest = None if best is not None else policy.closest(self.measures.measured(), self.budget, self.measures.fp32())
+        by_hash = self.measures.by_hash
+        cands = sorted({id(c): c for c in [*self.candidates.values(), *by_hash.values()]}.values(), key=lambda c: c.trial)
+        return SearchOutcome(cands, base, best, closest, trials=len(self.candidates), measurements=self.measures.count,
+                             seconds=time.monotonic() - self.start, errors=self.problem.prediction_errors())
+
+    # ------------------------------------------------------------------------------ helpers
+    @property
+    def budget(self) -> Any:
+        return self.problem.budget
+
+    @property
+    def measurements(self) -> int:
+        return self.measures.count
+
+    @property
+    def by_hash(self) -> dict[str, Candidate]:
+        return self.measures.by_hash
+
+    @property
+    def probes(self) -> list[Candidate]:
+        return self.measures.probes
+
+    def anchors(self) -> list[dict[str, str]]:
+        """The uniform single-technique plans (:func:`.policy.anchors`)."""
+        return self._anchors
+
+    def best_passing(self) -> Candidate | None:
+        return policy.best_passing(self.measures.measured(), self.budget, self.config, self.measures.fp32())
+
+    def worth_measuring(self, c: Candidate) -> bool:
+        return not self.measures.known(c) and policy.worth_measuring(c, self.best_passing(), self.config)
+
+    def can_measure(self, reserve: int = 0) -> bool:
+        return self.measures.count < self.config.max_measurements - reserve and time.monotonic() < self.deadline
+
+    def refined(self, c: Candidate) -> Candidate:
+        """When only the predicted drop rules ``c`` out, predict it again from its whole plan compressed at
+        once (:meth:`SearchProblem.refine_drop`): per-layer drops stop adding up on many-layer plans."""
+        cfg = self.config
+        if self.budget.accuracy_drop is None or policy.drop_ok(c, self.budget, cfg) or self.problem.joint is None:
+            return c
+        if not policy.looks_feasible_but_drop(c, self.budget, cfg) and c.labels not in self._anchors:
+            return c
+        return self.problem.refine_drop(c)
+
+    def evaluate(self, cand: Candidate, *, tag: str = "", plan: Plan | None = None, score: bool = True,
+                 register: bool = True) -> Candidate:
+        """Measure ``cand`` (:meth:`.measure.Measurements.evaluate`)."""
+        return self.measures.evaluate(cand, tag=tag, plan=plan, score=score, register=register)
+
+    def _start_clock(self) -> None:
+        self.start = time.monotonic()
+        self.deadline = self.start + self.config.minutes * 60 if self.config.minutes else math.inf
+
+    def _note_measure(self, msg: str) -> None:
+        self.progress.note("measure", msg)
+        self.progress.update("measure", self.measures.count, self.config.max_measurements or None, msg)
+
+    def seeds(self) -> list[dict[str, str]]:
+        """Starting plans: fp32, every uniform single-technique plan (:meth:`anchors`), sensitivity-ordered
+        keep-float, structural + int8."""
+        space, sens = self.problem.space, self.problem.sensitivity
+        layers = space.layers
+        quant_labels = sorted({p for layer in layers for o in space.atomic(layer) if o.quant is not None
+                               and o.prune is None and o.lowrank is None for p in o.parts()})
+        out = [self.problem.float_labels(), *self._anchors]  # the anchors include each quant scheme uniform
+        best_q = min(quant_labels, key=lambda q: self.problem.predict(space.uniform(q)).predicted_ms, default=None)
+        for q in dict.fromkeys(x for x in ("int8_dynamic", best_q) if x in quant_labels):
+            order = sens.order(q)
+            for frac in self.config.keep_float_counts:
+                k = max(1, round(frac * len(order)))
+                labels = space.uniform(q)
+                for layer in order[:k]:
+                    labels[layer] = space.labels(layer)[0]
+                out.append(labels)
+        structural = sorted({o.label for layer in layers for o in space.options[layer] if o.structural and o.quant is not None})
+        for lab in structural:
+            if best_q is not None and lab.endswith("+" + best_q):
+                base = space.uniform(best_q)
+                out.append({layer: lab if space.has(layer, lab) else base[layer] for layer in layers})
+        unique: dict[str, dict[str, str]] = {}
+        for labels in out:
+            unique.setdefault(plan_hash(space.plan(labels)), labels)
+        return list(unique.values())
+
+    def save_latency(self) -> None:
+        """Persist the calibrated latency model for the next session on this device."""
+        if self.latency_path is not None:
+            self.problem.latency.save(self.latency_path)

@@ -1,0 +1,19 @@
+"""The defaults of a fit, defined once (stdlib only: the engine, ``devicefit.fit`` and the CLI, which must
+start without torch, all import them from here)."""
+
+from __future__ import annotations
+
+#: search trials when neither trials nor minutes are given (cheap: most trials are only predicted)
+TRIALS = 120
+#: candidates compressed and measured per search
+MAX_MEASUREMENTS = 6
+#: distillation of the winner: steps, and the wall-clock cap (whichever is reached first ends it)
+DISTILL_STEPS = 150
+DISTILL_SECONDS = 90.0
+#: timed runs and untimed warm-up runs of each benchmark
+RUNS = 30
+WARMUP = 5
+#: wall-clock budget of the sensitivity analysis (its sample count is chosen to fit it)
+SENS_SECONDS = 45.0
+#: trials a ``search-worker`` runs when given neither trials nor minutes
+WORKER_TRIALS = 20

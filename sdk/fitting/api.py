@@ -1,0 +1,201 @@
+"""``devicefit.fit``: search for the best compressed model that meets a device's budget, proven by measurement.
+
+    result = devicefit.fit("zoo:minilm-l6", profile="localhost", device="grpc://127.0.0.1:50051",
+                           max_latency_ms=40, max_accuracy_drop=0.02)
+    result.budget_met, result.latency_ms, result.out_dir  # out/: model.onnx manifest.json plan.yaml report.*
+
+This is the shell around the engine (:class:`~devicefit.compressor.search.session.FitSession`, whose methods
+are the phases): validate the arguments (:class:`~devicefit.fitting.config.FitConfig`), load the model,
+connect to the device (or spawn a local agent), build the evaluator, run the phases, write the outputs.
+Budgets default to the profile's. ``budget_met`` is true only for a *measured* candidate within every budget;
+otherwise the closest measured candidate is written with its shortfall (``BudgetNotMetError`` is the CLI's
+exit 3; the Python API returns the result and leaves raising to ``result.raise_if_not_met()``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from devicefit import defaults
+from devicefit.compressor.plan import Plan
+from devicefit.compressor.search.session import FitSession
+from devicefit.errors import BudgetNotMetError, UserInputError
+from devicefit.fitting.config import FitConfig
+from devicefit.fitting.progress import Phases
+from devicefit.kernels.paths import cache_root
+
+
+@dataclass
+class FitResult:
+    """The outcome of :func:`fit`: the written folder and its report (``to_dict()`` = report.json)."""
+
+    out_dir: Path
+    model_path: Path
+    plan: Plan
+    report: dict[str, Any]
+
+    @property
+    def budget_met(self) -> bool:
+        return bool(self.report["result"]["budget_met"])
+
+    @property
+    def latency_ms(self) -> float:
+        return float(self.report["result"]["latency"]["p50_ms"])
+
+    @property
+    def source(self) -> str:
+        return str(self.report["result"]["latency"]["source"])
+
+    @property
+    def metric(self) -> dict[str, Any]:
+        return dict(self.report["result"]["metric"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report
+
+    def raise_if_not_met(self) -> None:
+        if not self.budget_met:
+            miss = self.report["result"].get("shortfall", {})
+            raise BudgetNotMetError(
+                f"no measured candidate met the budget; the closest misses {miss} (report: {self.out_dir / 'report.json'})",
+                "relax a budget, allow more --trials / --minutes, or widen the search space",
+            )
+
+    def __repr__(self) -> str:
+        r = self.report["result"]
+        return (f"FitResult(budget_met={r['budget_met']}, p50={r['latency']['p50_ms']:.3f} ms ({r['latency']['source']}), "
+                f"drop={r['metric']['drop']:.4f}, out={str(self.out_dir)!r})")
+
+
+def default_study_name(config: FitConfig, model: Any = None) -> str:
+    what = config.model or type(model).__name__
+    key = hashlib.sha256(repr(sorted(config.to_dict().items())).encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"devicefit-{what}-{config.profile_name()}-{key}")
+
+
+def start_study(model: str, data: Any = None, *, storage: str, study_name: str | None = None, **options: Any) -> str:
+    """Create a study that ``devicefit search-worker`` processes can join, without running a search here.
+
+    Takes :func:`fit`'s keyword arguments (budgets, profile, device, trials…); returns the study name.
+    """
+    from devicefit.compressor.search.studydb import open_study
+    from devicefit.compressor.search.worker import SPEC_ATTR
+
+    config = FitConfig.create(model, data, **options)
+    config.load_profile()  # a profile that does not exist fails here, not in the workers
+    name = study_name or default_study_name(config)
+    study = open_study(storage, name, seed=config.seed)
+    study.set_user_attr(SPEC_ATTR, config.to_dict())
+    return name
+
+
+def fit(model: Any, data: Any = None, *, out: str | Path = "devicefit-out", storage: str | None = None,
+        progress: bool = True, study_name: str | None = None, **options: Any) -> FitResult:
+    """Fit ``model`` (zoo:NAME, file, factory, nn.Module or ModelBundle) to ``profile`` / ``device``.
+
+    ``options`` are :class:`FitConfig`'s fields: ``profile`` (default "localhost"), ``device`` (an agent URL;
+    default: an agent spawned on this host), ``max_latency_ms`` / ``max_size_mb`` / ``max_memory_mb`` /
+    ``max_accuracy_drop`` (default: the profile's), ``trials`` (default 120, cheap: most are only predicted)
+    or ``minutes``, ``max_measurements`` (default 6: candidates compressed and measured), ``format``, ``space``,
+    ``seed``, ``sensitivity_samples``, ``runs``, ``store`` (the measurement store file, default
+    ~/.cache/devicefit/measurements.db), ``batch_size`` (inputs per benchmark run: every latency is per run at
+    this batch; the latency model's MACs and activations scale with it), ``threads`` (intra-op threads of every
+    benchmark; default: the runner's, = physical cores). ``storage``: an Optuna RDB URL (default: SQLite
+    ``out/study.db``); other processes can join with ``devicefit search-worker --storage URL --study NAME``
+    (the name is in report.json).
+    """
+    from devicefit.compressor.search.studydb import default_storage, open_study
+    from devicefit.compressor.search.worker import SPEC_ATTR
+    from devicefit.fitting.report import write_outputs
+
+    config = FitConfig.create(model, data, **options)
+    profile = config.load_profile()
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = study_name or default_study_name(config, model)
+    storage = storage or default_storage(out_dir)
+    t0 = time.monotonic()
+    with Phases(progress) as phases, _session(config, profile, out_dir / "work", phases, model, data) as (session, bundle):
+        study = open_study(storage, name, seed=config.seed)
+        study.set_user_attr(SPEC_ATTR, config.to_dict())
+        outcome = session.run(study)
+        phases.start("write", 1, "model.onnx manifest.json plan.yaml report.json report.html")
+        result = write_outputs(session, config, outcome, out_dir, bundle=bundle, profile=profile,
+                               origin=config.budget(profile)[1], seconds=time.monotonic() - t0,
+                               study={"storage": _redact(storage), "name": name})
+        phases.finish("write")
+    return FitResult(out_dir, result.model_path, result.plan, result.report)
+
+
+def run_worker(storage: str, study_name: str, *, trials: int | None = defaults.WORKER_TRIALS, minutes: float | None = None,
+               max_measurements: int | None = None, progress: bool = True, work: str | Path | None = None) -> dict[str, Any]:
+    """Join study ``study_name`` at ``storage`` and contribute trials (``devicefit search-worker``)."""
+    from devicefit.compressor.search.studydb import open_study
+    from devicefit.compressor.search.worker import read_spec
+
+    study = open_study(storage, study_name, create=False)
+    config = FitConfig.from_dict(read_spec(study))
+    if config.model is None:
+        raise UserInputError(
+            f"study {study_name!r} was started from an in-memory model; workers cannot rebuild it",
+            "start the fit from a model spec (zoo:NAME, a file or package.module:factory)",
+        )
+    if max_measurements is not None:
+        config = config.with_(max_measurements=max_measurements)
+    work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="devicefit-worker-"))
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    with Phases(progress) as phases, _session(config, config.load_profile(), work_dir, phases, trials=trials,
+                                              minutes=minutes) as (session, _bundle):
+        done = session.join(study, worker_id=worker_id)
+    return {"study": study_name, "worker": worker_id, "trials": done, "measurements": session.measurements}
+
+
+@contextmanager
+def _session(config: FitConfig, profile: Any, work: Path, phases: Phases, model: Any = None, data: Any = None,
+             **search: Any) -> Iterator[tuple[FitSession, Any]]:
+    """Load the model, connect to the device (or spawn a local agent), build the evaluator and open the
+    engine's session (phases analyze and sensitivity). Yields the session and the loaded model. ``search``:
+    settings that replace the engine's (a worker's trials / minutes)."""
+    from devicefit.bundle import ModelBundle
+    from devicefit.compressor.latency import MeasurementStore
+    from devicefit.fitting.evaluator import FitEvaluator, measuring_device
+    from devicefit.models import load_model
+
+    phases.start("load", 1, str(config.model or type(model).__name__))
+    src = model if model is not None else config.model
+    if src is None:
+        raise UserInputError("fit spec names no model", "give a model spec (zoo:NAME, file.pt2, package.module:factory)")
+    bundle = src if isinstance(src, ModelBundle) else load_model(src, data=data if data is not None else config.data)
+    if bundle.module is None:
+        raise UserInputError(
+            f"fit needs the torch model, but {bundle.name} was given as ONNX",
+            "pass the PyTorch model (zoo:NAME, file.pt2, package.module:factory or an nn.Module); "
+            "for an ONNX file use `devicefit compress` with an explicit plan",
+        )
+    if (bundle.eval or bundle.calib) is None:
+        raise UserInputError(f"{bundle.name} has no evaluation data", "pass data= / --data file.npz")
+    phases.finish("load")
+    budget, _origin = config.budget(profile)
+    search_config = replace(config.search_config(budget), **search)
+    with measuring_device(config.device, work) as device:
+        evaluator = FitEvaluator(bundle, device, workdir=work, profile=profile, runs=config.runs, warmup=config.warmup,
+                                 threads=config.threads, batch_size=config.batch_size)
+        store = MeasurementStore(config.store) if config.store else MeasurementStore()
+        session = FitSession.open(bundle, profile, evaluator, search_config, cache_dir=cache_root(), store=store,
+                                  progress=phases)
+        yield session, bundle
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
