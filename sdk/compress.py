@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +22,7 @@ from devicefit.compressor.techniques import Distill
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
 from devicefit.metrics import MetricResult, fidelity, score
+from devicefit.progress import Progress
 
 if TYPE_CHECKING:
     from devicefit.compressor.quant import QuantResult
@@ -75,34 +73,6 @@ class CompressResult:
         }
 
 
-class _Phases:
-    """Per-phase progress on stderr (rich) and timings."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.seconds: dict[str, float] = {}
-        self.console: Any = None
-        if enabled:
-            from rich.console import Console
-
-            self.console = Console(stderr=True)
-
-    @contextmanager
-    def __call__(self, name: str, what: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        if self.console is None:
-            yield
-        else:
-            with self.console.status(f"[bold]{name}[/]: {what}"):
-                yield
-        self.seconds[name] = round(time.perf_counter() - t0, 3)
-        if self.console is not None:
-            self.console.print(f"[green]✓[/] {name} [dim]{self.seconds[name]:.1f}s[/] — {what}")
-
-    def say(self, msg: str) -> None:
-        if self.console is not None:
-            self.console.print(f"  [dim]{msg}[/]")
-
-
 def _bundle(model: ModelBundle | str | Path, data: Any) -> ModelBundle:
     from devicefit.models import _with_data, load_model
 
@@ -150,7 +120,7 @@ def _count(module: Any, example: Any, onnx_path: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def _structural(b: ModelBundle, plan: Plan, cfg: Distill | None, ph: _Phases,
+def _structural(b: ModelBundle, plan: Plan, cfg: Distill | None, ph: Progress,
                 progress: bool) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Copy the module, prune / factorize it, distill it. Returns (student, structural info, distill info)."""
     import copy
@@ -162,7 +132,7 @@ def _structural(b: ModelBundle, plan: Plan, cfg: Distill | None, ph: _Phases,
     if plan.uses("prune") or plan.uses("lowrank"):
         from devicefit.compressor.structural import apply_structural
 
-        with ph("structural", "prune + low-rank"):
+        with ph.step("structural", "prune + low-rank"):
             res = apply_structural(student, plan, b.calib, b.example_inputs, b.input_names)
         student = res.module
         info = res.to_dict()
@@ -172,7 +142,7 @@ def _structural(b: ModelBundle, plan: Plan, cfg: Distill | None, ph: _Phases,
         from devicefit.compressor.distill import distill
 
         calib = b.require_data("calib")
-        with ph("distill", f"{cfg.steps or ''} steps from the fp32 teacher"):
+        with ph.step("distill", f"{cfg.steps or ''} steps from the fp32 teacher"):
             dres = distill(student, teacher, calib, cfg, b.input_names, progress=progress)
         student = getattr(dres, "module", student)
         dinfo = dres.to_dict() if hasattr(dres, "to_dict") else {}
@@ -205,13 +175,13 @@ def compress(
             f"{b.name} is an ONNX model: pruning, low-rank and distillation need the torch model",
             "pass the PyTorch model (zoo:NAME, file.pt2, package.module:factory) or a quant-only plan",
         )
-    ph = _Phases(progress)
+    ph = Progress(progress)
     with tempfile.TemporaryDirectory(prefix="devicefit-compress-") as tmp:
         work = Path(tmp)
         if b.onnx_path is not None and (b.module is None or not structural):
             ref_path = Path(b.onnx_path)
         else:
-            with ph("export", "fp32 reference ONNX"):
+            with ph.step("export", "fp32 reference ONNX"):
                 ref_path = export_bundle(b, work / "reference.fp32.onnx").path
         student: Any = b.module
         sinfo: dict[str, Any] = {}
@@ -219,7 +189,7 @@ def compress(
         fp32_path = ref_path
         if structural:
             student, sinfo, dinfo = _structural(b, plan, cfg, ph, progress)
-            with ph("export", "fp32 ONNX of the pruned / factorized model"):
+            with ph.step("export", "fp32 ONNX of the pruned / factorized model"):
                 fp32_path = export_bundle(b, work / "student.fp32.onnx", module=student).path
         qres: QuantResult | None = None
         if plan.uses("quant"):
@@ -228,7 +198,7 @@ def compress(
 
             names = layer_names(student) if student is not None else None
             qplan = carry_quant(plan, layer_names(b.require_module('quantize')), names) if structural and names is not None else plan
-            with ph("quantize", "per-layer quantization + optimized-graph check"):
+            with ph.step("quantize", "per-layer quantization + optimized-graph check"):
                 qres = quantize_onnx(
                     fp32_path, out, qplan, layer_names=names, calib=b.calib, profile=prof, module=student,
                     input_names=b.input_names, calib_samples=calib_samples, progress=ph.say,
@@ -237,7 +207,7 @@ def compress(
                 ph.say(f"float fallback: {layer} — {qres.fallback_reasons[layer]}")
         else:
             shutil.copyfile(fp32_path, out)
-        with ph("evaluate", "metric + fidelity vs fp32"):
+        with ph.step("evaluate", "metric + fidelity vs fp32"):
             ev = _eval_data(b)
             from devicefit.runtime import run_onnx
 

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from devicefit.artifact import Artifact
+from devicefit.progress import Progress
 from devicefit.protos.manifest import default_model_id
 from devicefit.protos.report import BenchReport
 from devicefit.transport import DEFAULT_CHUNK, Transport, open_transport
@@ -42,40 +42,6 @@ class DeployResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class _ProgressBar:
-    """A rich progress bar on stderr (no-op when disabled)."""
-
-    def __init__(self, enabled: bool, description: str, total: int) -> None:
-        self._progress: Any = None
-        self._task: Any = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn(), console=Console(file=sys.stderr),
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(description, total=total)
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=done, total=total)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 class Device:
@@ -124,7 +90,7 @@ class Device:
             art = path if isinstance(path, Artifact) else Artifact.from_file(path, model_id=model_id)
             if model_id and art.manifest.model_id != model_id:
                 art = Artifact(art.path, art.manifest.with_(model_id=model_id))
-            bar = _ProgressBar(progress is True, f"deploy {art.manifest.model_id}", art.manifest.size_bytes)
+            bar = Progress.transfer(progress is True, f"deploy {art.manifest.model_id}", art.manifest.size_bytes)
             cb = progress if callable(progress) else bar
             try:
                 res = self.transport.upload(art.path, art.manifest, activate=activate, chunk_size=chunk_size,
@@ -133,7 +99,7 @@ class Device:
                 bar.close()
         else:  # a bare file: the transport hashes it while it streams (one pass, no hashing beforehand)
             p = Path(path)
-            bar = _ProgressBar(progress is True, f"deploy {model_id or default_model_id(p)}",
+            bar = Progress.transfer(progress is True, f"deploy {model_id or default_model_id(p)}",
                                p.stat().st_size if p.is_file() else 0)
             cb = progress if callable(progress) else bar
             try:

@@ -31,8 +31,8 @@ from devicefit.compressor.plan import Plan
 from devicefit.compressor.search.session import FitSession
 from devicefit.errors import BudgetNotMetError, UserInputError
 from devicefit.fitting.config import FitConfig
-from devicefit.fitting.progress import Phases
 from devicefit.kernels.paths import cache_root
+from devicefit.progress import Progress
 
 
 @dataclass
@@ -125,7 +125,7 @@ def fit(model: Any, data: Any = None, *, out: str | Path = "devicefit-out", stor
     name = study_name or default_study_name(config, model)
     storage = storage or default_storage(out_dir)
     t0 = time.monotonic()
-    with Phases(progress) as phases, _session(config, profile, out_dir / "work", phases, model, data) as (session, bundle):
+    with Progress(progress) as phases, _session(config, profile, out_dir / "work", phases, model, data) as (session, bundle):
         study = open_study(storage, name, seed=config.seed)
         study.set_user_attr(SPEC_ATTR, config.to_dict())
         outcome = session.run(study)
@@ -154,14 +154,14 @@ def run_worker(storage: str, study_name: str, *, trials: int | None = defaults.W
         config = config.with_(max_measurements=max_measurements)
     work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="devicefit-worker-"))
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    with Phases(progress) as phases, _session(config, config.load_profile(), work_dir, phases, trials=trials,
+    with Progress(progress) as phases, _session(config, config.load_profile(), work_dir, phases, trials=trials,
                                               minutes=minutes) as (session, _bundle):
         done = session.join(study, worker_id=worker_id)
     return {"study": study_name, "worker": worker_id, "trials": done, "measurements": session.measurements}
 
 
 @contextmanager
-def _session(config: FitConfig, profile: Any, work: Path, phases: Phases, model: Any = None, data: Any = None,
+def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, model: Any = None, data: Any = None,
              **search: Any) -> Iterator[tuple[FitSession, Any]]:
     """Load the model, connect to the device (or spawn a local agent), build the evaluator and open the
     engine's session (phases analyze and sensitivity). Yields the session and the loaded model. ``search``:
