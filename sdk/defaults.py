@@ -17,3 +17,6 @@ WARMUP = 5
 SENS_SECONDS = 45.0
 #: trials a ``search-worker`` runs when given neither trials nor minutes
 WORKER_TRIALS = 20
+#: noise-proof choice: the fastest passing candidates re-measured (at most this many) in paired rounds
+CONFIRM_TOP = 4
+CONFIRM_ROUNDS = 5

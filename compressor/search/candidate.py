@@ -162,6 +162,10 @@ class Evaluator(Protocol):
         """(runtime versions, threads) measurements are comparable under (for store reuse)."""
         ...
 
+    def block_p50(self, path: Path) -> float:
+        """p50 of one short timed block of a file already measured (paired re-measurements, :mod:`.confirm`)."""
+        ...
+
 
 @dataclass
 class Candidate:
@@ -194,6 +198,8 @@ class Candidate:
     spread: float | None = None
     error: str | None = None
     tags: list[str] = field(default_factory=list)
+    #: the paired re-measurement that confirmed ``measured_ms`` (:mod:`.confirm`), when there was one
+    paired: dict[str, Any] | None = None
 
     @property
     def measured(self) -> bool:
@@ -237,6 +243,7 @@ class Candidate:
             "source": "measured" if self.measured else "predicted", "device": self.device or None,
             "reused": self.reused, "distilled": self.distilled, "load": self.load,
             "rounds": self.rounds, "spread": self.spread, "error": self.error, "tags": list(self.tags),
+            "paired": self.paired,
             "summary": summarize(self.labels),
         }
 

@@ -47,6 +47,10 @@ class SearchConfig:
     #: reuse earlier sessions' measurements of the same file on the same device and settings
     reuse: bool = True
     distill: Distill | None = field(default_factory=default_distill)
+    #: before the choice, the fastest passing candidates (at most ``confirm_top``) are re-measured in
+    #: ``confirm_rounds`` paired rounds with fp32 (:mod:`.confirm`; 0 rounds: the first measurements decide)
+    confirm_top: int = defaults.CONFIRM_TOP
+    confirm_rounds: int = defaults.CONFIRM_ROUNDS
     keep_float_counts: tuple[float, ...] = (0.05, 0.15)
 
     def scope(self) -> str:

@@ -5,7 +5,8 @@
     session.probe()             # each quant scheme measured on half the layers (calibration)
     session.search(study)       # Optuna trials: predicted everywhere, measured where promising
     session.exploit()           # the most promising unmeasured plans, re-predicted, measured
-    outcome = session.choose()  # fastest passing (or closest) measured candidate, distilled when it helps
+    outcome = session.choose()  # top passing re-measured paired with fp32 (confirm), the fastest kept (or the
+                                # closest miss), distilled when it helps
 
 * **Seeds** (``enqueue_trial``): the fp32 model, every uniform single-technique plan (the *anchors*), int8
   dynamic with the most sensitive layers kept float (sensitivity order), structural + int8 uniform plans.
@@ -35,6 +36,7 @@ from devicefit.compressor.plan import Plan
 from devicefit.compressor.search import policy, trials
 from devicefit.compressor.search.candidate import Candidate, Evaluator, plan_hash
 from devicefit.compressor.search.config import SearchConfig
+from devicefit.compressor.search.confirm import paired_rounds
 from devicefit.compressor.search.measure import Measurements
 from devicefit.compressor.search.problem import SearchProblem
 from devicefit.compressor.search.progress import NoProgress, PhaseProgress
@@ -54,6 +56,8 @@ class SearchOutcome:
     measurements: int
     seconds: float
     errors: list[dict[str, Any]]
+    #: how sure the pick is (:meth:`.confirm.Paired.confidence`), when passing candidates were re-measured
+    confidence: dict[str, Any] | None = None
 
     @property
     def chosen(self) -> Candidate:
@@ -243,7 +247,8 @@ class FitSession:
     def choose(self, others: list[Candidate] | None = None) -> SearchOutcome:
         """Phase *choose*: the fastest passing measured candidate (or the closest miss) among this process's
         and ``others`` (measured by other workers: the winner is measured again here, where its file is
-        needed), distilled when that helps."""
+        needed), distilled when that helps. The fastest passing candidates are re-measured first (:meth:`confirm`)."""
+        confidence = self.confirm()
         outcome = self.outcome(others=others)
         chosen = outcome.chosen
         if chosen.path is None and chosen is not self._baseline:  # measured by another worker: materialize it here
@@ -259,7 +264,42 @@ class FitSession:
                 outcome.best = final
             else:
                 outcome.closest, outcome.best = final, None
+        outcome.confidence = confidence
         return outcome
+
+    def confirm(self) -> dict[str, Any] | None:
+        """Phase *confirm*: the fastest passing candidates measured here (at most ``confirm_top``) re-measured
+        in paired rounds with fp32 (:mod:`.confirm`); each one's ``measured_ms`` becomes its median ratio to
+        fp32 × the fp32 baseline's p50, which the choice then uses. Returns the pick's confidence (None when
+        fewer than two candidates pass)."""
+        cfg, budget, fp32 = self.config, self.budget, self.measures.fp32()
+        if cfg.confirm_rounds < 1 or fp32 is None or fp32.path is None or fp32.measured_ms is None:
+            return None
+        passing = sorted((c for c in self.measures.measured() if c.plan_hash != fp32.plan_hash and c.path is not None
+                          and c.passes(budget) and not policy.slower_than_fp32(c, fp32, budget)),
+                         key=lambda c: c.latency_ms)
+        top = passing[: cfg.confirm_top]
+        if len(top) < 2:
+            return None
+        self.progress.start("confirm", None, f"{len(top)} passing candidates × {cfg.confirm_rounds} rounds paired with fp32")
+        paths = {c.plan_hash: Path(c.path) for c in top if c.path is not None}
+        paired = paired_rounds(self.evaluator.block_p50, Path(fp32.path), paths, rounds=cfg.confirm_rounds)
+        for c in top:
+            if not paired.ratios[c.plan_hash]:  # no usable round (a failed block): its first measurement stands
+                continue
+            ratio = paired.ratio(c.plan_hash)
+            c.paired = {"rounds": paired.rounds, "ratio_to_fp32": ratio, "first_ms": c.measured_ms,
+                        "block_p50s_ms": paired.blocks[c.plan_hash]}
+            c.measured_ms = ratio * fp32.measured_ms
+        best = self.best_passing()
+        if best is None or best.plan_hash not in paths:
+            self.progress.finish("confirm", "no confirmed candidate passes")
+            return None
+        others = sorted((c for c in top if c is not best), key=lambda c: c.latency_ms)
+        confidence = paired.confidence(best.plan_hash, others[0].plan_hash if others else None)
+        self.progress.finish("confirm", f"pick {best.plan_hash[:8]}: {confidence['ratio_to_fp32']:.3f} × fp32, faster than "
+                             f"the runner-up in {confidence.get('faster_than_runner_up_share', 1.0):.0%} of rounds")
+        return {"pick": best.plan_hash, **confidence}
 
     def outcome(self, baseline: Candidate | None = None, *, others: list[Candidate] | None = None) -> SearchOutcome:
         """Every candidate so far, the best passing one, and the closest one when none passes."""

@@ -63,6 +63,7 @@ class FitEvaluator:
         self._fp32: Materialized | None = None
         self._last_model_id: str | None = None
         self._ref: str | None = None  # the reference's model id on the agent
+        self._ids: dict[Path, str] = {}  # file measured -> its model id on the agent
         self._ref_base: float | None = None
         self._info = dict(device.info())
         self.device_id = str(self._info.get("device_id") or device.id)
@@ -131,7 +132,7 @@ class FitEvaluator:
         minutes); ``p50_ms / load`` is the candidate at the baseline's load, which is what the latency model
         learns."""
         dep = self.device.deploy(path, progress=False, activate=False)
-        self._last_model_id = cid = str(dep.sha256)
+        self._last_model_id = self._ids[Path(path)] = cid = str(dep.sha256)
         if self._ref is None:
             return self._plain(cid)
         k = self._block_runs(max(5, self.runs // ROUNDS), self._ref_base)
@@ -145,6 +146,13 @@ class FitEvaluator:
         if self._ref_base:
             timing.load = timing.p50_ms / (pair.ratio * self._ref_base)
         return timing
+
+    def block_p50(self, path: Path) -> float:
+        """p50 of one timed block of ``path`` (as long as the interleaved blocks of :meth:`measure`)."""
+        cid = self._ids.get(Path(path))
+        if cid is None:
+            cid = self._ids[Path(path)] = str(self.device.deploy(path, progress=False, activate=False).sha256)
+        return self._p50(cid, self._block_runs(max(5, self.runs // ROUNDS), self._ref_base))
 
     def _plain(self, model_id: str) -> Timing:
         """The first measurement (the fp32 baseline, before there is a reference): the per-node run plus two

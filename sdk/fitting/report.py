@@ -87,6 +87,9 @@ def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome,
         "shortfall": {} if met else chosen.shortfall(budget),
         "plan_summary": summarize(chosen.labels) if chosen is not base else {"float": len(facts.specs)},
         "distilled": chosen.distilled,
+        # the passing candidates re-measured in paired rounds with fp32 before the choice (None: fewer than two
+        # passed): the pick's median ratio to fp32 and the share of rounds it beat the runner-up in
+        "confidence": outcome.confidence,
         "trial": chosen.trial,
         "path": "model.onnx",
     }

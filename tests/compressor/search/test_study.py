@@ -315,3 +315,67 @@ def test_exploit_fallback_checks_the_whole_plans_drop_first(tmp_path: Path, monk
     _loop, out, _dev = _run(tmp_path, budget, monkeypatch, trials=20, max_measurements=5)
     exploited = [c for c in out.candidates if c.measured and "exploit" in c.tags]
     assert exploited and all(c.drop <= 0.05 for c in exploited), [(c.plan_hash, c.drop) for c in exploited]
+
+
+class NoisyDevice(FakeDevice):
+    """The synthetic device with a deterministic load: every timed block runs 2% slower than the one before
+    (a drift the bracketing fp32 blocks cancel exactly), and block number ``spike`` runs 3x slower."""
+
+    def __init__(self, problem: SearchProblem, tmp: Path, spike: int) -> None:
+        super().__init__(problem, tmp)
+        self.truth: dict[Path, float] = {}
+        self.blocks = 0
+        self.spike = spike
+
+    def materialize(self, plan: Plan, *, name: str) -> Materialized:
+        mat = super().materialize(plan, name=name)
+        self.truth[mat.path] = self._timing({s.name: _label(plan, s.name) for s in SPECS}).p50_ms
+        return mat
+
+    def block_p50(self, path: Path) -> float:
+        self.blocks += 1
+        return self.truth[path] * 1.02 ** self.blocks * (3.0 if self.blocks == self.spike else 1.0)
+
+
+def test_choice_is_made_on_paired_remeasurements_not_on_single_noisy_ones(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #17: the fastest passing candidate's single measurement was hit by a load spike (+30%), so on first
+    measurements another passing candidate looks fastest. The paired re-measurement with fp32 (5 rounds, one of
+    them spiked again) restores the truth: the truly fastest is chosen, its confirmed latency is its true one,
+    and the report's confidence says in how many rounds it beat the runner-up."""
+    from devicefit.compressor.search.confirm import paired_rounds
+
+    monkeypatch.setattr(measure_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+    budget = Budget(latency_ms=0.9 * _fp32_ms(), accuracy_drop=0.2)
+    problem = _problem(budget)
+    # block 4 = the first round's second candidate block (ref, c1, ref, c2 ...): the truly fastest one's, see below
+    dev = NoisyDevice(problem, tmp_path, spike=4)
+    base = problem.predict(problem.float_labels(), trial=-1)
+    fp32 = dev.fp32()
+    base.measured_ms, base.metric, base.path = dev.truth[fp32.path], fp32.metric, fp32.path
+    base.size_bytes, base.measured_memory_mb = 6_400_000, 80.0
+    loop = FitSession(problem, dev, config=SearchConfig(trials=1, max_measurements=3, confirm_rounds=5))
+    loop.add_baseline(base)
+    cands = [loop.evaluate(problem.predict(problem.space.uniform(q), trial=i)) for i, q in enumerate(DROP)]
+    passing = sorted((c for c in cands if c.passes(budget)), key=lambda c: dev.truth[c.path])  # type: ignore[index]
+    assert len(passing) >= 2
+    fastest, runner_up = passing[0], passing[1]
+    truth = {c.plan_hash: dev.truth[c.path] for c in passing}  # type: ignore[index]
+    fastest.measured_ms = 1.3 * truth[fastest.plan_hash]  # the spike on its single measurement
+    assert fastest.measured_ms > runner_up.measured_ms  # type: ignore[operator]
+    assert loop.best_passing() is not fastest  # first measurements pick the wrong one
+    # the rounds visit the candidates fastest-measured first: the spiked block 4 is the truly fastest one's
+    order = sorted(passing, key=lambda c: c.latency_ms)
+    assert order[1] is fastest
+    confidence = loop.confirm()
+    assert loop.best_passing() is fastest and confidence is not None and confidence["pick"] == fastest.plan_hash
+    # the drift cancels exactly; the spiked round is outvoted by the median of 5
+    assert fastest.measured_ms == pytest.approx(truth[fastest.plan_hash], rel=1e-9)
+    assert runner_up.measured_ms == pytest.approx(truth[runner_up.plan_hash], rel=1e-9)
+    assert confidence["rounds"] == 5 and confidence["runner_up"] == runner_up.plan_hash
+    assert confidence["faster_than_runner_up_share"] == pytest.approx(4 / 5)
+    assert fastest.paired is not None and fastest.paired["first_ms"] == pytest.approx(1.3 * truth[fastest.plan_hash])
+    # the rule itself: rotation visits every candidate first once per len(candidates) rounds
+    seen: list[str] = []
+    paired_rounds(lambda p: seen.append(p.name) or 1.0, Path("ref"), {"a": Path("a"), "b": Path("b")}, rounds=2)
+    assert seen == ["ref", "a", "ref", "b", "ref", "ref", "b", "ref", "a", "ref"]
