@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,11 +65,8 @@ class SearchOutcome:
         return self.best or self.closest or self.baseline
 
     def median_error(self) -> float | None:
-        errs = sorted(e["rel_error"] for e in self.errors)
-        if not errs:
-            return None
-        mid = len(errs) // 2
-        return errs[mid] if len(errs) % 2 else (errs[mid - 1] + errs[mid]) / 2
+        """Median relative prediction error over the candidates measured (None before any)."""
+        return statistics.median(e["rel_error"] for e in self.errors) if self.errors else None
 
 
 class FitSession:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import median
 
 MIN_ROUNDS = 3
 MAX_ROUNDS = 8
@@ -23,12 +24,6 @@ HARD_MAX_ROUNDS = 16
 SPREAD = 0.05
 #: ... and past MAX_ROUNDS while it is above this
 LOOSE_SPREAD = 0.12
-
-
-def median(xs: list[float]) -> float:
-    ys = sorted(xs)
-    mid = len(ys) // 2
-    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
 
 
 def rel_mad(xs: list[float]) -> float:
