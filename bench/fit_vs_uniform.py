@@ -60,7 +60,7 @@ def measure(dev: Any, path: Path, runs: int, batch_size: int) -> float:
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     from devicefit.fitting.evaluator import measuring_device
 
-    with measuring_device(None, work / f"{name}-bench-agent") as dev:
+    with measuring_device(None) as dev:
         return _bench_model(dev, name, args, work)
 
 

@@ -20,3 +20,5 @@ WORKER_TRIALS = 20
 #: noise-proof choice: the fastest passing candidates re-measured (at most this many) in paired rounds
 CONFIRM_TOP = 4
 CONFIRM_ROUNDS = 5
+#: ... those first measured within this fraction of the fastest passing one
+CONFIRM_WITHIN = 0.25

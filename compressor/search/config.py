@@ -51,6 +51,8 @@ class SearchConfig:
     #: ``confirm_rounds`` paired rounds with fp32 (:mod:`.confirm`; 0 rounds: the first measurements decide)
     confirm_top: int = defaults.CONFIRM_TOP
     confirm_rounds: int = defaults.CONFIRM_ROUNDS
+    #: ... those first measured within this fraction of the fastest passing one (the others are no contenders)
+    confirm_within: float = defaults.CONFIRM_WITHIN
     keep_float_counts: tuple[float, ...] = (0.05, 0.15)
 
     def scope(self) -> str:

@@ -266,7 +266,8 @@ class FitSession:
         return outcome
 
     def confirm(self) -> dict[str, Any] | None:
-        """Phase *confirm*: the fastest passing candidates measured here (at most ``confirm_top``) re-measured
+        """Phase *confirm*: the fastest passing candidates measured here (at most ``confirm_top``, first measured
+        within ``confirm_within`` of the fastest) re-measured
         in paired rounds with fp32 (:mod:`.confirm`); each one's ``measured_ms`` becomes its median ratio to
         fp32 × the fp32 baseline's p50, which the choice then uses. Returns the pick's confidence (None when
         fewer than two candidates pass)."""
@@ -276,7 +277,7 @@ class FitSession:
         passing = sorted((c for c in self.measures.measured() if c.plan_hash != fp32.plan_hash and c.path is not None
                           and c.passes(budget) and not policy.slower_than_fp32(c, fp32, budget)),
                          key=lambda c: c.latency_ms)
-        top = passing[: cfg.confirm_top]
+        top = [c for c in passing[: cfg.confirm_top] if c.latency_ms <= passing[0].latency_ms * (1 + cfg.confirm_within)]
         if len(top) < 2:
             return None
         self.progress.start("confirm", None, f"{len(top)} passing candidates × {cfg.confirm_rounds} rounds paired with fp32")

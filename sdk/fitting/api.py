@@ -187,7 +187,7 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
     phases.finish("load")
     budget, _origin = config.budget(profile)
     search_config = replace(config.search_config(budget), **search)
-    with measuring_device(config.device, work) as device:
+    with measuring_device(config.device) as device:
         evaluator = FitEvaluator(bundle, device, workdir=work, profile=profile, runs=config.runs, warmup=config.warmup,
                                  threads=config.threads, batch_size=config.batch_size)
         store = MeasurementStore(config.store) if config.store else MeasurementStore()

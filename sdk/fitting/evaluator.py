@@ -33,8 +33,11 @@ HOST_DEVICE_ID = "host"
 
 
 @contextmanager
-def measuring_device(url: str | None, work: Path) -> Iterator[Device]:
-    """The device a fit measures on: ``url``'s agent, or one spawned on loopback (its store under ``work``)."""
+def measuring_device(url: str | None) -> Iterator[Device]:
+    """The device a fit measures on: ``url``'s agent, or one spawned on loopback for the fit (its model store in
+    a temporary folder, removed afterwards)."""
+    import tempfile
+
     from devicefit.device import connect
 
     if url:
@@ -43,7 +46,8 @@ def measuring_device(url: str | None, work: Path) -> Iterator[Device]:
         return
     from devicefit.agent.launch import spawn_agent
 
-    with spawn_agent(work / "agent", device_id=HOST_DEVICE_ID) as agent, connect(agent.url) as dev:
+    with tempfile.TemporaryDirectory(prefix="devicefit-agent-") as store, \
+            spawn_agent(Path(store) / "store", device_id=HOST_DEVICE_ID) as agent, connect(agent.url) as dev:
         yield dev
 
 
