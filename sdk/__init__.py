@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "fit": "devicefit.fitting.api:fit",
     "FitResult": "devicefit.fitting.api:FitResult",
+    "FitConfig": "devicefit.fitting.config:FitConfig",
+    "start_study": "devicefit.fitting.api:start_study",
+    "run_worker": "devicefit.fitting.api:run_worker",
     "compress": "devicefit.compress:compress",
     "CompressResult": "devicefit.compress:CompressResult",
     "connect": "devicefit.device:connect",

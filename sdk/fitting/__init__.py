@@ -9,7 +9,19 @@
 * :mod:`.progress` — the phases on stderr (rich).
 """
 
-from devicefit.fitting.api import FitResult, default_study_name, fit, run_worker, start_study
-from devicefit.fitting.config import FitConfig
+from __future__ import annotations
 
-__all__ = ["FitConfig", "FitResult", "default_study_name", "fit", "run_worker", "start_study"]
+import importlib
+from typing import Any
+
+_LAZY = {"FitConfig": "config", "FitResult": "api", "default_study_name": "api", "fit": "api", "run_worker": "api",
+         "start_study": "api"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    """The names above, imported on first use (``FitConfig`` without the engine, which imports torch)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'devicefit.fitting' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"devicefit.fitting.{_LAZY[name]}"), name)
