@@ -1,0 +1,13 @@
+"""Post-training accuracy recovery for static int8 (QDQ) graphs, applied after quantization.
+
+* :mod:`.layer_error` — per-layer output error (SQNR) of a quantized graph against its fp32 source: where the
+  loss comes from, measured on real data.
+* :mod:`.bias_correction` — empirical bias correction (Nagel et al. 2019, §4.2): per output channel, the mean
+  shift that quantization puts on each Conv / Gemm output is measured on calibration data and folded back
+  into the layer's int32 bias; the graph stays a normal QDQ graph (same nodes, same fusions, same speed).
+"""
+
+from devicefit.compressor.quant.recovery.bias_correction import correct_biases
+from devicefit.compressor.quant.recovery.layer_error import LayerError, layer_errors
+
+__all__ = ["LayerError", "correct_biases", "layer_errors"]
