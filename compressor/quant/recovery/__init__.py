@@ -5,9 +5,11 @@
 * :mod:`.bias_correction` — empirical bias correction (Nagel et al. 2019, §4.2): per output channel, the mean
   shift that quantization puts on each Conv / Gemm output is measured on calibration data and folded back
   into the layer's int32 bias; the graph stays a normal QDQ graph (same nodes, same fusions, same speed).
+* :mod:`.rounding` — output-aware (GPTQ) re-rounding of dense layers' int8 weights on their existing grid.
 """
 
 from devicefit.compressor.quant.recovery.bias_correction import correct_biases
 from devicefit.compressor.quant.recovery.layer_error import LayerError, layer_errors
+from devicefit.compressor.quant.recovery.rounding import round_weights
 
-__all__ = ["LayerError", "correct_biases", "layer_errors"]
+__all__ = ["LayerError", "correct_biases", "layer_errors", "round_weights"]

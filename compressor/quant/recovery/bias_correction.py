@@ -13,7 +13,7 @@ outputs in one pass does, and measured on EfficientNet-Lite0 it wrecks the model
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,15 +90,19 @@ def correct_biases(
     fp32: onnx.ModelProto,
     quant: onnx.ModelProto,
     feeds: Sequence[dict[str, np.ndarray]],
+    *,
+    nodes: Collection[str] | None = None,
 ) -> dict[str, float]:
     """Fold each layer's own quantization bias into its int32 bias, in place on ``quant``.
+
+    ``nodes``: the Conv / Gemm node names to correct (``None``: every one with an int32 bias).
 
     The layer's own error is measured against a float twin of the layer fed the *same* quantized input, so
     corrections do not compound along the network (one pass over ``feeds`` corrects every layer). Returns
     node → RMS of the correction (output units).
     """
     biases = _int32_biases(quant)
-    names = [n for n in matched_outputs(fp32, quant) if n in biases]
+    names = [n for n in matched_outputs(fp32, quant) if n in biases and (nodes is None or n in nodes)]
     if not names or not feeds:
         return {}
     aug, twins = _shadowed(fp32, quant, names)

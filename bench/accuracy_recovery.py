@@ -1,0 +1,148 @@
+"""Accuracy recovery after int8 static quantization vs onnxruntime's own ``quantize_static``, one run.
+
+EfficientNet-Lite0 on 320 evaluation crops of 20 scikit-image photos (:mod:`devicefit.zoo.photos`; the
+calibration crops are disjoint). Rows, all calibrated on the same ``--calib`` crops:
+
+* onnxruntime ``quantize_static`` (QDQ, its defaults after ``quant_pre_process``) with each
+  ``CalibrationMethod`` (MinMax, Entropy, Percentile, Distribution);
+* devicefit ``int8_static`` (host integer format: per-channel weights, ``reduce_range`` without VNNI) with
+  ``minmax`` / ``mse`` calibration, each alone and with empirical bias correction
+  (:func:`devicefit.compressor.quant.recovery.correct_biases`, same calibration crops).
+
+Per row: top-1 agreement with fp32 and its drop, mean logit cosine, and host latency p50 (onnxruntime with the
+agent runner's session settings, 1 thread, batch 1, rows interleaved run by run — see ``bench/quant_vs_ort.py``)
+with its ratio to fp32. Nothing here is asserted; the numbers are for the closing note.
+
+    python bench/accuracy_recovery.py [--calib 64] [--rounds 3] [--runs 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ORT_METHODS = ("MinMax", "Entropy", "Percentile", "Distribution")
+
+
+def _quant_vs_ort() -> Any:
+    spec = importlib.util.spec_from_file_location("quant_vs_ort", Path(__file__).with_name("quant_vs_ort.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def ort_static(fp32: Path, calib: np.ndarray, work: Path, method: str) -> Path:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from devicefit.compressor.quant.calibration import DatasetReader
+
+    src = work / "ort_pre.onnx"
+    if not src.exists():
+        quant_pre_process(str(fp32), str(src))
+    name = onnx.load(str(src)).graph.input[0].name
+    reader = DatasetReader([{name: calib[i : i + 16]} for i in range(0, len(calib), 16)])
+    out = work / f"ort_{method}.onnx"
+    quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ,
+                    calibrate_method=getattr(CalibrationMethod, method))
+    return out
+
+
+def devicefit_static(fp32: Path, calib: np.ndarray, work: Path, calibration: str, module: Any) -> tuple[Path, Path]:
+    """(plain, bias-corrected) int8 static models."""
+    import onnx
+
+    from devicefit.compressor.plan import Plan
+    from devicefit.compressor.quant import quantize_onnx
+    from devicefit.compressor.quant.recovery import correct_biases
+    from devicefit.compressor.techniques import Int8Static
+    from devicefit.data import Dataset
+
+    plain = work / f"devicefit_{calibration}.onnx"
+    quantize_onnx(fp32, plain, Plan.uniform(quant=Int8Static(calibration=calibration)),
+                  calib=Dataset({"x": calib}), module=module, calib_samples=len(calib))
+    q = onnx.load(str(plain))
+    correct_biases(onnx.load(str(fp32)), q, [{"x": calib[i : i + 16]} for i in range(0, len(calib), 16)])
+    fixed = work / f"devicefit_{calibration}_bc.onnx"
+    onnx.save(q, str(fixed))
+    return plain, fixed
+
+
+def outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    from devicefit.compressor.quant.calibration import session
+
+    s = session(str(path), optimize=True, threads=2)
+    name = s.get_inputs()[0].name
+    return np.concatenate([s.run(None, {name: x[i : i + 32]})[0] for i in range(0, len(x), 32)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--calib", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--ort-methods", default=",".join(ORT_METHODS))
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from devicefit.compressor.export import export_bundle
+    from devicefit.zoo import efficientnet_lite0, photos
+
+    torch.set_num_threads(2)
+    calib, ev = photos.splits()
+    calib = calib[: args.calib]
+    bundle = efficientnet_lite0.build()
+    rows: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="devicefit-recovery-") as tmp:
+        work = Path(tmp)
+        fp32 = export_bundle(bundle, work / "fp32.onnx").path
+        rows["fp32"] = fp32
+        for method in [m for m in args.ort_methods.split(",") if m]:
+            t0 = time.perf_counter()
+            rows[f"ort quantize_static {method}"] = ort_static(fp32, calib, work, method)
+            seconds[f"ort quantize_static {method}"] = time.perf_counter() - t0
+            print(f"done ort {method} {seconds[f'ort quantize_static {method}']:.0f}s", file=sys.stderr, flush=True)
+        for cal in ("minmax", "mse"):
+            t0 = time.perf_counter()
+            plain, fixed = devicefit_static(fp32, calib, work, cal, bundle.module)
+            rows[f"devicefit int8_static {cal}"] = plain
+            rows[f"devicefit int8_static {cal} + bias correction"] = fixed
+            seconds[f"devicefit int8_static {cal} + bias correction"] = time.perf_counter() - t0
+            print(f"done devicefit {cal} {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        ref = outputs(fp32, ev)
+        table: list[dict[str, Any]] = []
+        for label, path in rows.items():
+            out = outputs(path, ev)
+            cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1) + 1e-12)
+            agree = float((ref.argmax(1) == out.argmax(1)).mean())
+            table.append({"row": label, "top1_agreement": agree, "drop": 1.0 - agree, "cosine": float(cos.mean()),
+                          "eval_crops": len(ev), "calib_crops": len(calib)})
+        lat = _quant_vs_ort().latencies(rows, {"x": ev[:1]}, args.rounds, args.runs)
+    for r in table:
+        r["p50_ms"] = lat[r["row"]]
+        r["vs_fp32"] = lat[r["row"]] / lat["fp32"]
+        r["seconds"] = seconds.get(r["row"])
+    print(f"{'row':52s} {'agree':>6s} {'drop':>6s} {'cosine':>7s} {'p50 ms':>7s} {'x fp32':>6s}")
+    for r in table:
+        print(f"{r['row']:52s} {r['top1_agreement']:6.3f} {r['drop']:6.3f} {r['cosine']:7.4f} "
+              f"{r['p50_ms']:7.2f} {r['vs_fp32']:6.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
