@@ -1,8 +1,9 @@
 """Empirical bias correction of a QDQ graph (Nagel et al. 2019, "Data-Free Quantization", §4.2).
 
 Quantizing weights and activations shifts the mean of each layer's output: E[W̃x̃] ≠ E[Wx]. For every
-Conv / Gemm whose bias is an int32 ``DequantizeLinear`` (how onnxruntime's QDQ quantizer writes it), the
-per-output-channel mean of the fp32 and of the quantized pre-activation output are measured on calibration
+Conv / Gemm whose bias is an int32 ``DequantizeLinear`` (how onnxruntime's QDQ quantizer writes it), and every
+MatMul whose float output feeds one ``Add`` of a constant bias (Linear layers: the QDQ pass leaves MatMul
+outputs in float so onnxruntime fuses ``MatMulIntegerToFloat``), the per-output-channel mean of the fp32 and of the quantized pre-activation output are measured on calibration
 feeds and the difference is added to the bias, re-quantized with the bias's own scale. Only bias values
 change: the node set, the scales and hence onnxruntime's int8 fusions and speed stay exactly as they were.
 The shift is the layer's *own* (its weights' rounding and its output's clipping, given the quantized
@@ -26,16 +27,27 @@ from devicefit.compressor.quant.recovery.layer_error import matched_outputs, tap
 @dataclass(frozen=True)
 class _Bias:
     node: str
-    quantized: str  #: int32 initializer
-    scale: str  #: its scale initializer
+    initializer: str  #: int32 bias of a Conv / Gemm, or the float constant added after a MatMul
+    scale: str | None  #: the int32 bias's scale initializer (``None``: a float bias)
     channel_axis: int  #: of the layer's output
 
 
-def _int32_biases(model: onnx.ModelProto) -> dict[str, _Bias]:
+def _biases(model: onnx.ModelProto) -> dict[str, _Bias]:
+    """Correctable biases: int32 ``DequantizeLinear`` biases of Conv / Gemm, and the float constant of the
+    ``Add`` that alone consumes a MatMul's float output (how the QDQ pass leaves Linear layers)."""
     inits = G.initializers(model)
     prod = G.producers(model)
+    cons = G.consumers(model)
     out: dict[str, _Bias] = {}
     for n in model.graph.node:
+        if n.op_type == "MatMul":
+            users = cons.get(n.output[0], [])
+            if len(users) != 1 or users[0].op_type != "Add":
+                continue
+            const = [t for t in users[0].input if t in inits and t != n.output[0]]
+            if len(const) == 1 and len(G.to_array(inits[const[0]]).shape) == 1:
+                out[n.name] = _Bias(n.name, const[0], None, -1)
+            continue
         if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3 or n.input[2] not in prod:
             continue
         dq = prod[n.input[2]]
@@ -86,6 +98,16 @@ def _shadowed(fp32: onnx.ModelProto, quant: onnx.ModelProto, nodes: list[str]) -
     return aug, twins
 
 
+def _corrected(inits: dict[str, onnx.TensorProto], bias: _Bias, delta: np.ndarray) -> np.ndarray:
+    current = G.to_array(inits[bias.initializer])
+    if bias.scale is None:
+        return (current.astype(np.float64) + delta).astype(current.dtype)
+    scale = G.to_array(inits[bias.scale]).astype(np.float64)
+    safe = np.where(scale > 0, scale, 1.0)
+    new = np.where(scale > 0, np.round(current.astype(np.float64) + delta / safe), current)
+    return np.clip(new, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+
+
 def correct_biases(
     fp32: onnx.ModelProto,
     quant: onnx.ModelProto,
@@ -101,7 +123,7 @@ def correct_biases(
     corrections do not compound along the network (one pass over ``feeds`` corrects every layer). Returns
     node → RMS of the correction (output units).
     """
-    biases = _int32_biases(quant)
+    biases = _biases(quant)
     names = [n for n in matched_outputs(fp32, quant) if n in biases and (nodes is None or n in nodes)]
     if not names or not feeds:
         return {}
@@ -124,11 +146,6 @@ def correct_biases(
     for node in twins:
         bias = biases[node]
         delta = diff[node] / max(counts[node], 1)
-        scale = G.to_array(inits[bias.scale]).astype(np.float64)
-        bq = G.to_array(inits[bias.quantized]).astype(np.float64)
-        safe = np.where(scale > 0, scale, 1.0)
-        new = np.where(scale > 0, np.round(bq + delta / safe), bq)
-        new = np.clip(new, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
-        G.set_initializer(quant, bias.quantized, new)
+        G.set_initializer(quant, bias.initializer, _corrected(inits, bias, delta))
         applied[node] = float(np.sqrt(np.mean(delta**2)))
     return applied
