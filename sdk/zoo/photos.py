@@ -10,7 +10,6 @@ The arrays are cached as ``.npz`` under the devicefit cache (building them takes
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,8 +46,9 @@ def crop_plan() -> list[tuple[int, float, tuple[float, float], bool, bool]]:
 
 
 def _cache() -> Path:
-    root = os.environ.get("DEVICEFIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "devicefit")
-    return Path(root) / "zoo" / f"photo-crops-v{VERSION}.npz"
+    from devicefit.kernels.paths import cache_root
+
+    return cache_root() / "zoo" / f"photo-crops-v{VERSION}.npz"
 
 
 def splits() -> tuple[np.ndarray, np.ndarray]:
