@@ -415,6 +415,9 @@ class Int8Static(_Quant):
     calibration: str = "minmax"
     per_channel: bool = True
     percentile: float = 99.999
+    #: after quantizing, fold each layer's measured output mean shift into its bias
+    #: (:func:`devicefit.compressor.quant.recovery.correct_biases`; one more pass over the calibration data)
+    bias_correction: bool = field(default=False, metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
         name = type(self).__name__

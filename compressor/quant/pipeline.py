@@ -220,7 +220,17 @@ def quantize_onnx(
     static = {k: t for k, t in chosen.items() if t.onnx_pass == "static"}
     if static:
         say(f"static int8 on {len(static)} layer(s) (calibrating on {min(len(calib or []), calib_samples)} samples)")
+        corrected = [ln.node for k, t in static.items() if getattr(t, "bias_correction", False) for ln in lmap.nodes[k]]
+        before = onnx.ModelProto()
+        if corrected:
+            before.CopyFrom(model)
         model = _static(model, lmap, static, feeds, fmt)
+        if corrected:
+            from devicefit.compressor.quant.recovery import correct_biases
+
+            say(f"bias correction on {len(corrected)} node(s)")
+            done = correct_biases(before, model, feeds, nodes=corrected)
+            notes.append(f"bias correction on {len(done)} layer node(s) (measured output mean shift folded into biases)")
     dyn = {k: t for k, t in chosen.items() if t.onnx_pass == "dynamic"}
     dyn_convs = [k for k in dyn if lmap.first(k).op_type == "Conv"]
     if dyn_convs:

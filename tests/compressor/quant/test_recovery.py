@@ -68,3 +68,15 @@ def test_output_aware_rounding_lowers_layer_error_on_the_same_grid(tiny: TinyCas
     after = {e.node: e.sqnr_db for e in layer_errors(fp32, q, _feeds(tiny.calib, q))}
     improved = [n for n in ratios if ratios[n] < 0.9]
     assert all(after[n] > before[n] for n in improved), (before, after)
+
+
+def test_int8_static_bias_correction_option_in_the_pipeline(tiny: TinyCase, tmp_path: Path) -> None:
+    plain, fixed = tmp_path / "plain.onnx", tmp_path / "bc.onnx"
+    tech = Int8Static(per_channel=False, bias_correction=True)
+    assert "bias_correction=True" in tech.label() and "bias_correction" not in Int8Static().label()
+    quantize_onnx(tiny.onnx, plain, Plan.uniform(quant=Int8Static(per_channel=False)), calib=tiny.calib,
+                  module=tiny.module)
+    res = quantize_onnx(tiny.onnx, fixed, Plan.uniform(quant=tech), calib=tiny.calib, module=tiny.module)
+    assert any(n.startswith("bias correction on") for n in res.notes), res.notes
+    ref, before, after = run(tiny.onnx, tiny.eval), run(plain, tiny.eval), run(fixed, tiny.eval)
+    assert np.mean((after - ref) ** 2) < np.mean((before - ref) ** 2)
