@@ -10,7 +10,7 @@ _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|!\[[^\]]*\]
 _BARE = re.compile(r"(?<![`\w/])https?://[^\s)>\]`]+")
 _FENCE = re.compile(r"^\s*```")
 #: pages linked before they exist, with who writes them; a link to one resolves as soon as the file lands
-PENDING = {ROOT / "docs" / "ARCHITECTURE.md": "the architecture page, written by the lead from shared/DESIGN.md"}
+PENDING: dict[Path, str] = {}
 
 
 def pages() -> list[Path]:
