@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "ARCHITECTURE.md"
 TOP = ("sdk", "agent", "compressor", "kernels", "protos", "device_profiles", "tests", "docs")
 #: a path into one of the fixed top-level folders, as written in prose, code spans or the diagram
-_PATH = re.compile(r"(?<![\w./-])((?:%s)/[\w./*-]*)" % "|".join(TOP))
+_PATH = re.compile(r"(?<![\w./-])((?:" + "|".join(TOP) + r")/[\w./*-]*)")
 
 
 def named_paths(text: str) -> set[str]:
