@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,8 @@ import numpy as np
 from devicefit.agent.rss import PeakRss
 from devicefit.agent.runners import Runner, TensorSpec, runner_for
 from devicefit.errors import ModelLoadError, UserInputError
+from devicefit.protos import errors as E
+from devicefit.protos.errors import AgentError
 from devicefit.protos.report import BenchReport, NodeTime
 
 #: symbolic dims whose name looks like a sequence length get this size; other symbolic dims DEFAULT_DIM
@@ -110,11 +112,20 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) 
     return out
 
 
-def _timed_runs(runner: Runner, feeds: Mapping[str, np.ndarray], warmup: int, runs: int) -> np.ndarray:
-    for _ in range(warmup):
+def _check_stop(should_stop: Callable[[], bool] | None, i: int) -> None:
+    """Raise AgentError(CANCELLED) when ``should_stop()`` says so (asked every 8th run: it may cost a lock)."""
+    if should_stop is not None and i % 8 == 0 and should_stop():
+        raise AgentError(E.CANCELLED, "benchmark cancelled: the client left")
+
+
+def _timed_runs(runner: Runner, feeds: Mapping[str, np.ndarray], warmup: int, runs: int,
+                should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+    for i in range(warmup):
+        _check_stop(should_stop, i)
         runner.run(feeds)
     times = np.empty(runs, dtype=np.float64)
     for i in range(runs):
+        _check_stop(should_stop, i)
         t0 = time.perf_counter_ns()
         runner.run(feeds)
         times[i] = (time.perf_counter_ns() - t0) / 1e6
@@ -132,6 +143,7 @@ def benchmark_onnx(
     batch_size: int = 1,
     source: str = "host",
     runner: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> BenchReport:
     """Benchmark a model file (.onnx via onnxruntime, .tflite via LiteRT) — see the module docstring."""
     path = Path(path)
@@ -157,7 +169,7 @@ def benchmark_onnx(
         try:
             specs = model.inputs()
             feeds = check_inputs(specs, inputs) if inputs is not None else make_inputs(specs, batch_size=batch_size)
-            times = _timed_runs(model, feeds, warmup, runs)
+            times = _timed_runs(model, feeds, warmup, runs, should_stop)
             options = model.session_options()
         finally:
             model.close()
@@ -167,7 +179,7 @@ def benchmark_onnx(
     if per_node:
         prof = spec.factory(path, threads=threads, profile=True)
         try:
-            per_node_e2e = float(_timed_runs(prof, feeds, warmup, runs).mean())
+            per_node_e2e = float(_timed_runs(prof, feeds, warmup, runs, should_stop).mean())
             nodes = prof.node_times(last_runs=runs)
         finally:
             prof.close()

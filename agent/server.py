@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from devicefit.agent.service import AgentService
 from devicefit.agent.store import ModelStore
 from devicefit.errors import UserInputError
+from devicefit.protos import errors as E
+from devicefit.protos import wire
 from devicefit.protos.chunks import decode_upload_chunk
-from devicefit.protos.devicefit.v1 import agent_pb2_grpc
+from devicefit.protos.devicefit.v1 import agent_pb2_grpc, artifact_pb2, benchmark_pb2, common_pb2
 from devicefit.protos.errors import AgentError
+from devicefit.protos.schema import stamp
 
 SERVICE_NAME = "devicefit.v1.DeviceAgent"
 #: chunks are <= 1 MiB; nothing on the wire may exceed 4 MiB (the headroom covers manifests / tensors)
@@ -38,20 +42,94 @@ GRPC_OPTIONS = [
 log = logging.getLogger("devicefit.agent")
 
 
-class DeviceAgentServicer(agent_pb2_grpc.DeviceAgentServicer):
-    """Maps the gRPC methods onto the transport-neutral :class:`AgentService`."""
+def _busy(response_type: Any, what: str, limit: int) -> Any:
+    return stamp(response_type(status=wire.error_status(
+        E.BUSY, f"the agent is already running {limit} {what} (its limit)", "retry in a moment")))
 
-    def __init__(self, service: AgentService) -> None:
+
+class _IdleStream:
+    """Iterates a request stream; cancels the RPC when no message arrives for ``timeout_s`` (a silent client
+    must not hold a worker), and then ends with AgentError(INCOMPLETE)."""
+
+    def __init__(self, it: Iterator[Any], context: grpc.ServicerContext, timeout_s: float) -> None:
+        self._it, self._context, self._timeout = it, context, timeout_s
+        self._tick = threading.Event()
+        self._done = threading.Event()
+        self.timed_out = False
+        threading.Thread(target=self._watch, name="idle-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            if not self._tick.wait(self._timeout):
+                if self._done.is_set():
+                    return
+                self.timed_out = True
+                self._context.cancel()
+                return
+            self._tick.clear()
+
+    def close(self) -> None:
+        """Stop watching (the handler is done with the stream)."""
+        self._done.set()
+        self._tick.set()
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            for msg in self._it:
+                self._tick.set()
+                yield msg
+        except grpc.RpcError:
+            if self.timed_out:
+                raise AgentError(E.INCOMPLETE, f"upload stream idle for {self._timeout:g} s; it was closed",
+                                 "resume it (devicefit deploy resumes automatically)") from None
+            raise
+        finally:
+            self._done.set()
+            self._tick.set()
+
+
+class DeviceAgentServicer(agent_pb2_grpc.DeviceAgentServicer):
+    """Maps the gRPC methods onto the transport-neutral :class:`AgentService`.
+
+    Uploads and benchmarks are admitted through their own bounded slots (``max_uploads``, ``max_benchmarks``:
+    one running + the ones waiting for it); beyond those the answer is BUSY at once, so those RPCs never hold
+    more worker threads than their slots and the rest of the pool always answers health, info and lists."""
+
+    def __init__(self, service: AgentService, *, max_uploads: int = 4, max_benchmarks: int = 2,
+                 idle_timeout_s: float = 30.0) -> None:
         self.service = service
+        self.max_uploads, self.max_benchmarks = max_uploads, max_benchmarks
+        self._uploads = threading.BoundedSemaphore(max_uploads)
+        self._benchmarks = threading.BoundedSemaphore(max_benchmarks)
+        self.idle_timeout_s = idle_timeout_s
 
     def GetInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self.service.info(request)
+        if not request.measure_throughput:
+            return self.service.info(request)
+        if not self._benchmarks.acquire(blocking=False):
+            return _busy(common_pb2.DeviceInfo, "benchmarks", self.max_benchmarks)
+        try:
+            return self.service.info(request)
+        finally:
+            self._benchmarks.release()
 
     def Upload(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        if not self._uploads.acquire(blocking=False):
+            return _busy(artifact_pb2.UploadResult, "uploads", self.max_uploads)
+        try:
+            return self._upload(request_iterator, context)
+        finally:
+            self._uploads.release()
+
+    def _upload(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         # once the RPC is over, hand back the chunk buffers malloc kept for reuse (see tune_allocator)
         if not context.add_callback(release_free_memory):
             release_free_memory()
-        res = self.service.upload(decode_upload_chunk(raw) for raw in request_iterator)
+        stream = _IdleStream(request_iterator, context, self.idle_timeout_s)
+        try:
+            res = self.service.upload(decode_upload_chunk(raw) for raw in stream)
+        finally:
+            stream.close()
         log.info("upload %s: %s (%d bytes received, status %s)", res.upload_id, res.model_id, res.bytes_received,
                  "ok" if res.status.ok else res.status.code)
         return res
@@ -60,7 +138,12 @@ class DeviceAgentServicer(agent_pb2_grpc.DeviceAgentServicer):
         return self.service.query_upload(request)
 
     def Benchmark(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self.service.benchmark(request)
+        if not self._benchmarks.acquire(blocking=False):
+            return _busy(benchmark_pb2.BenchmarkReport, "benchmarks", self.max_benchmarks)
+        try:
+            return self.service.benchmark(request, is_active=context.is_active)
+        finally:
+            self._benchmarks.release()
 
     def ListModels(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self.service.list_models(request)
@@ -110,16 +193,21 @@ def parse_address(address: str) -> tuple[str, int]:
 class AgentServer:
     """A started gRPC agent server; ``stop()`` ends it."""
 
-    def __init__(self, service: AgentService, address: str, *, workers: int = 8) -> None:
+    def __init__(self, service: AgentService, address: str, *, workers: int = 8, max_uploads: int = 4,
+                 max_benchmarks: int = 2, idle_timeout_s: float = 30.0) -> None:
         host, port = parse_address(address)
         self.service = service
         self.health = health.HealthServicer()
+        # the pool: ``workers`` threads for quick RPCs on top of the upload and benchmark slots
+        threads = workers + max_uploads + max_benchmarks
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="devicefit-rpc"),
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="devicefit-rpc"),
             options=GRPC_OPTIONS,
-            maximum_concurrent_rpcs=workers * 4,
+            maximum_concurrent_rpcs=threads * 4,
         )
-        register_agent_service(DeviceAgentServicer(service), self.server)
+        servicer = DeviceAgentServicer(service, max_uploads=max_uploads, max_benchmarks=max_benchmarks,
+                                       idle_timeout_s=idle_timeout_s)
+        register_agent_service(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         bound = self.server.add_insecure_port(f"{host}:{port}")
         if bound == 0:

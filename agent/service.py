@@ -11,8 +11,10 @@ once, so a model that fails to load never takes the device down.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,22 +38,44 @@ def handler(response_type: Callable[..., Any]) -> Callable[[Callable[..., Any]],
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def wrapper(self: AgentService, request: Any) -> Any:
+        def wrapper(self: AgentService, request: Any, **kw: Any) -> Any:
             try:
                 if hasattr(request, "DESCRIPTOR"):  # streams check each message themselves
                     wire.check_schema(request)
-                return stamp(fn(self, request))
+                return stamp(fn(self, request, **kw))
             except AgentError as exc:
                 status = wire.error_status(exc.code, exc.problem, exc.fix)
             except DevicefitError as exc:
                 status = wire.error_status(E.INVALID_ARGUMENT, exc.problem, exc.fix)
+            except OSError as exc:  # disk full, I/O error: nothing changed (state is written before it shows)
+                status = wire.error_status(E.RESOURCE_EXHAUSTED if exc.errno in _SPACE_ERRNOS else E.INTERNAL,
+                                           f"{type(exc).__name__}: {exc}", "free space on the device; nothing changed")
             except Exception as exc:  # report, never crash the agent
+                log.exception("%s failed", fn.__name__)
                 status = wire.error_status(E.INTERNAL, f"{type(exc).__name__}: {exc}", "see the agent's log")
             return stamp(response_type(status=status))
 
         return wrapper
 
     return deco
+
+
+_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+log = logging.getLogger("devicefit.agent")
+
+#: valid ranges of the benchmark parameters a client sets (inclusive)
+BENCH_LIMITS = {"runs": (1, 10_000), "warmup": (0, 1_000), "threads": (0, 256), "batch_size": (1, 1024)}
+#: ListModels drops the plan summary and metrics of entries once the answer would exceed this many bytes
+MAX_LIST_BYTES = 1024 * 1024
+
+
+def check_range(field: str, value: int) -> int:
+    """``value`` if it lies in ``BENCH_LIMITS[field]``, else AgentError(INVALID_ARGUMENT) naming field, value, range."""
+    lo, hi = BENCH_LIMITS[field]
+    if not lo <= value <= hi:
+        raise AgentError(E.INVALID_ARGUMENT, f"benchmark {field}={value} is out of range; valid: {lo}..{hi}",
+                         f"pass {field} between {lo} and {hi}")
+    return value
 
 
 def upload_spec(pb: artifact_pb2.ArtifactManifest) -> UploadSpec:
@@ -121,7 +145,11 @@ class AgentService:
     def _activate(self, entry: Entry, *, rollback: bool = False) -> LoadedModel:
         with self._activate_lock:
             new = load_and_run_once(entry)  # raises: the old model stays loaded and active
-            self.store.set_active(entry.sha256, rollback=rollback)
+            try:
+                self.store.set_active(entry.sha256, rollback=rollback)  # on disk first, then in memory
+            except BaseException:
+                new.runner.close()
+                raise
             old, self.loaded = self.loaded, new
             if old is not None:
                 old.runner.close()
@@ -201,9 +229,18 @@ class AgentService:
             sha256=spec.sha256, size_bytes=spec.size_bytes,
         )
         if not spec.pending_digest and self.store.has_blob(spec.sha256):
-            for _ in it:  # nothing to store; drain whatever the client sent
-                pass
-            entry = self.store.add_entry(spec.manifest())  # refresh id/version/metrics of the stored blob
+            # nothing to store, and nothing to change: a manifest without bytes never rewrites a record
+            self.store.check_upload_id(first.upload_id)
+            entry = self.store.resolve(spec.sha256)
+            fmt, size = str(spec.fields["format"]), spec.size_bytes
+            if (fmt, size) != (entry.manifest.format, entry.manifest.size_bytes):
+                raise AgentError(
+                    E.INVALID_ARGUMENT,
+                    f"manifest says format {fmt}, size_bytes {size} for sha256 {spec.sha256[:12]}, but the stored "
+                    f"blob is format {entry.manifest.format}, size_bytes {entry.manifest.size_bytes}",
+                    "send the manifest made from the file itself",
+                )
+            res.model_id = entry.model_id
             res.already_stored = True
             res.committed_offset = res.resumed_from = spec.size_bytes
         else:
@@ -238,33 +275,61 @@ class AgentService:
             res.activated, res.load_ms, res.first_run_ms = True, loaded.load_ms, loaded.first_run_ms
         return res
 
+    def _acquire_bench(self, is_active: Callable[[], bool] | None) -> None:
+        """Take the benchmark lock, giving up (CANCELLED) when the client leaves while it waits."""
+        while not self._bench_lock.acquire(timeout=0.2):
+            if is_active is not None and not is_active():
+                raise AgentError(E.CANCELLED, "the client left before the benchmark started")
+
     @handler(benchmark_pb2.BenchmarkReport)
-    def benchmark(self, req: benchmark_pb2.BenchmarkRequest) -> benchmark_pb2.BenchmarkReport:
+    def benchmark(self, req: benchmark_pb2.BenchmarkRequest, *,
+                  is_active: Callable[[], bool] | None = None) -> benchmark_pb2.BenchmarkReport:
+        runs = check_range("runs", int(req.runs or 50))
+        warmup = check_range("warmup", int(req.warmup) if req.has_warmup else 5)
+        threads = check_range("threads", int(req.threads))
+        batch_size = check_range("batch_size", int(req.batch_size or 1))
         entry = self.store.resolve(req.model_id)
         inputs = {t.name: wire.tensor_from_proto(t) for t in req.inputs} or None
-        with self._bench_lock:
+        self._acquire_bench(is_active)
+        try:
             report = benchmark_onnx(
                 entry.path,
-                runs=int(req.runs or 50),
-                warmup=int(req.warmup) if req.has_warmup else 5,
-                threads=int(req.threads) or None,
+                runs=runs,
+                warmup=warmup,
+                threads=threads or None,
                 inputs=inputs,
                 per_node=req.per_node,
-                batch_size=int(req.batch_size or 1),
+                batch_size=batch_size,
                 source=f"device:{self.device_id}",
+                should_stop=None if is_active is None else (lambda: not is_active()),
             )
+        except (AgentError, DevicefitError):
+            raise
+        except Exception as exc:
+            if inputs is None:
+                raise
+            raise AgentError(E.INVALID_ARGUMENT, f"the supplied inputs do not fit model {entry.model_id}: "
+                             f"{type(exc).__name__}: {exc}", "send tensors of the model's input names, dtypes, ranks") from exc
+        finally:
+            self._bench_lock.release()
         return wire.report_to_proto(report, device_id=self.device_id, model_id=entry.model_id, sha256=entry.sha256)
 
     @handler(agent_pb2.ModelList)
     def list_models(self, req: agent_pb2.ListModelsRequest) -> agent_pb2.ModelList:
         active = self.store.active_sha
-        return agent_pb2.ModelList(
+        out = agent_pb2.ModelList(
             status=wire.ok_status(),
             models=[wire.entry_to_proto(e.manifest, stored_at=e.stored_at, active=e.sha256 == active)
                     for e in self.store.entries()],
             active_sha256=active or "",
             previous_sha256=self.store.previous,
         )
+        # bounded answer: drop the largest plan summaries / metrics first (records an older agent accepted)
+        for m in sorted(out.models, key=lambda m: -m.ByteSize()):
+            if out.ByteSize() <= MAX_LIST_BYTES:
+                break
+            m.manifest.plan_summary_json = m.manifest.metrics_json = '{"truncated": true}'
+        return out
 
     @handler(agent_pb2.ModelOpResult)
     def activate(self, req: agent_pb2.ActivateRequest) -> agent_pb2.ModelOpResult:

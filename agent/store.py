@@ -21,9 +21,14 @@ store only records which blob is active and the rollback history.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import re
+import shutil
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +43,10 @@ _UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 STATE_VERSION = 1
 #: how many finished uploads (upload id -> sha256) the store remembers for QueryUpload
 MAX_RECENT_UPLOADS = 64
+#: partial uploads untouched for this long are deleted when the store opens (abandoned streams)
+STALE_UPLOAD_S = 24 * 3600.0
+#: an upload is refused unless the disk keeps at least this much free after it
+FREE_SPACE_RESERVE = 16 * 1024 * 1024
 
 
 class Verifier(Protocol):
@@ -86,6 +95,8 @@ class ModelStore:
         commit_every: int = 4 * 1024 * 1024,
         commit_interval_s: float = 0.5,
         max_history: int = 8,
+        max_store_bytes: int | None = None,
+        stale_upload_s: float = STALE_UPLOAD_S,
     ) -> None:
         self.root = Path(root).expanduser()
         self.blobs_dir = self.root / "blobs"
@@ -95,6 +106,7 @@ class ModelStore:
         self.commit_every = int(commit_every)
         self.commit_interval_s = float(commit_interval_s)
         self.max_history = int(max_history)
+        self.max_store_bytes = max_store_bytes
         self._lock = threading.RLock()
         self._uploading: set[str] = set()
         for d in (self.root, self.blobs_dir, self.uploads_dir):
@@ -102,6 +114,7 @@ class ModelStore:
         for tmp in [*self.root.glob("*.tmp"), *self.uploads_dir.glob("*.tmp"), *self.blobs_dir.glob("*.tmp")]:
             tmp.unlink(missing_ok=True)
         self._state = self._load_state()
+        self._collect_garbage(stale_upload_s)
 
     # ---- state -------------------------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
@@ -122,8 +135,31 @@ class ModelStore:
         state["uploads"] = {u: sha for u, sha in state.get("uploads", {}).items() if sha in state["models"]}
         return state
 
+    def _collect_garbage(self, stale_s: float) -> None:
+        """Delete partial uploads untouched for ``stale_s`` and blobs no record names (an upload that crashed
+        between its rename into blobs/ and the state write: it was never acknowledged)."""
+        cutoff = time.time() - stale_s
+        for p in self.uploads_dir.iterdir():
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+            except OSError:
+                pass
+        named = {self.blob_path(Manifest.from_dict(m["manifest"])).name for m in self._state["models"].values()}
+        for p in self.blobs_dir.iterdir():
+            if p.name not in named:
+                p.unlink(missing_ok=True)
+
     def _save(self) -> None:
         atomic_write(self.state_path, json.dumps(self._state, indent=1, sort_keys=True).encode())
+
+    def _mutate(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Apply ``change`` to a copy of the state, write the copy to disk, and only then make it current: a
+        failed write (disk full) leaves memory as the disk says. Call with the lock held."""
+        new = copy.deepcopy(self._state)
+        change(new)
+        atomic_write(self.state_path, json.dumps(new, indent=1, sort_keys=True).encode())
+        self._state = new
 
     def blob_path(self, manifest: Manifest) -> Path:
         return self.blobs_dir / f"{manifest.sha256}{manifest.extension}"
@@ -135,23 +171,57 @@ class ModelStore:
 
     def add_entry(self, m: Manifest, *, upload_id: str = "") -> Entry:
         """Record a stored blob (and, for an upload id that is not the sha256, which blob it became)."""
-        with self._lock:
-            self._state["models"][m.sha256] = {"manifest": m.to_dict(), "stored_at": utc_now()}
+        def change(state: dict[str, Any]) -> None:
+            state["models"][m.sha256] = {"manifest": m.to_dict(), "stored_at": utc_now()}
             if upload_id and upload_id != m.sha256:
-                uploads = self._state.setdefault("uploads", {})
+                uploads = state.setdefault("uploads", {})
                 uploads.pop(upload_id, None)
                 uploads[upload_id] = m.sha256
                 for old in list(uploads)[: max(0, len(uploads) - MAX_RECENT_UPLOADS)]:
                     del uploads[old]
-            self._save()
+
+        with self._lock:
+            self._mutate(change)
             return self._entry(m.sha256)
 
     # ---- uploads -----------------------------------------------------------------------------------
     @staticmethod
-    def _check_upload_id(upload_id: str) -> None:
+    def check_upload_id(upload_id: str) -> None:
         if not _UPLOAD_ID_RE.match(upload_id or ""):
             raise AgentError(
-                E.INVALID_ARGUMENT, f"upload_id {upload_id!r} is invalid", "use 1-128 characters from A-Z a-z 0-9 . _ -"
+                E.INVALID_ARGUMENT, f"upload_id {upload_id[:140]!r} is invalid",
+                "use 1-128 characters from A-Z a-z 0-9 . _ -",
+            )
+
+    _check_upload_id = check_upload_id
+
+    def used_bytes(self) -> int:
+        """Bytes the store's blobs and partial uploads take."""
+        total = 0
+        for d in (self.blobs_dir, self.uploads_dir):
+            for p in d.iterdir():
+                with contextlib.suppress(OSError):
+                    total += p.stat().st_size
+        return total
+
+    def check_space(self, upload_id: str, need: int) -> None:
+        """Refuse (RESOURCE_EXHAUSTED) an upload of ``need`` more bytes over the quota or the free disk space."""
+        if self.max_store_bytes is not None:
+            used = self.used_bytes()
+            if used + need > self.max_store_bytes:
+                raise AgentError(
+                    E.RESOURCE_EXHAUSTED,
+                    f"upload {upload_id[:64]}: size_bytes needs {need} more bytes; the store holds {used} of its "
+                    f"{self.max_store_bytes}-byte quota (--max-store-mb)",
+                    "delete stored models (devicefit agent models / delete) or raise --max-store-mb",
+                )
+        free = shutil.disk_usage(self.root).free
+        if need + FREE_SPACE_RESERVE > free:
+            raise AgentError(
+                E.RESOURCE_EXHAUSTED,
+                f"upload {upload_id[:64]}: size_bytes needs {need} more bytes; the disk has {free} free "
+                f"(and keeps {FREE_SPACE_RESERVE} in reserve)",
+                "free space on the device or delete stored models",
             )
 
     def has_blob(self, sha256: str) -> bool:
@@ -196,6 +266,8 @@ class ModelStore:
                 committed = info.committed
             else:  # nothing to resume: a leftover offset must not outlive the bytes it describes
                 (self.uploads_dir / f"{upload_id}.json").unlink(missing_ok=True)
+                (self.uploads_dir / f"{upload_id}.part").unlink(missing_ok=True)
+            self.check_space(upload_id, spec.size_bytes - committed)
             return PartialUpload(self, upload_id, spec, committed)
         except BaseException:
             self._release(upload_id)
@@ -251,14 +323,17 @@ class ModelStore:
         with self._lock:
             if sha not in self._state["models"]:
                 raise AgentError(E.NOT_FOUND, f"no stored model with sha256 {sha}")
-            prev, cur = self._state["previous"], self._state["active"]
-            if rollback:
-                if prev and prev[-1] == sha:
-                    prev.pop()
-            elif cur and cur != sha:
-                prev[:] = [*[s for s in prev if s != cur][-(self.max_history - 1) :], cur]
-            self._state["active"] = sha
-            self._save()
+
+            def change(state: dict[str, Any]) -> None:
+                prev, cur = state["previous"], state["active"]
+                if rollback:
+                    if prev and prev[-1] == sha:
+                        prev.pop()
+                elif cur and cur != sha:
+                    prev[:] = [*[s for s in prev if s != cur][-(self.max_history - 1) :], cur]
+                state["active"] = sha
+
+            self._mutate(change)
 
     def rollback_target(self) -> Entry:
         with self._lock:
@@ -277,8 +352,11 @@ class ModelStore:
                     f"model {entry.model_id} ({entry.sha256[:12]}) is active and cannot be deleted",
                     "activate another model or roll back first",
                 )
-            del self._state["models"][entry.sha256]
-            self._state["previous"] = [s for s in self._state["previous"] if s != entry.sha256]
-            self._save()
+
+            def change(state: dict[str, Any]) -> None:
+                del state["models"][entry.sha256]
+                state["previous"] = [s for s in state["previous"] if s != entry.sha256]
+
+            self._mutate(change)
             entry.path.unlink(missing_ok=True)
             return entry

@@ -51,11 +51,15 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via temp file + fsync + rename + directory fsync."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a leftover temp file would hold space a disk that just filled up needs
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -401,4 +405,7 @@ class PartialUpload:
                 self._commit_written()
             os.close(self._fd)
             self._closed = True
+            if self.committed == 0:  # nothing to resume from: leave no empty leftovers behind
+                self.part.unlink(missing_ok=True)
+                self.meta.unlink(missing_ok=True)
         self.store._release(self.upload_id)

@@ -6,6 +6,7 @@ Transport-neutral: the gRPC server/transport and the MQTT client use the same fu
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,8 +28,41 @@ def ok_status() -> common_pb2.Status:
     return common_pb2.Status(schema_version=SCHEMA_VERSION, ok=True)
 
 
+#: an error's message and fix are cut to this many characters (errors never echo whole request fields back)
+MAX_ERROR_CHARS = 512
+#: each JSON field of a manifest (plan_summary_json, metrics_json) is at most this many bytes
+MAX_JSON_FIELD_BYTES = 64 * 1024
+#: a tensor has at most this many dimensions
+MAX_TENSOR_DIMS = 16
+
+
+def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (with a note of how much was left out)."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
 def error_status(code: str, problem: str, fix: str | None = None) -> common_pb2.Status:
-    return common_pb2.Status(schema_version=SCHEMA_VERSION, ok=False, code=code, message=problem, fix=fix or "")
+    return common_pb2.Status(
+        schema_version=SCHEMA_VERSION, ok=False, code=code, message=clip(problem), fix=clip(fix or "")
+    )
+
+
+def _json_object(field: str, text: str) -> dict[str, Any]:
+    """A manifest JSON field: a JSON object of at most MAX_JSON_FIELD_BYTES, else AgentError(INVALID_ARGUMENT)."""
+    if len(text.encode()) > MAX_JSON_FIELD_BYTES:
+        raise AgentError(
+            E.INVALID_ARGUMENT, f"manifest {field} has {len(text.encode())} bytes; valid: 0..{MAX_JSON_FIELD_BYTES}",
+            "keep plan summaries and metrics small (the full report stays on the host)",
+        )
+    try:
+        value = json.loads(text or "{}")
+    except ValueError as exc:
+        raise AgentError(E.INVALID_ARGUMENT, f"manifest {field} is malformed JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise AgentError(
+            E.INVALID_ARGUMENT, f"manifest {field} is a JSON {type(value).__name__}, not an object", "send a JSON object"
+        )
+    return value
 
 
 def check_schema(msg: Any) -> None:
@@ -69,11 +103,8 @@ def manifest_from_proto(pb: artifact_pb2.ArtifactManifest) -> Manifest:
     check_schema(pb)
     if pb.format not in _PB_TO_FORMAT:
         raise AgentError(E.INVALID_ARGUMENT, f"manifest format {pb.format} is unknown", "use onnx or tflite")
-    try:
-        plan = json.loads(pb.plan_summary_json or "{}")
-        metrics = json.loads(pb.metrics_json or "{}")
-    except ValueError as exc:
-        raise AgentError(E.INVALID_ARGUMENT, f"manifest JSON field is malformed: {exc}") from exc
+    plan = _json_object("plan_summary_json", pb.plan_summary_json)
+    metrics = _json_object("metrics_json", pb.metrics_json)
     try:
         return Manifest(
             model_id=pb.model_id,
@@ -107,10 +138,17 @@ def tensor_from_proto(pb: common_pb2.Tensor) -> np.ndarray:
     check_schema(pb)
     try:
         dtype = np.dtype(pb.dtype).newbyteorder("<")
-    except TypeError as exc:
-        raise AgentError(E.INVALID_ARGUMENT, f"tensor {pb.name!r} has unknown dtype {pb.dtype!r}") from exc
+        if dtype.kind not in "biuf" or dtype.itemsize == 0:
+            raise TypeError("not a numeric dtype")
+    except (TypeError, ValueError, SyntaxError) as exc:
+        raise AgentError(E.INVALID_ARGUMENT, clip(f"tensor {pb.name!r} has unknown dtype {pb.dtype!r}")) from exc
     shape = tuple(int(s) for s in pb.shape)
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(shape) > MAX_TENSOR_DIMS or any(s < 0 for s in shape):
+        raise AgentError(
+            E.INVALID_ARGUMENT,
+            clip(f"tensor {pb.name!r} has shape {list(shape)}; valid: 0..{MAX_TENSOR_DIMS} dimensions, each >= 0"),
+        )
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if len(pb.data) != expected:
         raise AgentError(
             E.INVALID_ARGUMENT,

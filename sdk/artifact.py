@@ -32,6 +32,17 @@ def _summary(obj: Any) -> dict[str, Any]:
     raise UserInputError(f"cannot summarize {type(obj).__name__} for a manifest", "pass a dict or an object with to_dict()")
 
 
+def safe_file_name(name: str) -> str:
+    """``name`` if it is a plain file name (no directory part, no ``..``), else UserInputError: a manifest
+    never points outside its own directory."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or Path(name).name != name:
+        raise UserInputError(
+            f"manifest file_name {name[:200]!r} is not a plain file name in the manifest's directory",
+            "regenerate the manifest with Artifact.from_file(path).save()",
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A model file and its manifest."""
@@ -74,7 +85,7 @@ class Artifact:
             manifest = Manifest.from_dict(json.loads(m_path.read_text()))
         except ValueError as exc:
             raise UserInputError(f"manifest {str(m_path)!r} is not valid JSON: {exc}", "regenerate it") from exc
-        art = cls(m_path.parent / (manifest.file_name or f"model{manifest.extension}"), manifest)
+        art = cls(m_path.parent / safe_file_name(manifest.file_name or f"model{manifest.extension}"), manifest)
         art.verify()
         return art
 

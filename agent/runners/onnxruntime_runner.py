@@ -134,8 +134,9 @@ class OnnxRuntimeRunner:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        if self._profile_dir is not None:
-            shutil.rmtree(self._profile_dir, ignore_errors=True)
+        profile_dir = getattr(self, "_profile_dir", None)  # absent when __init__ failed early
+        if profile_dir is not None:
+            shutil.rmtree(profile_dir, ignore_errors=True)
 
     def __del__(self) -> None:
         self._cleanup()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -103,18 +104,34 @@ class GrpcTransport:
             f"start it with `devicefit agent serve --grpc {self.target}` on the device, or check the address",
         )
 
+    #: a BUSY answer is retried this many times, after busy_backoff_s, doubling
+    busy_retries = 4
+    busy_backoff_s = 0.5
+
     def _call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
-        try:
-            response = getattr(self._stub, method)(stamp(request), timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise self._rpc_error(method, exc) from None
+        delay = self.busy_backoff_s
+        for attempt in range(self.busy_retries + 1):
+            try:
+                response = getattr(self._stub, method)(stamp(request), timeout=timeout or self.timeout)
+            except grpc.RpcError as exc:
+                raise self._rpc_error(method, exc) from None
+            if attempt < self.busy_retries and response.HasField("status") and response.status.code == E.BUSY:
+                time.sleep(delay)  # the agent is at its limit for this kind of request: it asked to retry
+                delay *= 2
+                continue
+            break
         wire.raise_for_status(response, where=f"{method} on {self.url}")
         return response
 
     def _rpc_error(self, method: str, exc: grpc.RpcError) -> DeviceError:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # it answered before: busy or slow, not gone
+            return DeviceError(
+                f"{method} on {self.url} timed out ({details}): the agent is busy or the request takes longer",
+                "retry later, or pass a longer timeout (e.g. devicefit.connect(url, timeout=...))",
+            )
+        if code == grpc.StatusCode.UNAVAILABLE:
             return self._unreachable(f"{method}: {code.name}: {details}")
         name = code.name if code is not None else "ERROR"
         return DeviceError(f"{method} on {self.url} failed: {name}: {details}", "see the agent's log")
@@ -183,6 +200,9 @@ class GrpcTransport:
                 wire.raise_for_status(res, where=f"Upload to {self.url}")
             except AgentError as exc:
                 if exc.code in _RETRY_CODES and attempt < retries:
+                    continue
+                if exc.code == E.BUSY and attempt < retries:  # too many uploads at once on the agent
+                    time.sleep(self.busy_backoff_s * 2**attempt)
                     continue
                 if exc.code == E.CHECKSUM_MISMATCH and sha and 0 < start < size and attempt < retries:
                     # a resumed upload of a known digest (chunks without running_sha256): the prefix the agent
