@@ -20,6 +20,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="DIR", default="~/.devicefit/agent", help="model store directory")
     p.add_argument("--device-id", default=None, help="device id (default: the host name)")
     p.add_argument("--workers", type=int, default=8, help="gRPC worker threads (default 8)")
+    p.add_argument("--trust", metavar="KEY.pub", action="append", default=[],
+                   help="accept only artifacts signed by this ed25519 key (repeat for several; see `devicefit keys`)")
+    p.add_argument("--max-store-mb", type=float, default=None, help="store quota; uploads beyond it are refused")
+    p.add_argument("--idle-timeout", type=float, default=30.0,
+                   help="close an upload stream silent for this many seconds (default 30; it stays resumable)")
+    p.add_argument("--max-uploads", type=int, default=4, help="concurrent uploads; more are answered BUSY (default 4)")
     p.add_argument("--commit-every-mib", type=float, default=4.0, help="upload commit interval in MiB (default 4)")
 
 
@@ -41,5 +47,6 @@ def serve(args: argparse.Namespace) -> int:
     return serve_forever(
         address, store_dir=args.store, device_id=args.device_id, workers=args.workers,
         commit_every=int(args.commit_every_mib * 1024 * 1024), mqtt=args.mqtt, fleet=args.fleet,
-        tags=parse_tags(args.tag), profile=args.profile,
+        tags=parse_tags(args.tag), profile=args.profile, trust=args.trust, max_store_mb=args.max_store_mb,
+        idle_timeout_s=args.idle_timeout, max_uploads=args.max_uploads,
     )

@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -270,10 +270,23 @@ def tune_allocator(*, mmap_threshold: int = MAX_MESSAGE_BYTES + (64 << 10), trim
     return True
 
 
-def make_service(store_dir: str | Path, *, device_id: str | None = None, commit_every: int | None = None) -> AgentService:
+def make_service(
+    store_dir: str | Path, *, device_id: str | None = None, commit_every: int | None = None,
+    trust: Sequence[str | Path] = (), max_store_mb: float | None = None,
+) -> AgentService:
+    """The agent's service over its store; ``trust``: ed25519 public keys (.pub) artifacts must be signed by."""
     from devicefit import __version__
 
-    store = ModelStore(store_dir) if commit_every is None else ModelStore(store_dir, commit_every=commit_every)
+    kw: dict[str, Any] = {}
+    if commit_every is not None:
+        kw["commit_every"] = commit_every
+    if trust:
+        from devicefit.agent.trust import Ed25519Verifier
+
+        kw["verifier"] = Ed25519Verifier.from_files(list(trust))
+    if max_store_mb is not None:
+        kw["max_store_bytes"] = int(max_store_mb * 1024 * 1024)
+    store = ModelStore(store_dir, **kw)
     return AgentService(store, device_id=device_id or socket.gethostname(), agent_version=__version__)
 
 
@@ -288,6 +301,10 @@ def serve_forever(
     fleet: str | None = None,
     tags: dict[str, str] | None = None,
     profile: str = "",
+    trust: Sequence[str | Path] = (),
+    max_store_mb: float | None = None,
+    idle_timeout_s: float = 30.0,
+    max_uploads: int = 4,
 ) -> int:
     """Run the agent until SIGTERM / SIGINT over gRPC (``address``), MQTT (``mqtt`` + ``fleet``) or both — one
     process, one store, one set of handlers; returns the exit code."""
@@ -298,10 +315,12 @@ def serve_forever(
         raise UserInputError("--mqtt needs --fleet NAME", "pass the fleet this device belongs to, e.g. --fleet plant-a")
     tune_allocator()
     try:
-        service = make_service(store_dir, device_id=device_id, commit_every=commit_every)
+        service = make_service(store_dir, device_id=device_id, commit_every=commit_every, trust=trust,
+                               max_store_mb=max_store_mb)
     except AgentError as exc:
         raise UserInputError(exc.problem, exc.fix) from exc
-    server = AgentServer(service, address, workers=workers) if address is not None else None
+    server = (AgentServer(service, address, workers=workers, idle_timeout_s=idle_timeout_s, max_uploads=max_uploads)
+              if address is not None else None)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: Any) -> None:

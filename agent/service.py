@@ -31,6 +31,7 @@ from devicefit.protos import wire
 from devicefit.protos.devicefit.v1 import agent_pb2, artifact_pb2, benchmark_pb2, common_pb2
 from devicefit.protos.errors import AgentError
 from devicefit.protos.schema import stamp
+from devicefit.protos.signing import version_key
 
 
 def handler(response_type: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -144,6 +145,7 @@ class AgentService:
     # ---- activation --------------------------------------------------------------------------------
     def _activate(self, entry: Entry, *, rollback: bool = False) -> LoadedModel:
         with self._activate_lock:
+            self._check_trusted(entry, rollback=rollback)
             new = load_and_run_once(entry)  # raises: the old model stays loaded and active
             try:
                 self.store.set_active(entry.sha256, rollback=rollback)  # on disk first, then in memory
@@ -154,6 +156,22 @@ class AgentService:
             if old is not None:
                 old.runner.close()
             return new
+
+    def _check_trusted(self, entry: Entry, *, rollback: bool) -> None:
+        """With a verifier: the entry's manifest is signed by a trusted key (records stored before the agent
+        trusted a key included), and it is not older than the newest version activated, unless rolling back."""
+        verifier = self.store.verifier
+        if verifier is None:
+            return
+        verifier.verify(entry.manifest, bytes.fromhex(entry.sha256))
+        newest = self.store.newest_version(entry.model_id)
+        if not rollback and newest is not None and version_key(entry.manifest.version) < version_key(newest):
+            raise AgentError(
+                E.REPLAYED,
+                f"model {entry.model_id} version {entry.manifest.version[:64]} is older than version {newest[:64]}, "
+                "which was already activated here (a replayed artifact?)",
+                "deploy a newer version, or roll back explicitly (devicefit rollback / the Rollback request)",
+            )
 
     def activate_entry(self, entry: Entry) -> LoadedModel:
         """Load, run once and activate a stored entry (the old model stays active if this raises)."""

@@ -38,6 +38,7 @@ from devicefit.errors import DevicefitError
 from devicefit.protos import errors as E
 from devicefit.protos.errors import AgentError
 from devicefit.protos.manifest import Manifest, utc_now
+from devicefit.protos.signing import version_key
 
 _UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 STATE_VERSION = 1
@@ -332,8 +333,17 @@ class ModelStore:
                 elif cur and cur != sha:
                     prev[:] = [*[s for s in prev if s != cur][-(self.max_history - 1) :], cur]
                 state["active"] = sha
+                m = state["models"][sha]["manifest"]
+                versions = state.setdefault("versions", {})
+                if not rollback and version_key(m["version"]) > version_key(versions.get(m["model_id"], "0")):
+                    versions[m["model_id"]] = m["version"]
 
             self._mutate(change)
+
+    def newest_version(self, model_id: str) -> str | None:
+        """The highest version of ``model_id`` ever activated here (not by a rollback), if any."""
+        with self._lock:
+            return self._state.get("versions", {}).get(model_id)
 
     def rollback_target(self) -> Entry:
         with self._lock:
