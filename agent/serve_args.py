@@ -6,12 +6,15 @@ import argparse
 
 from devicefit.errors import UserInputError
 
-DEFAULT_GRPC = "0.0.0.0:50051"
+#: plaintext listens on loopback only; with TLS (or --insecure-bind-all) the default is every interface
+DEFAULT_GRPC = "127.0.0.1:50051"
+DEFAULT_GRPC_ALL = "0.0.0.0:50051"
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc", metavar="HOST:PORT", default=None,
-                   help=f"gRPC listen address (port 0 = any free; default {DEFAULT_GRPC} unless --mqtt is given)")
+                   help=f"gRPC listen address (port 0 = any free; default {DEFAULT_GRPC}, {DEFAULT_GRPC_ALL} with TLS; none "
+                        "with --mqtt alone)")
     p.add_argument("--mqtt", metavar="URL", default=None,
                    help="also (or only) serve through an MQTT broker, e.g. mqtt://broker:1883 (needs --fleet)")
     p.add_argument("--fleet", metavar="NAME", default=None, help="fleet name (MQTT topics devicefit/v1/NAME/…)")
@@ -26,6 +29,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", type=float, default=30.0,
                    help="close an upload stream silent for this many seconds (default 30; it stays resumable)")
     p.add_argument("--max-uploads", type=int, default=4, help="concurrent uploads; more are answered BUSY (default 4)")
+    p.add_argument("--tls-cert", metavar="PEM", default=None, help="serve gRPC over TLS with this certificate")
+    p.add_argument("--tls-key", metavar="PEM", default=None, help="the certificate's private key")
+    p.add_argument("--client-ca", metavar="PEM", default=None,
+                   help="mutual TLS: clients must present a certificate signed by this CA")
+    p.add_argument("--token-file", metavar="FILE", default=None,
+                   help="clients must send one of these bearer tokens (one per line)")
+    p.add_argument("--insecure-bind-all", action="store_true",
+                   help="allow plaintext gRPC on a non-loopback address (trusted networks only)")
     p.add_argument("--commit-every-mib", type=float, default=4.0, help="upload commit interval in MiB (default 4)")
 
 
@@ -43,10 +54,12 @@ def serve(args: argparse.Namespace) -> int:
     """Run :func:`devicefit.agent.server.serve_forever` with the parsed options."""
     from devicefit.agent.server import serve_forever
 
-    address = args.grpc if args.grpc is not None or args.mqtt else DEFAULT_GRPC
+    default = DEFAULT_GRPC_ALL if args.tls_cert or args.insecure_bind_all else DEFAULT_GRPC
+    address = args.grpc if args.grpc is not None or args.mqtt else default
     return serve_forever(
         address, store_dir=args.store, device_id=args.device_id, workers=args.workers,
         commit_every=int(args.commit_every_mib * 1024 * 1024), mqtt=args.mqtt, fleet=args.fleet,
         tags=parse_tags(args.tag), profile=args.profile, trust=args.trust, max_store_mb=args.max_store_mb,
-        idle_timeout_s=args.idle_timeout, max_uploads=args.max_uploads,
+        idle_timeout_s=args.idle_timeout, max_uploads=args.max_uploads, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        client_ca=args.client_ca, token_file=args.token_file, insecure_bind_all=args.insecure_bind_all,
     )

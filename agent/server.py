@@ -1,6 +1,6 @@
 """gRPC server of the agent: the DeviceAgent service + grpc.health.v1, bounded concurrency, clean stop.
 
-``serve_forever("0.0.0.0:50051", store_dir=...)`` prints one line with the bound address
+``serve_forever("127.0.0.1:50051", store_dir=...)`` prints one line with the bound address
 (``devicefit agent <id> listening on grpc://HOST:PORT ...``; port 0 picks a free port; with ``mqtt=`` also
 ``... serving mqtt://BROKER/FLEET/ID ...`` once connected) and serves until
 SIGTERM / SIGINT, then stops gracefully (in-flight RPCs get a few seconds; partial uploads are committed).
@@ -186,7 +186,7 @@ def parse_address(address: str) -> tuple[str, int]:
     addr = address.removeprefix("grpc://").rstrip("/")
     host, sep, port = addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UserInputError(f"listen address {address!r} is not HOST:PORT", "pass e.g. --grpc 0.0.0.0:50051 (port 0 = any free)")
+        raise UserInputError(f"listen address {address!r} is not HOST:PORT", "pass e.g. --grpc 127.0.0.1:50051 (port 0 = any free)")
     return host, int(port)
 
 
@@ -194,8 +194,13 @@ class AgentServer:
     """A started gRPC agent server; ``stop()`` ends it."""
 
     def __init__(self, service: AgentService, address: str, *, workers: int = 8, max_uploads: int = 4,
-                 max_benchmarks: int = 2, idle_timeout_s: float = 30.0) -> None:
+                 max_benchmarks: int = 2, idle_timeout_s: float = 30.0,
+                 credentials: grpc.ServerCredentials | None = None, tokens: Sequence[str] = (),
+                 insecure_bind_all: bool = False) -> None:
+        from devicefit.agent.auth import TokenInterceptor, check_bind
+
         host, port = parse_address(address)
+        check_bind(host, tls=credentials is not None, insecure_bind_all=insecure_bind_all)
         self.service = service
         self.health = health.HealthServicer()
         # the pool: ``workers`` threads for quick RPCs on top of the upload and benchmark slots
@@ -204,12 +209,15 @@ class AgentServer:
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="devicefit-rpc"),
             options=GRPC_OPTIONS,
             maximum_concurrent_rpcs=threads * 4,
+            interceptors=[TokenInterceptor(tokens)] if tokens else None,
         )
         servicer = DeviceAgentServicer(service, max_uploads=max_uploads, max_benchmarks=max_benchmarks,
                                        idle_timeout_s=idle_timeout_s)
         register_agent_service(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        bound = self.server.add_insecure_port(f"{host}:{port}")
+        self.tls = credentials is not None
+        bound = (self.server.add_secure_port(f"{host}:{port}", credentials) if credentials is not None
+                 else self.server.add_insecure_port(f"{host}:{port}"))
         if bound == 0:
             raise UserInputError(f"could not listen on {host}:{port}", "pick a free port (or port 0) and a local address")
         self.host, self.port = host, bound
@@ -220,7 +228,7 @@ class AgentServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        return f"grpc://{host}:{self.port}"
+        return f"{'grpcs' if self.tls else 'grpc'}://{host}:{self.port}"
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
@@ -305,6 +313,11 @@ def serve_forever(
     max_store_mb: float | None = None,
     idle_timeout_s: float = 30.0,
     max_uploads: int = 4,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    client_ca: str | None = None,
+    token_file: str | None = None,
+    insecure_bind_all: bool = False,
 ) -> int:
     """Run the agent until SIGTERM / SIGINT over gRPC (``address``), MQTT (``mqtt`` + ``fleet``) or both — one
     process, one store, one set of handlers; returns the exit code."""
@@ -319,8 +332,17 @@ def serve_forever(
                                max_store_mb=max_store_mb)
     except AgentError as exc:
         raise UserInputError(exc.problem, exc.fix) from exc
-    server = (AgentServer(service, address, workers=workers, idle_timeout_s=idle_timeout_s, max_uploads=max_uploads)
-              if address is not None else None)
+    server = None
+    if address is not None:
+        from devicefit.agent.auth import read_tokens, server_credentials
+
+        if bool(tls_cert) != bool(tls_key) or (client_ca and not tls_cert):
+            raise UserInputError("--tls-cert and --tls-key go together (and --client-ca needs them)",
+                                 "make them with `devicefit certs init`")
+        creds = server_credentials(tls_cert, tls_key, client_ca) if tls_cert and tls_key else None
+        server = AgentServer(service, address, workers=workers, idle_timeout_s=idle_timeout_s, max_uploads=max_uploads,
+                             credentials=creds, tokens=read_tokens(token_file) if token_file else (),
+                             insecure_bind_all=insecure_bind_all)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: Any) -> None:

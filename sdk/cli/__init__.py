@@ -17,7 +17,7 @@ from devicefit import __version__
 from devicefit.errors import DevicefitError
 
 #: modules under devicefit.cli that define ``register(subparsers)``; each adds its own subcommands.
-COMMAND_MODULES = ("profiles", "models", "compress", "agent", "fit", "demo", "fleet", "keys")
+COMMAND_MODULES = ("profiles", "models", "compress", "agent", "fit", "demo", "fleet", "keys", "certs")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -70,7 +70,10 @@ class Transport(Protocol):
 
 
 #: URL scheme -> "module:Class" (imported on first use)
-TRANSPORTS: dict[str, str] = {"grpc": "devicefit.transport.grpc_transport:GrpcTransport"}
+TRANSPORTS: dict[str, str] = {
+    "grpc": "devicefit.transport.grpc_transport:GrpcTransport",
+    "grpcs": "devicefit.transport.grpc_transport:GrpcTransport",  # TLS
+}
 
 
 def register_transport(scheme: str, target: str) -> None:

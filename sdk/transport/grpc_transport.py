@@ -68,7 +68,7 @@ def file_upload_id(path: Path) -> str:
 def parse_grpc_url(url: str) -> str:
     """"grpc://host:port" -> "host:port" (port defaults to 50051)."""
     parts = urlsplit(url)
-    if parts.scheme != "grpc" or not parts.hostname:
+    if parts.scheme not in ("grpc", "grpcs") or not parts.hostname:
         raise UserInputError(f"device URL {url!r} is not grpc://HOST:PORT", "pass e.g. grpc://pi.local:50051")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{host}:{parts.port or DEFAULT_PORT}"
@@ -78,13 +78,22 @@ class GrpcTransport:
     """A connection to one agent over gRPC (insecure channel; TLS comes with the security work)."""
 
     def __init__(
-        self, url: str, *, connect_timeout: float = 5.0, timeout: float = 30.0, benchmark_timeout: float = 600.0
+        self, url: str, *, connect_timeout: float = 5.0, timeout: float = 30.0, benchmark_timeout: float = 600.0,
+        token: str | None = None, tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
+        """``grpcs://`` connects over TLS (``tls_cert``/``tls_key``: a client certificate for mutual TLS);
+        ``token``: the agent's bearer token. Each defaults to its DEVICEFIT_* environment variable."""
+        from devicefit.transport.grpc_auth import open_channel
+
         self.url = url
         self.target = parse_grpc_url(url)
         self.timeout = timeout
         self.benchmark_timeout = benchmark_timeout
-        self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(
+            self.target, tls=url.startswith("grpcs://"), options=CHANNEL_OPTIONS, token=token, tls_ca=tls_ca,
+            tls_cert=tls_cert, tls_key=tls_key, tls_server_name=tls_server_name,
+        )
         self._stub = agent_pb2_grpc.DeviceAgentStub(self._channel)
         # Upload sends pre-serialized chunks (no protobuf copy of the payload)
         self._upload_call = self._channel.stream_unary(
