@@ -103,6 +103,10 @@ def manifest_from_proto(pb: artifact_pb2.ArtifactManifest) -> Manifest:
     check_schema(pb)
     if pb.format not in _PB_TO_FORMAT:
         raise AgentError(E.INVALID_ARGUMENT, f"manifest format {pb.format} is unknown", "use onnx or tflite")
+    name = pb.file_name
+    if name and (name in (".", "..") or "/" in name or "\\" in name or "\0" in name):
+        raise AgentError(E.INVALID_ARGUMENT, clip(f"manifest file_name {name!r} is not a plain file name"),
+                         "send the file's base name only")
     plan = _json_object("plan_summary_json", pb.plan_summary_json)
     metrics = _json_object("metrics_json", pb.metrics_json)
     try:

@@ -1,0 +1,137 @@
+"""A live agent (--trust, short idle timeout) refuses or survives hostile requests while it keeps serving its active
+model and answering health checks within 1 s (issue #14, Done when)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import devicefit
+from devicefit.agent.launch import AgentProcess, spawn_agent
+from devicefit.artifact import Artifact
+from devicefit.cli.keys import init_keys, sign_artifact
+from devicefit.errors import DeviceError
+from devicefit.protos import errors as E
+from devicefit.protos import wire
+from devicefit.protos.devicefit.v1 import agent_pb2_grpc, artifact_pb2
+from devicefit.protos.schema import stamp
+
+pytestmark = pytest.mark.timeout(240)
+HEALTH_DEADLINE_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return init_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, Path]) -> Iterator[AgentProcess]:
+    args = ("--trust", str(keys[1]), "--idle-timeout", "2")
+    with spawn_agent(tmp_path_factory.mktemp("agent") / "store", device_id="hard", extra_args=args) as proc:
+        yield proc
+
+
+def _signed(tmp: Path, model: Path, key: Path, version: str, name: str) -> Artifact:
+    d = tmp / name
+    d.mkdir()
+    shutil.copy(model, d / model.name)
+    Artifact.from_file(d / model.name, model_id="svc").save()
+    return sign_artifact(d, key, version=version)
+
+
+@pytest.fixture(scope="module")
+def active(agent: AgentProcess, keys: tuple[Path, Path], tiny_onnx: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> str:
+    art = _signed(tmp_path_factory.mktemp("v5"), tiny_onnx, keys[0], "5", "a")
+    with devicefit.connect(agent.url) as dev:
+        res = dev.deploy(art, progress=False)
+    assert res.active
+    return res.sha256
+
+
+def _still_serving(agent: AgentProcess, sha: str) -> None:
+    target = agent.url.removeprefix("grpc://")
+    with grpc.insecure_channel(target) as ch:
+        st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_DEADLINE_S)
+        assert st.status == health_pb2.HealthCheckResponse.SERVING
+    with devicefit.connect(agent.url) as dev:
+        assert dev.transport.list_models()["active_sha256"] == sha
+        assert dev.benchmark(runs=2, warmup=0).runs == 2  # the active model runs
+
+
+def _expect(fn: Callable[[], object], code: str) -> None:
+    with pytest.raises(DeviceError) as exc:
+        fn()
+    assert getattr(exc.value, "code", None) == code, exc.value
+
+
+def test_mis_signed_and_replayed_artifacts(agent: AgentProcess, active: str, keys: tuple[Path, Path],
+                                          tiny_onnx_b: Path, tmp_path: Path) -> None:
+    other, _ = init_keys(tmp_path / "other")
+    foreign = _signed(tmp_path, tiny_onnx_b, other, "9", "foreign")
+    older = _signed(tmp_path, tiny_onnx_b, keys[0], "4", "older")
+    with devicefit.connect(agent.url) as dev:
+        _expect(lambda: dev.deploy(foreign, progress=False), E.SIGNATURE_INVALID)
+        _expect(lambda: dev.deploy(older, progress=False), E.REPLAYED)
+    _still_serving(agent, active)
+
+
+def test_traversal_file_name_and_oversize_chunk(agent: AgentProcess, active: str, tiny_onnx_b: Path) -> None:
+    m = wire.manifest_to_proto(Artifact.from_file(tiny_onnx_b).manifest)
+    m.file_name = "../../../etc/cron.d/x"
+    ch = grpc.insecure_channel(agent.url.removeprefix("grpc://"))
+    stub = agent_pb2_grpc.DeviceAgentStub(ch)
+    res = stub.Upload(iter([stamp(artifact_pb2.UploadChunk(upload_id="trav", manifest=m, data=tiny_onnx_b.read_bytes()))]),
+                      timeout=30)
+    assert res.status.code == E.INVALID_ARGUMENT and "file_name" in res.status.message
+    m.file_name = "x.onnx"
+    big = stamp(artifact_pb2.UploadChunk(upload_id="big", manifest=m, data=os.urandom(5 * 1024 * 1024)))
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Upload(iter([big]), timeout=30)
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    ch.close()
+    _still_serving(agent, active)
+
+
+def test_sixteen_idle_upload_streams(agent: AgentProcess, active: str, tiny_onnx_b: Path) -> None:
+    m = wire.manifest_to_proto(Artifact.from_file(tiny_onnx_b).manifest)
+    m.sha256 = ""  # a fresh upload whose digest the stream would deliver (not a blob the agent holds)
+    release = threading.Event()
+
+    def silent(i: int) -> Iterator[artifact_pb2.UploadChunk]:
+        yield stamp(artifact_pb2.UploadChunk(upload_id=f"idle-{i}", manifest=m))
+        release.wait(60)
+
+    chans = [grpc.insecure_channel(agent.url.removeprefix("grpc://")) for _ in range(16)]
+    futs = [agent_pb2_grpc.DeviceAgentStub(c).Upload.future(silent(i), timeout=60) for i, c in enumerate(chans)]
+    try:
+        time.sleep(1.0)
+        _still_serving(agent, active)
+        for f in futs:  # every stream is answered (BUSY at once, or closed by the idle timeout), none hangs
+            try:
+                assert not f.result(timeout=30).status.ok
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.CANCELLED
+    finally:
+        release.set()
+        for c in chans:
+            c.close()
+    _still_serving(agent, active)
+
+
+def test_a_model_that_fails_at_load(agent: AgentProcess, active: str, keys: tuple[Path, Path], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07" + os.urandom(8192))  # an ONNX-looking header, then garbage
+    art = _signed(tmp_path, junk, keys[0], "6", "junk")
+    with devicefit.connect(agent.url) as dev:
+        _expect(lambda: dev.deploy(art, progress=False), E.LOAD_FAILED)
+    _still_serving(agent, active)
