@@ -37,7 +37,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     agent.set_defaults(func=lambda args: (agent.print_help(), 2)[1])
 
     d = subparsers.add_parser("deploy", parents=[common], help="upload a model to a device agent and activate it")
-    d.add_argument("file", metavar="FILE", help="model file (.onnx or .tflite)")
+    d.add_argument("file", metavar="FILE",
+                   help="model file (.onnx or .tflite), or an artifact directory / manifest.json (keeps its signature)")
     d.add_argument("--to", metavar="URL", required=True, help="device agent, e.g. grpc://pi.local:50051")
     d.add_argument("--model-id", default=None, help="model id (default: the file name without extension)")
     d.add_argument("--no-activate", action="store_true", help="store the model without activating it")
@@ -110,11 +111,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from devicefit.artifact import Artifact
     from devicefit.device import connect
 
+    target: Any = args.file
+    if Path(target).is_dir() or Path(target).name == "manifest.json":  # a (signed) artifact
+        target = Artifact.load(target)
     with connect(args.to) as dev:
         res = dev.deploy(
-            args.file, progress=not args.json, model_id=args.model_id, activate=not args.no_activate,
+            target, progress=not args.json, model_id=args.model_id, activate=not args.no_activate,
             chunk_size=args.chunk_kib * 1024,
         )
     emit(

@@ -97,3 +97,11 @@ def test_keys_cli_and_a_live_agent_with_trust(tmp_path: Path, tiny_onnx: Path, t
         assert dev.deploy(signed, progress=False).active
         assert dev.transport.health() == "SERVING"  # type: ignore[attr-defined]
         assert dev.info()["active_model_id"] == "m"
+
+
+def test_cli_deploy_of_a_signed_artifact_directory(tmp_path: Path, tiny_onnx: Path, keys: tuple[Path, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    art = _artifact(tmp_path, tiny_onnx, "a", keys[0], "2")
+    with spawn_agent(tmp_path / "store", device_id="t", extra_args=("--trust", str(keys[1]))) as agent:
+        assert main(["deploy", str(art.path.parent), "--to", agent.url, "--json"]) == 0
+        assert '"active": true' in capsys.readouterr().out.replace('"active":true', '"active": true')
