@@ -7,6 +7,7 @@ stopped by PID; :meth:`restart` keeps the port (a broker restart in the middle o
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -28,7 +29,10 @@ def mosquitto_binary() -> str | None:
 class Mosquitto:
     """``mosquitto -c <generated config>`` on 127.0.0.1:``port`` (0: a free one)."""
 
-    def __init__(self, workdir: str | Path, *, port: int = 0, max_queued: int = 1_000_000, sys_interval: int = 10) -> None:
+    def __init__(self, workdir: str | Path, *, port: int = 0, max_queued: int = 1_000_000, sys_interval: int = 10,
+                 users: dict[str, str] | None = None, acl_file: str | Path | None = None) -> None:
+        """``users`` (name -> password): anonymous clients are refused and these log in (a ``mosquitto_passwd``
+        file is written); ``acl_file``: topic rules (see :mod:`devicefit.fleet.acl`)."""
         binary = mosquitto_binary()
         if binary is None:
             raise UserInputError("mosquitto is not installed", INSTALL)
@@ -36,8 +40,20 @@ class Mosquitto:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "mosquitto.conf"
+        auth = "allow_anonymous true\n"
+        if users:
+            pw = self.dir / "passwd"
+            pw.write_text("")
+            for name, secret in users.items():
+                subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", str(pw), name,
+                                secret], check=True, capture_output=True)
+            auth = f"allow_anonymous false\npassword_file {pw}\n"
+        if acl_file is not None:
+            auth += f"acl_file {Path(acl_file).resolve()}\n"
+        if (users or acl_file is not None) and os.geteuid() == 0:  # else it drops to a user that cannot read them
+            auth = "user root\n" + auth
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\n{auth}persistence false\n"
             f"max_queued_messages {max_queued}\nmax_queued_bytes 0\nmax_inflight_messages 0\n"
             f"max_keepalive 60\nsys_interval {sys_interval}\nlog_dest file {self.dir / 'mosquitto.log'}\nlog_type error\nlog_type warning\n"
         )
