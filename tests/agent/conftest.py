@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,6 +74,20 @@ def write_tiny_tflite(path: Path) -> Path:
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     path.write_bytes(bytes(builder.Output()))
     return path
+
+
+def signed_artifact(tmp: Path, model: Path, key: Path, *, version: str, name: str, model_id: str) -> Any:
+    """A copy of ``model`` in ``tmp/name`` with its manifest, signed by ``key`` at ``version`` (an Artifact)."""
+    import shutil
+
+    from devicefit.artifact import Artifact
+    from devicefit.cli.keys import sign_artifact
+
+    d = tmp / name
+    d.mkdir()
+    shutil.copy(model, d / model.name)
+    Artifact.from_file(d / model.name, model_id=model_id).save()
+    return sign_artifact(d, key, version=version)
 
 
 @pytest.fixture(scope="session")

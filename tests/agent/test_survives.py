@@ -4,7 +4,6 @@ model and answering health checks within 1 s (issue #14, Done when)."""
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +16,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import devicefit
 from devicefit.agent.launch import AgentProcess, spawn_agent
 from devicefit.artifact import Artifact
-from devicefit.cli.keys import init_keys, sign_artifact
+from devicefit.cli.keys import init_keys
 from devicefit.errors import DeviceError
 from devicefit.protos import errors as E
 from devicefit.protos import wire
 from devicefit.protos.devicefit.v1 import agent_pb2_grpc, artifact_pb2
 from devicefit.protos.schema import stamp
+
+from .conftest import signed_artifact
 
 pytestmark = pytest.mark.timeout(240)
 HEALTH_DEADLINE_S = 1.0
@@ -41,11 +42,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, Path]) -> 
 
 
 def _signed(tmp: Path, model: Path, key: Path, version: str, name: str) -> Artifact:
-    d = tmp / name
-    d.mkdir()
-    shutil.copy(model, d / model.name)
-    Artifact.from_file(d / model.name, model_id="svc").save()
-    return sign_artifact(d, key, version=version)
+    return signed_artifact(tmp, model, key, version=version, name=name, model_id="svc")  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,15 @@ from devicefit.agent.server import make_service
 from devicefit.agent.service import AgentService
 from devicefit.artifact import Artifact
 from devicefit.cli import main
-from devicefit.cli.keys import init_keys, sign_artifact
+from devicefit.cli.keys import init_keys
 from devicefit.errors import DeviceError
 from devicefit.protos import errors as E
 from devicefit.protos import wire
 from devicefit.protos.devicefit.v1 import agent_pb2, artifact_pb2
 from devicefit.protos.manifest import Manifest
 from devicefit.protos.schema import stamp
+
+from .conftest import signed_artifact
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,11 +34,7 @@ def _upload(svc: AgentService, path: Path, m: Manifest, *, activate: bool = True
 
 
 def _artifact(tmp: Path, model: Path, name: str, key: Path, version: str) -> Artifact:
-    d = tmp / name
-    d.mkdir()
-    shutil.copy(model, d / model.name)
-    Artifact.from_file(d / model.name, model_id="tiny").save()
-    return sign_artifact(d, key, version=version)
+    return signed_artifact(tmp, model, key, version=version, name=name, model_id="tiny")  # type: ignore[no-any-return]
 
 
 @pytest.fixture()
