@@ -83,7 +83,7 @@ class MqttAgent:
         if self.broker.username:
             c.username_pw_set(self.broker.username, self.broker.password)
         if self.broker.tls:
-            c.tls_set()
+            c.tls_set(ca_certs=self.broker.ca_file)
         c.will_set(self.status_topic, self._status(online=False), qos=1, retain=True)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.max_inflight_messages_set(32)

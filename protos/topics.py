@@ -73,6 +73,8 @@ class BrokerUrl:
     fleet: str | None = None
     device_id: str | None = None
     mqtt5: bool = False
+    #: ``?ca=PATH``: the CA certificate that signed the broker's (mqtts; default: the system's CAs)
+    ca_file: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> BrokerUrl:
@@ -94,6 +96,7 @@ class BrokerUrl:
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             fleet=fleet, device_id=device, mqtt5=query.get("protocol", [""])[0] in ("5", "mqtt5"),
+            ca_file=query.get("ca", [None])[0],
         )
 
     @property

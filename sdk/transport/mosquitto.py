@@ -30,9 +30,11 @@ class Mosquitto:
     """``mosquitto -c <generated config>`` on 127.0.0.1:``port`` (0: a free one)."""
 
     def __init__(self, workdir: str | Path, *, port: int = 0, max_queued: int = 1_000_000, sys_interval: int = 10,
-                 users: dict[str, str] | None = None, acl_file: str | Path | None = None) -> None:
+                 users: dict[str, str] | None = None, acl_file: str | Path | None = None,
+                 tls: tuple[str | Path, str | Path] | None = None) -> None:
         """``users`` (name -> password): anonymous clients are refused and these log in (a ``mosquitto_passwd``
-        file is written); ``acl_file``: topic rules (see :mod:`devicefit.fleet.acl`)."""
+        file is written); ``acl_file``: topic rules (see :mod:`devicefit.fleet.acl`); ``tls``: (certificate, key) of a
+        TLS listener (clients connect with ``mqtts://…?ca=CA.pem``)."""
         binary = mosquitto_binary()
         if binary is None:
             raise UserInputError("mosquitto is not installed", INSTALL)
@@ -50,8 +52,11 @@ class Mosquitto:
             auth = f"allow_anonymous false\npassword_file {pw}\n"
         if acl_file is not None:
             auth += f"acl_file {Path(acl_file).resolve()}\n"
-        if (users or acl_file is not None) and os.geteuid() == 0:  # else it drops to a user that cannot read them
+        if tls is not None:
+            auth += f"certfile {Path(tls[0]).resolve()}\nkeyfile {Path(tls[1]).resolve()}\n"
+        if (users or acl_file is not None or tls is not None) and os.geteuid() == 0:  # else it drops to a user that cannot read them
             auth = "user root\n" + auth
+        self.tls = tls is not None
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n{auth}persistence false\n"
             f"max_queued_messages {max_queued}\nmax_queued_bytes 0\nmax_inflight_messages 0\n"
@@ -62,7 +67,7 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,

@@ -52,7 +52,7 @@ class MqttHost:
         if self.broker.username:
             c.username_pw_set(self.broker.username, self.broker.password)
         if self.broker.tls:
-            c.tls_set()
+            c.tls_set(ca_certs=self.broker.ca_file)
         c.reconnect_delay_set(min_delay=0.5, max_delay=10)  # type: ignore[arg-type]
         c.max_inflight_messages_set(64)
         c.max_queued_messages_set(0)

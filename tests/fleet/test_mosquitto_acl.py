@@ -89,3 +89,22 @@ def test_anonymous_and_wrong_password_are_refused(broker: Mosquitto) -> None:
 def test_acl_file_text(tmp_path: Path) -> None:
     text = write_acl(tmp_path / "acl", host_user="ops").read_text()
     assert "pattern read devicefit/v1/+/%u/req" in text and "user ops" in text
+
+
+def test_agent_and_host_over_mqtts_with_passwords_and_the_acl(tmp_path: Path) -> None:
+    import devicefit
+    from devicefit.agent.launch import AgentProcess
+    from devicefit.cli.certs import init_certs
+
+    init_certs(tmp_path / "certs", ["broker"])
+    c = tmp_path / "certs"
+    with Mosquitto(tmp_path / "mosq", users=USERS, acl_file=write_acl(tmp_path / "acl"),
+                   tls=(c / "broker.pem", c / "broker.key")) as m:
+        assert m.url.startswith("mqtts://")
+        base = f"127.0.0.1:{m.port}"
+        agent_url = f"mqtts://dev-a:{USERS['dev-a']}@{base}?ca={c / 'ca.pem'}"
+        host_url = f"mqtts://host:{USERS['host']}@{base}/plant/dev-a?ca={c / 'ca.pem'}"
+        with AgentProcess(tmp_path / "a", device_id="dev-a", address=None,
+                          extra_args=("--mqtt", agent_url, "--fleet", "plant"), start_timeout=60), \
+                devicefit.connect(host_url) as dev:
+            assert dev.info()["device_id"] == "dev-a"
