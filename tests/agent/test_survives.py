@@ -55,20 +55,26 @@ def active(agent: AgentProcess, keys: tuple[Path, Path], tiny_onnx: Path,
     return res.sha256
 
 
-def _still_serving(agent: AgentProcess, sha: str) -> None:
+def _serving(agent: AgentProcess) -> tuple[bool, str, int]:
+    """(health answered SERVING within the deadline, the active model's sha256, runs of a 2-run benchmark)."""
     target = agent.url.removeprefix("grpc://")
     with grpc.insecure_channel(target) as ch:
         st = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_DEADLINE_S)
-        assert st.status == health_pb2.HealthCheckResponse.SERVING
     with devicefit.connect(agent.url) as dev:
-        assert dev.transport.list_models()["active_sha256"] == sha
-        assert dev.benchmark(runs=2, warmup=0).runs == 2  # the active model runs
+        active = dev.transport.list_models()["active_sha256"]
+        runs = dev.benchmark(runs=2, warmup=0).runs  # the active model runs
+    return st.status == health_pb2.HealthCheckResponse.SERVING, active, runs
 
 
-def _expect(fn: Callable[[], object], code: str) -> None:
+def _still_serving(agent: AgentProcess, sha: str) -> None:
+    assert _serving(agent) == (True, sha, 2)
+
+
+def _refusal(fn: Callable[[], object]) -> str | None:
+    """The error code of the DeviceError ``fn`` raises (the test fails if it raises none)."""
     with pytest.raises(DeviceError) as exc:
         fn()
-    assert getattr(exc.value, "code", None) == code, exc.value
+    return getattr(exc.value, "code", None)
 
 
 def test_mis_signed_and_replayed_artifacts(agent: AgentProcess, active: str, keys: tuple[Path, Path],
@@ -77,9 +83,9 @@ def test_mis_signed_and_replayed_artifacts(agent: AgentProcess, active: str, key
     foreign = _signed(tmp_path, tiny_onnx_b, other, "9", "foreign")
     older = _signed(tmp_path, tiny_onnx_b, keys[0], "4", "older")
     with devicefit.connect(agent.url) as dev:
-        _expect(lambda: dev.deploy(foreign, progress=False), E.SIGNATURE_INVALID)
-        _expect(lambda: dev.deploy(older, progress=False), E.REPLAYED)
-    _still_serving(agent, active)
+        assert _refusal(lambda: dev.deploy(foreign, progress=False)) == E.SIGNATURE_INVALID
+        assert _refusal(lambda: dev.deploy(older, progress=False)) == E.REPLAYED
+    assert _serving(agent) == (True, active, 2)
 
 
 def test_traversal_file_name_and_oversize_chunk(agent: AgentProcess, active: str, tiny_onnx_b: Path) -> None:
@@ -130,5 +136,5 @@ def test_a_model_that_fails_at_load(agent: AgentProcess, active: str, keys: tupl
     junk.write_bytes(b"\x08\x07" + os.urandom(8192))  # an ONNX-looking header, then garbage
     art = _signed(tmp_path, junk, keys[0], "6", "junk")
     with devicefit.connect(agent.url) as dev:
-        _expect(lambda: dev.deploy(art, progress=False), E.LOAD_FAILED)
-    _still_serving(agent, active)
+        assert _refusal(lambda: dev.deploy(art, progress=False)) == E.LOAD_FAILED
+    assert _serving(agent) == (True, active, 2)
