@@ -203,25 +203,17 @@ def runtime_versions() -> dict[str, str | None]:
 
 
 def custom_kernels() -> str | None:
-    """Path of devicefit's built custom-kernel library, or None when none is built."""
-    spec = importlib.util.find_spec("devicefit.kernels")
-    if spec is None or not spec.submodule_search_locations:
+    """Path of devicefit's built custom-kernel library, or None when none is built (never builds one: a
+    probe must not run a compiler)."""
+    if importlib.util.find_spec("devicefit.kernels") is None:
         return None
-    try:  # the kernels package may say where its library is
-        import devicefit.kernels as kernels
+    try:
+        from devicefit.kernels import library_path
 
-        finder = getattr(kernels, "library_path", None)
-        if callable(finder):
-            found = finder()
-            return str(found) if found and Path(found).is_file() else None
+        found = library_path(build_if_missing=False)
     except Exception:  # a broken kernels package must not break the probe
         return None
-    for location in spec.submodule_search_locations:
-        for pattern in ("*.so", "*.dylib", "*.dll"):
-            for lib in sorted(Path(location).rglob(pattern)):
-                if "devicefit" in lib.name or "kernels" in lib.name:
-                    return str(lib)
-    return None
+    return str(found) if found is not None and Path(found).is_file() else None
 
 
 def storage_mb(path: str | Path) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,18 +19,34 @@ from devicefit.errors import UserInputError
 
 @dataclass(frozen=True)
 class Budget:
-    """The limits a fit must meet (``None`` = no limit). Size in MB of the stored model file."""
+    """The limits a fit must meet (``None`` = no limit). Size in MB of the stored model file.
+
+    ``latency_ratio`` is a latency limit relative to the fp32 model measured on the same device at the fit's
+    start (0.6 = at most 0.6 × fp32's p50): :meth:`resolved` turns it into ``latency_ms`` once the baseline is
+    measured, so a budget set this way moves with the device's speed instead of with a number read earlier.
+    """
 
     latency_ms: float | None = None
     size_mb: float | None = None
     memory_mb: float | None = None
     accuracy_drop: float | None = None
+    latency_ratio: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("latency_ms", "size_mb", "memory_mb", "accuracy_drop"):
+        for name in ("latency_ms", "size_mb", "memory_mb", "accuracy_drop", "latency_ratio"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v)):
                 raise UserInputError(f"budget {name}={v!r} is invalid", f"{name} must be a finite number ≥ 0 (or unset)")
+        if self.latency_ratio is not None and self.latency_ratio == 0:
+            raise UserInputError("budget latency_ratio=0 is invalid", "give a fraction of the fp32 latency > 0, e.g. 0.6")
+
+    def resolved(self, fp32_ms: float) -> Budget:
+        """The budget with ``latency_ratio`` turned into ``latency_ms`` (× the fp32 p50 ``fp32_ms``; the
+        stricter one when both are set)."""
+        if self.latency_ratio is None:
+            return self
+        limit = self.latency_ratio * fp32_ms
+        return replace(self, latency_ms=limit if self.latency_ms is None else min(limit, self.latency_ms))
 
     def constraints(self, *, latency_ms: float, size_bytes: float, memory_mb: float, drop: float) -> list[float]:
         """One value per budget, ≤ 0 when met (relative: (value − limit) / limit); −1 where unset."""
@@ -52,11 +68,12 @@ class Budget:
 
     def to_dict(self) -> dict[str, float | None]:
         return {"latency_ms": self.latency_ms, "size_mb": self.size_mb, "memory_mb": self.memory_mb,
-                "accuracy_drop": self.accuracy_drop}
+                "accuracy_drop": self.accuracy_drop, "latency_ratio": self.latency_ratio}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Budget:
-        return cls(**{k: (None if d.get(k) is None else float(d[k])) for k in ("latency_ms", "size_mb", "memory_mb", "accuracy_drop")})
+        return cls(**{k: (None if d.get(k) is None else float(d[k]))
+                      for k in ("latency_ms", "size_mb", "memory_mb", "accuracy_drop", "latency_ratio")})
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""Noise-proof choice: the top passing candidates re-measured in paired rounds with the fp32 reference.
+"""Noise-proof choice: the top contenders re-measured in paired rounds with the fp32 reference.
 
 One measurement per candidate cannot rank candidates a few percent apart on a shared board or host (a 0.1 ms
-model's p50 moves by 15% between two runs). Before the winner is chosen, the fastest passing candidates are
-re-measured in ``rounds`` rounds; in each round every candidate's timed block is bracketed by two blocks of
-the fp32 reference (``ref, c1, ref, c2, ref, …``, the candidates' order rotated from round to round), and its
+model's p50 moves by 15% between two runs). Before the winner is chosen, the fastest passing candidates (and
+those that missed only the latency budget, by little) are re-measured in ``rounds`` rounds; in each round
+every candidate's timed block is bracketed by two blocks of the fp32 reference (``ref, c1, ref, c2, ref, …``, the candidates' order rotated from round to round), and its
 speed that round is its p50 over the geometric mean of its two bracketing reference p50s — the load moves the
 candidate and its references alike, and cancels. A candidate's confirmed latency is its median ratio × the
 fp32 baseline's p50 (the latency at the baseline's load, where the budget was set); the choice is then made
@@ -54,6 +54,12 @@ class Paired:
         return out
 
 
+def bracketed(t: float, before: float, after: float) -> float | None:
+    """A block's p50 ``t`` relative to the reference blocks just before and after it (their geometric mean);
+    None when a reference block failed (p50 ≤ 0)."""
+    return t / math.sqrt(before * after) if before > 0 and after > 0 else None
+
+
 def paired_rounds(block: Block, reference: Path, paths: Mapping[str, Path], *, rounds: int) -> Paired:
     """``rounds`` rounds of ``ref, c1, ref, c2, …, ref`` (candidate order rotated each round)."""
     keys = list(paths)
@@ -66,7 +72,7 @@ def paired_rounds(block: Block, reference: Path, paths: Mapping[str, Path], *, r
             t = block(paths[k])
             after = block(reference)
             blocks[k].append(t)
-            if before > 0 and after > 0:
-                ratios[k].append(t / math.sqrt(before * after))
+            if (ratio := bracketed(t, before, after)) is not None:
+                ratios[k].append(ratio)
             before = after
     return Paired(ratios, blocks)

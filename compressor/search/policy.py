@@ -82,6 +82,15 @@ def best_passing(measured: Iterable[Candidate], budget: Budget, cfg: SearchConfi
     return min(ties, key=lambda c: (c.drop, c.latency_ms))
 
 
+def contends(c: Candidate, budget: Budget, within: float) -> bool:
+    """``c`` passes every budget, or misses only the latency one by at most ``within`` (relative): a paired
+    re-measurement (:mod:`.confirm`) may decide it either way, a single measurement cannot."""
+    if not c.measured or c.error is not None:
+        return False
+    latency, *others = c.constraints(budget)
+    return all(x <= 0 for x in others) and latency <= within
+
+
 def closest(measured: Iterable[Candidate], budget: Budget, fp32: Candidate | None) -> Candidate | None:
     """With nothing passing: the measured candidate with the smallest total relative excess over the budgets
     (never a compressed model measured slower than fp32; the fp32 baseline is among ``measured``)."""

@@ -5,7 +5,7 @@
     session.probe()             # each quant scheme measured on half the layers (calibration)
     session.search(study)       # Optuna trials: predicted everywhere, measured where promising
     session.exploit()           # the most promising unmeasured plans, re-predicted, measured
-    outcome = session.choose()  # top passing re-measured paired with fp32 (confirm), the fastest kept (or the
+    outcome = session.choose()  # top contenders re-measured paired with fp32 (confirm), the fastest kept (or the
                                 # closest miss), distilled when it helps
 
 * **Seeds** (``enqueue_trial``): the fp32 model, every uniform single-technique plan (the *anchors*), int8
@@ -57,7 +57,7 @@ class SearchOutcome:
     measurements: int
     seconds: float
     errors: list[dict[str, Any]]
-    #: how sure the pick is (:meth:`.confirm.Paired.confidence`), when passing candidates were re-measured
+    #: how sure the pick is (:meth:`.confirm.Paired.confidence`), when contenders were re-measured
     confidence: dict[str, Any] | None = None
 
     @property
@@ -126,7 +126,8 @@ class FitSession:
     # ------------------------------------------------------------------------------ phases
     def baseline(self) -> Candidate:
         """Phase *baseline*: the fp32 export, measured; its p50 rescales the persisted calibration to today's
-        device speed, becomes the first calibration point and the load reference of every later measurement."""
+        device speed, becomes the first calibration point, the load reference of every later measurement and
+        the base of a relative latency budget (:meth:`.Budget.resolved`)."""
         problem, ev = self.problem, self.evaluator
         self.progress.start("baseline", 3, "fp32 export")
         fp32 = ev.fp32()
@@ -151,7 +152,10 @@ class FitSession:
         return base
 
     def add_baseline(self, base: Candidate) -> None:
-        """Register the measured fp32 baseline (:meth:`baseline` does; tests with a simulated device too)."""
+        """Register the measured fp32 baseline (:meth:`baseline` does; tests with a simulated device too); a
+        latency budget given relative to fp32 becomes milliseconds here, at the baseline's load."""
+        if base.measured_ms is not None:
+            self.problem.budget = self.problem.budget.resolved(base.measured_ms)
         self._baseline = base
         self.measures.add(base)
 
@@ -245,7 +249,7 @@ class FitSession:
     def choose(self, others: list[Candidate] | None = None) -> SearchOutcome:
         """Phase *choose*: the fastest passing measured candidate (or the closest miss) among this process's
         and ``others`` (measured by other workers: the winner is measured again here, where its file is
-        needed), distilled when that helps. The fastest passing candidates are re-measured first (:meth:`confirm`)."""
+        needed), distilled when that helps. The fastest contenders are re-measured first (:meth:`confirm`)."""
         confidence = self.confirm()
         outcome = self.outcome(others=others)
         chosen = outcome.chosen
@@ -266,21 +270,23 @@ class FitSession:
         return outcome
 
     def confirm(self) -> dict[str, Any] | None:
-        """Phase *confirm*: the fastest passing candidates measured here (at most ``confirm_top``, first measured
-        within ``confirm_within`` of the fastest) re-measured
-        in paired rounds with fp32 (:mod:`.confirm`); each one's ``measured_ms`` becomes its median ratio to
-        fp32 × the fp32 baseline's p50, which the choice then uses. Returns the pick's confidence (None when
-        fewer than two candidates pass)."""
+        """Phase *confirm*: the fastest contenders measured here — passing candidates, and those that miss only
+        the latency budget by at most ``confirm_within`` (:func:`.policy.contends`); at most ``confirm_top``,
+        first measured within ``confirm_within`` of the fastest — re-measured in paired rounds with fp32
+        (:mod:`.confirm`); each one's ``measured_ms`` becomes its median ratio to fp32 × the fp32 baseline's
+        p50, which the choice then uses. Returns the pick's confidence (None when nothing passes after it)."""
         cfg, budget, fp32 = self.config, self.budget, self.measures.fp32()
         if cfg.confirm_rounds < 1 or fp32 is None or fp32.path is None or fp32.measured_ms is None:
             return None
-        passing = sorted((c for c in self.measures.measured() if c.plan_hash != fp32.plan_hash and c.path is not None
-                          and c.passes(budget) and not policy.slower_than_fp32(c, fp32, budget)),
-                         key=lambda c: c.latency_ms)
-        top = [c for c in passing[: cfg.confirm_top] if c.latency_ms <= passing[0].latency_ms * (1 + cfg.confirm_within)]
-        if len(top) < 2:
+        contenders = sorted((c for c in self.measures.measured() if c.plan_hash != fp32.plan_hash and c.path is not None
+                             and policy.contends(c, budget, cfg.confirm_within)
+                             and not policy.slower_than_fp32(c, fp32, budget)),
+                            key=lambda c: c.latency_ms)
+        top = [c for c in contenders[: cfg.confirm_top]
+               if c.latency_ms <= contenders[0].latency_ms * (1 + cfg.confirm_within)]
+        if not top:
             return None
-        self.progress.start("confirm", None, f"{len(top)} passing candidates × {cfg.confirm_rounds} rounds paired with fp32")
+        self.progress.start("confirm", None, f"{len(top)} contending candidates × {cfg.confirm_rounds} rounds paired with fp32")
         paths = {c.plan_hash: Path(c.path) for c in top if c.path is not None}
         paired = paired_rounds(self.evaluator.block_p50, Path(fp32.path), paths, rounds=cfg.confirm_rounds)
         for c in top:
@@ -296,8 +302,9 @@ class FitSession:
             return None
         others = sorted((c for c in top if c is not best), key=lambda c: c.latency_ms)
         confidence = paired.confidence(best.plan_hash, others[0].plan_hash if others else None)
-        self.progress.finish("confirm", f"pick {best.plan_hash[:8]}: {confidence['ratio_to_fp32']:.3f} × fp32, faster than "
-                             f"the runner-up in {confidence.get('faster_than_runner_up_share', 1.0):.0%} of rounds")
+        versus = (f", faster than the runner-up in {confidence['faster_than_runner_up_share']:.0%} of rounds"
+                  if "faster_than_runner_up_share" in confidence else "")
+        self.progress.finish("confirm", f"pick {best.plan_hash[:8]}: {confidence['ratio_to_fp32']:.3f} × fp32{versus}")
         return {"pick": best.plan_hash, **confidence}
 
     def outcome(self, baseline: Candidate | None = None, *, others: list[Candidate] | None = None) -> SearchOutcome:

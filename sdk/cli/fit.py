@@ -20,7 +20,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     p.add_argument("--profile", default="localhost", help="device profile name or .toml file (default: localhost)")
     p.add_argument("--device", metavar="URL", default=None, help="measure on this agent (grpc://host:port); default: an agent spawned on this host")
-    p.add_argument("--max-latency-ms", type=float, default=None, help="latency budget (p50 ms); default: the profile's")
+    latency = p.add_mutually_exclusive_group()
+    latency.add_argument("--max-latency-ms", type=float, default=None, help="latency budget (p50 ms); default: the profile's")
+    latency.add_argument("--max-latency-ratio", type=float, default=None, metavar="R",
+                         help="latency budget as a fraction of the fp32 model's p50, measured on the device when the "
+                              "fit starts (0.6 = at most 0.6 × fp32); replaces the profile's")
     p.add_argument("--max-size-mb", type=float, default=None, help="model file size budget (MB); default: the profile's")
     p.add_argument("--max-memory-mb", type=float, default=None, help="peak memory budget (MB); default: the profile's")
     p.add_argument("--max-accuracy-drop", type=float, default=None,
@@ -68,7 +72,8 @@ def _human(d: dict[str, Any]) -> str:
     lines = [
         f"{d['model']['name']} on {d['profile']['id']}: budget {'MET' if r['budget_met'] else 'NOT met'}",
         f"  latency p50 {ms(lat['p50_ms'])} ({lat['source']} on {lat.get('device')}, batch {batch}, threads {threads}), fp32 "
-        f"{ms(d['baseline']['latency']['p50_ms'])}; budget {ms(budget.get('latency_ms'))}",
+        f"{ms(d['baseline']['latency']['p50_ms'])}; budget {ms(budget.get('latency_ms'))}"
+        + (f" ({budget['latency_ratio']:g} × fp32)" if budget.get("latency_ratio") is not None else ""),
         f"  {r['metric']['name']}: {num(r['metric'].get('baseline'))} → {num(r['metric'].get('compressed'))} "
         f"(drop {points(r['metric']['drop'])}; budget {points(drop_budget) if drop_budget is not None else '–'})",
         f"  size {mb(r['size_bytes'])} ({ratio(r.get('compression_ratio') or 0)} smaller); plan {r['plan_summary']}",
@@ -86,6 +91,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     result = fit(
         args.model, args.data, profile=args.profile, device=args.device, max_latency_ms=args.max_latency_ms,
+        max_latency_ratio=args.max_latency_ratio,
         max_size_mb=args.max_size_mb, max_memory_mb=args.max_memory_mb, max_accuracy_drop=args.max_accuracy_drop,
         trials=args.trials, minutes=args.minutes, format=args.format, out=args.output, storage=args.storage,
         progress=not args.no_progress and not args.json, max_measurements=args.max_measurements, seed=args.seed,

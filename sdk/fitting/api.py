@@ -105,7 +105,8 @@ def fit(model: Any, data: Any = None, *, out: str | Path = "devicefit-out", stor
 
     ``options`` are :class:`FitConfig`'s fields: ``profile`` (default "localhost"), ``device`` (an agent URL;
     default: an agent spawned on this host), ``max_latency_ms`` / ``max_size_mb`` / ``max_memory_mb`` /
-    ``max_accuracy_drop`` (default: the profile's), ``trials`` (default 120, cheap: most are only predicted)
+    ``max_accuracy_drop`` (default: the profile's) or ``max_latency_ratio`` (a fraction of the fp32 model's p50
+    measured on the device at the start), ``trials`` (default 120, cheap: most are only predicted)
     or ``minutes``, ``max_measurements`` (default 6: candidates compressed and measured), ``format``, ``space``,
     ``seed``, ``sensitivity_samples``, ``runs``, ``store`` (the measurement store file, default
     ~/.cache/devicefit/measurements.db), ``batch_size`` (inputs per benchmark run: every latency is per run at

@@ -27,7 +27,8 @@ def _positive_int(v: Any) -> bool:
 class FitConfig:
     """A fit's settings, validated at construction; JSON-serializable (:meth:`to_dict` / :meth:`from_dict`).
 
-    Budgets (``max_*``) not given default to the profile's. ``trials`` (default 120) or ``minutes`` bound the
+    Budgets (``max_*``) not given default to the profile's; ``max_latency_ratio`` (e.g. 0.6 = at most 0.6 × the
+    fp32 model's p50, measured on the device when the fit starts) replaces the latency one. ``trials`` (default 120) or ``minutes`` bound the
     search; ``max_measurements`` bounds how many candidates are compressed and measured. ``batch_size``:
     inputs per benchmark run (every latency is per run at this batch); ``threads``: intra-op threads of every
     benchmark (default: the runner's). ``store``: the measurement store file.
@@ -39,6 +40,8 @@ class FitConfig:
     profile: Any = "localhost"
     device: str | None = None
     max_latency_ms: float | None = None
+    #: latency budget as a fraction of the fp32 model's p50 measured on the device at the fit's start
+    max_latency_ratio: float | None = None
     max_size_mb: float | None = None
     max_memory_mb: float | None = None
     max_accuracy_drop: float | None = None
@@ -72,6 +75,9 @@ class FitConfig:
         if self.threads is not None and not _positive_int(self.threads):
             raise UserInputError(f"threads={self.threads!r} is not a positive integer",
                                  "pass threads >= 1, or None for the runner's default")
+        if self.max_latency_ratio is not None and self.max_latency_ms is not None:
+            raise UserInputError("both max_latency_ms and max_latency_ratio were given",
+                                 "give one latency budget: milliseconds, or a fraction of the fp32 latency")
         if self.max_measurements < 0:
             raise UserInputError(f"max_measurements={self.max_measurements} is negative", "pass 0 or more")
 
@@ -108,6 +114,9 @@ class FitConfig:
             v = getattr(self, given)
             values[name] = v if v is not None else getattr(pb, attr, None)
             origin[name] = "given" if v is not None else "profile"
+        if self.max_latency_ratio is not None:  # replaces the profile's latency budget
+            values["latency_ms"], values["latency_ratio"] = None, self.max_latency_ratio
+            origin["latency_ms"] = origin["latency_ratio"] = "given"
         return Budget(**values), origin
 
     def search_config(self, budget: Budget) -> SearchConfig:

@@ -1,4 +1,4 @@
-"""Interleaved measurement of a candidate against the load reference (the fp32 baseline), stdlib only.
+"""Interleaved measurement of a candidate against the load reference (the fp32 baseline).
 
 Rounds alternate reference and candidate: ``ref, cand, ref, cand, …, ref``; each candidate block is
 bracketed by two reference blocks. The candidate's speed relative to the reference in round *i* is
@@ -12,10 +12,11 @@ instead of deciding the median.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import median
+
+from devicefit.compressor.search.confirm import bracketed
 
 MIN_ROUNDS = 3
 MAX_ROUNDS = 8
@@ -42,8 +43,8 @@ class Interleaved:
     @property
     def ratios(self) -> list[float]:
         """Per round: candidate p50 ÷ geometric mean of the reference p50s just before and after it."""
-        return [c / math.sqrt(self.refs[i] * self.refs[i + 1]) for i, c in enumerate(self.cands)
-                if i + 1 < len(self.refs) and self.refs[i] > 0 and self.refs[i + 1] > 0]
+        pairs = (bracketed(c, self.refs[i], self.refs[i + 1]) for i, c in enumerate(self.cands) if i + 1 < len(self.refs))
+        return [r for r in pairs if r is not None]
 
     @property
     def ratio(self) -> float:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnxruntime
 import psutil
+import pytest
 
 from devicefit.agent.sysinfo import normalize_arch, normalize_isa, probe_system
 from devicefit.device_profiles import ISA_FEATURES
@@ -62,3 +63,20 @@ def test_normalize_isa_maps_kernel_names() -> None:
         "sse4_2", "avx", "fma", "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx",
     ]
     assert normalize_arch("AMD64") == "x86_64" and normalize_arch("arm64") == "aarch64"
+
+
+def test_the_probe_reports_the_kernel_library_without_building_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GetInfo must not run a compiler: with an empty kernel cache the probe says no library and leaves the
+    cache empty; once the library is built, the probe names it."""
+    from devicefit.kernels import KernelBuildError, build
+
+    monkeypatch.setenv("DEVICEFIT_CACHE", str(tmp_path / "cache"))
+    info = probe_system(tmp_path)
+    assert info["custom_kernels"] is False and info["custom_kernels_path"] is None
+    assert not (tmp_path / "cache" / "kernels").exists() or not any((tmp_path / "cache" / "kernels").iterdir())
+    try:
+        built = build()
+    except KernelBuildError as e:  # no C compiler here: the first half is what this test is about
+        pytest.skip(f"cannot build the kernels here: {e}")
+    info = probe_system(tmp_path)
+    assert info["custom_kernels"] is True and info["custom_kernels_path"] == str(built)

@@ -112,6 +112,26 @@ def test_fit_rejects_bad_arguments() -> None:
 
     with pytest.raises(UserInputError, match="latency_ms"):
         Budget(latency_ms=-1.0)
+    with pytest.raises(UserInputError, match="both max_latency_ms and max_latency_ratio"):
+        devicefit.fit("zoo:digits-cnn", max_latency_ms=5.0, max_latency_ratio=0.6, progress=False)
+
+
+def test_a_latency_ratio_replaces_the_profiles_latency_budget() -> None:
+    """``max_latency_ratio``: no millisecond limit until the baseline is measured (the profile's is dropped);
+    the other budgets still come from the profile; the CLI takes one latency budget or the other."""
+    from devicefit.cli import build_parser
+    from devicefit.fitting.config import FitConfig
+
+    config = FitConfig(profile="raspberry-pi-4", max_latency_ratio=0.6)
+    profile = config.load_profile()
+    assert profile.budget.latency_ms is not None
+    budget, origin = config.budget(profile)
+    assert budget.latency_ms is None and budget.latency_ratio == 0.6
+    assert budget.accuracy_drop == profile.budget.accuracy_drop and origin["accuracy_drop"] == "profile"
+    assert origin["latency_ratio"] == "given" and FitConfig.from_dict(config.to_dict()) == config
+    assert FitConfig(profile="raspberry-pi-4").budget(profile)[0].latency_ms == profile.budget.latency_ms
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fit", "zoo:digits-cnn", "--max-latency-ms", "5", "--max-latency-ratio", "0.6"])
 
 
 def test_interleaved_measurement_follows_the_load() -> None:

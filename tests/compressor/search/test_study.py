@@ -22,6 +22,7 @@ from devicefit.compressor.search.sensitivity import SensitivityTable
 from devicefit.compressor.search.session import FitSession
 from devicefit.compressor.search.space import SpaceConfig, build_space
 from devicefit.compressor.search.studydb import open_study
+from devicefit.errors import UserInputError
 
 ROOF = Roofline(peak_gops_fp32=50.0, peak_gops_int8=200.0, mem_bandwidth_gbs=10.0)
 SPECS = [LayerSpec(f"l{i}", "linear", 250_000, 250_000 * 64, 64 * 500, 64 * 500) for i in range(6)]
@@ -379,3 +380,47 @@ def test_choice_is_made_on_paired_remeasurements_not_on_single_noisy_ones(tmp_pa
     seen: list[str] = []
     paired_rounds(lambda p: seen.append(p.name) or 1.0, Path("ref"), {"a": Path("a"), "b": Path("b")}, rounds=2)
     assert seen == ["ref", "a", "ref", "b", "ref", "ref", "b", "ref", "a", "ref"]
+
+
+def test_a_latency_ratio_budget_is_set_from_the_measured_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Budget(latency_ratio=0.6)``: the limit becomes 0.6 × the fp32 p50 the baseline measured, and the
+    search meets it like a budget in milliseconds."""
+    budget = Budget(latency_ratio=0.6, accuracy_drop=0.02)
+    assert budget.latency_ms is None and budget.resolved(10.0).latency_ms == pytest.approx(6.0)
+    assert Budget(latency_ms=5.0, latency_ratio=0.6).resolved(10.0).latency_ms == pytest.approx(5.0)  # the stricter
+    with pytest.raises(UserInputError, match="latency_ratio"):
+        Budget(latency_ratio=0.0)
+    loop, out, _dev = _run(tmp_path, budget, monkeypatch)
+    assert out.baseline.measured_ms is not None
+    assert loop.budget.latency_ms == pytest.approx(0.6 * out.baseline.measured_ms, rel=1e-12)
+    assert loop.budget.latency_ratio == 0.6 and Budget.from_dict(loop.budget.to_dict()) == loop.budget
+    assert out.best is not None and out.best.passes(loop.budget)
+    assert out.best.measured_ms is not None and out.best.measured_ms <= 0.6 * out.baseline.measured_ms
+
+
+def test_a_close_call_on_latency_is_decided_by_paired_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one candidate whose drop passes was measured once during a load spike, 9.5% over the latency budget
+    that its true speed meets: the confirm phase re-measures it paired with fp32 (a close call contends, even
+    alone), and it passes at its true latency. A candidate over the drop budget is never re-measured."""
+    monkeypatch.setattr(measure_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+    problem = _problem(Budget())
+    dev = NoisyDevice(problem, tmp_path, spike=0)
+    base = problem.predict(problem.float_labels(), trial=-1)
+    fp32 = dev.fp32()
+    base.measured_ms, base.metric, base.path = dev.truth[fp32.path], fp32.metric, fp32.path
+    base.size_bytes, base.measured_memory_mb = 6_400_000, 80.0
+    loop = FitSession(problem, dev, config=SearchConfig(trials=1, max_measurements=3, confirm_rounds=3))
+    loop.add_baseline(base)
+    dyn, static = (loop.evaluate(problem.predict(problem.space.uniform(q), trial=i))
+                   for i, q in enumerate(("int8_dynamic", "int8_static")))
+    truth = dev.truth[Path(dyn.path)]  # type: ignore[arg-type]
+    problem.budget = Budget(latency_ms=1.05 * truth, accuracy_drop=0.02)  # dynamic drops 0.015, static 0.06
+    dyn.measured_ms = 1.15 * truth  # the spike on its single measurement
+    assert not dyn.passes(loop.budget) and loop.best_passing() is None
+    blocks_before = dev.blocks
+    confidence = loop.confirm()
+    assert dev.blocks - blocks_before == 3 * 3  # (ref, dyn, ref) × 3 rounds: int8 static was not re-measured
+    assert dyn.measured_ms == pytest.approx(truth, rel=1e-9) and dyn.passes(loop.budget)
+    assert static.paired is None
+    assert confidence is not None and confidence["pick"] == dyn.plan_hash and confidence["runner_up"] is None
+    assert loop.best_passing() is dyn
