@@ -196,7 +196,10 @@ class Candidate:
     predicted_memory_mb: float
     predicted_drop: float
     uncalibrated: tuple[str, ...] = ()
+    #: measured p50 at the fp32 baseline's load (the reading ÷ ``load``; or confirmed in paired rounds)
     measured_ms: float | None = None
+    #: the p50 as the device read it, at its load then
+    raw_ms: float | None = None
     p90_ms: float | None = None
     measured_memory_mb: float | None = None
     size_bytes: int | None = None
@@ -208,7 +211,7 @@ class Candidate:
     device: str = ""
     reused: bool = False
     distilled: bool = False
-    #: device load when measured: fp32 reference p50 now / at the baseline (predictions are scaled by it)
+    #: device load when measured: fp32 reference p50 now / at the baseline (``raw_ms`` / ``measured_ms``)
     load: float | None = None
     #: rounds interleaved with the reference, and how much they disagreed (relative MAD of the ratios)
     rounds: int = 0
@@ -253,7 +256,7 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         return {
             "trial": self.trial, "plan_hash": self.plan_hash, "predicted_ms": self.predicted_ms,
-            "measured_ms": self.measured_ms, "p90_ms": self.p90_ms,
+            "measured_ms": self.measured_ms, "raw_ms": self.raw_ms, "p90_ms": self.p90_ms,
             "predicted_drop": self.predicted_drop, "metric_drop": self.drop if self.metric is not None else None,
             "predicted_size_bytes": int(self.predicted_size_bytes), "size_bytes": self.size_bytes,
             "predicted_memory_mb": self.predicted_memory_mb, "memory_mb": self.measured_memory_mb,

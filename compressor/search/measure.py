@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from devicefit.compressor.latency.nodemap import node_map_for
@@ -21,7 +20,7 @@ from devicefit.compressor.search.problem import SearchProblem
 log = logging.getLogger("devicefit.search")
 
 #: the fields of a candidate a measurement fills (copied to another trial of the same plan)
-MEASURED_FIELDS = ("measured_ms", "p90_ms", "measured_memory_mb", "size_bytes", "params", "macs", "metric", "path",
+MEASURED_FIELDS = ("measured_ms", "raw_ms", "p90_ms", "measured_memory_mb", "size_bytes", "params", "macs", "metric", "path",
                    "reference", "device", "error", "reused")
 
 
@@ -101,9 +100,8 @@ class Measurements:
             else:
                 timing = self.evaluator.measure(mat.path)
                 cand.load, cand.rounds, cand.spread = timing.load, timing.rounds, timing.spread
-                # the prediction with the latest calibration (this measurement not yet learned), for the
-                # device load measured by the reference runs interleaved with the candidate's
-                cand.predicted_ms = self.problem.predict(cand.labels).predicted_ms * (timing.load or 1.0)
+                # the prediction with the latest calibration (this measurement not yet learned)
+                cand.predicted_ms = self.problem.predict(cand.labels).predicted_ms
         except Exception as exc:  # a plan a pass cannot apply is a failed candidate, not a failed search
             log.warning("candidate %s failed: %s", cand.plan_hash, exc)
             cand.error = f"{type(exc).__name__}: {exc}"[:500]
@@ -116,12 +114,16 @@ class Measurements:
             log.warning("node mapping failed for %s: %s", mat.path, exc)
             node_map = None
         load = cand.load or 1.0
+        at_baseline = timing.scaled(load)
         n_err = len(self.problem.latency.errors)
-        split = self.problem.learn(replace(cand, predicted_ms=cand.predicted_ms / load), timing.scaled(load), mat,
-                                   node_map, score=score)
-        if len(self.problem.latency.errors) > n_err:  # report the error in device time, with the load it was made for
-            self.problem.latency.errors[-1].update(predicted_ms=cand.predicted_ms, measured_ms=timing.p50_ms, load=load)
-        cand.measured_ms, cand.p90_ms = timing.p50_ms, timing.p90_ms
+        split = self.problem.learn(cand, at_baseline, mat, node_map, score=score)
+        if len(self.problem.latency.errors) > n_err:  # with the load the reading was taken at
+            self.problem.latency.errors[-1].update(load=load)
+        # every latency the engine compares is at the fp32 baseline's load, where the budget was set: the p50 as
+        # read ÷ the load its bracketing fp32 blocks measured (the reading itself is kept in raw_ms). A
+        # candidate read during a load spike is neither "slower than fp32" nor over budget because of it.
+        cand.raw_ms = timing.p50_ms
+        cand.measured_ms, cand.p90_ms = at_baseline.p50_ms, at_baseline.p90_ms
         cand.measured_memory_mb = timing.peak_rss_mb
         cand.size_bytes, cand.params, cand.macs = mat.size_bytes, mat.params, mat.macs
         cand.metric, cand.path, cand.reference, cand.device = dict(mat.metric), mat.path, mat.reference, timing.device
@@ -129,8 +131,8 @@ class Measurements:
             self.by_hash[cand.plan_hash] = cand
         if not cand.reused:
             self.record(cand, plan, timing, split, role="candidate" if register else "probe")
-        self._note(f"trial {cand.trial}: measured {timing.p50_ms:.2f} ms (predicted {cand.predicted_ms:.2f}), "
-                   f"drop {mat.drop:.4f}")
+        self._note(f"trial {cand.trial}: measured {cand.measured_ms:.2f} ms at the baseline's load (read {timing.p50_ms:.2f} "
+                   f"at load {load:.2f}; predicted {cand.predicted_ms:.2f}), drop {mat.drop:.4f}")
         return cand
 
     def _note(self, msg: str) -> None:
