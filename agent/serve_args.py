@@ -37,6 +37,15 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="clients must send one of these bearer tokens (one per line)")
     p.add_argument("--insecure-bind-all", action="store_true",
                    help="allow plaintext gRPC on a non-loopback address (trusted networks only)")
+    p.add_argument("--trial-timeout", type=float, default=120.0, metavar="S",
+                   help="a model not loaded before is first loaded and run once in a child process; refuse it when "
+                        "that takes longer than this (default 120 s)")
+    p.add_argument("--trial-memory-mb", type=float, default=None, metavar="MIB",
+                   help="address-space limit of that child, runtime included (default: the device's physical "
+                        "memory; 0: none)")
+    p.add_argument("--no-trial-load", action="store_true",
+                   help="load new models in the agent's own process (a model that crashes the runtime then takes "
+                        "the agent down)")
     p.add_argument("--commit-every-mib", type=float, default=4.0, help="upload commit interval in MiB (default 4)")
 
 
@@ -53,6 +62,11 @@ def parse_tags(items: list[str]) -> dict[str, str]:
 def serve(args: argparse.Namespace) -> int:
     """Run :func:`devicefit.agent.server.serve_forever` with the parsed options."""
     from devicefit.agent.server import serve_forever
+    from devicefit.agent.trial_load import TrialLoader
+
+    if args.trial_timeout <= 0 or (args.trial_memory_mb is not None and args.trial_memory_mb < 0):
+        raise UserInputError(f"--trial-timeout {args.trial_timeout:g} / --trial-memory-mb {args.trial_memory_mb} "
+                             "out of range", "pass a timeout > 0 s and a memory limit >= 0 MiB (0: none)")
 
     default = DEFAULT_GRPC_ALL if args.tls_cert or args.insecure_bind_all else DEFAULT_GRPC
     address = args.grpc if args.grpc is not None or args.mqtt else default
@@ -62,4 +76,5 @@ def serve(args: argparse.Namespace) -> int:
         tags=parse_tags(args.tag), profile=args.profile, trust=args.trust, max_store_mb=args.max_store_mb,
         idle_timeout_s=args.idle_timeout, max_uploads=args.max_uploads, tls_cert=args.tls_cert, tls_key=args.tls_key,
         client_ca=args.client_ca, token_file=args.token_file, insecure_bind_all=args.insecure_bind_all,
+        trial=TrialLoader(timeout_s=args.trial_timeout, memory_mb=args.trial_memory_mb, enabled=not args.no_trial_load),
     )

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from devicefit.agent.service import AgentService
 from devicefit.agent.store import ModelStore
+from devicefit.agent.trial_load import TrialLoader
 from devicefit.errors import UserInputError
 from devicefit.protos import errors as E
 from devicefit.protos import wire
@@ -280,9 +281,10 @@ def tune_allocator(*, mmap_threshold: int = MAX_MESSAGE_BYTES + (64 << 10), trim
 
 def make_service(
     store_dir: str | Path, *, device_id: str | None = None, commit_every: int | None = None,
-    trust: Sequence[str | Path] = (), max_store_mb: float | None = None,
+    trust: Sequence[str | Path] = (), max_store_mb: float | None = None, trial: TrialLoader | None = None,
 ) -> AgentService:
-    """The agent's service over its store; ``trust``: ed25519 public keys (.pub) artifacts must be signed by."""
+    """The agent's service over its store; ``trust``: ed25519 public keys (.pub) artifacts must be signed by;
+    ``trial``: how new models are trial-loaded (default: in a child process, see :mod:`devicefit.agent.trial_load`)."""
     from devicefit import __version__
 
     kw: dict[str, Any] = {}
@@ -295,7 +297,7 @@ def make_service(
     if max_store_mb is not None:
         kw["max_store_bytes"] = int(max_store_mb * 1024 * 1024)
     store = ModelStore(store_dir, **kw)
-    return AgentService(store, device_id=device_id or socket.gethostname(), agent_version=__version__)
+    return AgentService(store, device_id=device_id or socket.gethostname(), agent_version=__version__, trial=trial)
 
 
 def serve_forever(
@@ -318,6 +320,7 @@ def serve_forever(
     client_ca: str | None = None,
     token_file: str | None = None,
     insecure_bind_all: bool = False,
+    trial: TrialLoader | None = None,
 ) -> int:
     """Run the agent until SIGTERM / SIGINT over gRPC (``address``), MQTT (``mqtt`` + ``fleet``) or both — one
     process, one store, one set of handlers; returns the exit code."""
@@ -329,7 +332,7 @@ def serve_forever(
     tune_allocator()
     try:
         service = make_service(store_dir, device_id=device_id, commit_every=commit_every, trust=trust,
-                               max_store_mb=max_store_mb)
+                               max_store_mb=max_store_mb, trial=trial)
     except AgentError as exc:
         raise UserInputError(exc.problem, exc.fix) from exc
     server = None

@@ -6,7 +6,9 @@ answers with ``status.ok=False`` + code / problem / fix, so every transport carr
 Concurrency: uploads are independent (one stream per upload id); benchmarks are serialized among
 themselves (two at once would measure each other); activations are serialized; a benchmark and a deploy
 may run together. The active model stays loaded; a new one replaces it only after it has loaded and run
-once, so a model that fails to load never takes the device down.
+once, so a model that fails to load never takes the device down. A model not loaded before is first loaded
+and run once in a child process (:mod:`devicefit.agent.trial_load`), so one that crashes or hangs the
+runtime is refused while the agent keeps serving.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from devicefit.agent.benchmark import benchmark_onnx, make_inputs
 from devicefit.agent.rss import current_rss_mb
 from devicefit.agent.runners import RUNNERS, Runner, runner_for
 from devicefit.agent.store import Entry, ModelStore
+from devicefit.agent.trial_load import TrialLoader
 from devicefit.agent.upload import UploadSpec
 from devicefit.errors import DevicefitError
 from devicefit.protos import errors as E
@@ -127,8 +130,10 @@ def load_and_run_once(entry: Entry, *, threads: int | None = None) -> LoadedMode
 class AgentService:
     """Handlers of the DeviceAgent service over one model store."""
 
-    def __init__(self, store: ModelStore, *, device_id: str, agent_version: str = "") -> None:
+    def __init__(self, store: ModelStore, *, device_id: str, agent_version: str = "",
+                 trial: TrialLoader | None = None) -> None:
         self.store = store
+        self.trial = trial if trial is not None else TrialLoader()
         self.device_id = device_id
         self.agent_version = agent_version
         self._bench_lock = threading.Lock()
@@ -139,14 +144,22 @@ class AgentService:
         if active is not None:
             try:
                 self.loaded = load_and_run_once(active)
+                self.trial.mark_good(active.sha256)
             except AgentError as exc:  # keep serving the API; report it in info
                 self.startup_error = exc.problem
 
     # ---- activation --------------------------------------------------------------------------------
+    def _trial_load(self, entry: Entry) -> None:
+        """Load and run ``entry`` once in a child process unless it has loaded before (AgentError if refused)."""
+        self.trial.check(entry.path, sha256=entry.sha256, fmt=entry.manifest.format, label=entry.model_id[:64])
+
     def _activate(self, entry: Entry, *, rollback: bool = False) -> LoadedModel:
+        self._check_trusted(entry, rollback=rollback)  # refuse untrusted files before running anything of them
+        self._trial_load(entry)  # outside the lock: a hung trial delays no other activation
         with self._activate_lock:
             self._check_trusted(entry, rollback=rollback)
             new = load_and_run_once(entry)  # raises: the old model stays loaded and active
+            self.trial.mark_good(entry.sha256)
             try:
                 self.store.set_active(entry.sha256, rollback=rollback)  # on disk first, then in memory
             except BaseException:
@@ -308,6 +321,7 @@ class AgentService:
         batch_size = check_range("batch_size", int(req.batch_size or 1))
         entry = self.store.resolve(req.model_id)
         inputs = {t.name: wire.tensor_from_proto(t) for t in req.inputs} or None
+        self._trial_load(entry)  # before the lock: the active model's benchmarks go on meanwhile
         self._acquire_bench(is_active)
         try:
             report = benchmark_onnx(
