@@ -3,6 +3,7 @@ by a live agent, which keeps serving its active model and answers health checks 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -126,13 +127,22 @@ def _health_s(agent: AgentProcess) -> float:
 
 
 def _trial_children(agent: AgentProcess) -> list[int]:
-    return [p.pid for p in psutil.Process(agent.pid).children(recursive=True)
-            if "devicefit.agent.trial_load" in " ".join(p.cmdline())]
+    """PIDs of the trial loads running now (children of the fork server, or one-shot children of the agent)."""
+    out = []
+    for p in psutil.Process(agent.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            cmd = " ".join(p.cmdline())
+            server = p.ppid() == agent.pid and "--serve" in cmd
+            if "devicefit.agent.trial_load" in cmd and not server:
+                out.append(p.pid)
+    return out
 
 
-def _refused_while_serving(agent: AgentProcess, active: str, request: Callable[[], Any]) -> tuple[str, str, dict[str, Any]]:
-    """Run ``request`` (it must be refused) in a thread; meanwhile probe health and benchmark the active model.
-    Returns (code, message, {health_max_s, probes, benchmarks, saw_child})."""
+def _refused_while_serving(agent: AgentProcess, active: str, request: Callable[[], Any],
+                           during: Callable[[], None] | None = None) -> tuple[str, str, dict[str, Any]]:
+    """Run ``request`` (it must be refused) in a thread; meanwhile probe health and benchmark the active model
+    (and call ``during`` once, while a trial child runs). Returns (code, message, {health_max_s, probes, runs,
+    saw_child})."""
     out: dict[str, Any] = {}
 
     def _go() -> None:
@@ -149,7 +159,10 @@ def _refused_while_serving(agent: AgentProcess, active: str, request: Callable[[
     saw_child = False
     with devicefit.connect(agent.url) as dev:
         while True:  # at least one probe, then until the request is answered
-            saw_child = saw_child or bool(_trial_children(agent))
+            if not saw_child and _trial_children(agent):
+                saw_child = True
+                if during is not None:
+                    during()
             health.append(_health_s(agent))
             runs.append(dev.benchmark("good", runs=2, warmup=0).runs)  # the active model still serves
             assert dev.transport.list_models()["active_sha256"] == active
@@ -164,13 +177,20 @@ def _refused_while_serving(agent: AgentProcess, active: str, request: Callable[[
 
 
 def test_a_model_that_hangs_at_load_is_refused_while_the_agent_serves(agent: AgentProcess, active: str,
-                                                                    bad: dict[str, Path]) -> None:
+                                                                    bad: dict[str, Path], tiny_onnx_b: Path) -> None:
+    other: list[int] = []
+
+    def benchmark_another_new_model() -> None:  # its trial runs beside the hung one (a process of its own)
+        with devicefit.connect(agent.url) as d:
+            d.deploy(tiny_onnx_b, model_id="b", progress=False, activate=False)
+            other.append(d.benchmark("b", runs=2, warmup=0).runs)
+
     with devicefit.connect(agent.url) as dev:
         code, msg, seen = _refused_while_serving(
-            agent, active, lambda: dev.deploy(bad["hang"], model_id="hang", progress=False))
+            agent, active, lambda: dev.deploy(bad["hang"], model_id="hang", progress=False), benchmark_another_new_model)
     assert code == E.LOAD_FAILED
     assert f"within {TRIAL_TIMEOUT_S:g} s" in msg and "--trial-timeout" in msg
-    assert seen["saw_child"] and seen["probes"] >= 3 and seen["runs"] == {2}
+    assert seen["saw_child"] and seen["probes"] >= 3 and seen["runs"] == {2} and other == [2]
     assert seen["health_max_s"] < HEALTH_DEADLINE_S
     assert _trial_children(agent) == []  # the hung child was killed, not left behind
     # remembered: a second activation is refused at once, without another trial
@@ -248,6 +268,10 @@ def test_a_verdict_is_remembered_per_sha256(tmp_path: Path, tiny_onnx: Path, tin
     assert good is not None and good.ok and good.trial_ms > good.load_ms > 0
     refused = svc.activate(stamp(agent_pb2.ActivateRequest(model_id="bomb")))
     assert refused.status.code == E.LOAD_FAILED and "trial limit" in refused.status.message
+    server = trial._server
+    assert server is not None and server.alive()  # the trials ran in children of the fork server
+    trial.close()
+    assert not server.alive()
 
 
 def test_trial_settings_are_checked() -> None:
