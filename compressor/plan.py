@@ -96,6 +96,11 @@ def _rule_from_dict(data: Any, where: str) -> tuple[LayerRule | None, list[Devic
             techs[fam] = technique_from_dict(fam, data[fam])
         except DevicefitError as exc:
             note(exc)
+        except (TypeError, ValueError, ArithmeticError) as exc:  # a field of the wrong type (ratio: "0.3")
+            types = {str(k): type(v).__name__ for k, v in data[fam].items() if k != "method"}
+            note(UserInputError(f"{fam} method {str(data[fam].get('method'))[:40]!r} has a field of the wrong type "
+                                f"{types}: {str(exc)[:120]}", "write numbers as numbers and flags as true/false, "
+                                "e.g. {method: structured, ratio: 0.3}"))
     if problems:
         return None, problems
     try:
@@ -226,7 +231,7 @@ class Plan:
             else:
                 try:
                     distill_cfg = Distill(**distill)
-                except TypeError as exc:
+                except (TypeError, ValueError, ArithmeticError) as exc:  # unknown field, or a field of the wrong type
                     problems.append(UserInputError(
                         f"plan 'distill' is invalid: {exc}",
                         "valid keys: steps, epochs, seconds, temperature, hidden_mse, lr, batch_size"))
