@@ -142,7 +142,8 @@ class AgentService:
         self.startup_error: str | None = None
         active = store.active()
         if active is not None:
-            try:
+            try:  # trial-loaded first: a model that crashes the runtime (after an upgrade, say) must not make
+                self._trial_load(active)  # the agent crash at every start; it then serves without it
                 self.loaded = load_and_run_once(active)
                 self.trial.mark_good(active.sha256)
             except AgentError as exc:  # keep serving the API; report it in info

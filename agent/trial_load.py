@@ -153,16 +153,23 @@ class TrialLoader:
         if server is not None and server.lock.acquire(timeout=self.SERVER_WAIT_S):
             try:  # forked from a process that has the runtimes imported: ~40 ms instead of ~0.4 s
                 outcome = server.trial(path, fmt, self.memory_mb, self.timeout_s)
+            except OSError as exc:  # the server itself went away: this trial runs on its own
+                log.warning("trial-load fork server failed (%s); trying %s in a process of its own", exc, path.name)
+                outcome = self._one_shot(path, fmt)
             finally:
                 server.lock.release()
         else:  # the fork server is busy with a slow trial (or off): a process of its own
-            try:
-                proc = subprocess.run(self.command(path, fmt), capture_output=True, timeout=self.timeout_s,
-                                      env=_child_env(), stdin=subprocess.DEVNULL, check=False)
-                outcome = (proc.returncode, _last_json(proc.stdout), proc.stderr.decode(errors="replace"))
-            except subprocess.TimeoutExpired:  # subprocess.run has killed the child (SIGKILL by its PID), reaped it
-                outcome = None
+            outcome = self._one_shot(path, fmt)
         return self._verdict(outcome, fmt, (time.perf_counter() - t0) * 1e3)
+
+    def _one_shot(self, path: Path, fmt: str) -> tuple[int, dict[str, Any], str] | None:
+        """(returncode, report, stderr) of ``python -m devicefit.agent.trial_load FILE``; None past the timeout."""
+        try:
+            proc = subprocess.run(self.command(path, fmt), capture_output=True, timeout=self.timeout_s,
+                                  env=_child_env(), stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:  # subprocess.run has killed the child (SIGKILL by its PID) and reaped it
+            return None
+        return proc.returncode, _last_json(proc.stdout), proc.stderr.decode(errors="replace")
 
     def _verdict(self, outcome: tuple[int, dict[str, Any], str] | None, fmt: str, ms: float) -> Verdict:
         if outcome is None:
@@ -184,9 +191,10 @@ class TrialLoader:
                 name = signal.Signals(-returncode).name
             except ValueError:
                 name = f"signal {-returncode}"
+            why = " (SIGKILL: most often the kernel's out-of-memory killer)" if returncode == -signal.SIGKILL else ""
             return Verdict(
                 ok=False,
-                problem=f"the {fmt} runtime crashed loading or running it: the trial process died of {name} "
+                problem=f"the {fmt} runtime crashed loading or running it: the trial process died of {name}{why} "
                         "(in the agent's own process this would have taken the agent down)",
                 fix="check the file on the host (`devicefit bench FILE`) and re-export it; it is corrupt or "
                     "triggers a runtime bug",
@@ -280,7 +288,8 @@ class _ForkServer:
         return value
 
     def trial(self, path: Path, fmt: str, memory_mb: float, timeout_s: float) -> tuple[int, dict[str, Any], str] | None:
-        """(returncode, report, "") of one trial; None when it ran past ``timeout_s`` (the child is killed)."""
+        """(returncode, report, "") of one trial; None when it ran past ``timeout_s`` (the child is killed);
+        OSError when the server has gone."""
         assert self.proc.stdin is not None
         deadline = time.monotonic() + timeout_s
         try:
@@ -293,6 +302,9 @@ class _ForkServer:
         done = self._line(deadline) if started is not None else None
         if done is not None and "returncode" in done:
             return int(done["returncode"]), dict(done.get("report") or {}), ""
+        if time.monotonic() < deadline:  # no answer, yet time is left: the server has gone
+            self.close()
+            raise OSError("the trial-load fork server stopped answering")
         if started is not None and "pid" in started:  # past the deadline: kill the child by its PID
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(started["pid"]), signal.SIGKILL)

@@ -4,6 +4,7 @@ by a live agent, which keeps serving its active model and answers health checks 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -281,3 +282,25 @@ def test_trial_settings_are_checked() -> None:
         TrialLoader(memory_mb=-1)
     assert TrialLoader(memory_mb=0).memory_mb == 0 and TrialLoader().memory_mb > 0
     assert os.path.basename(sys.executable) in TrialLoader().command(Path("m.onnx"), "onnx")[0]
+
+
+def test_an_active_model_that_crashes_the_runtime_does_not_crash_the_agent_at_start(
+        tmp_path: Path, tiny_onnx: Path, bad: dict[str, Path]) -> None:
+    """The store names as active a model that now crashes the runtime (as after a runtime upgrade): the agent
+    starts anyway, serves its API, reports the refusal, and takes a new model."""
+    store = tmp_path / "store"
+    with spawn_agent(store, device_id="boot") as agent, devicefit.connect(agent.url) as dev:
+        crash = dev.deploy(bad["crash"], model_id="crash", progress=False, activate=False)
+    state_file = store / "state.json"
+    state = json.loads(state_file.read_text())
+    state["active"] = crash.sha256  # what a runtime upgrade would turn a good active model into
+    state_file.write_text(json.dumps(state))
+    with spawn_agent(store, device_id="boot") as agent, devicefit.connect(agent.url) as dev:
+        assert _health_s(agent) < HEALTH_DEADLINE_S
+        assert dev.transport.list_models()["active_sha256"] == crash.sha256  # named, not loaded
+        with pytest.raises(DeviceError, match="SIGSEGV"):
+            dev.benchmark(runs=2, warmup=0)
+        assert "SIGSEGV" in agent.log_tail()  # the startup refusal is logged
+        res = dev.deploy(tiny_onnx, model_id="good", progress=False)
+        assert res.active and dev.benchmark(runs=2, warmup=0).runs == 2
+        assert agent.proc.poll() is None
