@@ -304,3 +304,19 @@ def test_an_active_model_that_crashes_the_runtime_does_not_crash_the_agent_at_st
         res = dev.deploy(tiny_onnx, model_id="good", progress=False)
         assert res.active and dev.benchmark(runs=2, warmup=0).runs == 2
         assert agent.proc.poll() is None
+
+
+def test_a_fork_server_that_died_is_replaced(tiny_onnx: Path, tiny_onnx_b: Path, bad: dict[str, Path]) -> None:
+    trial = TrialLoader(timeout_s=60, memory_mb=TRIAL_MEMORY_MB)
+    try:
+        assert trial.check(tiny_onnx, sha256="a" * 64, fmt="onnx", label="a").ok
+        first = trial._server
+        assert first is not None
+        os.kill(first.proc.pid, signal.SIGKILL)  # e.g. the OOM killer
+        first.proc.wait(10)
+        assert trial.check(tiny_onnx_b, sha256="b" * 64, fmt="onnx", label="b").ok
+        with pytest.raises(DeviceError, match="SIGSEGV"):
+            trial.check(bad["crash"], sha256="c" * 64, fmt="tflite", label="c")
+        assert trial._server is not None and trial._server is not first and trial._server.alive()
+    finally:
+        trial.close()
