@@ -76,6 +76,8 @@ class TrialLoader:
     limit (Python and the runtime included, ~0.3-0.5 GB of it); ``None``: the device's physical memory; ``0``:
     no limit. ``enabled=False`` loads every model in the agent's process directly (no containment)."""
 
+    #: verdicts remembered (a forgotten model is trial-loaded again when it is next used)
+    MAX_VERDICTS = 4096
     #: how long a trial waits for the fork server (busy with another trial) before it starts a process of its own
     SERVER_WAIT_S = 0.5
 
@@ -101,7 +103,8 @@ class TrialLoader:
     def mark_good(self, sha256: str) -> None:
         """Remember that ``sha256`` loaded and ran in the agent's own process (no trial needed)."""
         with self._guard:
-            self._verdicts.setdefault(sha256, Verdict(ok=True))
+            old = self._verdicts.pop(sha256, None)  # re-inserted as the newest: the active model is forgotten last
+            self._verdicts[sha256] = old if old is not None and old.ok else Verdict(ok=True)
 
     def check(self, path: str | Path, *, sha256: str, fmt: str, label: str) -> Verdict:
         """The verdict for this model, trial-loading it once; AgentError(LOAD_FAILED) when it is refused."""
@@ -115,6 +118,9 @@ class TrialLoader:
                 verdict = self._trial(Path(path), fmt)
                 with self._guard:
                     self._verdicts[sha256] = verdict
+                    while len(self._verdicts) > self.MAX_VERDICTS:  # bounded: the oldest are forgotten
+                        del self._verdicts[next(iter(self._verdicts))]
+                    self._locks.pop(sha256, None)  # waiters hold it; later callers find the verdict
         if not verdict.ok:
             raise AgentError(E.LOAD_FAILED, f"model {label} ({sha256[:12]}) was refused: {verdict.problem}",
                              f"{verdict.fix}; the previously active model is still active")

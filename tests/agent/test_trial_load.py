@@ -320,3 +320,17 @@ def test_a_fork_server_that_died_is_replaced(tiny_onnx: Path, tiny_onnx_b: Path,
         assert trial._server is not None and trial._server is not first and trial._server.alive()
     finally:
         trial.close()
+
+
+def test_remembered_verdicts_are_bounded(tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trial = TrialLoader(timeout_s=60)
+    monkeypatch.setattr(TrialLoader, "MAX_VERDICTS", 3)
+    try:
+        for i in range(5):
+            trial.check(tiny_onnx, sha256=f"{i:064x}", fmt="onnx", label=str(i))
+        trial.mark_good(f"{2:064x}")  # used again: the newest
+        trial.check(tiny_onnx, sha256=f"{5:064x}", fmt="onnx", label="5")
+        assert [trial.verdict(f"{i:064x}") is not None for i in range(6)] == [False, False, True, False, True, True]
+        assert trial._locks == {}
+    finally:
+        trial.close()
