@@ -196,6 +196,8 @@ def _fixed_mode_train(self: torch.nn.Module, mode: bool = True) -> torch.nn.Modu
 def _from_pt2(path: Path, data: str | Path | Dataset | None) -> ModelBundle:
     import torch
 
+    from devicefit.models_pt2 import restore_layers
+
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}", "pass the path of a .pt2 saved with torch.export.save")
     try:
@@ -206,6 +208,8 @@ def _from_pt2(path: Path, data: str | Path | Dataset | None) -> ModelBundle:
             "save it with torch.export.save(torch.export.export(model, args), 'model.pt2')",
         ) from exc
     module = ep.module()
+    # its graph calls aten.linear / aten.conv2d on bare parameters: give it its Linear / Conv modules back
+    restore_layers(module)
     # the unlifted module refuses .train()/.eval(); its mode was fixed at export time, so make them no-ops
     # (everything downstream calls module.eval()). deepcopy re-binds the method to the copy.
     module.train = types.MethodType(_fixed_mode_train, module)  # type: ignore[method-assign]

@@ -198,6 +198,7 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
         )
     if (bundle.eval or bundle.calib) is None:
         raise UserInputError(f"{bundle.name} has no evaluation data", "pass data= / --data file.npz")
+    _check_batch_one(bundle)
     phases.finish("load")
     budget, _origin = config.budget(profile)
     search_config = replace(config.search_config(budget), **search)
@@ -208,6 +209,25 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
         session = FitSession.open(bundle, profile, evaluator, search_config, cache_dir=cache_root(), store=store,
                                   progress=phases)
         yield session, bundle
+
+
+def _check_batch_one(bundle: Any) -> None:
+    """A fit runs the model at batch 1 (analysis) and at the benchmark batch: a ``.pt2`` exported at a fixed
+    batch refuses both (its guard), which is said here with the fix instead of deep in the analysis."""
+    import torch
+
+    if not str(bundle.source or "").startswith("pt2:"):
+        return
+    one = tuple(t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in bundle.example_inputs)
+    try:
+        with torch.inference_mode():
+            bundle.module(*one)
+    except AssertionError as exc:
+        raise UserInputError(
+            f"{bundle.name} was exported for a fixed batch and refuses batch 1 ({str(exc).splitlines()[0][:120]})",
+            "export it with a dynamic batch: torch.export.export(model, args, "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},)), then torch.export.save",
+        ) from exc
 
 
 def _redact(url: str) -> str:
