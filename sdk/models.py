@@ -115,6 +115,7 @@ def _from_module(
             "return an nn.Module (or a (module, example_inputs) pair) from the factory",
         )
     module.eval()
+    module = _with_layers(module)
     if example_inputs is not None:
         example = tuple(example_inputs) if isinstance(example_inputs, list | tuple) else (example_inputs,)
         if not all(isinstance(t, torch.Tensor) for t in example):
@@ -162,6 +163,22 @@ def _from_module(
         dynamic_axes=axes,
         source=source,
     )
+
+
+def _with_layers(module: torch.nn.Module) -> torch.nn.Module:
+    """``module``, or a copy whose ``nn.MultiheadAttention`` blocks have their projections as Linear layers
+    (:func:`devicefit.compressor.attention.unfuse_attention`; the caller's module is left untouched)."""
+    import copy
+
+    import torch
+
+    from devicefit.compressor.attention import unfuse_attention
+
+    if not any(isinstance(m, torch.nn.MultiheadAttention) for m in module.modules()):
+        return module
+    module = copy.deepcopy(module)
+    unfuse_attention(module)
+    return module
 
 
 def _from_factory(spec: str, data: str | Path | Dataset | None) -> ModelBundle:
