@@ -114,6 +114,10 @@ def _analyze_graph(module: torch.fx.GraphModule, args: tuple[Any, ...]) -> Model
     return ModelAnalysis(infos, count_params(module), int(counter.get_total_flops() // 2))
 
 
+#: submodules ``torch.export`` adds to an unlifted module (its input-shape guard), which are no layers
+_EXPORT_HELPERS = frozenset({"_guards_fn"})
+
+
 def analyze(module: torch.nn.Module, example_inputs: Sequence[Any]) -> ModelAnalysis:
     """Per-layer table of ``module`` on one sample of ``example_inputs`` (see the module docstring)."""
     if isinstance(module, torch.fx.GraphModule) and any(
@@ -123,7 +127,8 @@ def analyze(module: torch.nn.Module, example_inputs: Sequence[Any]) -> ModelAnal
     layers = [
         (name, m)
         for name, m in module.named_modules()
-        if name and (not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False)))
+        if name and name not in _EXPORT_HELPERS
+        and (not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False)))
     ]
     shapes: dict[str, tuple[list[int] | None, list[int] | None]] = {}
 

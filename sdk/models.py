@@ -115,6 +115,7 @@ def _from_module(
             "return an nn.Module (or a (module, example_inputs) pair) from the factory",
         )
     module.eval()
+    module = _with_layers(module)
     if example_inputs is not None:
         example = tuple(example_inputs) if isinstance(example_inputs, list | tuple) else (example_inputs,)
         if not all(isinstance(t, torch.Tensor) for t in example):
@@ -164,6 +165,22 @@ def _from_module(
     )
 
 
+def _with_layers(module: torch.nn.Module) -> torch.nn.Module:
+    """``module``, or a copy whose ``nn.MultiheadAttention`` blocks have their projections as Linear layers
+    (:func:`devicefit.compressor.attention.unfuse_attention`; the caller's module is left untouched)."""
+    import copy
+
+    import torch
+
+    from devicefit.compressor.attention import unfuse_attention
+
+    if not any(isinstance(m, torch.nn.MultiheadAttention) for m in module.modules()):
+        return module
+    module = copy.deepcopy(module)
+    unfuse_attention(module)
+    return module
+
+
 def _from_factory(spec: str, data: str | Path | Dataset | None) -> ModelBundle:
     mod_name, attr = spec.split(":")
     try:
@@ -196,6 +213,8 @@ def _fixed_mode_train(self: torch.nn.Module, mode: bool = True) -> torch.nn.Modu
 def _from_pt2(path: Path, data: str | Path | Dataset | None) -> ModelBundle:
     import torch
 
+    from devicefit.models_pt2 import restore_layers
+
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}", "pass the path of a .pt2 saved with torch.export.save")
     try:
@@ -206,6 +225,8 @@ def _from_pt2(path: Path, data: str | Path | Dataset | None) -> ModelBundle:
             "save it with torch.export.save(torch.export.export(model, args), 'model.pt2')",
         ) from exc
     module = ep.module()
+    # its graph calls aten.linear / aten.conv2d on bare parameters: give it its Linear / Conv modules back
+    restore_layers(module)
     # the unlifted module refuses .train()/.eval(); its mode was fixed at export time, so make them no-ops
     # (everything downstream calls module.eval()). deepcopy re-binds the method to the copy.
     module.train = types.MethodType(_fixed_mode_train, module)  # type: ignore[method-assign]

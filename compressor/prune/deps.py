@@ -26,6 +26,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from devicefit.compressor.attention import attention_projections
 from devicefit.compressor.layers import is_rewritable
 from devicefit.compressor.prune import transformer as tr
 
@@ -90,7 +91,9 @@ def find_deps(module: nn.Module, example_inputs: Sequence[torch.Tensor], layers:
     named = dict(module.named_modules())
     order = {m: i for i, m in enumerate(named.values())}
     name_of = {m: n for n, m in named.items()}
-    wanted = [n for n in layers if n in named and is_rewritable(named[n]) and not is_depthwise(named[n])]
+    heads = attention_projections(module)  # a head layout torch-pruning does not follow: never pruned alone
+    wanted = [n for n in layers if n in named and is_rewritable(named[n]) and not is_depthwise(named[n])
+              and n not in heads]
     attn, ffn = tr.find_sites(module)
     site: dict[str, tuple[str, ...]] = {}
     for a in attn:

@@ -40,6 +40,9 @@ class SearchConfig:
     latency_margin: float = 0.08
     #: ... and by this much while a dtype in the plan has never been measured on the device
     explore_margin: float = 0.6
+    #: the latency budget is *out of reach* (the trials stop after the seeds) only when the fastest plan the
+    #: calibrated model finds — or the fastest measured — misses it by more than this fraction (:mod:`.reach`)
+    reach_margin: float = 0.15
     #: predicted drop may exceed the accuracy budget by this fraction (sensitivity is a rough sum)
     drop_margin: float = 0.25
     #: latencies within this fraction are a tie (then the lower drop wins): about the run-to-run noise

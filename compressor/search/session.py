@@ -41,6 +41,7 @@ from devicefit.compressor.search.confirm import paired_rounds
 from devicefit.compressor.search.measure import Measurements
 from devicefit.compressor.search.problem import SearchProblem
 from devicefit.compressor.search.progress import NoProgress, PhaseProgress
+from devicefit.compressor.search.reach import Reach, assess
 from devicefit.compressor.search.setup import ModelFacts, analyze_model, build_problem
 from devicefit.errors import UserInputError
 
@@ -59,10 +60,18 @@ class SearchOutcome:
     errors: list[dict[str, Any]]
     #: how sure the pick is (:meth:`.confirm.Paired.confidence`), when contenders were re-measured
     confidence: dict[str, Any] | None = None
+    #: the verdict on the latency budget (:mod:`.reach`), when there is one
+    reach: Reach | None = None
 
     @property
     def chosen(self) -> Candidate:
         return self.best or self.closest or self.baseline
+
+    def warnings(self) -> list[str]:
+        """What the user must be told: a latency budget found out of reach (and missed)."""
+        if self.reach is not None and not self.reach.reachable and self.best is None:
+            return [self.reach.message()]
+        return []
 
     def median_error(self) -> float | None:
         """Median relative prediction error over the candidates measured (None before any)."""
@@ -88,6 +97,9 @@ class FitSession:
         self.candidates: dict[int, Candidate] = {}
         self._anchors = policy.anchors(problem.space)
         self._baseline: Candidate | None = None
+        #: the last verdict on the latency budget (:meth:`assess_reach`) and the measurement count it was made at
+        self.reach: Reach | None = None
+        self._reach_key: tuple[int, int] = (-1, -1)
         self._start_clock()
 
     @classmethod
@@ -174,10 +186,50 @@ class FitSession:
 
     def search(self, study: optuna.Study, *, enqueue: bool = True) -> None:
         """Phase *search*: optimize until the trial / minute budget is spent (seeds enqueued first unless
-        joining a study another process seeded)."""
+        joining a study another process seeded) — or, once the seeds ran, as soon as the latency budget is out
+        of reach (:mod:`.reach`: no plan predicted or measured within it, up to a margin); that is said at
+        the start and the outcome carries it (:attr:`SearchOutcome.reach`)."""
+        seeds = self.seeds() if enqueue else []
+        first = len(self.candidates)
+        reach = self.assess_reach()
+        if reach is not None and not reach.reachable:
+            said = f"{reach.message()} — measuring the {len(seeds)} seed plans, then stopping unless a measurement " \
+                   "says otherwise"
+            self.progress.note("trials", said)
+            self.progress.update("trials", 0, self.config.trials or None, said)
+
+        def stop() -> bool:
+            if len(self.candidates) - first < len(seeds):
+                return False
+            verdict = self.assess_reach()
+            return verdict is not None and not verdict.reachable
+
+        def tick(done: int, n: int, number: int) -> None:
+            verdict = self.reach
+            text = f"trial {number}"
+            if verdict is not None and not verdict.reachable and verdict.bound_ratio is not None:
+                text += f"; latency budget out of reach (fastest plan {verdict.bound_ratio:.2f} × fp32)"
+            self.progress.update("trials", done, n or None, text)
+
         trials.optimize(study, self.problem.space, self.consider, budget=self.budget, worker_id=self.worker_id,
-                        trials=self.config.trials, deadline=self.deadline, seeds=self.seeds() if enqueue else (),
-                        on_trial=lambda done, n, number: self.progress.update("trials", done, n or None, f"trial {number}"))
+                        trials=self.config.trials, deadline=self.deadline, seeds=seeds, on_trial=tick, stop=stop)
+        reach = self.assess_reach()
+        if reach is not None and not reach.reachable:
+            self.reach = replace(reach, stopped_after=len(self.candidates) - first)
+            self.progress.finish("trials", self.reach.message())
+
+    def assess_reach(self) -> Reach | None:
+        """The verdict on the latency budget (:func:`.reach.assess`), computed again only after a new
+        measurement; kept in :attr:`reach`. None without a latency budget or before the fp32 baseline."""
+        fp32 = self.measures.fp32()
+        if self.budget.latency_ms is None or fp32 is None or fp32.measured_ms is None:
+            return None
+        key = (self.measures.count, len(self.probes))
+        if self.reach is None or self._reach_key != key:
+            self.reach = assess(self.problem, self.budget, self.config, starts=self._anchors,
+                                measured=[*self.measures.measured(), *self.probes], fp32_ms=fp32.measured_ms)
+            self._reach_key = key
+        return self.reach
 
     def from_study(self, study: optuna.Study) -> list[Candidate]:
         """The candidates other processes recorded in ``study`` (measured ones carry their numbers)."""
@@ -320,7 +372,8 @@ class FitSession:
         by_hash = self.measures.by_hash
         cands = sorted({id(c): c for c in [*self.candidates.values(), *by_hash.values()]}.values(), key=lambda c: c.trial)
         return SearchOutcome(cands, base, best, closest, trials=len(self.candidates), measurements=self.measures.count,
-                             seconds=time.monotonic() - self.start, errors=self.problem.prediction_errors())
+                             seconds=time.monotonic() - self.start, errors=self.problem.prediction_errors(),
+                             reach=self.reach)
 
     # ------------------------------------------------------------------------------ helpers
     @property

@@ -36,8 +36,9 @@ def trial_attrs(c: Candidate, budget: Budget, worker_id: str) -> dict[str, objec
 
 def optimize(study: optuna.Study, space: SearchSpace, consider: Consider, *, budget: Budget, worker_id: str,
              trials: int | None, deadline: float = math.inf, seeds: Iterable[dict[str, str]] = (),
-             on_trial: Callable[[int, int, int], None] | None = None) -> None:
-    """Enqueue ``seeds``, then optimize until ``trials`` are done or ``deadline`` (``time.monotonic``) passes."""
+             on_trial: Callable[[int, int, int], None] | None = None, stop: Callable[[], bool] | None = None) -> None:
+    """Enqueue ``seeds``, then optimize until ``trials`` are done, ``deadline`` (``time.monotonic``) passes or
+    ``stop()`` (asked after each trial) says there is no point going on."""
     for labels in seeds:
         study.enqueue_trial(labels, skip_if_exists=True)
     done = [0]
@@ -49,7 +50,7 @@ def optimize(study: optuna.Study, space: SearchSpace, consider: Consider, *, bud
         trial.set_user_attr("devicefit", attrs)
         for name, value in zip(CONSTRAINTS, attrs["constraints"], strict=True):  # type: ignore[call-overload]
             trial.set_constraint(name, float(value))
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or (stop is not None and stop()):
             trial.study.stop()
         if cand.error:
             return 1.0, cand.predicted_ms * 10

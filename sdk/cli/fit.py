@@ -83,6 +83,7 @@ def _human(d: dict[str, Any]) -> str:
     if not r["budget_met"]:
         miss = r.get("shortfall") or {}
         lines.append("  shortfall: " + (", ".join(f"{k} {pct(v)} over its budget" for k, v in miss.items()) or "–"))
+    lines += [f"  warning: {w}" for w in d.get("warnings") or []]
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -59,6 +60,11 @@ class FitResult:
     @property
     def metric(self) -> dict[str, Any]:
         return dict(self.report["result"]["metric"])
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the user must know about this result (where it was measured, a budget out of reach)."""
+        return list(self.report.get("warnings", []))
 
     def to_dict(self) -> dict[str, Any]:
         return self.report
@@ -121,6 +127,9 @@ def fit(model: Any, data: Any = None, *, out: str | Path = "devicefit-out", stor
 
     config = FitConfig.create(model, data, **options)
     profile = config.load_profile()
+    warnings = config.measurement_warnings(profile)
+    for w in warnings:  # said before the minutes of searching, and again in the report
+        sys.stderr.write(f"devicefit: warning: {w}\n")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = study_name or default_study_name(config, model)
@@ -130,10 +139,12 @@ def fit(model: Any, data: Any = None, *, out: str | Path = "devicefit-out", stor
         study = open_study(storage, name, seed=config.seed)
         study.set_user_attr(SPEC_ATTR, config.to_dict())
         outcome = session.run(study)
+        for w in outcome.warnings():
+            sys.stderr.write(f"devicefit: warning: {w}\n")
         phases.start("write", 1, "model.onnx manifest.json plan.yaml report.json report.html")
         result = write_outputs(session, config, outcome, out_dir, bundle=bundle, profile=profile,
                                origin=config.budget(profile)[1], seconds=time.monotonic() - t0,
-                               study={"storage": _redact(storage), "name": name})
+                               study={"storage": _redact(storage), "name": name}, warnings=warnings)
         phases.finish("write")
     return FitResult(out_dir, result.model_path, result.plan, result.report)
 
@@ -153,6 +164,8 @@ def run_worker(storage: str, study_name: str, *, trials: int | None = defaults.W
         )
     if max_measurements is not None:
         config = config.with_(max_measurements=max_measurements)
+    for w in config.measurement_warnings(config.load_profile()):
+        sys.stderr.write(f"devicefit: warning: {w}\n")
     work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="devicefit-worker-"))
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     with Progress(progress) as phases, _session(config, config.load_profile(), work_dir, phases, trials=trials,
@@ -185,6 +198,7 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
         )
     if (bundle.eval or bundle.calib) is None:
         raise UserInputError(f"{bundle.name} has no evaluation data", "pass data= / --data file.npz")
+    _check_batch_one(bundle)
     phases.finish("load")
     budget, _origin = config.budget(profile)
     search_config = replace(config.search_config(budget), **search)
@@ -195,6 +209,25 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
         session = FitSession.open(bundle, profile, evaluator, search_config, cache_dir=cache_root(), store=store,
                                   progress=phases)
         yield session, bundle
+
+
+def _check_batch_one(bundle: Any) -> None:
+    """A fit runs the model at batch 1 (analysis) and at the benchmark batch: a ``.pt2`` exported at a fixed
+    batch refuses both (its guard), which is said here with the fix instead of deep in the analysis."""
+    import torch
+
+    if not str(bundle.source or "").startswith("pt2:"):
+        return
+    one = tuple(t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in bundle.example_inputs)
+    try:
+        with torch.inference_mode():
+            bundle.module(*one)
+    except AssertionError as exc:
+        raise UserInputError(
+            f"{bundle.name} was exported for a fixed batch and refuses batch 1 ({str(exc).splitlines()[0][:120]})",
+            "export it with a dynamic batch: torch.export.export(model, args, "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},)), then torch.export.save",
+        ) from exc
 
 
 def _redact(url: str) -> str:

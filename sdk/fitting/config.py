@@ -119,6 +119,18 @@ class FitConfig:
             origin["latency_ms"] = origin["latency_ratio"] = "given"
         return Budget(**values), origin
 
+    def measurement_warnings(self, profile: Any) -> list[str]:
+        """What the user must know about where latencies are measured: a board's profile with no ``device``
+        is measured on this host (an agent spawned here), so its latency budget is checked on the wrong CPU."""
+        from devicefit.device_profiles.loader import LOCALHOST
+
+        pid = str(getattr(profile, "id", profile))
+        if self.device is None and pid != LOCALHOST:
+            return [f"profile {pid!r} is a board's, but no device was given: every latency is measured on this "
+                    f"host, not on the board, so the budget is checked against the wrong CPU; pass "
+                    f"--device grpc://BOARD:50051 (device=...) to measure on the board, or --profile localhost"]
+        return []
+
     def search_config(self, budget: Budget) -> SearchConfig:
         """The engine's settings."""
         return SearchConfig(

@@ -66,8 +66,10 @@ def _layers(session: FitSession, chosen: Candidate) -> list[dict[str, Any]]:
 
 
 def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome, *, bundle: Any, profile: Any,
-                 origin: dict[str, str], seconds: float, study: dict[str, Any] | None = None) -> dict[str, Any]:
-    """report.json of a fit (``study``: the Optuna storage, password redacted, and study name)."""
+                 origin: dict[str, str], seconds: float, study: dict[str, Any] | None = None,
+                 warnings: list[str] | None = None) -> dict[str, Any]:
+    """report.json of a fit (``study``: the Optuna storage, password redacted, and study name; ``warnings``:
+    what the user must know about the result, printed by the CLI's summary; the engine's are added)."""
     facts = session.facts
     assert facts is not None, "a fit's session is opened from a model (FitSession.open)"
     budget = session.problem.budget
@@ -121,6 +123,7 @@ def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome,
     failed = [c for c in outcome.candidates if c.error]
     return {
         "version": REPORT_VERSION,
+        "warnings": [*(warnings or []), *outcome.warnings()],
         "model": {"name": bundle.name, "source": bundle.source or config.model, "params": base.params,
                   "macs": base.macs, "size_bytes": base.size_bytes, "hash": facts.model_hash[:16],
                   "metric": bundle.metric, "layers": len(facts.specs)},
@@ -155,6 +158,9 @@ def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome,
                                       "only); 'estimated' entries scale one full evaluation per layer and option "
                                       "group by local output error"},
             "study": study,
+            # can the latency budget be reached at all: the fastest plan predicted (or measured), and whether the
+            # trials stopped early because even that misses the budget
+            "reach": outcome.reach.to_dict() if outcome.reach is not None else None,
             "space": {"layers": len(session.problem.space.layers), "options": session.problem.space.size()},
             "drop_scale": session.problem.drops.scale,
             # fp32 baseline measured now ÷ predicted by the calibration persisted from earlier sessions (1: none)
@@ -172,7 +178,8 @@ class Written:
 
 
 def write_outputs(session: FitSession, config: FitConfig, outcome: SearchOutcome, out_dir: Path, *, bundle: Any,
-                  profile: Any, origin: dict[str, str], seconds: float, study: dict[str, Any]) -> Written:
+                  profile: Any, origin: dict[str, str], seconds: float, study: dict[str, Any],
+                  warnings: list[str] | None = None) -> Written:
     """Write model.onnx, plan.yaml, manifest.json, report.json and report.html; persist the latency model."""
     from devicefit.artifact import Artifact
     from devicefit.report_html import render_html
@@ -187,7 +194,7 @@ def write_outputs(session: FitSession, config: FitConfig, outcome: SearchOutcome
         shutil.copyfile(src, model_path)
     plan.save(out_dir / "plan.yaml")
     report = build_report(session, config, outcome, bundle=bundle, profile=profile, origin=origin, seconds=seconds,
-                          study=study)
+                          study=study, warnings=warnings)
     model_id = re.sub(r"[^A-Za-z0-9._+-]+", "-", bundle.name).strip("-.") or "model"
     Artifact.from_file(model_path, model_id=f"{model_id}-fit"[:128], plan=plan, metrics=report["result"]["metric"]).save()
     report["manifest"] = "manifest.json (devicefit.artifact)"

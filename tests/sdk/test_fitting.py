@@ -78,9 +78,10 @@ def test_fit_digits_on_host_meets_budget(tmp_path: Path, digits_bundle: Any, mon
 def test_cli_fit_impossible_budget_exits_3_and_writes_report(tmp_path: Path, digits_bundle: Any) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DEVICEFIT_MEASUREMENTS_DB": str(tmp_path / "m.db")}
+    # a board's profile without --device: measured on this host, and the fit says so
     proc = subprocess.run(
-        [sys.executable, "-m", "devicefit.cli", "fit", "zoo:digits-cnn", "--profile", "localhost",
-         "--max-latency-ms", "0.00001", "--max-accuracy-drop", "0.01", "--trials", "12", "--max-measurements", "2",
+        [sys.executable, "-m", "devicefit.cli", "fit", "zoo:digits-cnn", "--profile", "raspberry-pi-4",
+         "--max-latency-ms", "0.00001", "--max-accuracy-drop", "0.01", "--trials", "300", "--max-measurements", "2",
          "--batch-size", "8", "-o", str(out), "--json"],
         capture_output=True, text=True, env=env, timeout=500,
     )
@@ -91,6 +92,15 @@ def test_cli_fit_impossible_budget_exits_3_and_writes_report(tmp_path: Path, dig
     assert r["budget_met"] is False and r["shortfall"]["latency_ms"] > 0
     assert r["latency"]["source"] == "measured"  # the closest candidate is still a measured one
     assert "no measured candidate met the budget" in proc.stderr
+    assert "devicefit: warning: profile 'raspberry-pi-4' is a board's" in proc.stderr
+    # the budget is out of reach: said early (the progress line), the trials stopped after the seeds, not at 300
+    reach = rep["search"]["reach"]
+    assert reach["reachable"] is False and reach["stopped_after_trials"] == rep["search"]["trials"] < 300
+    assert reach["bound_ratio_to_fp32"] > 0.05 and reach["budget_ms"] == 0.00001
+    assert "latency budget out of reach" in proc.stderr
+    warnings = rep["warnings"]
+    assert len(warnings) == 2 and "measured on this host, not on the board" in warnings[0]
+    assert warnings[1] == reach["message"] and f"{reach['bound_ratio_to_fp32']:.2f} × fp32" in warnings[1]
     # every measurement ran at the batch size asked for, and the report says so
     assert rep["benchmark"]["batch_size"] == 8 and r["latency"]["batch_size"] == 8
     from devicefit.compressor.latency import MeasurementStore
@@ -132,6 +142,33 @@ def test_a_latency_ratio_replaces_the_profiles_latency_budget() -> None:
     assert FitConfig(profile="raspberry-pi-4").budget(profile)[0].latency_ms == profile.budget.latency_ms
     with pytest.raises(SystemExit):
         build_parser().parse_args(["fit", "zoo:digits-cnn", "--max-latency-ms", "5", "--max-latency-ratio", "0.6"])
+
+
+def test_a_boards_profile_without_a_device_warns_that_latencies_are_measured_on_this_host() -> None:
+    """Issue #17 (honest defaults): a board's profile and no --device means an agent spawned on this host
+    measures every latency: the fit says so (stderr and report.json's ``warnings``, printed by the summary).
+    With a device, or with the localhost profile, there is nothing to warn about."""
+    from dataclasses import replace
+
+    from devicefit.cli.fit import _human
+    from devicefit.fitting.config import FitConfig
+
+    pi = FitConfig(profile="raspberry-pi-4").load_profile()
+    (warning,) = FitConfig(profile="raspberry-pi-4").measurement_warnings(pi)
+    assert "'raspberry-pi-4'" in warning and "measured on this host, not on the board" in warning
+    assert "--device" in warning
+    assert FitConfig(profile="raspberry-pi-4", device="grpc://pi.local:50051").measurement_warnings(pi) == []
+    assert FitConfig(profile="localhost").measurement_warnings(replace(pi, id="localhost")) == []
+    report = {
+        "model": {"name": "m"}, "profile": {"id": "raspberry-pi-4"}, "benchmark": {"batch_size": 1, "threads": None},
+        "budget": {"latency_ms": 5.0, "accuracy_drop": 0.01}, "baseline": {"latency": {"p50_ms": 9.0}},
+        "result": {"budget_met": True, "latency": {"p50_ms": 4.0, "source": "measured", "device": "host"},
+                   "metric": {"name": "accuracy", "baseline": 0.9, "compressed": 0.9, "drop": 0.0},
+                   "size_bytes": 1000, "compression_ratio": 4.0, "plan_summary": {"int8_static": 2}},
+        "search": {"trials": 3, "measurements": 1, "minutes": 0.1, "prediction_error": {"median": 0.1}},
+        "warnings": [warning],
+    }
+    assert f"  warning: {warning}" in _human(report).splitlines()
 
 
 def test_interleaved_measurement_follows_the_load() -> None:

@@ -424,3 +424,74 @@ def test_a_close_call_on_latency_is_decided_by_paired_rounds(tmp_path: Path, mon
     assert static.paired is None
     assert confidence is not None and confidence["pick"] == dyn.plan_hash and confidence["runner_up"] is None
     assert loop.best_passing() is dyn
+
+
+def test_a_budget_out_of_reach_is_said_early_and_stops_the_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #17: a latency budget no plan in the space can meet (0.2 × fp32; int8 dynamic, the fastest scheme,
+    runs at about 0.46 × fp32 here) is found out of reach before the trials: the seeds are measured (the user
+    gets a measured closest candidate), then the trials stop — not after the 300 allowed — and the outcome
+    says why, with the fastest plan's ratio to fp32."""
+    fp32_ms = _fp32_ms()
+    budget = Budget(latency_ms=0.2 * fp32_ms, accuracy_drop=0.05)
+    loop, out, _dev = _run(tmp_path, budget, monkeypatch, trials=300, max_measurements=4)
+    reach = out.reach
+    assert reach is not None and not reach.reachable
+    # every trial run was an enqueued seed plan (fp32, the uniform plans, keep-float variants): none sampled
+    ran = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    assert len(ran) == out.trials == reach.stopped_after and 4 <= out.trials < 10
+    assert all("fixed_params" in t.system_attrs for t in ran)
+    # the bound is the fastest plan of the space: the uniform plan the device runs fastest (int8 dynamic here)
+    truths = {q: _dev.measure_labels(loop.problem.space.uniform(q)) for q in DROP}
+    assert reach.labels == loop.problem.space.uniform(min(truths, key=lambda q: truths[q]))
+    truth = min(truths.values())
+    assert reach.bound_ms == pytest.approx(truth, rel=0.05)
+    assert reach.bound_ratio == pytest.approx(truth / fp32_ms, rel=0.05) and 0.4 < reach.bound_ratio < 0.7
+    assert reach.budget_ratio == pytest.approx(0.2)
+    # no plan the search saw is predicted faster than the bound (with the final calibration)
+    assert min(loop.problem.predict(c.labels).predicted_ms for c in out.candidates) >= reach.bound_ms * (1 - 1e-9)
+    # the closest candidate is a measured one, and the outcome tells the user why the budget was missed
+    assert out.best is None and out.closest is not None and out.closest.measured and out.closest is not out.baseline
+    (warning,) = out.warnings()
+    assert warning.startswith("latency budget out of reach") and f"{reach.bound_ratio:.2f} × fp32" in warning
+    assert f"stopped after {out.trials} trials" in warning
+    assert reach.to_dict()["stopped_after_trials"] == out.trials
+
+
+def test_a_budget_within_reach_runs_every_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reachable budget (0.6 × fp32) is never cut short: all the trials run and nothing is said."""
+    budget = Budget(latency_ms=0.6 * _fp32_ms(), accuracy_drop=0.05)
+    _loop, out, _dev = _run(tmp_path, budget, monkeypatch, trials=30)
+    assert out.reach is not None and out.reach.reachable and out.reach.stopped_after is None
+    assert out.trials == 30 and out.warnings() == [] and out.best is not None
+
+
+def test_a_measured_plan_faster_than_predicted_keeps_the_budget_within_reach(tmp_path: Path) -> None:
+    """Predictions can be wrong: the bound is the fastest plan predicted *or measured*, and the margin is the
+    wide exploration one while the bound's dtypes were never measured on the device."""
+    from devicefit.compressor.search.reach import assess
+
+    budget = Budget(latency_ms=0.2 * _fp32_ms())
+    problem = _problem(budget)
+    cfg = SearchConfig()
+    anchors = [problem.space.uniform(q) for q in DROP]
+    prior = assess(problem, budget, cfg, starts=anchors, measured=[], fp32_ms=_fp32_ms())
+    assert prior is not None and prior.uncalibrated and prior.margin == cfg.explore_margin
+    # calibrate on fp32 and each uniform plan, as the baseline and the probes do
+    dev = FakeDevice(problem, tmp_path)
+    nm = NodeMap({s.name: s.name for s in SPECS}, {})
+    for labels in [problem.float_labels(), *anchors]:
+        problem.learn(problem.predict(labels), dev._timing(labels), None, nm, score=False)
+    before = assess(problem, budget, cfg, starts=anchors, measured=[], fp32_ms=_fp32_ms())
+    assert before is not None and not before.reachable and before.source == "predicted"
+    assert before.margin == cfg.reach_margin and before.uncalibrated == ()
+    assert before.bound_ms == pytest.approx(min(dev.measure_labels(a) for a in anchors), rel=1e-6)
+    fast = problem.predict(problem.space.uniform("int8_static"))
+    fast.measured_ms, fast.metric = 0.19 * _fp32_ms(), {"drop": 0.0}
+    after = assess(problem, budget, cfg, starts=anchors, measured=[fast], fp32_ms=_fp32_ms())
+    assert after is not None and after.reachable and after.source == "measured" and after.labels == fast.labels
+    # a bound within the margin over the budget counts as reachable (prediction error), beyond it does not
+    near = Budget(latency_ms=before.bound_ms / (1 + cfg.reach_margin / 2))
+    far = Budget(latency_ms=before.bound_ms / (1 + cfg.reach_margin * 2))
+    assert assess(problem, near, cfg, starts=anchors, measured=[], fp32_ms=_fp32_ms()).reachable  # type: ignore[union-attr]
+    assert not assess(problem, far, cfg, starts=anchors, measured=[], fp32_ms=_fp32_ms()).reachable  # type: ignore[union-attr]
+    assert assess(problem, Budget(), cfg, starts=anchors, measured=[], fp32_ms=_fp32_ms()) is None
