@@ -30,6 +30,10 @@ def _latency(c: Candidate, batch_size: int = 1) -> dict[str, Any]:
         "batch_size": batch_size,
         "predicted_ms": c.predicted_ms,
         "reused": c.reused,
+        # p50_ms is at the fp32 baseline's load (where the budget was set); the reading and its load
+        "raw_p50_ms": c.raw_ms,
+        "load": c.load,
+        "confirmed_in_paired_rounds": c.paired is not None,
     }
 
 
