@@ -338,6 +338,18 @@ class NoisyDevice(FakeDevice):
         return self.truth[path] * 1.02 ** self.blocks * (3.0 if self.blocks == self.spike else 1.0)
 
 
+def _noisy_session(problem: SearchProblem, tmp_path: Path, *, spike: int, confirm_rounds: int) -> tuple[FitSession, NoisyDevice]:
+    """A session on a :class:`NoisyDevice` whose fp32 baseline is registered at its true latency."""
+    dev = NoisyDevice(problem, tmp_path, spike=spike)
+    base = problem.predict(problem.float_labels(), trial=-1)
+    fp32 = dev.fp32()
+    base.measured_ms, base.metric, base.path = dev.truth[fp32.path], fp32.metric, fp32.path
+    base.size_bytes, base.measured_memory_mb = 6_400_000, 80.0
+    loop = FitSession(problem, dev, config=SearchConfig(trials=1, max_measurements=3, confirm_rounds=confirm_rounds))
+    loop.add_baseline(base)
+    return loop, dev
+
+
 def test_choice_is_made_on_paired_remeasurements_not_on_single_noisy_ones(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue #17: the fastest passing candidate's single measurement was hit by a load spike (+30%), so on first
@@ -350,13 +362,7 @@ def test_choice_is_made_on_paired_remeasurements_not_on_single_noisy_ones(tmp_pa
     budget = Budget(latency_ms=0.9 * _fp32_ms(), accuracy_drop=0.2)
     problem = _problem(budget)
     # block 4 = the first round's second candidate block (ref, c1, ref, c2 ...): the truly fastest one's, see below
-    dev = NoisyDevice(problem, tmp_path, spike=4)
-    base = problem.predict(problem.float_labels(), trial=-1)
-    fp32 = dev.fp32()
-    base.measured_ms, base.metric, base.path = dev.truth[fp32.path], fp32.metric, fp32.path
-    base.size_bytes, base.measured_memory_mb = 6_400_000, 80.0
-    loop = FitSession(problem, dev, config=SearchConfig(trials=1, max_measurements=3, confirm_rounds=5))
-    loop.add_baseline(base)
+    loop, dev = _noisy_session(problem, tmp_path, spike=4, confirm_rounds=5)
     cands = [loop.evaluate(problem.predict(problem.space.uniform(q), trial=i)) for i, q in enumerate(DROP)]
     passing = sorted((c for c in cands if c.passes(budget)), key=lambda c: dev.truth[c.path])  # type: ignore[index]
     assert len(passing) >= 2
@@ -404,13 +410,7 @@ def test_a_close_call_on_latency_is_decided_by_paired_rounds(tmp_path: Path, mon
     alone), and it passes at its true latency. A candidate over the drop budget is never re-measured."""
     monkeypatch.setattr(measure_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
     problem = _problem(Budget())
-    dev = NoisyDevice(problem, tmp_path, spike=0)
-    base = problem.predict(problem.float_labels(), trial=-1)
-    fp32 = dev.fp32()
-    base.measured_ms, base.metric, base.path = dev.truth[fp32.path], fp32.metric, fp32.path
-    base.size_bytes, base.measured_memory_mb = 6_400_000, 80.0
-    loop = FitSession(problem, dev, config=SearchConfig(trials=1, max_measurements=3, confirm_rounds=3))
-    loop.add_baseline(base)
+    loop, dev = _noisy_session(problem, tmp_path, spike=0, confirm_rounds=3)
     dyn, static = (loop.evaluate(problem.predict(problem.space.uniform(q), trial=i))
                    for i, q in enumerate(("int8_dynamic", "int8_static")))
     truth = dev.truth[Path(dyn.path)]  # type: ignore[arg-type]
@@ -495,3 +495,40 @@ def test_a_measured_plan_faster_than_predicted_keeps_the_budget_within_reach(tmp
     assert assess(problem, near, cfg, starts=anchors, measured=[], fp32_ms=_fp32_ms()).reachable  # type: ignore[union-attr]
     assert not assess(problem, far, cfg, starts=anchors, measured=[], fp32_ms=_fp32_ms()).reachable  # type: ignore[union-attr]
     assert assess(problem, Budget(), cfg, starts=anchors, measured=[], fp32_ms=_fp32_ms()) is None
+
+
+class LoadedDevice(FakeDevice):
+    """Every candidate is read while the machine runs 2.6× slower than when the baseline was measured (the
+    load that the evaluator's bracketing fp32 blocks report)."""
+
+    LOAD = 2.6
+
+    def measure(self, path: Path) -> Timing:
+        t = super().measure(path)
+        per_node = [{**n, "mean_ms": n["mean_ms"] * self.LOAD} for n in t.per_node]
+        return Timing(t.p50_ms * self.LOAD, t.p90_ms * self.LOAD, t.mean_ms * self.LOAD, t.peak_rss_mb, per_node=per_node,
+                      profiled_e2e_ms=t.p50_ms * self.LOAD, device=t.device, load=self.LOAD, rounds=3, spread=0.01)
+
+
+def test_candidates_are_compared_at_the_baselines_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A candidate read during a 2.6× load spike (its raw p50 above fp32's) is judged at the baseline's load:
+    its latency is the reading ÷ the load, it passes a budget its true speed meets, it is not "slower than
+    fp32", and the reading is kept."""
+    monkeypatch.setattr(measure_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+    fp32_ms = _fp32_ms()
+    problem = _problem(Budget(latency_ms=0.9 * fp32_ms, accuracy_drop=0.02))
+    dev = LoadedDevice(problem, tmp_path)
+    base = problem.predict(problem.float_labels(), trial=-1)
+    base.measured_ms, base.metric, base.path = fp32_ms, dev.fp32().metric, tmp_path / "fp32.onnx"
+    base.size_bytes, base.measured_memory_mb = 6_400_000, 80.0
+    loop = FitSession(problem, dev, config=SearchConfig(trials=1, max_measurements=3, confirm_rounds=0))
+    loop.add_baseline(base)
+    labels = problem.space.uniform("int8_dynamic")
+    truth = FakeDevice._timing(dev, labels).p50_ms
+    cand = loop.evaluate(problem.predict(labels, trial=0))
+    assert cand.raw_ms == pytest.approx(2.6 * truth) and cand.raw_ms > fp32_ms  # as read: slower than fp32
+    assert cand.measured_ms == pytest.approx(truth, rel=1e-12) and cand.load == 2.6
+    assert cand.passes(loop.budget) and loop.best_passing() is cand
+    assert loop.problem.prediction_errors()[-1]["load"] == 2.6
+    out = loop.outcome()
+    assert out.best is cand and out.chosen is not out.baseline
