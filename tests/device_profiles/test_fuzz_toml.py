@@ -4,7 +4,6 @@ TypeError, ValueError, …"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -52,10 +51,19 @@ def to_toml(data: dict[str, Any]) -> str:
 
 
 def _load(tmp: Path, text: bytes) -> None:
+    """Load ``text`` as a profile file: it loads as a profile that survives its own TOML round trip, or it is
+    refused with a UserInputError that names the problem (anything else escaping fails the test)."""
     p = tmp / "board.toml"
     p.write_bytes(text)
-    with contextlib.suppress(UserInputError):
-        loader.load_profile_file(p)
+    try:
+        profile = loader.load_profile_file(p)
+    except UserInputError as e:
+        assert e.problem.strip(), "a refusal must name the problem"
+        return
+    assert isinstance(profile.id, str) and profile.id
+    again = tmp / "again.toml"
+    again.write_text(profile.to_toml(), encoding="utf-8")
+    assert loader.load_profile_file(again).to_dict() == profile.to_dict()
 
 
 def test_the_unmutated_profile_loads(tmp_path: Path) -> None:
