@@ -27,7 +27,7 @@ demo: refresh
 	HF_HUB_OFFLINE=1 $(VENV)/bin/devicefit demo || [ $$? -eq 3 ]
 
 test: refresh
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra --durations=25 tests
 
 test-fast: refresh
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -ra -m "not slow" tests

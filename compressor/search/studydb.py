@@ -3,6 +3,7 @@ two-objective study with its constraints, and reading back what every process re
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,12 @@ CONSTRAINTS = ("latency", "size", "memory", "accuracy_drop")
 def make_sampler(seed: int | None = 0, *, startup: int = 10) -> optuna.samplers.BaseSampler:
     """Multi-objective TPE; it reads each trial's constraints (``Trial.set_constraint``, Optuna ≥ 5)."""
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+
+
+def worker_seed(seed: int | None, worker_id: str) -> int:
+    """A ``search-worker``'s sampler seed: distinct per worker (the same seed in every process would propose the
+    same start-up trials everywhere, and each would be measured once and then only looked up), fixed per id."""
+    return (zlib.crc32(worker_id.encode()) ^ (seed or 0)) & 0x7FFFFFFF
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:

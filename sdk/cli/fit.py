@@ -55,6 +55,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                     help=f"trials to run (default {defaults.WORKER_TRIALS})")
     wg.add_argument("--minutes", type=float, default=None, help="time to run instead of a trial count")
     w.add_argument("--max-measurements", type=int, default=None, help="candidates this worker may measure")
+    w.add_argument("--device", metavar="URL", default=None,
+                   help="measure on this agent instead of the study's device (one worker per board; each measures its "
+                        "own fp32 baseline, and its candidates are recorded at that baseline's scale)")
     w.add_argument("--work", metavar="DIR", default=None, help="scratch folder (default: a temp folder)")
     w.add_argument("--no-progress", action="store_true", help="no progress bars")
     w.set_defaults(func=_worker)
@@ -107,6 +110,8 @@ def _worker(args: argparse.Namespace) -> int:
     from devicefit.fitting import run_worker
 
     res = run_worker(args.storage, args.study, trials=args.trials, minutes=args.minutes,
-                     max_measurements=args.max_measurements, progress=not args.no_progress and not args.json, work=args.work)
-    emit(args, res, lambda d: f"worker {d['worker']} ran {d['trials']} trials ({d['measurements']} measured) on {d['study']}")
+                     max_measurements=args.max_measurements, progress=not args.no_progress and not args.json, work=args.work,
+                     device=args.device)
+    emit(args, res, lambda d: f"worker {d['worker']} ran {d['trials']} trials ({d['measurements']} measured on "
+                              f"{d['device']}) on {d['study']}")
     return 0

@@ -150,9 +150,12 @@ def fit(model: Any, data: Any = None, *, out: str | Path = "devicefit-out", stor
 
 
 def run_worker(storage: str, study_name: str, *, trials: int | None = defaults.WORKER_TRIALS, minutes: float | None = None,
-               max_measurements: int | None = None, progress: bool = True, work: str | Path | None = None) -> dict[str, Any]:
-    """Join study ``study_name`` at ``storage`` and contribute trials (``devicefit search-worker``)."""
-    from devicefit.compressor.search.studydb import open_study
+               max_measurements: int | None = None, progress: bool = True, work: str | Path | None = None,
+               device: str | None = None) -> dict[str, Any]:
+    """Join study ``study_name`` at ``storage`` and contribute trials (``devicefit search-worker``).
+
+    ``device``: an agent URL to measure on instead of the study's (several workers, one board each)."""
+    from devicefit.compressor.search.studydb import make_sampler, open_study, worker_seed
     from devicefit.compressor.search.worker import read_spec
 
     study = open_study(storage, study_name, create=False)
@@ -164,14 +167,18 @@ def run_worker(storage: str, study_name: str, *, trials: int | None = defaults.W
         )
     if max_measurements is not None:
         config = config.with_(max_measurements=max_measurements)
+    if device is not None:
+        config = config.with_(device=device)
     for w in config.measurement_warnings(config.load_profile()):
         sys.stderr.write(f"devicefit: warning: {w}\n")
     work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="devicefit-worker-"))
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    study.sampler = make_sampler(worker_seed(config.seed, worker_id))  # not the fit's seed: its trials again
     with Progress(progress) as phases, _session(config, config.load_profile(), work_dir, phases, trials=trials,
                                               minutes=minutes) as (session, _bundle):
         done = session.join(study, worker_id=worker_id)
-    return {"study": study_name, "worker": worker_id, "trials": done, "measurements": session.measurements}
+    return {"study": study_name, "worker": worker_id, "trials": done, "measurements": session.measurements,
+            "device": _redact(config.device) if config.device else "a local agent"}
 
 
 @contextmanager

@@ -532,3 +532,12 @@ def test_candidates_are_compared_at_the_baselines_load(tmp_path: Path, monkeypat
     assert loop.problem.prediction_errors()[-1]["load"] == 2.6
     out = loop.outcome()
     assert out.best is cand and out.chosen is not out.baseline
+
+
+def test_worker_seeds_differ_per_worker_and_are_stable() -> None:
+    from devicefit.compressor.search.studydb import worker_seed
+
+    seeds = {worker_seed(0, f"host:{pid}") for pid in range(100, 200)}
+    assert len(seeds) == 100  # no two workers propose the same start-up trials
+    assert worker_seed(0, "host:1") == worker_seed(0, "host:1") != worker_seed(1, "host:1")
+    assert all(0 <= s < 2**31 for s in seeds)
