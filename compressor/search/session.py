@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -116,12 +117,17 @@ class FitSession:
                    progress=progress, worker_id=worker_id, facts=facts, latency_path=latency_path)
 
     # ------------------------------------------------------------------------------ the whole fit
-    def run(self, study: optuna.Study) -> SearchOutcome:
+    def run(self, study: optuna.Study, *, wait: Callable[[], object] | None = None) -> SearchOutcome:
         """Every phase after :meth:`open`, in order; ``study`` may be shared with ``search-worker`` processes,
-        whose measured candidates compete too."""
+        whose measured candidates compete too (``wait``: called after this process's search, to let the
+        workers of a device pool finish first)."""
         self.baseline()
         self.probe()
         self.search(study)
+        if wait is not None:
+            self.progress.start("pool", None, "waiting for the pool's other boards")
+            wait()
+            self.progress.finish("pool")
         others = self.from_study(study)
         self.exploit(extra=others)
         return self.choose(others=others)
@@ -235,7 +241,9 @@ class FitSession:
         """The candidates other processes recorded in ``study`` (measured ones carry their numbers)."""
         from devicefit.compressor.search.studydb import candidates_from_study
 
-        return [c for c in candidates_from_study(study, self.problem) if c.trial not in self.candidates]
+        fp32 = self.measures.fp32()
+        return [c for c in candidates_from_study(study, self.problem, fp32_ms=fp32.measured_ms if fp32 else None)
+                if c.trial not in self.candidates]
 
     def consider(self, labels: dict[str, str], trial: int) -> Candidate:
         """One trial: predict ``labels``; measure them when the policy says they are worth it."""

@@ -13,6 +13,10 @@ from devicefit.compressor.search.candidate import Candidate, pareto_front
 from devicefit.compressor.search.problem import SearchProblem
 
 CONSTRAINTS = ("latency", "size", "memory", "accuracy_drop")
+#: study attributes ``PREFIX:worker`` (its fp32 baseline's p50) and ``PREFIX:worker:plan_hash`` (a candidate it
+#: measured after the candidate's trial had finished), written by :func:`~.trials.record_measured`
+FP32_ATTR = "devicefit_fp32"
+MEASURED_ATTR = "devicefit_measured"
 
 
 def make_sampler(seed: int | None = 0, *, startup: int = 10) -> optuna.samplers.BaseSampler:
@@ -57,23 +61,41 @@ def open_study(storage: str, name: str, *, seed: int | None = 0, create: bool = 
     return optuna.load_study(storage=store, study_name=name, sampler=sampler)
 
 
-def candidates_from_study(study: optuna.Study, problem: SearchProblem) -> list[Candidate]:
-    """Candidates recorded by every process that worked on ``study`` (measured ones carry their numbers)."""
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        a = t.user_attrs.get("devicefit", {})
-        if "predicted_ms" not in a:
-            continue
-        c = Candidate(trial=t.number, labels={k: str(v) for k, v in t.params.items()}, plan_hash=str(a.get("plan_hash")),
-                      predicted_ms=float(a["predicted_ms"]), predicted_size_bytes=float(a["predicted_size_bytes"]),
-                      predicted_memory_mb=float(a["predicted_memory_mb"]), predicted_drop=float(a["predicted_drop"]),
-                      uncalibrated=tuple(a.get("uncalibrated", ())), measured_ms=a.get("measured_ms"),
-                      p90_ms=a.get("p90_ms"), measured_memory_mb=a.get("memory_mb"), size_bytes=a.get("size_bytes"),
-                      metric=a.get("metric"), device=str(a.get("device") or ""), error=a.get("error"),
-                      tags=list(a.get("tags", [])))
+def _candidate(a: dict[str, Any], trial: int, labels: dict[str, str]) -> Candidate:
+    return Candidate(trial=trial, labels=labels, plan_hash=str(a.get("plan_hash")),
+                     predicted_ms=float(a["predicted_ms"]), predicted_size_bytes=float(a["predicted_size_bytes"]),
+                     predicted_memory_mb=float(a["predicted_memory_mb"]), predicted_drop=float(a["predicted_drop"]),
+                     uncalibrated=tuple(a.get("uncalibrated", ())), measured_ms=a.get("measured_ms"),
+                     p90_ms=a.get("p90_ms"), measured_memory_mb=a.get("memory_mb"), size_bytes=a.get("size_bytes"),
+                     metric=a.get("metric"), device=str(a.get("device") or ""), error=a.get("error"),
+                     tags=list(a.get("tags", [])))
+
+
+def candidates_from_study(study: optuna.Study, problem: SearchProblem, *, fp32_ms: float | None = None) -> list[Candidate]:
+    """Candidates recorded by every process that worked on ``study`` (measured ones carry their numbers).
+
+    With ``fp32_ms`` (this process's fp32 p50), a latency another process measured is brought to this
+    process's scale through that process's own fp32 ratio — measured ÷ its fp32 × ``fp32_ms`` — so boards of one
+    kind whose speed differs a little (or a lot: a slower unit, a warmer room) are compared fairly."""
+    attrs = study.user_attrs
+    base = {k.split(":", 1)[1]: float(v) for k, v in attrs.items() if k.startswith(f"{FP32_ATTR}:")}
+    out: dict[str, Candidate] = {}
+    records = [(a, t.number, {k: str(v) for k, v in t.params.items()})
+               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+               if "predicted_ms" in (a := t.user_attrs.get("devicefit", {}))]
+    records += [(a, int(a["trial"]), dict(a["labels"])) for k, a in attrs.items() if k.startswith(f"{MEASURED_ATTR}:")]
+    for a, trial, labels in records:
+        c = _candidate(a, trial, labels)
+        own = base.get(str(a.get("worker")))
+        if c.measured_ms is not None and fp32_ms is not None and own:
+            scale = fp32_ms / own
+            c.measured_ms *= scale
+            c.p90_ms = c.p90_ms * scale if c.p90_ms is not None else None
         c.reused = c.measured
-        out.append(c)
-    return out
+        seen = out.get(c.plan_hash)
+        if seen is None or (c.measured and not seen.measured):  # a measured record of a plan wins
+            out[c.plan_hash] = c
+    return list(out.values())
 
 
 def front(cands: list[Candidate]) -> list[Candidate]:

@@ -16,7 +16,7 @@ import optuna
 
 from devicefit.compressor.search.candidate import Budget, Candidate
 from devicefit.compressor.search.space import SearchSpace
-from devicefit.compressor.search.studydb import CONSTRAINTS
+from devicefit.compressor.search.studydb import CONSTRAINTS, FP32_ATTR, MEASURED_ATTR
 
 #: labels, trial number -> the candidate (predicted, measured when the engine chose to)
 Consider = Callable[[dict[str, str], int], Candidate]
@@ -32,6 +32,20 @@ def trial_attrs(c: Candidate, budget: Budget, worker_id: str) -> dict[str, objec
         "device": c.device, "error": c.error, "tags": c.tags,
         "constraints": [1.0, 1.0, 1.0, 1.0] if c.error else c.constraints(budget),
     }
+
+
+def record_measured(study: optuna.Study, cands: Iterable[Candidate], budget: Budget, worker_id: str,
+                    fp32_ms: float | None) -> None:
+    """Share what this process measured outside its trials (exploit, confirm) and its fp32 baseline's p50: a
+    finished trial's attributes cannot change, so they go into study attributes that
+    :func:`~.studydb.candidates_from_study` merges (``fp32_ms`` lets other processes compare through this
+    board's own fp32 ratio)."""
+    if fp32_ms is not None:
+        study.set_user_attr(f"{FP32_ATTR}:{worker_id}", float(fp32_ms))
+    for c in cands:
+        if c.measured and c.error is None:
+            study.set_user_attr(f"{MEASURED_ATTR}:{worker_id}:{c.plan_hash}",
+                                {**trial_attrs(c, budget, worker_id), "trial": c.trial, "labels": c.labels})
 
 
 def optimize(study: optuna.Study, space: SearchSpace, consider: Consider, *, budget: Budget, worker_id: str,

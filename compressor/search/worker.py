@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 
 from devicefit.compressor.search.session import FitSession
+from devicefit.compressor.search.trials import record_measured
 from devicefit.errors import UserInputError
 
 SPEC_ATTR = "devicefit_spec"
@@ -33,9 +34,14 @@ def read_spec(study: optuna.Study) -> dict[str, Any]:
 
 def join_study(session: FitSession, study: optuna.Study, *, worker_id: str) -> int:
     """Run ``session``'s search and exploit phases against ``study`` without enqueuing seeds; every trial is
-    tagged with ``worker_id``. Returns the number of trials this process ran."""
+    tagged with ``worker_id``, and what the exploit phase measured is shared through the study with this
+    board's fp32 p50 (:func:`.trials.record_measured`). Returns the number of trials this process ran."""
     before = len(session.candidates)
     session.worker_id = worker_id
+    fp32 = session.measures.fp32()
+    fp32_ms = fp32.measured_ms if fp32 is not None else None
+    record_measured(study, [], session.budget, worker_id, fp32_ms)  # before the trials: they carry this scale
     session.search(study, enqueue=False)
     session.exploit()
+    record_measured(study, [c for c in session.measures.measured() if c is not fp32], session.budget, worker_id, fp32_ms)
     return len(session.candidates) - before

@@ -19,7 +19,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("fit", parents=[common], help="search the best compressed model meeting a device budget")
     p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     p.add_argument("--profile", default="localhost", help="device profile name or .toml file (default: localhost)")
-    p.add_argument("--device", metavar="URL", default=None, help="measure on this agent (grpc://host:port); default: an agent spawned on this host")
+    p.add_argument("--device", metavar="URL", action="append", default=None,
+                   help="measure on this agent (grpc://host:port); repeat for a pool of identical boards measured in "
+                        "parallel (one search-worker per extra board); default: an agent spawned on this host")
     latency = p.add_mutually_exclusive_group()
     latency.add_argument("--max-latency-ms", type=float, default=None, help="latency budget (p50 ms); default: the profile's")
     latency.add_argument("--max-latency-ratio", type=float, default=None, metavar="R",
@@ -94,7 +96,8 @@ def _fit(args: argparse.Namespace) -> int:
     from devicefit.fitting import fit
 
     result = fit(
-        args.model, args.data, profile=args.profile, device=args.device, max_latency_ms=args.max_latency_ms,
+        args.model, args.data, profile=args.profile, device=args.device[0] if args.device else None,
+        pool=tuple(args.device[1:]) if args.device else (), max_latency_ms=args.max_latency_ms,
         max_latency_ratio=args.max_latency_ratio,
         max_size_mb=args.max_size_mb, max_memory_mb=args.max_memory_mb, max_accuracy_drop=args.max_accuracy_drop,
         trials=args.trials, minutes=args.minutes, format=args.format, out=args.output, storage=args.storage,

@@ -110,7 +110,8 @@ def fit(model: Any, data: Any = None, *, out: str | Path = "devicefit-out", stor
     """Fit ``model`` (zoo:NAME, file, factory, nn.Module or ModelBundle) to ``profile`` / ``device``.
 
     ``options`` are :class:`FitConfig`'s fields: ``profile`` (default "localhost"), ``device`` (an agent URL;
-    default: an agent spawned on this host), ``max_latency_ms`` / ``max_size_mb`` / ``max_memory_mb`` /
+    default: an agent spawned on this host), ``pool`` (URLs of further boards of the same kind, measured in
+    parallel: :mod:`devicefit.fitting.pool`), ``max_latency_ms`` / ``max_size_mb`` / ``max_memory_mb`` /
     ``max_accuracy_drop`` (default: the profile's) or ``max_latency_ratio`` (a fraction of the fp32 model's p50
     measured on the device at the start), ``trials`` (default 120, cheap: most are only predicted)
     or ``minutes``, ``max_measurements`` (default 6: candidates compressed and measured), ``format``, ``space``,
@@ -123,6 +124,7 @@ def fit(model: Any, data: Any = None, *, out: str | Path = "devicefit-out", stor
     """
     from devicefit.compressor.search.studydb import default_storage, open_study
     from devicefit.compressor.search.worker import SPEC_ATTR
+    from devicefit.fitting.pool import WorkerPool
     from devicefit.fitting.report import write_outputs
 
     config = FitConfig.create(model, data, **options)
@@ -138,13 +140,19 @@ def fit(model: Any, data: Any = None, *, out: str | Path = "devicefit-out", stor
     with Progress(progress) as phases, _session(config, profile, out_dir / "work", phases, model, data) as (session, bundle):
         study = open_study(storage, name, seed=config.seed)
         study.set_user_attr(SPEC_ATTR, config.to_dict())
-        outcome = session.run(study)
-        for w in outcome.warnings():
+        pool = WorkerPool(config.pool, storage=storage, study_name=name, work=out_dir / "work", max_measurements=config.max_measurements,
+                          trials=config.effective_trials, minutes=config.minutes)
+        with pool:
+            pool.start()
+            outcome = session.run(study, wait=pool.join if config.pool else None)
+        pool_warnings = [f"pool board {r['device']}: {r['error']}" for r in pool.results if r.get("error")]
+        for w in [*outcome.warnings(), *pool_warnings]:
             sys.stderr.write(f"devicefit: warning: {w}\n")
         phases.start("write", 1, "model.onnx manifest.json plan.yaml report.json report.html")
         result = write_outputs(session, config, outcome, out_dir, bundle=bundle, profile=profile,
                                origin=config.budget(profile)[1], seconds=time.monotonic() - t0,
-                               study={"storage": _redact(storage), "name": name}, warnings=warnings)
+                               study={"storage": _redact(storage), "name": name, "pool": pool.results},
+                               warnings=[*warnings, *pool_warnings])
         phases.finish("write")
     return FitResult(out_dir, result.model_path, result.plan, result.report)
 
@@ -167,6 +175,7 @@ def run_worker(storage: str, study_name: str, *, trials: int | None = defaults.W
         )
     if max_measurements is not None:
         config = config.with_(max_measurements=max_measurements)
+    config = config.with_(pool=())  # a worker measures on one board; the fit that started the study owns the pool
     if device is not None:
         config = config.with_(device=device)
     for w in config.measurement_warnings(config.load_profile()):

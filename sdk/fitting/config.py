@@ -39,6 +39,8 @@ class FitConfig:
     data: str | None = None
     profile: Any = "localhost"
     device: str | None = None
+    #: further agents of the same kind: a device pool (:mod:`devicefit.fitting.pool`), one search-worker each
+    pool: tuple[str, ...] = ()
     max_latency_ms: float | None = None
     #: latency budget as a fraction of the fp32 model's p50 measured on the device at the fit's start
     max_latency_ratio: float | None = None
@@ -80,6 +82,15 @@ class FitConfig:
                                  "give one latency budget: milliseconds, or a fraction of the fp32 latency")
         if self.max_measurements < 0:
             raise UserInputError(f"max_measurements={self.max_measurements} is negative", "pass 0 or more")
+        if self.pool and self.device is None:
+            raise UserInputError("a device pool was given without the fit's own device",
+                                 "give every board: --device URL1 --device URL2 (device=URL1, pool=(URL2, …))")
+        if self.pool and (len(set(self.pool)) < len(self.pool) or self.device in self.pool):
+            raise UserInputError(f"a board appears twice in the device pool: {[self.device, *self.pool]}",
+                                 "give each board's URL once")
+        if self.pool and self.model is None:
+            raise UserInputError("a device pool needs a model spec its workers can load",
+                                 "pass the model as zoo:NAME, a file or package.module:factory")
 
     @classmethod
     def create(cls, model: Any = None, data: Any = None, **options: Any) -> FitConfig:
@@ -89,6 +100,9 @@ class FitConfig:
             options.pop("max_measurements", None)
         if isinstance(options.get("store"), Path):
             options["store"] = str(options["store"])
+        if options.get("pool") is not None:
+            pool = options["pool"]
+            options["pool"] = (pool,) if isinstance(pool, str) else tuple(pool)
         return cls(model=model if isinstance(model, str) else None,
                    data=str(data) if isinstance(data, (str, Path)) else None, **options)
 
@@ -156,4 +170,5 @@ class FitConfig:
         kw = {k: v for k, v in d.items() if k in known}
         if kw.get("space"):
             kw["space"] = SpaceConfig.from_dict(kw["space"])
+        kw["pool"] = tuple(kw.get("pool") or ())
         return cls(**kw)

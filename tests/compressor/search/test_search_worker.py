@@ -1,4 +1,5 @@
-"""Two ``devicefit search-worker`` processes share one SQLite-file study and both contribute trials."""
+"""``devicefit search-worker``: two workers on two agents share one PostgreSQL study (two processes on one SQLite
+study: tests/sdk/test_fit_pool.py)."""
 
 from __future__ import annotations
 
@@ -21,39 +22,6 @@ def test_worker_needs_a_started_study(tmp_path: Path) -> None:
     optuna.create_study(storage=storage, study_name="plain", directions=["minimize", "minimize"])
     with pytest.raises(UserInputError, match="no devicefit spec"):
         run_worker(storage, "plain", progress=False)
-
-
-@pytest.mark.slow
-def test_two_workers_share_a_sqlite_study(tmp_path: Path, digits_bundle: object) -> None:
-    """Cheap config: zoo:digits-cnn (trained weights cached by the fixture), 64 sensitivity samples,
-    predictions only (--max-measurements 0): each worker still exports and measures its fp32 baseline."""
-    from devicefit.fitting import start_study
-
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    name = start_study("zoo:digits-cnn", storage=storage, study_name="shared", profile="localhost",
-                       max_latency_ms=1.0, max_accuracy_drop=0.01, sensitivity_samples=64, runs=10,
-                       store=tmp_path / "measurements.db")
-    assert name == "shared"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "devicefit.cli", "search-worker", "--storage", storage, "--study", name,
-           "--trials", "6", "--max-measurements", "0", "--json"]
-    procs = [subprocess.Popen([*cmd, "--work", str(tmp_path / f"w{i}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for i in range(2)]
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err[-2000:]
-        outs.append(json.loads(out.strip().splitlines()[-1]))
-    assert {o["trials"] for o in outs} == {6}
-    workers = {o["worker"] for o in outs}
-    assert len(workers) == 2
-    study = optuna.load_study(study_name=name, storage=storage)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 12
-    by_worker = {t.user_attrs["devicefit"]["worker"] for t in done}
-    assert by_worker == workers  # both processes contributed trials to the one study
-    assert all(set(t.constraints) == {"latency", "size", "memory", "accuracy_drop"} for t in done)
-    assert all(t.user_attrs["devicefit"]["predicted_ms"] > 0 for t in done)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 import devicefit.compressor.search.measure as measure_mod
 from devicefit.compressor.latency import CalibratedModel, LayerSpec, NodeMap, Roofline
 from devicefit.compressor.plan import Plan
-from devicefit.compressor.search.candidate import Budget, Materialized, Timing
+from devicefit.compressor.search.candidate import Budget, Candidate, Materialized, Timing
 from devicefit.compressor.search.config import SearchConfig
 from devicefit.compressor.search.problem import SearchProblem
 from devicefit.compressor.search.sensitivity import SensitivityTable
@@ -96,18 +96,24 @@ def _problem(budget: Budget) -> SearchProblem:
                          latency=CalibratedModel(ROOF, device_id="fake-board"), budget=budget)
 
 
-def _run(tmp_path: Path, budget: Budget, monkeypatch: pytest.MonkeyPatch, **cfg: Any) -> tuple[FitSession, Any, FakeDevice]:
-    monkeypatch.setattr(measure_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
-    problem = _problem(budget)
-    dev = FakeDevice(problem, tmp_path)
-    loop = FitSession(problem, dev, config=SearchConfig(**{"trials": 40, "max_measurements": 5, **cfg}))
-    # fp32 baseline, measured first (as fit does)
+def _add_baseline(loop: FitSession, dev: FakeDevice) -> Candidate:
+    """The fp32 baseline, measured first (as fit does)."""
+    problem = loop.problem
     base = problem.predict(problem.float_labels(), trial=-1)
     mat = dev.materialize(Plan(), name="fp32")
     timing = dev.measure(mat.path)
     problem.learn(base, timing, None, NodeMap({n: n for n in problem.space.layers}, {}), score=False)
     base.measured_ms, base.metric, base.size_bytes, base.measured_memory_mb = timing.p50_ms, mat.metric, 6_400_000, 80.0
     loop.add_baseline(base)
+    return base
+
+
+def _run(tmp_path: Path, budget: Budget, monkeypatch: pytest.MonkeyPatch, **cfg: Any) -> tuple[FitSession, Any, FakeDevice]:
+    monkeypatch.setattr(measure_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+    problem = _problem(budget)
+    dev = FakeDevice(problem, tmp_path)
+    loop = FitSession(problem, dev, config=SearchConfig(**{"trials": 40, "max_measurements": 5, **cfg}))
+    base = _add_baseline(loop, dev)
     study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "t", seed=0)
     loop.search(study)
     loop.exploit()
@@ -541,3 +547,45 @@ def test_worker_seeds_differ_per_worker_and_are_stable() -> None:
     assert len(seeds) == 100  # no two workers propose the same start-up trials
     assert worker_seed(0, "host:1") == worker_seed(0, "host:1") != worker_seed(1, "host:1")
     assert all(0 <= s < 2**31 for s in seeds)
+
+
+class SlowBoard(FakeDevice):
+    """A second board of the same kind running everything ``factor`` times slower (e.g. a throttled unit)."""
+
+    device_id = "slow-board"
+    factor = 2.0
+
+    def _timing(self, labels: dict[str, str]) -> Timing:
+        t = super()._timing(labels)
+        return Timing(t.p50_ms * self.factor, t.p90_ms * self.factor, t.mean_ms * self.factor, t.peak_rss_mb,
+                      per_node=[{**p, "mean_ms": p["mean_ms"] * self.factor} for p in t.per_node],
+                      profiled_e2e_ms=t.p50_ms * self.factor, device=self.device_id)
+
+
+def test_a_workers_measurements_are_shared_at_the_fits_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker on a board 2x slower shares what it measured — in trials and in its exploit phase, after its trials
+    finished — and the fit reads each latency through that board's own fp32 ratio: at the fit's board's scale."""
+    from devicefit.compressor.search.worker import join_study
+
+    monkeypatch.setattr(measure_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+    study = open_study(f"sqlite:///{tmp_path / 's.db'}", "pool", seed=0)
+    fast_problem, slow_problem = _problem(Budget(latency_ms=1e9)), _problem(Budget(latency_ms=1e9))
+    (tmp_path / "slow").mkdir()
+    slow = SlowBoard(slow_problem, tmp_path / "slow")
+    worker = FitSession(slow_problem, slow, config=SearchConfig(trials=6, max_measurements=4))
+    slow_base = _add_baseline(worker, slow)
+    join_study(worker, study, worker_id="w1")
+    measured = [c for c in worker.measures.measured() if c.trial >= 0]
+    assert measured and any("exploit" in c.tags for c in measured)  # some measured after their trial finished
+
+    fast = FakeDevice(fast_problem, tmp_path)
+    leader = FitSession(fast_problem, fast, config=SearchConfig(trials=1, max_measurements=1))
+    fast_base = _add_baseline(leader, fast)
+    assert slow_base.measured_ms == pytest.approx(2 * fast_base.measured_ms)
+    shared = {c.plan_hash: c for c in leader.from_study(study) if c.measured}
+    assert {c.plan_hash for c in measured} <= set(shared)  # every plan the worker measured reached the fit
+    for c in measured:
+        got = shared[c.plan_hash]
+        assert got.reused and got.device == "slow-board"
+        assert got.measured_ms == pytest.approx(c.measured_ms / 2, rel=1e-9)  # the slow board's reading, halved
+        assert got.measured_ms == pytest.approx(fast.measure_labels(c.labels), rel=1e-9)  # = this board's latency
