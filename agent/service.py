@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from devicefit.agent.benchmark import benchmark_onnx, make_inputs
+from devicefit.agent.benchmark import MAX_MIN_SECONDS, MAX_RUNS, benchmark_onnx, make_inputs
 from devicefit.agent.rss import current_rss_mb
 from devicefit.agent.runners import RUNNERS, Runner, runner_for
 from devicefit.agent.store import Entry, ModelStore
@@ -68,7 +68,8 @@ _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 log = logging.getLogger("devicefit.agent")
 
 #: valid ranges of the benchmark parameters a client sets (inclusive)
-BENCH_LIMITS = {"runs": (1, 10_000), "warmup": (0, 1_000), "threads": (0, 256), "batch_size": (1, 1024)}
+BENCH_LIMITS = {"runs": (1, MAX_RUNS), "warmup": (0, 1_000), "threads": (0, 256), "batch_size": (1, 1024),
+                "max_runs": (1, MAX_RUNS)}
 #: ListModels drops the plan summary and metrics of entries once the answer would exceed this many bytes
 MAX_LIST_BYTES = 1024 * 1024
 
@@ -320,6 +321,11 @@ class AgentService:
         warmup = check_range("warmup", int(req.warmup) if req.has_warmup else 5)
         threads = check_range("threads", int(req.threads))
         batch_size = check_range("batch_size", int(req.batch_size or 1))
+        max_runs = check_range("max_runs", int(req.max_runs or MAX_RUNS))
+        min_seconds = float(req.min_seconds)
+        if not 0.0 <= min_seconds <= MAX_MIN_SECONDS:  # NaN fails too
+            raise AgentError(E.INVALID_ARGUMENT, f"benchmark min_seconds={min_seconds} is out of range; valid: "
+                             f"0..{MAX_MIN_SECONDS:g}", f"pass min_seconds between 0 and {MAX_MIN_SECONDS:g}")
         entry = self.store.resolve(req.model_id)
         inputs = {t.name: wire.tensor_from_proto(t) for t in req.inputs} or None
         self._trial_load(entry)  # before the lock: the active model's benchmarks go on meanwhile
@@ -333,6 +339,8 @@ class AgentService:
                 inputs=inputs,
                 per_node=req.per_node,
                 batch_size=batch_size,
+                min_seconds=min_seconds,
+                max_runs=max_runs,
                 source=f"device:{self.device_id}",
                 should_stop=None if is_active is None else (lambda: not is_active()),
             )

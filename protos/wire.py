@@ -184,6 +184,12 @@ def report_to_proto(r: BenchReport, *, device_id: str, model_id: str, sha256: st
         batch_size=r.batch_size,
         per_node=[benchmark_pb2.NodeTime(name=n.name, op_type=n.op_type, mean_ms=n.mean_ms) for n in r.per_node],
         per_node_e2e_ms=r.per_node_e2e_ms,
+        p10_ms=r.p10_ms,
+        iqr_ms=r.iqr_ms,
+        timed_s=r.timed_s,
+        min_seconds=r.min_seconds,
+        model_memory_mb=r.model_memory_mb,
+        run_memory_mb=r.run_memory_mb,
         runtime={k: str(v) for k, v in r.runtime.items()},
         session_options_json=json.dumps(r.session_options, sort_keys=True, default=str),
     )
@@ -211,6 +217,12 @@ def report_from_proto(pb: benchmark_pb2.BenchmarkReport) -> BenchReport:
         max_ms=pb.max_ms,
         baseline_rss_mb=pb.baseline_rss_mb,
         per_node_e2e_ms=pb.per_node_e2e_ms,
+        p10_ms=pb.p10_ms,
+        iqr_ms=pb.iqr_ms,
+        timed_s=pb.timed_s,
+        min_seconds=pb.min_seconds,
+        model_memory_mb=pb.model_memory_mb,
+        run_memory_mb=pb.run_memory_mb,
     )
 
 

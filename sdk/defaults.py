@@ -13,6 +13,12 @@ DISTILL_SECONDS = 90.0
 #: timed runs and untimed warm-up runs of each benchmark
 RUNS = 30
 WARMUP = 5
+#: the measuring rule's time floor (seconds): `devicefit bench` and each block of a fit's fp32 baseline run at
+#: least RUNS timed runs *and* at least this long (the agent's ``timed_runs``); at sub-millisecond latencies a
+#: fixed small run count is noise (two p50s of one file on one idle agent read 0.327 and 0.178 ms)
+MIN_SECONDS = 0.5
+#: the floor of the short blocks a fit interleaves with fp32 (their ratio is what counts: the load cancels)
+BLOCK_MIN_SECONDS = 0.05
 #: wall-clock budget of the sensitivity analysis (its sample count is chosen to fit it)
 SENS_SECONDS = 45.0
 #: trials a ``search-worker`` runs when given neither trials nor minutes

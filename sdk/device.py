@@ -132,10 +132,15 @@ class Device:
         per_node: bool = False,
         batch_size: int = 1,
         inputs: Mapping[str, np.ndarray] | None = None,
+        min_seconds: float = 0.0,
     ) -> BenchReport:
-        """Benchmark a stored model (None = the active one) on the device, with the runner it deploys with."""
+        """Benchmark a stored model (None = the active one) on the device, with the runner it deploys with.
+
+        ``min_seconds``: the time floor of the agent's measuring rule (timed runs go on past ``runs`` until
+        they add up to it; :func:`devicefit.agent.benchmark.timed_runs`)."""
         return self.transport.benchmark(
-            model_id, runs=runs, warmup=warmup, threads=threads, per_node=per_node, batch_size=batch_size, inputs=inputs
+            model_id, runs=runs, warmup=warmup, threads=threads, per_node=per_node, batch_size=batch_size, inputs=inputs,
+            min_seconds=min_seconds,
         )
 
     def models(self) -> list[dict[str, Any]]:

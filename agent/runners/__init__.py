@@ -62,6 +62,9 @@ class RunnerSpec:
     versions: Callable[[], dict[str, str]]
     available: Callable[[], bool]
     needs_torch: bool = False
+    #: bring the runtime to its loaded-idle state (imported, its environment created) once per process, so a
+    #: benchmark's RSS baseline holds it and a model's own memory does not count it
+    prepare: Callable[[], None] = lambda: None
 
     def capabilities(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,7 @@ No per-node profiling (the Python interpreter API exposes none).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -44,6 +45,12 @@ def _installed(candidates: Sequence[str] = INTERPRETER_MODULES) -> str | None:
         if importlib.util.find_spec(name.split(".")[0]) is not None:
             return name
     return None
+
+
+def _prepare() -> None:
+    """Import the interpreter module (its import is the runtime's idle cost; a failure is left to the load)."""
+    with contextlib.suppress(ModelLoadError):
+        import_interpreter()
 
 
 def _available() -> bool:
@@ -144,5 +151,6 @@ SPEC = register(
         factory=LiteRTRunner,
         versions=_versions,
         available=_available,
+        prepare=_prepare,
     )
 )

@@ -2,7 +2,8 @@
 
 Default file: ``$DEVICEFIT_CACHE/measurements.db`` or ``~/.cache/devicefit/measurements.db``; pass a path
 (or set ``DEVICEFIT_MEASUREMENTS_DB``) to move it. One row per measurement: device and profile id, model
-hash, plan hash (+ the plan itself), runtime and versions, threads, p50/p90/mean, per-node times and their
+hash, plan hash (+ the plan itself), runtime and versions, threads, p50/p90/mean, peak RSS (whole process)
+and the model's own memory, per-node times and their
 per-layer attribution (JSON), what the latency model predicted before measuring, metric drop and size of
 the candidate, and a timestamp. ``find`` returns earlier measurements of the same (device, model, plan,
 runtime versions, threads) so a search does not measure the same candidate twice.
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     role TEXT NOT NULL DEFAULT 'candidate',
     ref_ms REAL,
     load REAL,
+    model_memory_mb REAL,
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS measurements_key ON measurements (device_id, model_hash, plan_hash);
@@ -96,6 +98,8 @@ class Measurement:
     #: device load then relative to it: a measurement is reused only where the reference runs alike
     ref_ms: float | None = None
     load: float | None = None
+    #: the model's own peak memory on the agent (MB; ``peak_rss_mb`` is the whole process's); None = unknown
+    model_memory_mb: float | None = None
     created_at: float = field(default_factory=time.time)
     id: int | None = None
 
@@ -116,7 +120,8 @@ class MeasurementStore:
             conn.executescript(SCHEMA)
             cols = {r[1] for r in conn.execute("PRAGMA table_info(measurements)")}
             # a store written by an earlier version
-            for col, decl in (("role", "TEXT NOT NULL DEFAULT 'candidate'"), ("ref_ms", "REAL"), ("load", "REAL")):
+            for col, decl in (("role", "TEXT NOT NULL DEFAULT 'candidate'"), ("ref_ms", "REAL"), ("load", "REAL"),
+                              ("model_memory_mb", "REAL")):
                 if col not in cols:
                     conn.execute(f"ALTER TABLE measurements ADD COLUMN {col} {decl}")
 

@@ -15,11 +15,14 @@ from typing import Any, Protocol
 
 from devicefit.compressor.plan import Plan
 from devicefit.errors import UserInputError
+from devicefit.protos.report import own_memory_mb
 
 
 @dataclass(frozen=True)
 class Budget:
-    """The limits a fit must meet (``None`` = no limit). Size in MB of the stored model file.
+    """The limits a fit must meet (``None`` = no limit). Size in MB of the stored model file; memory in MB of the
+    model's own peak memory on the agent (:attr:`Timing.model_memory_mb`: the RSS it adds over the idle agent,
+    not the whole process's).
 
     ``latency_ratio`` is a latency limit relative to the fp32 model measured on the same device at the fit's
     start (0.6 = at most 0.6 × fp32's p50): :meth:`resolved` turns it into ``latency_ms`` once the baseline is
@@ -78,7 +81,11 @@ class Budget:
 
 @dataclass
 class Timing:
-    """A latency measurement of one model file (a BenchReport, reduced to what the search uses)."""
+    """A latency measurement of one model file (a BenchReport, reduced to what the search uses).
+
+    ``peak_rss_mb`` is the measuring process's whole peak (interpreter, runtime, other models);
+    ``model_memory_mb`` the model's own (peak over load + runs − the RSS before the load; 0 = not measured):
+    the memory budget applies to this one."""
 
     p50_ms: float
     p90_ms: float
@@ -97,6 +104,8 @@ class Timing:
     #: interleaved rounds against the load reference, and the relative MAD of their candidate/reference ratios
     rounds: int = 0
     spread: float | None = None
+    #: the model's own peak memory (MB) over the idle agent; 0 when the measurement did not say
+    model_memory_mb: float = 0.0
 
     @classmethod
     def from_report(cls, report: Mapping[str, Any], *, device: str) -> Timing:
@@ -109,6 +118,7 @@ class Timing:
             profiled_e2e_ms=float(d["per_node_e2e_ms"]) if d.get("per_node_e2e_ms") else None,
             threads=int(d.get("threads", 0)), runtime={str(k): str(v) for k, v in (d.get("runtime") or {}).items()},
             source=str(d.get("source", "host")), device=device, batch_size=int(d.get("batch_size") or 1),
+            model_memory_mb=own_memory_mb(d),
         )
 
     @classmethod
@@ -117,7 +127,7 @@ class Timing:
         return cls(p50_ms=row.p50_ms, p90_ms=row.p90_ms or row.p50_ms, mean_ms=row.mean_ms or row.p50_ms,
                    peak_rss_mb=row.peak_rss_mb or 0.0, per_node=list(row.per_node), profiled_e2e_ms=row.profiled_e2e_ms,
                    threads=row.threads, runtime=dict(row.runtime_versions), source=row.source, device=row.device_id,
-                   batch_size=row.batch_size, load=row.load)
+                   batch_size=row.batch_size, load=row.load, model_memory_mb=row.model_memory_mb or 0.0)
 
     def scaled(self, factor: float) -> Timing:
         """The same measurement divided by ``factor`` (a load factor: times at the reference load)."""
@@ -127,7 +137,7 @@ class Timing:
             per_node=[{**n, "mean_ms": float(n["mean_ms"]) / f} for n in self.per_node],
             profiled_e2e_ms=self.profiled_e2e_ms / f if self.profiled_e2e_ms else None,
             threads=self.threads, runtime=dict(self.runtime), source=self.source, device=self.device,
-            batch_size=self.batch_size, rounds=self.rounds, spread=self.spread,
+            batch_size=self.batch_size, rounds=self.rounds, spread=self.spread, model_memory_mb=self.model_memory_mb,
         )
 
 
@@ -201,6 +211,7 @@ class Candidate:
     #: the p50 as the device read it, at its load then
     raw_ms: float | None = None
     p90_ms: float | None = None
+    #: the model's own peak memory measured on the agent (MB; :attr:`Timing.model_memory_mb`), None = unknown
     measured_memory_mb: float | None = None
     size_bytes: int | None = None
     params: int | None = None
@@ -239,6 +250,7 @@ class Candidate:
 
     @property
     def memory_mb(self) -> float:
+        """The model's own peak memory: measured when known, else predicted (the same quantity)."""
         return self.measured_memory_mb if self.measured_memory_mb is not None else self.predicted_memory_mb
 
     def constraints(self, budget: Budget) -> list[float]:

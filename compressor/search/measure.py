@@ -124,7 +124,7 @@ class Measurements:
         # candidate read during a load spike is neither "slower than fp32" nor over budget because of it.
         cand.raw_ms = timing.p50_ms
         cand.measured_ms, cand.p90_ms = at_baseline.p50_ms, at_baseline.p90_ms
-        cand.measured_memory_mb = timing.peak_rss_mb
+        cand.measured_memory_mb = timing.model_memory_mb or None  # the model's own; 0 = not reported
         cand.size_bytes, cand.params, cand.macs = mat.size_bytes, mat.params, mat.macs
         cand.metric, cand.path, cand.reference, cand.device = dict(mat.metric), mat.path, mat.reference, timing.device
         if register:
@@ -163,7 +163,7 @@ class Measurements:
             device_id=self.evaluator.device_id, profile_id=self.profile_id, model_hash=self.problem.model_hash,
             plan_hash=cand.plan_hash, plan=plan.to_dict(), runtime="onnxruntime", runtime_versions=versions,
             threads=threads, batch_size=timing.batch_size, p50_ms=timing.p50_ms, p90_ms=timing.p90_ms, mean_ms=timing.mean_ms,
-            peak_rss_mb=timing.peak_rss_mb, per_node=timing.per_node, per_layer=split.get("per_layer") or {},
+            peak_rss_mb=timing.peak_rss_mb, model_memory_mb=timing.model_memory_mb or None, per_node=timing.per_node, per_layer=split.get("per_layer") or {},
             other_ms=split.get("other_ms"), profiled_e2e_ms=timing.profiled_e2e_ms,
             predicted_ms=cand.predicted_ms if cand.trial >= 0 else None, size_bytes=cand.size_bytes,
             metric_name=str((cand.metric or {}).get("name")), metric_drop=cand.drop if cand.metric else None,

@@ -23,7 +23,9 @@ def drop_ok(c: Candidate, budget: Budget, cfg: SearchConfig) -> bool:
 
 
 def looks_feasible(c: Candidate, budget: Budget, cfg: SearchConfig) -> bool:
-    """Every prediction of ``c`` is within its budget, up to the margins (wider for uncalibrated dtypes)."""
+    """Every prediction of ``c`` is within its budget, up to the margins (wider for uncalibrated dtypes). Memory:
+    the model's own predicted peak (:class:`~.problem.MemoryModel`, what the agent measures as
+    ``model_memory_mb``) within 10% of the budget."""
     margin = cfg.explore_margin if c.uncalibrated else cfg.latency_margin
     if budget.latency_ms is not None and c.predicted_ms > budget.latency_ms * (1 + margin):
         return False

@@ -1,4 +1,4 @@
-"""The prediction side of a search: latency, size, peak memory and metric drop of a plan, and how each
+"""The prediction side of a search: latency, size, the model's own peak memory and metric drop of a plan, and how each
 prediction is corrected by what was measured."""
 
 from __future__ import annotations
@@ -24,11 +24,17 @@ from devicefit.compressor.search.space import SearchSpace
 
 @dataclass
 class MemoryModel:
-    """Peak RSS ≈ a + b × model size (MB); b starts at 2 (file bytes + prepacked weights)."""
+    """The model's own peak memory (MB: RSS over the idle agent, :attr:`.Timing.model_memory_mb`) ≈ a + b × file
+    size (MB) — the quantity the memory budget applies to, predicted the way it is measured.
+
+    Prior a = 2 MB, b = 1.6: onnxruntime holds the weights once, plus the transient copy of the file while
+    it loads and the activation arena while it runs. Measured by the agent's benchmark on a 2-core x86 host
+    (onnxruntime 1.32, batch 1): MiniLM-L6 fp32 (90.7 MB file) 132–136 MB, int8 dynamic (23.1 MB) 46–49 MB,
+    digits-cnn (1.1 MB) 2.5–6.6 MB. Measurements refit b (clamped to [0.5, 4]) and a."""
 
     points: list[tuple[float, float]] = field(default_factory=list)
-    prior_base_mb: float = 60.0
-    prior_slope: float = 2.0
+    prior_base_mb: float = 2.0
+    prior_slope: float = 1.6
 
     def predict(self, size_mb: float) -> float:
         if not self.points:
@@ -43,9 +49,10 @@ class MemoryModel:
         base = statistics.median(y - slope * x for x, y in self.points)
         return max(0.0, base + slope * size_mb)
 
-    def observe(self, size_mb: float, rss_mb: float) -> None:
-        if rss_mb > 0:
-            self.points.append((size_mb, rss_mb))
+    def observe(self, size_mb: float, model_mb: float) -> None:
+        """A measured model memory (MB) of a file of ``size_mb``; 0 (not measured) is ignored."""
+        if model_mb > 0:
+            self.points.append((size_mb, model_mb))
 
 
 @dataclass
@@ -192,7 +199,7 @@ class SearchProblem:
         )
         size = mat.size_bytes if mat is not None else cand.size_bytes
         if size is not None:
-            self.memory.observe(size / 1e6, timing.peak_rss_mb)
+            self.memory.observe(size / 1e6, timing.model_memory_mb)
         if mat is not None and not cand.distilled:
             self.drops.observe(self.drop_basis(cand.labels), mat.drop)
         return {"per_layer": per_layer, "other_ms": other}

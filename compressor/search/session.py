@@ -157,9 +157,9 @@ class FitSession:
         # the persisted calibration was learned on other days: rescale it to the device's speed now
         problem.latency.anchor_session(problem.latency_costs(problem.costs(problem.float_labels())), timing.p50_ms)
         base = problem.predict(problem.float_labels(), trial=-1)
+        base.size_bytes, base.params, base.macs = fp32.size_bytes, fp32.params, fp32.macs  # before learn: its memory is learned
         split = problem.learn(base, timing, None, node_map_for(fp32.path, problem.space.layers), score=False)
-        base.measured_ms, base.p90_ms, base.measured_memory_mb = timing.p50_ms, timing.p90_ms, timing.peak_rss_mb
-        base.size_bytes, base.params, base.macs = fp32.size_bytes, fp32.params, fp32.macs
+        base.measured_ms, base.p90_ms, base.measured_memory_mb = timing.p50_ms, timing.p90_ms, timing.model_memory_mb or None
         base.metric, base.path, base.device = dict(fp32.metric), fp32.path, timing.device
         base.tags.append("fp32")
         self.add_baseline(base)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from devicefit import defaults
 from devicefit.cli import emit
 
 
@@ -16,8 +17,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         "bench", parents=[common], help="benchmark a model file on this host or on a device (--on grpc://…)"
     )
     p.add_argument("file", metavar="FILE", help="model file (.onnx or .tflite)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs (default 5)")
+    p.add_argument("--runs", type=int, default=defaults.RUNS,
+                   help=f"timed runs, at least (default {defaults.RUNS}, as a fit's baseline)")
+    p.add_argument("--min-seconds", type=float, default=defaults.MIN_SECONDS,
+                   help="time floor: timed runs go on past --runs until they add up to this many seconds "
+                        f"(default {defaults.MIN_SECONDS:g}, the rule a fit's baseline uses; 0 = exactly --runs)")
+    p.add_argument("--warmup", type=int, default=defaults.WARMUP, help=f"untimed warm-up runs (default {defaults.WARMUP})")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: one per physical core)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size of the generated inputs (default 1)")
     p.add_argument("--per-node", action="store_true", help="also report per-node times (onnxruntime profiler)")
@@ -50,7 +55,11 @@ def _bench_human(d: dict[str, Any]) -> str:
     lines = [
         f"{d['source']}: p50 {d['p50_ms']:.3f} ms  p90 {d['p90_ms']:.3f} ms  p99 {d['p99_ms']:.3f} ms  "
         f"mean {d['mean_ms']:.3f} ms",
-        f"load {d['load_ms']:.1f} ms  peak RSS {d['peak_rss_mb']:.1f} MB  runs {d['runs']}  threads {d['threads']}  "
+        f"spread: p10 {d.get('p10_ms', 0.0):.3f} ms  IQR {d.get('iqr_ms', 0.0):.3f} ms  "
+        f"({d['runs']} runs in {d.get('timed_s', 0.0):.2f} s, floor {d.get('min_seconds', 0.0):g} s)",
+        f"memory: model {d.get('model_memory_mb', 0.0):.1f} MB (runs added {d.get('run_memory_mb', 0.0):.1f})  "
+        f"process peak RSS {d['peak_rss_mb']:.1f} MB",
+        f"load {d['load_ms']:.1f} ms  threads {d['threads']}  "
         + "  ".join(f"{k} {v}" for k, v in d.get("runtime", {}).items()),
     ]
     nodes = d.get("per_node") or []
@@ -91,14 +100,14 @@ def _bench(args: argparse.Namespace) -> int:
             deployed = dev.deploy(args.file, progress=False, activate=False)
             report = dev.benchmark(
                 deployed.model_id, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                per_node=args.per_node, batch_size=args.batch_size,
+                per_node=args.per_node, batch_size=args.batch_size, min_seconds=args.min_seconds,
             )
     else:
         from devicefit.agent.benchmark import benchmark_onnx
 
         report = benchmark_onnx(
             args.file, runs=args.runs, warmup=args.warmup, threads=args.threads, per_node=args.per_node,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size, min_seconds=args.min_seconds,
         )
     emit(args, report.to_dict(), _bench_human)
     return 0

@@ -2,13 +2,18 @@
 
 Every measurement goes through the transport to an agent: the device's (``--device grpc://…``,
 ``source="device:<id>"``) or, without one, an agent spawned on loopback for the fit
-(:func:`measuring_device`, device id ``host``) — a separate process, so the peak RSS is the agent's and not
-this torch-laden process's, and torch threads do not compete with the runs.
+(:func:`measuring_device`, device id ``host``) — a separate process, so the memory measured is the agent's and
+not this torch-laden process's, and torch threads do not compete with the runs.
+
+Every benchmark goes through the agent's measuring rule (:func:`devicefit.agent.benchmark.timed_runs`: at
+least ``runs`` timed runs and at least a time floor), the same rule ``devicefit bench`` uses: the fp32
+baseline's blocks with the floor of ``devicefit bench`` (:data:`devicefit.defaults.MIN_SECONDS`), the short
+interleaved blocks with :data:`devicefit.defaults.BLOCK_MIN_SECONDS`. A candidate's memory is the agent's
+``model_memory_mb``: its own peak over the idle agent, what the memory budget applies to.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -23,11 +28,10 @@ from devicefit.device import Device
 from devicefit.errors import DeviceError
 from devicefit.fitting.interleave import interleave, median, rel_mad
 
-#: reference / candidate block size: ``runs // ROUNDS`` timed runs (at least 5) ...
+#: reference / candidate block size: ``runs // ROUNDS`` timed runs (at least 5), and at least
+#: :data:`devicefit.defaults.BLOCK_MIN_SECONDS` of them (a block of 10 runs of a 0.2 ms model is 2 ms of work,
+#: where one scheduler hiccup moves its p50 and with it the load estimate)
 ROUNDS = 3
-#: ... and at least this many milliseconds of them: a block of 10 runs of a 0.2 ms model is 2 ms of work,
-#: where one scheduler hiccup moves its p50 and with it the load estimate
-MIN_BLOCK_MS = 50.0
 #: the device id of the agent a fit spawns on this host when no device is given
 HOST_DEVICE_ID = "host"
 
@@ -139,7 +143,7 @@ class FitEvaluator:
         self._last_model_id = self._ids[Path(path)] = cid = str(dep.sha256)
         if self._ref is None:
             return self._plain(cid)
-        k = self._block_runs(max(5, self.runs // ROUNDS), self._ref_base)
+        k = max(5, self.runs // ROUNDS)
         ref_id = self._ref
         pair = interleave(lambda: self._p50(ref_id, k), lambda: self._p50(cid, k))
         # per-node times are means over the profiled runs: all ``runs`` of them, so the load's tail averages out
@@ -156,31 +160,27 @@ class FitEvaluator:
         cid = self._ids.get(Path(path))
         if cid is None:
             cid = self._ids[Path(path)] = str(self.device.deploy(path, progress=False, activate=False).sha256)
-        return self._p50(cid, self._block_runs(max(5, self.runs // ROUNDS), self._ref_base))
+        return self._p50(cid, max(5, self.runs // ROUNDS))
 
     def _plain(self, model_id: str) -> Timing:
-        """The first measurement (the fp32 baseline, before there is a reference): the per-node run plus two
-        plain blocks (each at least :data:`MIN_BLOCK_MS` long); its p50 is the median of the three blocks'
-        p50s (one block can land on a load spike, and this p50 becomes the reference's load-1 level)."""
+        """The first measurement (the fp32 baseline, before there is a reference): three blocks under the
+        measuring rule of ``devicefit bench`` (``runs`` timed runs and at least :data:`defaults.MIN_SECONDS`),
+        the first with per-node times; its p50 is the median of the three blocks' p50s (one block can land on
+        a load spike, and this p50 becomes the reference's load-1 level)."""
         timing = self._timing(self.device.benchmark(model_id, runs=self.runs, warmup=self.warmup, threads=self.threads,
-                                                    per_node=True, batch_size=self.batch_size))
-        blocks = [timing.p50_ms, *(self._p50(model_id, self._block_runs(self.runs, timing.p50_ms)) for _ in range(2))]
+                                                    per_node=True, batch_size=self.batch_size,
+                                                    min_seconds=defaults.MIN_SECONDS))
+        blocks = [timing.p50_ms, *(self._p50(model_id, self.runs, defaults.MIN_SECONDS) for _ in range(2))]
         timing.p50_ms, timing.rounds, timing.spread = median(blocks), len(blocks), rel_mad(blocks)
         return timing
 
     def _timing(self, report: Any) -> Timing:
         return Timing.from_report(report.to_dict(), device=self.device_id)
 
-    @staticmethod
-    def _block_runs(runs: int, p50_ms: float | None) -> int:
-        """``runs``, raised so that a block takes at least :data:`MIN_BLOCK_MS` at ``p50_ms`` (capped at 1000)."""
-        if not p50_ms or p50_ms <= 0:
-            return runs
-        return max(runs, min(1000, math.ceil(MIN_BLOCK_MS / p50_ms)))
-
-    def _p50(self, model_id: str, runs: int) -> float:
+    def _p50(self, model_id: str, runs: int, min_seconds: float = defaults.BLOCK_MIN_SECONDS) -> float:
+        """p50 of one timed block: at least ``runs`` runs and at least ``min_seconds`` (the agent's rule)."""
         return float(self.device.benchmark(model_id, runs=runs, warmup=2, threads=self.threads, per_node=False,
-                                           batch_size=self.batch_size).p50_ms)
+                                           batch_size=self.batch_size, min_seconds=min_seconds).p50_ms)
 
     def mark_reference(self, p50_ms: float) -> None:
         """The model measured last (the fp32 baseline, ``p50_ms``) becomes the load reference; that p50 is

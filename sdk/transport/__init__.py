@@ -56,6 +56,7 @@ class Transport(Protocol):
         per_node: bool = False,
         batch_size: int = 1,
         inputs: Mapping[str, np.ndarray] | None = None,
+        min_seconds: float = 0.0,
     ) -> BenchReport: ...
 
     def list_models(self) -> dict[str, Any]: ...

@@ -291,15 +291,17 @@ class GrpcTransport:
         per_node: bool = False,
         batch_size: int = 1,
         inputs: Mapping[str, np.ndarray] | None = None,
+        min_seconds: float = 0.0,
     ) -> BenchReport:
-        if runs < 1 or warmup < 0 or batch_size < 1 or (threads is not None and threads < 1):
+        if runs < 1 or warmup < 0 or batch_size < 1 or (threads is not None and threads < 1) or not min_seconds >= 0:
             raise UserInputError(
-                f"benchmark arguments runs={runs} warmup={warmup} threads={threads} batch_size={batch_size} are invalid",
-                "use runs >= 1, warmup >= 0, threads >= 1 (or None), batch_size >= 1",
+                f"benchmark arguments runs={runs} warmup={warmup} threads={threads} batch_size={batch_size} "
+                f"min_seconds={min_seconds} are invalid",
+                "use runs >= 1, warmup >= 0, threads >= 1 (or None), batch_size >= 1, min_seconds >= 0",
             )
         req = benchmark_pb2.BenchmarkRequest(
             model_id=model_id or "", runs=runs, warmup=warmup, has_warmup=True, threads=threads or 0,
-            per_node=per_node, batch_size=batch_size,
+            per_node=per_node, batch_size=batch_size, min_seconds=min_seconds,
             inputs=[wire.tensor_to_proto(k, np.asarray(v)) for k, v in (inputs or {}).items()],
         )
         if req.ByteSize() > MAX_MESSAGE_BYTES - 64 * 1024:

@@ -71,10 +71,10 @@ class MqttTransport:
 
     def benchmark(self, model_id: str | None, *, runs: int = 50, warmup: int = 5, threads: int | None = None,
                   per_node: bool = False, batch_size: int = 1,
-                  inputs: Mapping[str, np.ndarray] | None = None) -> BenchReport:
+                  inputs: Mapping[str, np.ndarray] | None = None, min_seconds: float = 0.0) -> BenchReport:
         req = benchmark_pb2.BenchmarkRequest(
             model_id=model_id or "", runs=runs, warmup=warmup, has_warmup=True, threads=threads or 0,
-            per_node=per_node, batch_size=batch_size,
+            per_node=per_node, batch_size=batch_size, min_seconds=min_seconds,
             inputs=[wire.tensor_to_proto(k, np.asarray(v)) for k, v in (inputs or {}).items()],
         )
         if req.ByteSize() > MAX_REQUEST_BYTES:

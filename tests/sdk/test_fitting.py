@@ -200,14 +200,3 @@ def test_interleaved_measurement_follows_the_load() -> None:
     wobbly = iter([0.36, 0.44, 0.4] * 10)
     pair = interleave(lambda: 10.0, lambda: 10.0 * next(wobbly))
     assert len(pair.cands) == MAX_ROUNDS and SPREAD < pair.spread <= LOOSE_SPREAD
-
-
-def test_measurement_blocks_last_long_enough_on_tiny_models() -> None:
-    """A block of timed runs covers at least MIN_BLOCK_MS, so a 0.2 ms model's p50 (and the load estimate
-    made from it) is not decided by 2 ms of work; large models keep the configured count."""
-    from devicefit.fitting.evaluator import MIN_BLOCK_MS, FitEvaluator
-
-    assert FitEvaluator._block_runs(10, 0.2) == round(MIN_BLOCK_MS / 0.2)
-    assert FitEvaluator._block_runs(10, 7.0) == 10
-    assert FitEvaluator._block_runs(10, None) == 10
-    assert FitEvaluator._block_runs(10, 1e-4) == 1000  # capped
