@@ -64,8 +64,13 @@ def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:
 
 
 def test_host_bench_json(capsys: pytest.CaptureFixture[str], model: Path) -> None:
-    d = _json(capsys, ["bench", str(model), "--runs", "12", "--warmup", "1", "--threads", "1", "--json"])
+    d = _json(capsys, ["bench", str(model), "--runs", "12", "--warmup", "1", "--threads", "1", "--min-seconds", "0",
+                       "--json"])
     assert set(d) >= HOST_KEYS and d["source"] == "host" and d["runs"] == 12 and d["threads"] == 1
+    # the default rule: at least --runs and at least 0.5 s of timed runs (or the agent's cap on runs)
+    f = _json(capsys, ["bench", str(model), "--runs", "12", "--threads", "1", "--json"])
+    assert f["min_seconds"] == 0.5 and f["runs"] >= 12 and (f["timed_s"] >= 0.5 or f["runs"] == 10_000)
+    assert f["p10_ms"] <= f["p50_ms"] <= f["p90_ms"] and f["iqr_ms"] >= 0 and f["model_memory_mb"] > 0
     assert d["p50_ms"] <= d["p90_ms"] <= d["p99_ms"] and d["per_node"] == []
     d = _json(capsys, ["bench", str(model), "--runs", "5", "--per-node", "--json"])
     assert d["per_node"] and d["per_node_total_ms"] <= d["per_node_e2e_ms"]
@@ -92,8 +97,12 @@ def test_deploy_and_bench_on_device(capsys: pytest.CaptureFixture[str], served: 
     d = _json(capsys, ["deploy", str(model), "--to", served, "--json"])
     assert d["model_id"] == "cli_model" and d["active"] and d["device_id"] == "cli-dev"
     assert d["size_bytes"] == model.stat().st_size == d["bytes_sent"]
-    b = _json(capsys, ["bench", str(model), "--on", served, "--runs", "8", "--threads", "1", "--json"])
+    b = _json(capsys, ["bench", str(model), "--on", served, "--runs", "8", "--threads", "1", "--min-seconds", "0",
+                       "--json"])
     assert set(b) >= HOST_KEYS and b["source"] == "device:cli-dev" and b["runs"] == 8
+    f = _json(capsys, ["bench", str(model), "--on", served, "--runs", "8", "--threads", "1", "--json"])
+    assert f["min_seconds"] == 0.5 and f["runs"] >= 8 and (f["timed_s"] >= 0.5 or f["runs"] == 10_000)
+    assert 0 < f["model_memory_mb"] < f["peak_rss_mb"] - f["baseline_rss_mb"] + 1e-6 < f["peak_rss_mb"]
     assert "per_node" in b and "runtime" in b and b["threads"] == 1
     p = _json(capsys, ["bench", str(model), "--on", served, "--runs", "4", "--per-node", "--json"])
     assert p["per_node"] and p["per_node_total_ms"] <= p["per_node_e2e_ms"]
