@@ -90,7 +90,8 @@ def _bench(args: argparse.Namespace) -> int:
         if not args.broker:
             raise UserInputError("--fleet needs --broker URL", "pass e.g. --broker mqtt://127.0.0.1:1883")
         with Fleet(args.broker, fleet=args.fleet) as fleet:
-            dist = fleet.bench(args.file, select=parse_tags(args.select) or None, runs=args.runs, warmup=args.warmup)
+            dist = fleet.bench(args.file, select=parse_tags(args.select) or None, runs=args.runs, warmup=args.warmup,
+                              min_seconds=args.min_seconds)
         emit(args, dist, _fleet_human)
         return 0
     if args.on:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devicefit import defaults
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.search.candidate import Candidate, summarize
 from devicefit.compressor.search.session import FitSession, SearchOutcome
@@ -18,6 +19,10 @@ from devicefit.compressor.search.studydb import front
 from devicefit.fitting.config import FitConfig
 
 REPORT_VERSION = 1
+
+#: what every ``memory_mb`` in report.json is (budget, baseline, result, pareto)
+MEMORY_DEFINITION = ("the model's own peak memory on the agent: peak RSS over its load and runs minus the agent's "
+                     "RSS before the load (onnxruntime's arena included)")
 
 
 def _latency(c: Candidate, batch_size: int = 1) -> dict[str, Any]:
@@ -136,7 +141,10 @@ def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome,
                     "mem_bandwidth_gbs": profile.mem_bandwidth_gbs},
         "budget": {**budget.to_dict(), "origin": origin},
         # every latency in this report (budget, baseline, candidates) is the p50 of one run on this many inputs
-        "benchmark": {"batch_size": batch, "runs": config.runs, "warmup": config.warmup, "threads": config.threads},
+        "benchmark": {"batch_size": batch, "runs": config.runs, "warmup": config.warmup, "threads": config.threads,
+                      # the measuring rule (the agent's timed_runs): fp32 baseline blocks as `devicefit bench`
+                      "min_seconds": defaults.MIN_SECONDS, "block_min_seconds": defaults.BLOCK_MIN_SECONDS,
+                      "memory": MEMORY_DEFINITION},
         "result": result,
         "baseline": {"latency": _latency(base, batch), "metric": _metric(base, base), "size_bytes": base.size_bytes,
                      "memory_mb": base.measured_memory_mb},

@@ -138,7 +138,8 @@ class Fleet:
         return r
 
     # ---- profiling ---------------------------------------------------------------------------------
-    def bench(self, path: str | Path, *, select: Select = None, runs: int = 50, warmup: int = 5) -> dict[str, Any]:
+    def bench(self, path: str | Path, *, select: Select = None, runs: int = 50, warmup: int = 5,
+              min_seconds: float = 0.0) -> dict[str, Any]:
         """Measure one model file on every selected online device (stored there, not activated)."""
         p = Path(path)
         manifest = Manifest.for_file(p)
@@ -149,10 +150,12 @@ class Fleet:
             if not delivered[dev].ok:
                 return {"device_id": dev, "error": delivered[dev].error}
             try:
-                rep = self.backend.transport(dev).benchmark(manifest.sha256, runs=runs, warmup=warmup)
+                rep = self.backend.transport(dev).benchmark(manifest.sha256, runs=runs, warmup=warmup,
+                                                            min_seconds=min_seconds)
             except DevicefitError as exc:
                 return {"device_id": dev, "error": exc.problem}
-            return {"device_id": dev, "p50_ms": rep.p50_ms, "p90_ms": rep.p90_ms, "peak_rss_mb": rep.peak_rss_mb}
+            return {"device_id": dev, "p50_ms": rep.p50_ms, "p90_ms": rep.p90_ms, "peak_rss_mb": rep.peak_rss_mb,
+                    "model_memory_mb": rep.own_memory_mb}
 
         with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
             rows = list(pool.map(one, ids))
