@@ -6,7 +6,8 @@
 The child is ``python -m devicefit.agent --grpc 127.0.0.1:0 …``; its first stdout line carries the bound
 address (``address=None`` with ``extra_args=("--mqtt", URL, "--fleet", NAME)``: an MQTT-only agent whose
 ``url`` is ``mqtt://BROKER/FLEET/ID``). Its log (stderr) goes to ``<store>/agent.log``. Leaving the ``with`` block stops it (SIGTERM, then
-SIGKILL after ``stop_timeout``).
+SIGKILL after ``stop_timeout``); if this process dies first (killed, no cleanup), the agent stops by itself
+(``--exit-with-parent``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class AgentProcess:
         self.stop_timeout = stop_timeout
         grpc = ["--grpc", address] if address is not None else []
         cmd = [sys.executable, "-m", "devicefit.agent", *grpc, "--store", str(self.store), "--device-id", device_id,
-               *extra_args]
+               "--exit-with-parent", str(os.getpid()), *extra_args]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import threading
+import time
 
 from devicefit.errors import UserInputError
 
@@ -47,6 +51,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="load new models in the agent's own process (a model that crashes the runtime then takes "
                         "the agent down)")
     p.add_argument("--commit-every-mib", type=float, default=4.0, help="upload commit interval in MiB (default 4)")
+    p.add_argument("--exit-with-parent", metavar="PID", type=int, default=0,
+                   help="stop gracefully when process PID (the one that started this agent) is gone: a local agent "
+                        "spawned by fit / bench / demo does not outlive a parent that was killed")
 
 
 def parse_tags(items: list[str]) -> dict[str, str]:
@@ -59,6 +66,19 @@ def parse_tags(items: list[str]) -> dict[str, str]:
     return tags
 
 
+def watch_parent(pid: int, interval_s: float = 1.0) -> threading.Thread:
+    """A daemon thread that sends this process SIGTERM (the agent's graceful stop) once ``pid`` is no longer its
+    parent — the parent died, even by SIGKILL, and this process was re-parented."""
+    def _watch() -> None:
+        while os.getppid() == pid:
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    t = threading.Thread(target=_watch, name="exit-with-parent", daemon=True)
+    t.start()
+    return t
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run :func:`devicefit.agent.server.serve_forever` with the parsed options."""
     from devicefit.agent.server import serve_forever
@@ -68,6 +88,8 @@ def serve(args: argparse.Namespace) -> int:
         raise UserInputError(f"--trial-timeout {args.trial_timeout:g} / --trial-memory-mb {args.trial_memory_mb} "
                              "out of range", "pass a timeout > 0 s and a memory limit >= 0 MiB (0: none)")
 
+    if args.exit_with_parent:
+        watch_parent(args.exit_with_parent)
     default = DEFAULT_GRPC_ALL if args.tls_cert or args.insecure_bind_all else DEFAULT_GRPC
     address = args.grpc if args.grpc is not None or args.mqtt else default
     return serve_forever(
