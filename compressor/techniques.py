@@ -374,6 +374,8 @@ class LowRank(Technique):
 
 # --------------------------------------------------------------------------------------------- quant
 CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
+#: weight rounding of ``Int8Static`` (``gptq``: output-aware, :mod:`devicefit.compressor.quant.recovery.rounding`)
+ROUNDINGS = ("nearest", "gptq")
 
 
 class _Quant(Technique):
@@ -418,10 +420,15 @@ class Int8Static(_Quant):
     #: after quantizing, fold each layer's measured output mean shift into its bias
     #: (:func:`devicefit.compressor.quant.recovery.correct_biases`; one more pass over the calibration data)
     bias_correction: bool = field(default=False, metadata=OMIT_DEFAULT)
+    #: how the int8 weights are rounded: ``nearest``, or ``gptq`` (output-aware re-rounding on the same grid
+    #: from the calibration inputs, :func:`devicefit.compressor.quant.recovery.round_weights`; before bias
+    #: correction)
+    rounding: str = field(default="nearest", metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         _check_choice(name, "calibration", self.calibration, CALIBRATIONS)
+        _check_choice(name, "rounding", self.rounding, ROUNDINGS)
         if not (50.0 < self.percentile <= 100.0):
             raise _fail(name, "percentile", self.percentile, "a number in (50, 100]")
 
