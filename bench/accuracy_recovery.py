@@ -5,15 +5,18 @@ calibration crops are disjoint). Rows, all calibrated on the same ``--calib`` cr
 
 * onnxruntime ``quantize_static`` (QDQ, its defaults after ``quant_pre_process``) with each
   ``CalibrationMethod`` (MinMax, Entropy, Percentile, Distribution);
-* devicefit ``int8_static`` (host integer format: per-channel weights, ``reduce_range`` without VNNI) with
-  ``minmax`` / ``mse`` calibration, each alone and with empirical bias correction
-  (:func:`devicefit.compressor.quant.recovery.correct_biases`, same calibration crops).
+* devicefit ``int8_static`` (host integer format: per-channel weights, ``reduce_range`` = 7-bit weights without
+  VNNI) through the quantization pipeline, one row per recovery setting of ``Int8Static`` (:data:`RECOVERY`):
+  ``minmax`` / ``mse`` calibration, output-aware GPTQ re-rounding of every layer's weights
+  (``rounding="gptq"``, :func:`devicefit.compressor.quant.recovery.round_weights`) and empirical bias correction
+  (``bias_correction=True``, :func:`devicefit.compressor.quant.recovery.correct_biases`), alone and combined.
 
 Per row: top-1 agreement with fp32 and its drop, mean logit cosine, and host latency p50 (onnxruntime with the
 agent runner's session settings, 1 thread, batch 1, rows interleaved run by run — see ``bench/quant_vs_ort.py``)
-with its ratio to fp32. Nothing here is asserted; the numbers are for the closing note.
+with its ratio to fp32, and the seconds quantization took. Nothing here is asserted; the numbers are for the
+closing note.
 
-    python bench/accuracy_recovery.py [--calib 64] [--rounds 3] [--runs 20] [--json out.json]
+    python bench/accuracy_recovery.py [--calib 64] [--rounds 3] [--runs 20] [--rows "mse;minmax"] [--json out.json]
 """
 
 from __future__ import annotations
@@ -58,24 +61,29 @@ def ort_static(fp32: Path, calib: np.ndarray, work: Path, method: str) -> Path:
     return out
 
 
-def devicefit_static(fp32: Path, calib: np.ndarray, work: Path, calibration: str, module: Any) -> tuple[Path, Path]:
-    """(plain, bias-corrected) int8 static models."""
-    import onnx
+#: devicefit rows: label → Int8Static options (each one ``quantize_onnx`` call: the pipeline a plan runs)
+RECOVERY: dict[str, dict[str, Any]] = {
+    "minmax": {"calibration": "minmax"},
+    "minmax + bias correction": {"calibration": "minmax", "bias_correction": True},
+    "minmax + gptq rounding": {"calibration": "minmax", "rounding": "gptq"},
+    "minmax + gptq rounding + bias correction": {"calibration": "minmax", "rounding": "gptq", "bias_correction": True},
+    "mse": {"calibration": "mse"},
+    "mse + gptq rounding + bias correction": {"calibration": "mse", "rounding": "gptq", "bias_correction": True},
+}
 
+
+def devicefit_static(fp32: Path, calib: np.ndarray, work: Path, options: dict[str, Any], module: Any) -> Path:
+    """One int8 static model through the quantization pipeline, with the recovery ``options`` of Int8Static."""
     from devicefit.compressor.plan import Plan
     from devicefit.compressor.quant import quantize_onnx
-    from devicefit.compressor.quant.recovery import correct_biases
     from devicefit.compressor.techniques import Int8Static
     from devicefit.data import Dataset
 
-    plain = work / f"devicefit_{calibration}.onnx"
-    quantize_onnx(fp32, plain, Plan.uniform(quant=Int8Static(calibration=calibration)),
-                  calib=Dataset({"x": calib}), module=module, calib_samples=len(calib))
-    q = onnx.load(str(plain))
-    correct_biases(onnx.load(str(fp32)), q, [{"x": calib[i : i + 16]} for i in range(0, len(calib), 16)])
-    fixed = work / f"devicefit_{calibration}_bc.onnx"
-    onnx.save(q, str(fixed))
-    return plain, fixed
+    tech = Int8Static(**options)
+    out = work / f"devicefit_{abs(hash(tech.label()))}.onnx"
+    quantize_onnx(fp32, out, Plan.uniform(quant=tech), calib=Dataset({"x": calib}), module=module,
+                  calib_samples=len(calib))
+    return out
 
 
 def outputs(path: Path, x: np.ndarray) -> np.ndarray:
@@ -92,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--ort-methods", default=",".join(ORT_METHODS))
+    p.add_argument("--rows", default="", help="devicefit rows to run, ';'-separated labels of RECOVERY (all)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    wanted = {r.strip() for r in args.rows.split(";") if r.strip()}
 
     import torch
 
@@ -115,13 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             rows[f"ort quantize_static {method}"] = ort_static(fp32, calib, work, method)
             seconds[f"ort quantize_static {method}"] = time.perf_counter() - t0
             print(f"done ort {method} {seconds[f'ort quantize_static {method}']:.0f}s", file=sys.stderr, flush=True)
-        for cal in ("minmax", "mse"):
+        for label, options in RECOVERY.items():
+            if wanted and label not in wanted:
+                continue
             t0 = time.perf_counter()
-            plain, fixed = devicefit_static(fp32, calib, work, cal, bundle.module)
-            rows[f"devicefit int8_static {cal}"] = plain
-            rows[f"devicefit int8_static {cal} + bias correction"] = fixed
-            seconds[f"devicefit int8_static {cal} + bias correction"] = time.perf_counter() - t0
-            print(f"done devicefit {cal} {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+            row = f"devicefit int8_static {label}"
+            rows[row] = devicefit_static(fp32, calib, work, options, bundle.module)
+            seconds[row] = time.perf_counter() - t0
+            print(f"done {row} {seconds[row]:.0f}s", file=sys.stderr, flush=True)
         ref = outputs(fp32, ev)
         table: list[dict[str, Any]] = []
         for label, path in rows.items():
@@ -135,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         r["p50_ms"] = lat[r["row"]]
         r["vs_fp32"] = lat[r["row"]] / lat["fp32"]
         r["seconds"] = seconds.get(r["row"])
-    print(f"{'row':52s} {'agree':>6s} {'drop':>6s} {'cosine':>7s} {'p50 ms':>7s} {'x fp32':>6s}")
+    print(f"{'row':62s} {'agree':>6s} {'drop':>6s} {'cosine':>7s} {'p50 ms':>7s} {'x fp32':>6s} {'quant s':>7s}")
     for r in table:
-        print(f"{r['row']:52s} {r['top1_agreement']:6.3f} {r['drop']:6.3f} {r['cosine']:7.4f} "
-              f"{r['p50_ms']:7.2f} {r['vs_fp32']:6.2f}")
+        secs = f"{r['seconds']:7.0f}" if r["seconds"] is not None else f"{'':7s}"
+        print(f"{r['row']:62s} {r['top1_agreement']:6.3f} {r['drop']:6.3f} {r['cosine']:7.4f} "
+              f"{r['p50_ms']:7.2f} {r['vs_fp32']:6.2f} {secs}")
     if args.json:
         args.json.write_text(json.dumps(table, indent=2))
     return 0

@@ -129,19 +129,26 @@ def _patches(x: torch.Tensor, d: _Layer) -> torch.Tensor:
 def _hessian(x: np.ndarray, d: _Layer) -> torch.Tensor:
     """This feed's XᵀX: ``[1, K, K]`` (shared by every output channel) or ``[C, k, k]`` (depthwise)."""
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    # float32 products (one feed's sums), accumulated over feeds in float64 by the caller
     if d.kind == "dense":
         rows = (t.movedim(1, -1) if t.ndim == 4 else t).reshape(-1, t.shape[1] if t.ndim == 4 else t.shape[-1])
-        rows = rows.double()
-        return (rows.T @ rows).unsqueeze(0)
+        return (rows.T @ rows).double().unsqueeze(0)
     if d.kind == "conv":
-        p = _patches(t, d).double()  # [N, K, L]
-        return torch.einsum("nkl,njl->kj", p, p).unsqueeze(0)
+        p = _patches(t, d)  # [N, K, L]
+        return torch.einsum("nkl,njl->kj", p, p).double().unsqueeze(0)
     c, kk = d.fp32_weight.shape
     h = torch.zeros(c, kk, kk, dtype=torch.float64)
     for i in range(t.shape[0]):  # one sample at a time: the patches of an early layer are large
-        p = _patches(t[i : i + 1], d).reshape(c, kk, -1).double()
-        h += torch.einsum("ckl,cjl->ckj", p, p)
+        p = _patches(t[i : i + 1], d).reshape(c, kk, -1)
+        h += torch.einsum("ckl,cjl->ckj", p, p).double()
     return h
+
+
+def _hessian_key(d: _Layer) -> tuple[object, ...]:
+    """Layers with the same key share one Hessian (q / k / v projections of one input)."""
+    if d.kind == "depthwise":
+        return (d.node,)
+    return (d.input, d.kind, d.kernel, d.pads, d.strides, d.dilations)
 
 
 def gptq_round(w: np.ndarray, scale: np.ndarray, H: np.ndarray, qmin: int, qmax: int,
@@ -191,13 +198,14 @@ def round_weights(
         return {}
     inputs = sorted({d.input for d in layers})
     run = tapped(quant, inputs)
-    H: dict[str, torch.Tensor] = {}
+    H: dict[tuple[object, ...], torch.Tensor] = {}
+    first = {_hessian_key(d): d for d in reversed(layers)}
     for feed in feeds:
         values = run(feed)
         with single_thread(), torch.no_grad():
-            for d in layers:
+            for key, d in first.items():
                 h = _hessian(values[d.input], d)
-                H[d.node] = H[d.node] + h if d.node in H else h
+                H[key] = H[key] + h if key in H else h
     inits = G.initializers(quant)
     result: dict[str, float] = {}
     for d in layers:
@@ -205,7 +213,7 @@ def round_weights(
         scale = G.to_array(inits[d.scale]).astype(np.float64).reshape(-1)
         lim = int(np.abs(old).max()) if old.size else 127
         qmax = 64 if lim <= 64 else 127
-        h = H.pop(d.node).numpy()
+        h = H[_hessian_key(d)].numpy()
         q = gptq_round(d.fp32_weight, scale, h, -qmax, qmax)
         rtn = (old.T if d.transposed else old).reshape(d.fp32_weight.shape).astype(np.float64)  # as quantized
         before, after = _row_errors(d.fp32_weight, rtn, scale, h), _row_errors(d.fp32_weight, q, scale, h)

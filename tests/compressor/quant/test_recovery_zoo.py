@@ -53,3 +53,29 @@ def test_efficientnet_int8_static_bias_correction_floor(tmp_path: Path) -> None:
     # The #16 goal (drop <= 0.02) is NOT reached; this is the floor the recovery holds today.
     assert cos1 >= 0.98 and cos1 > cos0 + 0.03, (cos0, cos1)
     assert agree1 >= 0.80 and agree1 > agree0 + 0.1, (agree0, agree1)
+
+
+def test_efficientnet_int8_static_gptq_rounding_and_bias_correction_floor(tmp_path: Path) -> None:
+    """The pipeline's recovery options together (Int8Static(rounding="gptq", bias_correction=True))."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from devicefit.compressor.export import export_bundle
+    from devicefit.compressor.plan import Plan
+    from devicefit.compressor.quant import quantize_onnx
+    from devicefit.compressor.techniques import Int8Static
+    from devicefit.data import Dataset
+    from devicefit.zoo import efficientnet_lite0, photos
+
+    calib, ev = photos.splits()
+    calib = calib[:64]
+    bundle = efficientnet_lite0.build()
+    fp32 = export_bundle(bundle, tmp_path / "fp32.onnx").path
+    out = tmp_path / "int8_gptq_bc.onnx"
+    res = quantize_onnx(fp32, out, Plan.uniform(quant=Int8Static(rounding="gptq", bias_correction=True)),
+                        calib=Dataset({"x": calib}), module=bundle.module, calib_samples=len(calib))
+    assert not res.float_fallback_layers and res.int_ops.get("QLinearConv", 0) >= 49, res.int_ops
+    ref, got = _logits(fp32, ev), _logits(out, ev)
+    cos = float(((ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))).mean())
+    agree = float((ref.argmax(1) == got.argmax(1)).mean())
+    # measured 2026-12-03 (host without VNNI, 7-bit weights): 0.869 / 0.9931 (plain 0.616 / 0.937, bias
+    # correction alone 0.834 / 0.9865). The #16 goal (drop <= 0.02) is NOT reached.
+    assert cos >= 0.99 and agree >= 0.84, (agree, cos)
