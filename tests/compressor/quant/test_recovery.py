@@ -19,11 +19,14 @@ from devicefit.compressor.techniques import Int8Static
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
 
+#: int8 static without the recovery Int8Static applies by default (round-to-nearest, no bias correction)
+PLAIN = {"rounding": "nearest", "bias_correction": False}
+
 
 def _static(tiny: TinyCase, tmp_path: Path) -> Path:
     out = tmp_path / "static.onnx"
     # per-tensor weights: the coarse grid whose rounding shifts output means the most
-    quantize_onnx(tiny.onnx, out, Plan.uniform(quant=Int8Static(per_channel=False)), calib=tiny.calib,
+    quantize_onnx(tiny.onnx, out, Plan.uniform(quant=Int8Static(per_channel=False, **PLAIN)), calib=tiny.calib,
                   module=tiny.module)
     return out
 
@@ -59,7 +62,7 @@ def test_bias_correction_removes_output_mean_shift_and_keeps_the_graph(tiny: Tin
 
 def test_output_aware_rounding_lowers_layer_error_on_the_same_grid(tiny: TinyCase, tmp_path: Path) -> None:
     path = tmp_path / "static.onnx"
-    quantize_onnx(tiny.onnx, path, Plan.uniform(quant=Int8Static()), calib=tiny.calib, module=tiny.module)
+    quantize_onnx(tiny.onnx, path, Plan.uniform(quant=Int8Static(**PLAIN)), calib=tiny.calib, module=tiny.module)
     fp32, q = onnx.load(tiny.onnx), onnx.load(path)
     before = {e.node: e.sqnr_db for e in layer_errors(fp32, q, _feeds(tiny.calib, q))}
     ratios = round_weights(fp32, q, _feeds(tiny.calib, q))
@@ -75,9 +78,10 @@ def test_output_aware_rounding_lowers_layer_error_on_the_same_grid(tiny: TinyCas
 
 def test_int8_static_bias_correction_option_in_the_pipeline(tiny: TinyCase, tmp_path: Path) -> None:
     plain, fixed = tmp_path / "plain.onnx", tmp_path / "bc.onnx"
-    tech = Int8Static(per_channel=False, bias_correction=True)
-    assert "bias_correction=True" in tech.label() and "bias_correction" not in Int8Static().label()
-    quantize_onnx(tiny.onnx, plain, Plan.uniform(quant=Int8Static(per_channel=False)), calib=tiny.calib,
+    tech = Int8Static(per_channel=False, rounding="nearest")
+    assert "bias_correction=False" in Int8Static(bias_correction=False).label()
+    assert "bias_correction" not in tech.label() and tech.bias_correction  # on by default
+    quantize_onnx(tiny.onnx, plain, Plan.uniform(quant=Int8Static(per_channel=False, **PLAIN)), calib=tiny.calib,
                   module=tiny.module)
     res = quantize_onnx(tiny.onnx, fixed, Plan.uniform(quant=tech), calib=tiny.calib, module=tiny.module)
     assert any(n.startswith("bias correction on") for n in res.notes), res.notes
@@ -124,7 +128,7 @@ def test_output_aware_rounding_covers_kxk_depthwise_and_matmul_layers(
 ) -> None:
     module, src, calib, ev = separable
     path = tmp_path / "static.onnx"
-    quantize_onnx(src, path, Plan.uniform(quant=Int8Static()), calib=calib, module=module)
+    quantize_onnx(src, path, Plan.uniform(quant=Int8Static(**PLAIN)), calib=calib, module=module)
     fp32, q = onnx.load(src), onnx.load(path)
     kinds = {n.name: ("depthwise" if any(a.name == "group" and a.i > 1 for a in n.attribute) else
                       "kxk" if n.op_type == "Conv" and list(n.attribute[0].ints if n.attribute else []) != [1, 1]
@@ -145,7 +149,7 @@ def test_output_aware_rounding_covers_kxk_depthwise_and_matmul_layers(
 
     # MatMul layers (3-D Linear: weight [K, N]) of the tiny model are re-rounded too
     tpath = tmp_path / "tiny_static.onnx"
-    quantize_onnx(tiny.onnx, tpath, Plan.uniform(quant=Int8Static()), calib=tiny.calib, module=tiny.module)
+    quantize_onnx(tiny.onnx, tpath, Plan.uniform(quant=Int8Static(**PLAIN)), calib=tiny.calib, module=tiny.module)
     tq = onnx.load(tpath)
     matmuls = {n.name for n in tq.graph.node if n.op_type == "MatMul" and "DequantizeLinear" in
                {p.op_type for p in tq.graph.node if n.input[1] in p.output}}
@@ -158,16 +162,17 @@ def test_int8_static_gptq_rounding_option_in_the_pipeline(
     separable: tuple[torch.nn.Module, Path, Dataset, Dataset], tmp_path: Path
 ) -> None:
     module, src, calib, ev = separable
-    tech = Int8Static(rounding="gptq", bias_correction=True)
-    assert "rounding=gptq" in tech.label() and "rounding" not in Int8Static().label()
+    tech = Int8Static()
+    assert (tech.calibration, tech.rounding, tech.bias_correction) == ("mse", "gptq", True)  # the defaults
+    assert "rounding" not in tech.label() and "rounding=nearest" in Int8Static(rounding="nearest").label()
     with pytest.raises(UserInputError, match="rounding"):
         Int8Static(rounding="adaround")
     plain, fixed = tmp_path / "plain.onnx", tmp_path / "gptq.onnx"
-    quantize_onnx(src, plain, Plan.uniform(quant=Int8Static()), calib=calib, module=module)
+    quantize_onnx(src, plain, Plan.uniform(quant=Int8Static(**PLAIN)), calib=calib, module=module)
     res = quantize_onnx(src, fixed, Plan.uniform(quant=tech), calib=calib, module=module)
     assert any(n.startswith("gptq rounding on 4 layer") for n in res.notes), res.notes
     assert any(n.startswith("bias correction on") for n in res.notes), res.notes
-    assert res.int_ops == quantize_onnx(src, tmp_path / "again.onnx", Plan.uniform(quant=Int8Static()),
+    assert res.int_ops == quantize_onnx(src, tmp_path / "again.onnx", Plan.uniform(quant=Int8Static(**PLAIN)),
                                         calib=calib, module=module).int_ops
     ref, before, after = run(src, ev), run(plain, ev), run(fixed, ev)
     # measured 2026-12-03 (7-bit weights, no VNNI): 41.9 -> 42.5 dB; the quantized logits bound the rest

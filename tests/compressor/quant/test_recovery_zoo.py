@@ -34,7 +34,8 @@ def test_efficientnet_int8_static_bias_correction_floor(tmp_path: Path) -> None:
     bundle = efficientnet_lite0.build()
     fp32 = export_bundle(bundle, tmp_path / "fp32.onnx").path
     plain = tmp_path / "int8.onnx"
-    quantize_onnx(fp32, plain, Plan.uniform(quant=Int8Static()), calib=Dataset({"x": calib}),
+    plain_int8 = Int8Static(calibration="minmax", rounding="nearest", bias_correction=False)
+    quantize_onnx(fp32, plain, Plan.uniform(quant=plain_int8), calib=Dataset({"x": calib}),
                   module=bundle.module, calib_samples=len(calib))
     q = onnx.load(str(plain))
     correct_biases(onnx.load(str(fp32)), q, [{"x": calib[i : i + 16]} for i in range(0, len(calib), 16)])
