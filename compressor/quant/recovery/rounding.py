@@ -97,7 +97,8 @@ def _layers(fp32: onnx.ModelProto, quant: onnx.ModelProto) -> list[_Layer]:
         if w_name not in fp_inits:
             continue
         w = G.to_array(fp_inits[w_name]).astype(np.float64)
-        transposed, kind, geo = False, "dense", {}
+        transposed, kind = False, "dense"
+        geo: dict[str, tuple[int, ...]] = {}
         if n.op_type == "Conv":
             found = _conv_layer(n, w)
             if found is None:
@@ -213,10 +214,11 @@ def round_weights(
         scale = G.to_array(inits[d.scale]).astype(np.float64).reshape(-1)
         lim = int(np.abs(old).max()) if old.size else 127
         qmax = 64 if lim <= 64 else 127
-        h = H[_hessian_key(d)].numpy()
-        q = gptq_round(d.fp32_weight, scale, h, -qmax, qmax)
+        hess = H[_hessian_key(d)].numpy()
+        q = gptq_round(d.fp32_weight, scale, hess, -qmax, qmax)
         rtn = (old.T if d.transposed else old).reshape(d.fp32_weight.shape).astype(np.float64)  # as quantized
-        before, after = _row_errors(d.fp32_weight, rtn, scale, h), _row_errors(d.fp32_weight, q, scale, h)
+        before = _row_errors(d.fp32_weight, rtn, scale, hess)
+        after = _row_errors(d.fp32_weight, q, scale, hess)
         better = after < before
         chosen = np.where(better[:, None], q, rtn)
         total = float(before.sum())
