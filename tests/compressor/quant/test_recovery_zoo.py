@@ -1,11 +1,11 @@
-"""EfficientNet-Lite0 int8 static on 320 photo crops: the recovery's measured floors (slow: ~6 min)."""
+"""EfficientNet-Lite0 int8 static on 320 photo crops: the recovery defaults' measured floor (slow: the gptq rounding
+and bias correction passes take minutes on 2 cores)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -16,44 +16,6 @@ def _logits(path: Path, x: np.ndarray) -> np.ndarray:
 
     s = session(str(path), optimize=True, threads=2)
     return np.concatenate([s.run(None, {"x": x[i : i + 32]})[0] for i in range(0, len(x), 32)])
-
-
-def test_efficientnet_int8_static_bias_correction_floor(tmp_path: Path) -> None:
-    pytest.importorskip("efficientnet_lite_pytorch")
-    from devicefit.compressor.export import export_bundle
-    from devicefit.compressor.plan import Plan
-    from devicefit.compressor.quant import inspect, quantize_onnx
-    from devicefit.compressor.quant.recovery import correct_biases
-    from devicefit.compressor.techniques import Int8Static
-    from devicefit.data import Dataset
-    from devicefit.zoo import efficientnet_lite0, photos
-
-    calib, ev = photos.splits()
-    calib = calib[:64]
-    assert len(ev) >= 256
-    bundle = efficientnet_lite0.build()
-    fp32 = export_bundle(bundle, tmp_path / "fp32.onnx").path
-    plain = tmp_path / "int8.onnx"
-    plain_int8 = Int8Static(calibration="minmax", rounding="nearest", bias_correction=False)
-    quantize_onnx(fp32, plain, Plan.uniform(quant=plain_int8), calib=Dataset({"x": calib}),
-                  module=bundle.module, calib_samples=len(calib))
-    q = onnx.load(str(plain))
-    correct_biases(onnx.load(str(fp32)), q, [{"x": calib[i : i + 16]} for i in range(0, len(calib), 16)])
-    fixed = tmp_path / "int8_bc.onnx"
-    onnx.save(q, str(fixed))
-    assert inspect(fixed, []).int_ops == inspect(plain, []).int_ops
-
-    ref, before, after = _logits(fp32, ev), _logits(plain, ev), _logits(fixed, ev)
-
-    def scores(out: np.ndarray) -> tuple[float, float]:
-        cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
-        return float((ref.argmax(1) == out.argmax(1)).mean()), float(cos.mean())
-
-    (agree0, cos0), (agree1, cos1) = scores(before), scores(after)
-    # measured 2026-12-03 (host without VNNI, 7-bit weights): 0.616 / 0.937 -> 0.834 / 0.9865.
-    # The #16 goal (drop <= 0.02) is NOT reached; this is the floor the recovery holds today.
-    assert cos1 >= 0.98 and cos1 > cos0 + 0.03, (cos0, cos1)
-    assert agree1 >= 0.80 and agree1 > agree0 + 0.1, (agree0, agree1)
 
 
 def test_efficientnet_int8_static_defaults_floor(tmp_path: Path) -> None:
