@@ -95,13 +95,14 @@ def test_graph_sensitivity_applies_the_same_fakes_as_torch(tmp_path: Path, cls: 
     _, specs = onnx_facts(prep.path, prep.layers, example_shapes={"x": x.shape})
     space = _quant_space(specs)
     data = Dataset({"x": x})
-    graph = FakeGraph(prep.path, space.layers, input_names=["x"])
+    # batches of 16 of the 64 samples: int8 dynamic's per-batch ranges differ from int8 static's slice range
+    graph = FakeGraph(prep.path, space.layers, input_names=["x"], batch_size=16)
     ref_graph = graph.run(data)
     with torch.no_grad():
-        ref_torch = torch_outputs(net, data, ["x"], batch_size=64)
+        ref_torch = torch_outputs(net, data, ["x"], batch_size=16)
     np.testing.assert_allclose(ref_graph, ref_torch, rtol=1e-4, atol=1e-5)  # switched off, the graph is the fp32 one
     graph.collect_ranges(data)
-    stats = _act_stats(net, torch_names, lambda: torch_outputs(net, data, ["x"], batch_size=64))
+    stats = _act_stats(net, torch_names, lambda: torch_outputs(net, data, ["x"], batch_size=16))
     checked = 0
     for layer, tname in zip(space.layers, torch_names, strict=True):
         for opt in space.atomic(layer):
@@ -109,7 +110,7 @@ def test_graph_sensitivity_applies_the_same_fakes_as_torch(tmp_path: Path, cls: 
                 continue
             out_graph = graph.run(data, graph.feeds_for({layer: opt}))
             with torch.no_grad(), applied(net, tname, opt, stats):
-                out_torch = torch_outputs(net, data, ["x"], batch_size=64)
+                out_torch = torch_outputs(net, data, ["x"], batch_size=16)
             moved = float(np.linalg.norm(out_torch - ref_torch))
             assert moved > 0, (layer, opt.label)  # the fake changes something...
             assert float(np.linalg.norm(out_graph - out_torch)) <= 0.05 * moved, (layer, opt.label)  # ...the same thing
