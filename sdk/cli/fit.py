@@ -89,6 +89,10 @@ def _human(d: dict[str, Any]) -> str:
         f"  search: {d['search']['trials']} trials, {d['search']['measurements']} measured, {d['search']['minutes']:.1f} min; "
         f"median prediction error {pct(d['search']['prediction_error']['median'])}",
     ]
+    families = (d["search"].get("space") or {}).get("families")
+    if d["model"].get("format") == "onnx":
+        lines.append(f"  ONNX input: searched {', '.join(families or ['quant'])} only (pruning, low-rank and "
+                     "distillation need the torch model)")
     if not r["budget_met"]:
         miss = r.get("shortfall") or {}
         lines.append("  shortfall: " + (", ".join(f"{k} {pct(v)} over its budget" for k, v in miss.items()) or "–"))

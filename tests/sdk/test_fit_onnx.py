@@ -285,6 +285,10 @@ def test_fit_an_onnx_mlp_on_a_local_agent(tmp_path: Path, monkeypatch: pytest.Mo
     assert r["metric"]["drop"] == pytest.approx(r["metric"]["baseline"] - r["metric"]["compressed"], abs=1e-12)
     assert r["metric"]["drop"] <= 0.1
     assert json.loads((out / "report.json").read_text())["result"]["plan_summary"] == r["plan_summary"]
+    from devicefit.cli.fit import _human
+
+    assert ("  ONNX input: searched quant only (pruning, low-rank and distillation need the torch model)"
+            in _human(rep).splitlines())
 
 
 def test_cli_fit_help_says_what_an_onnx_model_gets() -> None:
