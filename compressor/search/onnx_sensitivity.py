@@ -67,6 +67,7 @@ class FakeGraph:
         self._orig = onnx.ModelProto()
         self._orig.CopyFrom(model)
         self._lmap = lmap
+        listed = {i.name for i in model.graph.input}
         added_inputs: list[onnx.ValueInfoProto] = []
         new_inits: list[onnx.TensorProto] = []
         pre: dict[str, list[onnx.NodeProto]] = {}  # compute node -> the nodes to insert before it
@@ -78,7 +79,8 @@ class FakeGraph:
             for w in ws:
                 t = inits[w]
                 self._fp32[w] = G.to_array(t).astype(np.float32)
-                added_inputs.append(helper.make_tensor_value_info(w, t.data_type, list(t.dims)))
+                if w not in listed:  # an older export lists its initializers as inputs already
+                    added_inputs.append(helper.make_tensor_value_info(w, t.data_type, list(t.dims)))
             mode, lo, hi = (f"__fake_{k}_{i}" for k in ("mode", "lo", "hi"))
             for nm in (mode, lo, hi):
                 new_inits.append(helper.make_tensor(nm, TensorProto.FLOAT, [], [0.0]))

@@ -298,3 +298,28 @@ def test_cli_fit_help_says_what_an_onnx_model_gets() -> None:
     text = " ".join(proc.stdout.split())
     assert "file.onnx (with --data; an ONNX graph is searched for per-layer quantization only" in text
     assert "pruning, low-rank and distillation need the torch model" in text
+
+
+def test_an_export_that_lists_its_weights_as_inputs_is_searched_too(tmp_path: Path) -> None:
+    """Older exports (``keep_initializers_as_inputs=True``) list every initializer as a graph input: the layers
+    are still found, the data feeds only the real input, and the graph-side fakes still replace the weights."""
+    from devicefit.models import load_model
+
+    net = _net(ConvNet)
+    x = _inputs(ConvNet, 32)
+    src = tmp_path / "old.onnx"
+    torch.onnx.export(net, (torch.from_numpy(x[:2]),), str(src), input_names=["x"], output_names=["logits"], dynamo=False,
+                      dynamic_axes={"x": {0: "batch"}}, keep_initializers_as_inputs=True)
+    assert len(onnx.load(str(src)).graph.input) > 1
+    bundle = load_model(str(src), data=_write_npz(tmp_path / "d.npz", x=x))
+    assert bundle.input_names == ["x"] and bundle.metric == "top1_agreement"
+    prep = prepare_onnx(src, tmp_path / "w.onnx", name="old.onnx", data=bundle.eval, input_names=bundle.input_names)
+    assert prep.layers == ["conv", "gconv", "fc"]
+    _, specs = onnx_facts(prep.path, prep.layers, example_shapes={"x": x.shape})
+    space = _quant_space(specs)
+    graph = FakeGraph(prep.path, space.layers, input_names=["x"])
+    data = Dataset({"x": x})
+    with torch.no_grad():
+        np.testing.assert_allclose(graph.run(data), net(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)
+    table = measure_onnx_sensitivity(graph, space, data, metric="cosine", model_hash="k" * 40)
+    assert all(table.devs[layer]["int8_static"] > 0 for layer in prep.layers)
