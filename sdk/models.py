@@ -79,9 +79,17 @@ def _with_data(bundle: ModelBundle, data: str | Path | Dataset | None) -> ModelB
     return bundle
 
 
-def _guess_metric(out_shape: tuple[int, ...] | None, data: Dataset | None) -> MetricName:
+#: output names that say "an embedding / features, not class scores" (an ONNX file's only hint)
+_EMBEDDING_NAMES = ("embed", "hidden", "pool", "feature", "encod", "vector")
+
+
+def _guess_metric(out_shape: tuple[int, ...] | None, data: Dataset | None, out_name: str = "") -> MetricName:
+    """``accuracy`` with labels; else ``top1_agreement`` for a 2-D output of class scores, ``cosine`` for
+    anything else — an output named like an embedding (``embedding``, ``pooler_output`` …) included."""
     if data is not None and data.labels is not None:
         return "accuracy"
+    if any(h in out_name.lower() for h in _EMBEDDING_NAMES):
+        return "cosine"
     if out_shape is not None and len(out_shape) == 2 and out_shape[1] > 1:
         return "top1_agreement"
     return "cosine"
@@ -310,7 +318,7 @@ def _from_onnx(path: Path, data: str | Path | Dataset | None) -> ModelBundle:
         example_inputs=tuple(example),
         input_names=names,
         output_names=[o.name for o in model.graph.output],
-        metric=_guess_metric(out_shape, ds),
+        metric=_guess_metric(out_shape, ds, model.graph.output[0].name if model.graph.output else ""),
         calib=ds,
         eval=ds,
         dynamic_axes=axes,

@@ -214,6 +214,31 @@ def _local_errors(module: nn.Module, items: Sequence[tuple[str, Option]], data: 
     return out
 
 
+def hybrid_refs(full: Sequence[tuple[str, Option]], local: dict[tuple[str, str], float]
+                ) -> tuple[dict[tuple[str, bool], str], list[tuple[str, Option]]]:
+    """Under a budget of full evaluations: per layer and option group (quant-only; with a structural part), the
+    option with the largest local output error (the one evaluated in full), and the evaluations left."""
+    refs: dict[tuple[str, bool], str] = {}
+    for lay, o in full:
+        key = (lay, o.structural)
+        if key not in refs or local[(lay, o.label)] > local[(lay, refs[key])]:
+            refs[key] = o.label
+    return refs, [(lay, o) for lay, o in full if refs[(lay, o.structural)] == o.label]
+
+
+def estimate_from_refs(cache: dict[str, Any], refs: dict[tuple[str, bool], str], local: dict[tuple[str, str], float],
+                       space: SearchSpace) -> None:
+    """Fill ``cache`` with the options :func:`hybrid_refs` left out: their group reference's full drop scaled by
+    their local error over the reference's (marked ``est``)."""
+    for (layer, structural), ref_label in refs.items():
+        r = cache[f"{layer}|{ref_label}"]
+        e_ref = local[(layer, ref_label)]
+        for (lay, lab), e in local.items():
+            if lay == layer and lab != ref_label and space.option(lay, lab).structural == structural:
+                f = e / e_ref if e_ref > 0 else 1.0
+                cache[f"{lay}|{lab}"] = {"drop": r["drop"] * f, "dev": r["dev"] * f, "est": True}
+
+
 def measure_sensitivity(
     module: nn.Module,
     space: SearchSpace,
@@ -262,11 +287,7 @@ def measure_sensitivity(
     refs: dict[tuple[str, bool], str] = {}
     if hybrid:
         local = _local_errors(module, full, data.take(min(len(data), 4)), input_names, stats)
-        for lay, o in full:
-            key = (lay, o.structural)
-            if key not in refs or local[(lay, o.label)] > local[(lay, refs[key])]:
-                refs[key] = o.label
-        full = [(lay, o) for lay, o in full if refs[(lay, o.structural)] == o.label]
+        refs, full = hybrid_refs(full, local)
     t0 = time.perf_counter()
     for i, (layer, opt) in enumerate(full):
         with applied(module, layer, opt, stats):
@@ -276,13 +297,7 @@ def measure_sensitivity(
         cache[f"{layer}|{opt.label}"] = hit if np.isfinite(hit["drop"]) else {"drop": 1.0, "dev": 1.0}
         if progress is not None:
             progress(i + 1, len(full))
-    for (layer, structural), ref_label in refs.items():
-        r = cache[f"{layer}|{ref_label}"]
-        e_ref = local[(layer, ref_label)]
-        for (lay, lab), e in local.items():
-            if lay == layer and lab != ref_label and space.option(lay, lab).structural == structural:
-                f = e / e_ref if e_ref > 0 else 1.0
-                cache[f"{lay}|{lab}"] = {"drop": r["drop"] * f, "dev": r["dev"] * f, "est": True}
+    estimate_from_refs(cache, refs, local, space)
     for layer, opt in todo:
         hit = cache[f"{layer}|{opt.label}"]
         table.drops.setdefault(layer, {})[opt.label] = float(hit["drop"])

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,15 @@ class ModelFacts:
     model_hash: str
     #: "N samples of <data>" the sensitivity table was measured on
     sensitivity_data: str = ""
+    #: the technique families the search may use (an ONNX-only model: quantization only)
+    families: tuple[str, ...] | None = None
+    #: what the report must say about the model as the search saw it (an ONNX input's restrictions)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def graph_only(self) -> bool:
+        """The model is an ONNX graph without its torch module (only graph-level techniques apply)."""
+        return self.families is not None
 
 
 def model_hash(bundle: Any) -> str:
@@ -50,6 +60,8 @@ def analyze_model(bundle: Any, config: SearchConfig, progress: PhaseProgress) ->
     from devicefit.compressor.layers import is_compressible
     from devicefit.compressor.search.deps import find_deps
 
+    if bundle.module is None:
+        return _analyze_graph(bundle, config, progress)
     progress.start("analyze", 3, "per-layer table")
     analysis = analyze(bundle.module, bundle.example_inputs)
     mods = dict(bundle.module.named_modules())
@@ -66,24 +78,41 @@ def analyze_model(bundle: Any, config: SearchConfig, progress: PhaseProgress) ->
     return ModelFacts(analysis, specs, deps, mhash)
 
 
-def sens_budget(config: SearchConfig, bundle: Any, data: Any, n_evals: int) -> tuple[int, int | None]:
-    """(samples, max full evaluations) for sensitivity within ``config.sens_seconds``.
+def _analyze_graph(bundle: Any, config: SearchConfig, progress: PhaseProgress) -> ModelFacts:
+    """:func:`analyze_model` of an ONNX-only bundle (:mod:`.onnx_model`): the graph's layers, no channel
+    dependencies (nothing is pruned), the quant family only."""
+    from devicefit.compressor.search.deps import Deps
+    from devicefit.compressor.search.onnx_model import GRAPH_FAMILIES, GRAPH_ONLY_NOTE, onnx_facts
+
+    if bundle.onnx_path is None:  # pragma: no cover - load_model sets a module or a file
+        raise UserInputError(f"{bundle.name} has neither a torch module nor an ONNX file", "load it with devicefit.load_model")
+    progress.start("analyze", 2, "per-layer table (ONNX graph)")
+    shapes = {n: tuple(getattr(a, "shape", ())) for n, a in zip(bundle.input_names, bundle.example_inputs, strict=False)}
+    analysis, specs = onnx_facts(bundle.onnx_path, None, example_shapes=shapes, batch_size=config.batch_size)
+    if not specs:
+        raise UserInputError(f"{bundle.name} has no MatMul / Gemm / Conv layer with a constant weight to quantize",
+                             "fit searches per-layer quantization of those layers; fit the PyTorch model instead")
+    progress.update("analyze", 1, description="model hash")
+    mhash = model_hash(bundle)
+    progress.finish("analyze", f"{len(specs)} layers (ONNX graph: quantization only)")
+    return ModelFacts(analysis, specs, Deps(frozenset()), mhash, families=GRAPH_FAMILIES, notes=[GRAPH_ONLY_NOTE])
+
+
+def sens_budget(config: SearchConfig, data: Any, n_evals: int, run: Callable[[Any], Any]) -> tuple[int, int | None]:
+    """(samples, max full evaluations) for sensitivity within ``config.sens_seconds``; ``run(dataset)`` is
+    one full evaluation.
 
     Timed on this machine: the most samples (a power of 2, 8 to 256) that let all ``n_evals`` full
     evaluations fit the budget; when even 8 do not, 8 samples and as many full evaluations as fit (the rest
     estimated from local errors)."""
     if config.sens_samples:
         return min(len(data), int(config.sens_samples)), None
-    import torch
-
-    from devicefit.compressor.export import torch_outputs
 
     def cost(n: int) -> float:
         probe = data.take(min(n, len(data)))
-        with torch.no_grad():
-            torch_outputs(bundle.module, probe, bundle.input_names, batch_size=len(probe))
-            t0 = time.perf_counter()
-            torch_outputs(bundle.module, probe, bundle.input_names, batch_size=len(probe))
+        run(probe)
+        t0 = time.perf_counter()
+        run(probe)
         return time.perf_counter() - t0
 
     t8 = cost(8)
@@ -103,16 +132,45 @@ def build_problem(bundle: Any, profile: Any, facts: ModelFacts, config: SearchCo
     from devicefit.compressor.search.space import SpaceConfig, build_space
 
     data = bundle.eval or bundle.calib
-    space = build_space(facts.specs, config=config.space or SpaceConfig(),
+    space_config = config.space or SpaceConfig()
+    if facts.families is not None:
+        space_config = space_config.only(facts.families)
+    space = build_space(facts.specs, config=space_config,
                         has_calibration=bundle.calib is not None, prunable=facts.deps.prunable)
     n_evals = sum(len(space.atomic(layer)) - 1 for layer in space.layers)
-    n_samples, max_full = sens_budget(config, bundle, data, n_evals)
+    joint: Any
+    if facts.graph_only:
+        from devicefit.compressor.search.onnx_sensitivity import (
+            FakeGraph,
+            OnnxJointDrop,
+            measure_onnx_sensitivity,
+        )
+
+        graph = FakeGraph(bundle.onnx_path, space.layers, input_names=bundle.input_names)
+        n_samples, max_full = sens_budget(config, data, n_evals, graph.run)
+    else:
+        import torch
+
+        from devicefit.compressor.export import torch_outputs
+
+        def run(probe: Any) -> Any:
+            with torch.no_grad():
+                return torch_outputs(bundle.module, probe, bundle.input_names, batch_size=len(probe))
+
+        n_samples, max_full = sens_budget(config, data, n_evals, run)
     sens_data = data.take(n_samples)
     progress.start("sensitivity", n_evals, f"{n_evals} layer×technique on {len(sens_data)} samples"
                    + (f" (≤ {max_full} full evaluations)" if max_full else ""))
-    sens = measure_sensitivity(bundle.module, space, sens_data, input_names=bundle.input_names, metric=bundle.metric,
-                               model_hash=facts.model_hash, cache_dir=cache_dir / "sensitivity", max_full=max_full,
-                               progress=lambda i, n: progress.update("sensitivity", i, n))
+    if facts.graph_only:
+        sens = measure_onnx_sensitivity(graph, space, sens_data, metric=bundle.metric, model_hash=facts.model_hash,
+                                        cache_dir=cache_dir / "sensitivity", max_full=max_full,
+                                        progress=lambda i, n: progress.update("sensitivity", i, n))
+        joint = OnnxJointDrop(graph, space, sens_data, metric=bundle.metric)
+    else:
+        sens = measure_sensitivity(bundle.module, space, sens_data, input_names=bundle.input_names, metric=bundle.metric,
+                                   model_hash=facts.model_hash, cache_dir=cache_dir / "sensitivity", max_full=max_full,
+                                   progress=lambda i, n: progress.update("sensitivity", i, n))
+        joint = JointDrop(bundle.module, space, sens_data, input_names=bundle.input_names, metric=bundle.metric)
     progress.finish("sensitivity", f"{len(sens_data)} samples, {sens.cached} cached, {sens.estimated} estimated, "
                     f"{sens.seconds:.0f} s")
     facts.sensitivity_data = f"{len(sens_data)} samples of {data.description or 'eval'}"
@@ -121,7 +179,6 @@ def build_problem(bundle: Any, profile: Any, facts: ModelFacts, config: SearchCo
     scope = config.scope()
     latency = CalibratedModel.load(latency_path, Roofline.from_profile(profile), device_id=device_id,
                                    model_key=f"{facts.model_hash}@{scope}" if scope else facts.model_hash, scope=scope)
-    joint = JointDrop(bundle.module, space, sens_data, input_names=bundle.input_names, metric=bundle.metric)
     problem = SearchProblem(facts.specs, total_params=int(facts.analysis.params), space=space, sensitivity=sens,
                             latency=latency, budget=config.budget, consumers=facts.deps.consumers,
                             model_hash=facts.model_hash, joint=joint)

@@ -71,6 +71,12 @@ class SpaceConfig:
                     valid = sorted(mm for f, mm in TECHNIQUES if f == fam)
                     raise UserInputError(f"SpaceConfig: unknown {fam} method {m!r}", f"use one of {', '.join(valid)}")
 
+    def only(self, families: Collection[str]) -> SpaceConfig:
+        """This space restricted to ``families`` (an ONNX-only model: ``("quant",)``)."""
+        return SpaceConfig(families={k: v for k, v in self.families.items() if k in families},
+                           ratios={k: v for k, v in self.ratios.items() if k in families},
+                           settings=dict(self.settings), format=self.format)
+
     def to_dict(self) -> dict[str, Any]:
         return {"families": {k: list(v) for k, v in self.families.items()},
                 "ratios": {k: list(v) for k, v in self.ratios.items()},

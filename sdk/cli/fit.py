@@ -1,5 +1,7 @@
 """CLI: ``devicefit fit MODEL --profile NAME …`` and ``devicefit search-worker --storage URL --study NAME``.
 
+``MODEL`` may be an ``.onnx`` file (``--data`` required): its graph is searched for per-layer quantization only.
+
 ``fit`` writes OUTDIR/{model.onnx, manifest.json, plan.yaml, report.json, report.html}; ``--json`` prints
 report.json. Exit 3 when no measured candidate meets the budget (the report is still written).
 """
@@ -12,7 +14,9 @@ from typing import Any
 from devicefit import defaults
 from devicefit.cli import emit
 
-_MODEL_HELP = "zoo:NAME, file.pt2, package.module:factory (fit needs the torch model)"
+_MODEL_HELP = ("zoo:NAME, file.pt2, package.module:factory, or file.onnx (with --data; an ONNX graph is searched "
+               "for per-layer quantization only: int8 static / dynamic, int4 weight-only, keep-float — pruning, "
+               "low-rank and distillation need the torch model)")
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -85,6 +89,10 @@ def _human(d: dict[str, Any]) -> str:
         f"  search: {d['search']['trials']} trials, {d['search']['measurements']} measured, {d['search']['minutes']:.1f} min; "
         f"median prediction error {pct(d['search']['prediction_error']['median'])}",
     ]
+    families = (d["search"].get("space") or {}).get("families")
+    if d["model"].get("format") == "onnx":
+        lines.append(f"  ONNX input: searched {', '.join(families or ['quant'])} only (pruning, low-rank and "
+                     "distillation need the torch model)")
     if not r["budget_met"]:
         miss = r.get("shortfall") or {}
         lines.append("  shortfall: " + (", ".join(f"{k} {pct(v)} over its budget" for k, v in miss.items()) or "–"))

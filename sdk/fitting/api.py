@@ -109,6 +109,11 @@ def fit(model: Any, data: Any = None, *, out: str | Path = "devicefit-out", stor
         progress: bool = True, study_name: str | None = None, **options: Any) -> FitResult:
     """Fit ``model`` (zoo:NAME, file, factory, nn.Module or ModelBundle) to ``profile`` / ``device``.
 
+    An ``.onnx`` file (it needs ``data``) is searched on its graph: per-layer quantization schemes, keep-float and
+    int4 weight-only on its MatMul / Gemm / Conv weights, the metric measured on its outputs vs the fp32 file;
+    pruning, low-rank and distillation need the torch model and are not offered (``report["search"]["space"]``
+    says so).
+
     ``options`` are :class:`FitConfig`'s fields: ``profile`` (default "localhost"), ``device`` (an agent URL;
     default: an agent spawned on this host), ``pool`` (URLs of further boards of the same kind, measured in
     parallel: :mod:`devicefit.fitting.pool`), ``max_latency_ms`` / ``max_size_mb`` / ``max_memory_mb`` /
@@ -206,14 +211,16 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
     if src is None:
         raise UserInputError("fit spec names no model", "give a model spec (zoo:NAME, file.pt2, package.module:factory)")
     bundle = src if isinstance(src, ModelBundle) else load_model(src, data=data if data is not None else config.data)
-    if bundle.module is None:
-        raise UserInputError(
-            f"fit needs the torch model, but {bundle.name} was given as ONNX",
-            "pass the PyTorch model (zoo:NAME, file.pt2, package.module:factory or an nn.Module); "
-            "for an ONNX file use `devicefit compress` with an explicit plan",
-        )
     if (bundle.eval or bundle.calib) is None:
         raise UserInputError(f"{bundle.name} has no evaluation data", "pass data= / --data file.npz")
+    notes: list[str] = []
+    if bundle.module is None:  # an ONNX file: the search covers what can be done on the graph
+        from devicefit.compressor.search.onnx_model import prepare_onnx
+
+        assert bundle.onnx_path is not None, "load_model gives an ONNX bundle its file"
+        prepared = prepare_onnx(bundle.onnx_path, work / "input.onnx", name=bundle.name,
+                                data=bundle.eval or bundle.calib, input_names=bundle.input_names)
+        bundle, notes = replace(bundle, onnx_path=prepared.path), prepared.notes
     _check_batch_one(bundle)
     phases.finish("load")
     budget, _origin = config.budget(profile)
@@ -224,6 +231,8 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
         store = MeasurementStore(config.store) if config.store else MeasurementStore()
         session = FitSession.open(bundle, profile, evaluator, search_config, cache_dir=cache_root(), store=store,
                                   progress=phases)
+        if session.facts is not None:
+            session.facts.notes.extend(notes)
         yield session, bundle
 
 

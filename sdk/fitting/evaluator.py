@@ -104,8 +104,15 @@ class FitEvaluator:
         return self._fp32
 
     def _count(self) -> tuple[int, int]:
-        if self.bundle.module is None:
-            return 0, 0
+        if self.bundle.module is None:  # an ONNX input: counted on its graph (MACs per sample)
+            from devicefit.compressor.analysis import analyze_onnx
+
+            if self.bundle.onnx_path is None:  # pragma: no cover - load_model always sets one of them
+                return 0, 0
+            shapes = {n: [1, *getattr(a, "shape", (1,))[1:]] for n, a in
+                      zip(self.bundle.input_names, self.bundle.example_inputs, strict=False)}
+            g = analyze_onnx(self.bundle.onnx_path, shapes)
+            return int(g.params), int(g.macs)
         from devicefit.compressor.analysis import analyze
 
         a = analyze(self.bundle.module, self.bundle.example_inputs)
@@ -124,6 +131,8 @@ class FitEvaluator:
         metric = res.metric.to_dict()
         params = int(getattr(res, "params", 0) or 0) or fp32.params
         macs = int(getattr(res, "macs", 0) or 0) or fp32.macs
+        if self.bundle.module is None:  # an ONNX input's plans only quantize: counts are the fp32 graph's
+            params, macs = fp32.params, fp32.macs
         extra = {"float_fallback_layers": list(getattr(res, "float_fallback_layers", []) or []),
                  "int_ops": dict(getattr(res, "int_ops", {}) or {}), "fidelity": dict(getattr(res, "fidelity", {}) or {})}
         return Materialized(Path(res.path), int(res.size_bytes), params, macs, metric, reference=fp32.path, extra=extra)

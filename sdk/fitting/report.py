@@ -74,6 +74,14 @@ def _layers(session: FitSession, chosen: Candidate) -> list[dict[str, Any]]:
     return out
 
 
+def _families(session: FitSession) -> list[str]:
+    """The technique families the search space offers on at least one layer."""
+    space = session.problem.space
+    used = {t.family for opts in space.options.values() for o in opts for t in (o.prune, o.lowrank, o.quant)
+            if t is not None}
+    return sorted(used)
+
+
 def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome, *, bundle: Any, profile: Any,
                  origin: dict[str, str], seconds: float, study: dict[str, Any] | None = None,
                  warnings: list[str] | None = None) -> dict[str, Any]:
@@ -133,7 +141,8 @@ def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome,
     return {
         "version": REPORT_VERSION,
         "warnings": [*(warnings or []), *outcome.warnings()],
-        "model": {"name": bundle.name, "source": bundle.source or config.model, "params": base.params,
+        "model": {"name": bundle.name, "source": bundle.source or config.model,
+                  "format": "onnx" if facts.graph_only else "torch", "params": base.params,
                   "macs": base.macs, "size_bytes": base.size_bytes, "hash": facts.model_hash[:16],
                   "metric": bundle.metric, "layers": len(facts.specs)},
         "profile": {"id": profile.id, "name": getattr(profile, "name", profile.id),
@@ -166,14 +175,17 @@ def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome,
             ],
             "sensitivity": {"samples": sens.samples, "seconds": round(sens.seconds, 2),
                             "cached": sens.cached, "estimated": sens.estimated, "data": facts.sensitivity_data,
-                            "method": "torch fake-compress of one layer at a time on a small eval slice (ranking "
-                                      "only); 'estimated' entries scale one full evaluation per layer and option "
-                                      "group by local output error"},
+                            "method": ("onnxruntime fake-compress of one layer at a time on the fp32 ONNX graph"
+                                       if facts.graph_only else "torch fake-compress of one layer at a time")
+                                      + " on a small eval slice (ranking only); 'estimated' entries scale one full "
+                                        "evaluation per layer and option group by local output error"},
             "study": study,
             # can the latency budget be reached at all: the fastest plan predicted (or measured), and whether the
             # trials stopped early because even that misses the budget
             "reach": outcome.reach.to_dict() if outcome.reach is not None else None,
-            "space": {"layers": len(session.problem.space.layers), "options": session.problem.space.size()},
+            # families: the technique families the search could use (an ONNX input: quant only); notes: why
+            "space": {"layers": len(session.problem.space.layers), "options": session.problem.space.size(),
+                      "families": _families(session), "notes": list(facts.notes)},
             "drop_scale": session.problem.drops.scale,
             # fp32 baseline measured now ÷ predicted by the calibration persisted from earlier sessions (1: none)
             "latency_session_scale": session.problem.latency.session_scale,
