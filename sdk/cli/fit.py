@@ -49,6 +49,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default=None, help="study name (workers join it with search-worker)")
     p.add_argument("--data", metavar="FILE.npz", default=None, help="your data (.npz, one array per input, optional labels)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--no-probes", action="store_true",
+                   help="skip the calibration probes (each quant scheme measured on half the layers before the search): "
+                        "saves a measurement per scheme, at the cost of first predictions from the roofline prior")
     p.add_argument("-o", "--output", metavar="OUTDIR", default="devicefit-out", help="output folder (default devicefit-out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_fit)
@@ -110,7 +113,7 @@ def _fit(args: argparse.Namespace) -> int:
         max_size_mb=args.max_size_mb, max_memory_mb=args.max_memory_mb, max_accuracy_drop=args.max_accuracy_drop,
         trials=args.trials, minutes=args.minutes, format=args.format, out=args.output, storage=args.storage,
         progress=not args.no_progress and not args.json, max_measurements=args.max_measurements, seed=args.seed,
-        study_name=args.study, batch_size=args.batch_size, threads=args.threads,
+        study_name=args.study, batch_size=args.batch_size, threads=args.threads, probe=not args.no_probes,
     )
     emit(args, result.to_dict(), _human)
     result.raise_if_not_met()

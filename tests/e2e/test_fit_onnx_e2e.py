@@ -4,8 +4,8 @@ on loopback — measured there, with the accuracy drop computed from the ONNX ou
 
 The ratio is 0.6 × fp32 where int8 has a dot-product instruction (VNNI) and 0.7 on AVX2-only x86, as in
 ``test_fit_e2e.py`` (there, int8 dynamic MiniLM measures ~0.62 × fp32 in paired rounds: no post-training plan
-reaches 0.6). Kept short: few trials and measurements, sensitivity on a small slice (the CLI's default time
-budget for it)."""
+reaches 0.6). Kept short: few trials and measurements, no calibration probes, sensitivity on a small slice (the
+CLI's default time budget for it)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_fit_exported_minilm_onnx_on_agent(tmp_path: Path, minilm_onnx: Path, mi
         proc = subprocess.run(
             [sys.executable, "-m", "devicefit.cli", "fit", str(minilm_onnx), "--data", str(data), "--profile", "localhost",
              "--device", agent.url, "--max-latency-ratio", str(LATENCY_RATIO), "--max-accuracy-drop", "0.02",
-             "--trials", "20", "--max-measurements", "2", "-o", str(out), "--json"],
+             "--trials", "20", "--max-measurements", "2", "--no-probes", "-o", str(out), "--json"],
             capture_output=True, text=True, env=env, timeout=850,
         )
         wall = time.monotonic() - t0
