@@ -17,7 +17,9 @@ calls), then predicts every other plan. Printed per model and k: the share of he
 ±10% of the measured p50, and the median relative error (over all orders), after a table of every plan: its
 labels, measured p50 and, per k, the median of what was predicted for it where it was held out. ``--json``: one
 object ``{model: {k: {"within_10pct": x, "median_error": y, "n": n}}}`` (k as strings), plus ``_plans`` with
-every plan's labels, measured and predicted p50s.
+every plan's labels, measured and predicted p50s. ``--repeat N`` measures the first N plans a second time: how
+often two measurements of one file agree within ±10% (``"remeasured"`` in the JSON) bounds what any model can
+reach on that device.
 
 ``--save DIR`` keeps what was measured (DIR/MODEL.pkl: timings, node maps, labels, the problem's static parts;
 DIR/MODEL/: the ONNX files); ``--load DIR/MODEL.pkl`` rebuilds the latency model with the current code from
@@ -76,13 +78,15 @@ def random_plans(space: Any, n: int, rng: np.random.Generator) -> list[dict[str,
 
 
 def measure_plans(model: str, n: int, seed: int, device: str | None, work: Path,
-                  batch_size: int = 1, keep_files: Path | None = None) -> dict[str, Any]:
+                  batch_size: int = 1, keep_files: Path | None = None, repeat: int = 0) -> dict[str, Any]:
     """Set up the fit's problem for ``model`` (fresh cache), measure its baseline and ``n`` random plans.
 
     Returns a *record* (picklable): the problem's static parts (layer specs, search space, consumers, roofline,
     sensitivity, budget), the fp32 baseline's measurement and node map, and per plan its labels, timing (at the
     baseline's load), node map and measured p50 — everything :func:`replay` needs to rebuild the latency model
-    with the current code and predict again, without measuring. ``keep_files``: copy each ONNX file there."""
+    with the current code and predict again, without measuring. ``keep_files``: copy each ONNX file there.
+    ``repeat``: the first ``repeat`` plans are measured a second time at the end (``remeasured_ms``): how far
+    two measurements of one file disagree is the floor under any prediction error."""
     import shutil
 
     from devicefit.compressor.latency.nodemap import node_map_for
@@ -129,30 +133,51 @@ def measure_plans(model: str, n: int, seed: int, device: str | None, work: Path,
             at = timing.scaled(timing.load or 1.0)
             rows.append({"index": i, "labels": labels, "timing": at, "node_map": node_map, "measured_ms": at.p50_ms,
                          "load": timing.load, "structured": not all(_quant_only(v) for v in labels.values())})
+            rows[-1]["path"] = mat.path
             print(f"  {model} plan {i + 1}/{len(plans)}: {at.p50_ms:.3f} ms at the baseline's load "
                   f"(load {timing.load or 1.0:.2f}, {time.monotonic() - t0:.0f} s)  {summary(labels)}", file=sys.stderr)
+        for r in rows[:repeat]:
+            again = evaluator.measure(r.pop("path"))
+            r["remeasured_ms"] = again.p50_ms / (again.load or 1.0)
+            print(f"  {model} plan {r['index'] + 1} again: {r['remeasured_ms']:.3f} ms (first {r['measured_ms']:.3f})",
+                  file=sys.stderr)
+        for r in rows:
+            r.pop("path", None)
     lat = problem.latency
     return {"model": model, "batch_size": batch_size, "specs": problem.specs, "total_params": problem.total_params,
             "space": problem.space, "sensitivity": problem.sensitivity, "budget": problem.budget,
             "consumers": problem.consumers, "model_hash": problem.model_hash, "roofline": lat.roofline,
-            "scope": lat.scope, "device_id": lat.device_id, "model_key": lat.model_key, "baseline": base, "rows": rows}
+            "scope": lat.scope, "device_id": lat.device_id, "model_key": lat.model_key, "baseline": base, "rows": rows,
+            "files": str(keep_files) if keep_files is not None else None}
 
 
 def replay(rec: Mapping[str, Any]) -> tuple[Any, Any, list[dict[str, Any]]]:
     """(problem, its latency model as it stands after the fp32 baseline, rows) rebuilt from a record of
     :func:`measure_plans` with the current code: a fresh latency model (the roofline prior only, as the bench's
     fresh cache gives) learns the recorded baseline through ``SearchProblem.learn``, as ``FitSession.baseline``
-    does."""
+    does. Node maps are rebuilt from the kept ONNX files (``--save``) when they are there, so a change to
+    :mod:`devicefit.compressor.latency.nodemap` is evaluated too."""
     from devicefit.compressor.latency.calibrated import CalibratedModel
+    from devicefit.compressor.latency.nodemap import node_map_for
     from devicefit.compressor.search.problem import SearchProblem
 
     latency = CalibratedModel(rec["roofline"], device_id=rec["device_id"], model_key=rec["model_key"], scope=rec["scope"])
     problem = SearchProblem(rec["specs"], total_params=rec["total_params"], space=rec["space"],
                             sensitivity=rec["sensitivity"], latency=latency, budget=rec["budget"],
                             consumers=rec["consumers"], model_hash=rec["model_hash"])
-    b = rec["baseline"]
+    files = Path(rec["files"]) if rec.get("files") else None
+    layers = problem.space.layers
+
+    def remap(row: Mapping[str, Any], name: str) -> dict[str, Any]:
+        """``row`` with its node map rebuilt by the current code from its kept file, when there is one."""
+        if files is None or not (files / name).is_file():
+            return dict(row)
+        ref = files / "fp32.onnx"
+        return {**row, "node_map": node_map_for(files / name, layers, reference=ref if ref.is_file() else None)}
+
+    b = remap(rec["baseline"], "fp32.onnx")
     problem.learn(problem.predict(b["labels"]), b["timing"], None, b["node_map"], score=False)
-    return problem, copy.deepcopy(problem.latency), list(rec["rows"])
+    return problem, copy.deepcopy(problem.latency), [remap(r, f"plan-{r['index']:03d}.onnx") for r in rec["rows"]]
 
 
 def summary(labels: Mapping[str, str]) -> str:
@@ -199,7 +224,7 @@ def evaluate(rec: Mapping[str, Any], ks: list[int], orders: int, seed: int, *, v
         per_k = {k: float(statistics.median(v)) for k, v in preds[r["index"]].items() if v}
         plans.append({"index": r["index"], "labels": r["labels"], "summary": summary(r["labels"]),
                       "measured_ms": r["measured_ms"], "load": r["load"], "structured": r["structured"],
-                      "predicted_ms": per_k})
+                      "predicted_ms": per_k, "remeasured_ms": r.get("remeasured_ms")})
     if verbose:
         head = "  ".join(f"k={k:>2} pred" for k in ks)
         print(f"{rec['model']} (batch {rec['batch_size']}): {len(rows)} plans; predicted = median over the orders "
@@ -209,9 +234,17 @@ def evaluate(rec: Mapping[str, Any], ks: list[int], orders: int, seed: int, *, v
             cells = "  ".join(f"{pl['predicted_ms'][str(k)]:10.3f}" if str(k) in pl["predicted_ms"] else " " * 10
                               for k in ks)
             print(f"  {pl['index']:4d}  {pl['measured_ms']:11.3f}  {cells}  {pl['summary']}")
+        again = [abs(r["remeasured_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows if "remeasured_ms" in r]
+        if again:
+            print(f"  noise floor: {len(again)} plans measured twice, {100 * np.mean([e <= 0.10 for e in again]):.0f}% "
+                  f"within ±10% of each other, median disagreement {100 * statistics.median(again):.1f}%")
         for k, v in table.items():
             print(f"  k={k:>2}: {100 * v['within_10pct']:5.1f}% within ±10%, median error {100 * v['median_error']:5.1f}%"
                   f"  ({v['n']} held-out predictions)")
+    again = [abs(r["remeasured_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows if "remeasured_ms" in r]
+    if again:
+        table["remeasured"] = {"within_10pct": float(np.mean([e <= 0.10 for e in again])),
+                               "median_error": float(statistics.median(again)), "n": len(again)}
     return {"table": table, "plans": plans}
 
 
@@ -227,6 +260,8 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", default=None, help="write the table as JSON")
     ap.add_argument("--save", metavar="DIR", default=None,
                     help="keep each model's measurements (DIR/MODEL.pkl) and ONNX files (DIR/MODEL/) for --load")
+    ap.add_argument("--repeat", type=int, default=10,
+                    help="measure the first N plans twice: the noise floor, printed as 'remeasured' (default 10)")
     ap.add_argument("--load", metavar="PKL", nargs="+", default=None,
                     help="evaluate recorded measurements (of --save) with the current latency model, measuring nothing")
     args = ap.parse_args()
@@ -243,7 +278,7 @@ def main() -> int:
                 batch = args.batch_size or DEFAULT_BATCH.get(model, 1)
                 keep = Path(args.save) / model if args.save else None
                 rec = measure_plans(model, args.plans, args.seed, args.device, Path(tmp) / model, batch_size=batch,
-                                    keep_files=keep)
+                                    keep_files=keep, repeat=args.repeat)
                 print(f"{model} (batch {batch}): {len(rec['rows'])} plans measured in {time.monotonic() - t0:.0f} s")
                 if args.save:
                     with open(Path(args.save) / f"{model}.pkl", "wb") as fh:

@@ -32,8 +32,8 @@ from devicefit.compressor.latency.roofline import DTYPE_COSTS, LayerCost, Roofli
 
 #: version of the saved parameters: a file written by another version is not reused (its ratios were learned
 #: under other rules — v2: per-node trust by kernel size, shape classes, ratios per benchmark settings; v3:
-#: non-layer points carry their session and int8 / float conversion elements)
-FORMAT_VERSION = 3
+#: non-layer points carry their session and int8 / float conversion elements; v4: and their plan's p50)
+FORMAT_VERSION = 4
 _KEEP = 64  # ratios kept per key (oldest dropped)
 _KEEP_CLASS = 256  # ... per shape class (many layers feed one class)
 _PRIOR_OTHER = 0.25  # other ≈ 25% of layer time before anything is measured
@@ -42,6 +42,28 @@ SMOOTH = 10.0
 #: per-node times are trusted when the mean kernel takes at least this long (onnxruntime's profiler adds a
 #: few µs per kernel event: at 20 µs that is ≲ 20%; digits-cnn at batch 1 averages ~6 µs per kernel)
 MIN_KERNEL_MS = 0.02
+
+
+def profiler_overhead_ms(per_node: Sequence[Mapping[str, Any]], p50_ms: float, profiled_e2e_ms: float | None) -> float:
+    """onnxruntime's profiler adds its own cost to every kernel event: per node, the cheapest node's time (a
+    Reshape or Shape does no work: what it took is the profiler's and the dispatch's), never more than the
+    profiled runs' excess over the p50 per node. 0 when there is nothing to tell it from."""
+    times = [float(n["mean_ms"]) for n in per_node]
+    if not times or not profiled_e2e_ms or profiled_e2e_ms <= p50_ms:
+        return 0.0
+    return max(0.0, min(min(times), (profiled_e2e_ms - p50_ms) / len(times)))
+
+
+def without_profiler_overhead(per_node: Sequence[Mapping[str, Any]], p50_ms: float,
+                              profiled_e2e_ms: float | None) -> tuple[list[dict[str, Any]], float | None, float]:
+    """(per-node times, profiled wall time, the per-node overhead taken off) with :func:`profiler_overhead_ms` taken off every node and off the
+    wall time once per node: a proportional rescale to the p50 then no longer hands a model of many small
+    kernels' layers (and its norms, adds, reshapes) the profiler's cost."""
+    o = profiler_overhead_ms(per_node, p50_ms, profiled_e2e_ms)
+    if o <= 0:
+        return [dict(n) for n in per_node], profiled_e2e_ms, 0.0
+    nodes = [{**n, "mean_ms": max(0.0, float(n["mean_ms"]) - o)} for n in per_node]
+    return nodes, (profiled_e2e_ms - o * len(nodes)) if profiled_e2e_ms else profiled_e2e_ms, o
 
 
 #: the ratio tables (attributes of :class:`CalibratedModel`) whose values are split into earlier sessions'
@@ -56,6 +78,7 @@ class OtherPoint(NamedTuple):
     ms: float
     session: str
     glue: float  # :func:`~.roofline.glue_melems` of the plan
+    p50_ms: float = 0.0  # the plan's whole latency (its weight in the fit: noise grows with it); 0 = unknown
 
 
 @dataclass
@@ -155,7 +178,7 @@ class CalibratedModel:
         against its own fp32) → this model's layers of the same kind at this dtype. A dtype not yet measured
         for this model starts from the layer's own fp32 efficiency, scaled by the dtype's speed-up over fp32
         seen for *other* models on this device (under the same benchmark settings) when there is one, else capped at
-        :attr:`~.roofline.DtypeCost.prior_speedup` (and never faster than the roofline says); both count as uncalibrated. (A
+        :meth:`~.roofline.DtypeCost.prior_for` the layer's kind (and never faster than the roofline says); both count as uncalibrated. (A
         fit's calibration probes measure every dtype in the model itself before the search.) ``kinds``:
         layer name → kind, for the speed-up.
         """
@@ -181,7 +204,7 @@ class CalibratedModel:
         dev_d, dev_f = self._ratios("kind_ratios", f"{cost.kind}/{cost.dtype}"), self._ratios("kind_ratios", f"{cost.kind}/fp32")
         if dev_d and dev_f:
             return ratio * statistics.median(dev_d) / statistics.median(dev_f) * roof, False
-        return max(ratio * roof, as_fp32 / DTYPE_COSTS[cost.dtype].prior_speedup), False
+        return max(ratio * roof, as_fp32 / DTYPE_COSTS[cost.dtype].prior_for(cost.kind)), False
 
     def _sibling_speedup(self, kind: str, dtype: str, kinds: Mapping[str, str]) -> float | None:
         """Median, over this model's shape classes (or layers) of ``kind`` measured at ``dtype`` and at fp32,
@@ -264,8 +287,13 @@ class CalibratedModel:
                       for d in sorted(knots) for prev, k in zip([0, *knots[d][:-1]], knots[d], strict=True)]
             return [1.0 if sess == s else 0.0 for s in sessions] + hinges + [glue]
 
-        a = np.array([row(p.counts, p.session, p.glue) for p in pts])
-        y = np.array([p.ms for p in pts])
+        # each point weighs 1 / its plan's p50: measurement noise (a loaded device, profiler shares rescaled to a
+        # p50) grows with the latency, and the error that matters is relative — a 10 ms plan measured ±50% must
+        # not set the non-layer time of 0.5 ms plans
+        w = np.array([1.0 / p.p50_ms if p.p50_ms > 0 else 1.0 for p in pts])
+        w = w / w.max()
+        a = np.array([row(p.counts, p.session, p.glue) for p in pts]) * w[:, None]
+        y = np.array([p.ms for p in pts]) * w
         # a slope change is worth SMOOTH·Δ²: one point over a segment of length L gives L²·Δ² of evidence,
         # so it takes a segment of ~√SMOOTH layers (or several points) to bend f
         n_s = len(sessions)
@@ -291,6 +319,7 @@ class CalibratedModel:
         other_ms: float | None,
         profiled_e2e_ms: float | None,
         n_nodes: int | None = None,
+        overhead_ms: float = 0.0,
     ) -> tuple[dict[str, float], str]:
         """Per-layer times on the p50 time scale, and where they came from (``per-node`` / ``end-to-end``).
 
@@ -299,14 +328,16 @@ class CalibratedModel:
         count known, swamped = the mean kernel time is below :data:`MIN_KERNEL_MS` — a property of the model,
         not of the moment: the profiled runs' wall time against the plain p50 (the test when the count is
         not known: > 2.5×) also moves with the machine's load (means take the load's tail, p50s do not).
-        Trusted times are rescaled by p50 / profiled wall time. Otherwise the end-to-end p50 is split over
+        Trusted times are rescaled by p50 / profiled wall time. ``overhead_ms``: the profiler's per-kernel cost
+        already taken off each node and off the wall time (:func:`without_profiler_overhead`); the swamped test
+        counts it back in. Otherwise the end-to-end p50 is split over
         the layers in proportion to their roofline times, leaving the prior share for everything else.
         """
         if per_layer_ms and sum(per_layer_ms.values()) > 0:
             mapped = sum(per_layer_ms.values())
             node_sum = mapped + float(other_ms or 0.0)
             if n_nodes:
-                swamped = node_sum / n_nodes < MIN_KERNEL_MS
+                swamped = node_sum / n_nodes + overhead_ms < MIN_KERNEL_MS
             else:
                 swamped = bool(profiled_e2e_ms) and float(profiled_e2e_ms or 0.0) > 2.5 * p50_ms
             if mapped >= 0.2 * node_sum and not swamped:
@@ -331,11 +362,12 @@ class CalibratedModel:
         predicted_ms: float | None = None,
         label: str = "",
         n_nodes: int | None = None,
+        overhead_ms: float = 0.0,
     ) -> str:
         """Learn from one measurement of the plan whose layer costs are ``costs``; returns the split used.
 
         ``per_layer_ms`` / ``other_ms``: per-node times mapped onto layers (profiler time scale), see
-        :meth:`split`. ``predicted_ms`` (made before measuring) is recorded as a prediction error.
+        :meth:`split` (``overhead_ms`` too). ``predicted_ms`` (made before measuring) is recorded as a prediction error.
         """
         if predicted_ms is not None and p50_ms > 0:
             self.errors.append({"label": label, "predicted_ms": float(predicted_ms), "measured_ms": float(p50_ms),
@@ -346,7 +378,7 @@ class CalibratedModel:
             per_layer_ms = {n: v / k for n, v in per_layer_ms.items()} if per_layer_ms else per_layer_ms
             other_ms = other_ms / k if other_ms is not None else None
             profiled_e2e_ms = profiled_e2e_ms / k if profiled_e2e_ms else profiled_e2e_ms
-        layers, source = self.split(costs, p50_ms, per_layer_ms, other_ms, profiled_e2e_ms, n_nodes)
+        layers, source = self.split(costs, p50_ms, per_layer_ms, other_ms, profiled_e2e_ms, n_nodes, overhead_ms / k)
         layer_total = 0.0
         for c in costs:
             ms = layers.get(c.name)
@@ -360,7 +392,7 @@ class CalibratedModel:
             self._push("kind_ratios", f"{c.kind}/{c.dtype}", ratio)
             self._push("model_kind_ratios", f"{c.kind}/{c.dtype}", ratio)
         self.other_points.append(OtherPoint(self._counts(costs), max(0.0, p50_ms - layer_total), self.session,
-                                            glue_melems(costs)))
+                                            glue_melems(costs), float(p50_ms)))
         del self.other_points[:-_KEEP]
         self.sources[source] = self.sources.get(source, 0) + 1
         return source
@@ -431,8 +463,9 @@ class CalibratedModel:
         model.model_kind_ratios = {k: [float(x) for x in v] for k, v in m.get("kind_ratios", {}).items()}
         model.class_ratios = {k: [float(x) for x in v] for k, v in m.get("class_ratios", {}).items()}
         model.quantizes_sandwiched = bool(m.get("quantizes_sandwiched", False))
-        model.other_points = [OtherPoint({str(k): int(n) for k, n in c.items()}, float(v), str(sess), float(g))
-                              for c, v, sess, g in m.get("other_points", [])]
+        model.other_points = [OtherPoint({str(k): int(n) for k, n in c.items()}, float(v), str(sess), float(g),
+                                         float(rest[0]) if rest else 0.0)
+                              for c, v, sess, g, *rest in m.get("other_points", [])]
         model.sources = {str(k): int(v) for k, v in m.get("sources", {}).items()}
         model._mark_loaded()
         return model

@@ -6,7 +6,8 @@ node to the torch layer whose weight initializer it reads (``encoder.layer.0.att
 ``…weight_quantized``, ``fc.0.weight`` for a factorized ``fc`` …, longest matching layer-name prefix),
 following constant-only producers (DequantizeLinear of a weight, Transpose) two hops back. Activation
 quantizers (DynamicQuantizeLinear / QuantizeLinear) count towards the layers that consume them,
-DequantizeLinear towards the layer that produced its input. Everything else is ``other`` (norms, softmax,
+DequantizeLinear towards the layer that produced its input, the Cast / Mul / Add chain that dequantizes an
+integer layer's int32 output (ConvInteger, MatMulInteger) towards that layer. Everything else is ``other`` (norms, softmax,
 residual adds, session overhead).
 """
 
@@ -24,6 +25,10 @@ _TO_CONSUMER = frozenset({"DynamicQuantizeLinear", "QuantizeLinear", "MatMulInte
 _TO_PRODUCER = frozenset({"DequantizeLinear"})
 #: ops that may carry a layer's bias only (a norm that swallowed a bias stays ``other``)
 _BIAS_OPS = frozenset({"Add", "BiasGelu", "FastGelu", "Gelu", "Relu", "Clip", "BiasAdd"})
+#: layer ops whose output is an int32 accumulator: the Cast / Mul (scales) / Add (bias) chain that turns it back
+#: into float is the layer's own work (onnxruntime's dynamic int8 Conv is ConvInteger → Cast → Mul → Add)
+_INTEGER_OUT = frozenset({"ConvInteger", "MatMulInteger"})
+_DEQUANT_TAIL = frozenset({"Cast", "Mul", "Add"})
 #: ops that are the layer itself when only the exporter's scope metadata links them
 _LAYER_OPS = frozenset({"MatMul", "Gemm", "Conv", "FusedConv", "FusedMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
                         "QLinearMatMul", "QLinearConv", "ConvInteger", "MatMulNBits", "QGemm"})
@@ -231,6 +236,14 @@ def map_nodes(model: Any, layers: Sequence[str], *, sources: Sequence[Any] = ())
             scoped = _scope_layer(node, match) or _node_alias(node.name, node_alias)
             if scoped:
                 layer_of[node.name] = scoped
+    tail: set[str] = set()  # nodes of an integer layer's dequantization chain (graph order is topological)
+    for node in graph.node:
+        if node.name in layer_of or node.op_type not in _DEQUANT_TAIL or not node.input:
+            continue
+        src = producer.get(node.input[0])
+        if src is not None and src.name in layer_of and (src.op_type in _INTEGER_OUT or src.name in tail):
+            layer_of[node.name] = layer_of[src.name]
+            tail.add(node.name)
     shared: dict[str, tuple[str, ...]] = {}
     for node in graph.node:
         if node.name in layer_of:

@@ -40,6 +40,13 @@ class DtypeCost:
     #: before the class is measured on a device, its speed-up over fp32 is at most this (the profile's peak
     #: int8 / fp32 ratio is a GEMM peak; whole layers on CPU runtimes gain ~2-3x, weight-only ~1x)
     prior_speedup: float = 1.0
+    #: per layer kind (``conv`` / ``linear``), a prior speed-up that replaces :attr:`prior_speedup` (< 1: the
+    #: runtime's kernel for this class and kind is slower than its fp32 one)
+    kind_prior_speedup: tuple[tuple[str, float], ...] = ()
+
+    def prior_for(self, kind: str) -> float:
+        """The prior speed-up over fp32 of a layer of ``kind`` in this class."""
+        return dict(self.kind_prior_speedup).get(kind, self.prior_speedup)
 
 
 #: dtype class → its costs. Techniques name their class in ``compute_dtype``; a technique bringing a new
@@ -48,7 +55,10 @@ DTYPE_COSTS: dict[str, DtypeCost] = {
     "fp32": DtypeCost(4.0, 4.0),
     "fp16": DtypeCost(2.0, 2.0),
     "int8": DtypeCost(1.0, 1.0, int8_peak=True, prior_speedup=3.0),
-    "int8dyn": DtypeCost(1.0, 4.0, int8_peak=True, extra_kernels=1, prior_speedup=2.5),
+    # a dynamic int8 Conv is onnxruntime's ConvInteger (+ Cast / Mul / Add back to float): no packed kernel,
+    # measured 5-20x slower than the fp32 Conv (digits-cnn at batch 32, 2-core x86 host, onnxruntime 1.32)
+    "int8dyn": DtypeCost(1.0, 4.0, int8_peak=True, extra_kernels=1, prior_speedup=2.5,
+                         kind_prior_speedup=(("conv", 0.2),)),
     "int8w": DtypeCost(1.0, 4.0),
     "int4w": DtypeCost(0.5, 4.0, prior_speedup=2.0),
 }

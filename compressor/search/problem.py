@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from devicefit.compressor.latency.calibrated import CalibratedModel
+from devicefit.compressor.latency.calibrated import CalibratedModel, without_profiler_overhead
 from devicefit.compressor.latency.nodemap import NodeMap, effective_dtypes
 from devicefit.compressor.latency.roofline import (
     LayerCost,
@@ -178,8 +178,11 @@ class SearchProblem:
         costs = self.costs(cand.labels)
         per_layer: dict[str, float] = {}
         other = None
+        profiled, overhead = timing.profiled_e2e_ms, 0.0
         if node_map is not None and timing.per_node:
-            per_layer, other, _total = node_map.split(timing.per_node)
+            # the profiler's own per-kernel cost off every node before the times are rescaled to the p50
+            nodes, profiled, overhead = without_profiler_overhead(timing.per_node, timing.p50_ms, timing.profiled_e2e_ms)
+            per_layer, other, _total = node_map.split(nodes)
             # learn each layer under the dtype its kernels actually ran in (a float layer the runtime
             # quantized itself is an int8 layer, not a slow or fast fp32 one)
             ran = effective_dtypes(node_map, timing.per_node)
@@ -192,10 +195,11 @@ class SearchProblem:
             p50_ms=timing.p50_ms,
             per_layer_ms=per_layer or None,
             other_ms=other,
-            profiled_e2e_ms=timing.profiled_e2e_ms,
+            profiled_e2e_ms=profiled,
             predicted_ms=cand.predicted_ms if score else None,
             label=f"trial {cand.trial}",
             n_nodes=len(timing.per_node) or None,
+            overhead_ms=overhead,
         )
         size = mat.size_bytes if mat is not None else cand.size_bytes
         if size is not None:
