@@ -58,7 +58,7 @@ DTYPE_COSTS: dict[str, DtypeCost] = {
     # a dynamic int8 Conv is onnxruntime's ConvInteger (+ Cast / Mul / Add back to float): no packed kernel,
     # measured 5-20x slower than the fp32 Conv (digits-cnn at batch 32, 2-core x86 host, onnxruntime 1.32)
     "int8dyn": DtypeCost(1.0, 4.0, int8_peak=True, extra_kernels=1, prior_speedup=2.5,
-                         kind_prior_speedup=(("conv", 0.2),)),
+                         kind_prior_speedup=(("conv", 0.2), ("dwconv", 0.2))),
     "int8w": DtypeCost(1.0, 4.0),
     "int4w": DtypeCost(0.5, 4.0, prior_speedup=2.0),
 }
@@ -86,6 +86,25 @@ def layer_kind(type_name: str) -> str:
     return "conv" if "conv" in t else "linear"
 
 
+def _channels(shape: Any) -> int:
+    """Channels (dim 1) of an (N, C, ...) activation shape; 0 when not known."""
+    try:
+        return int(shape[1]) if shape is not None and len(shape) >= 3 else 0
+    except (TypeError, ValueError, IndexError):
+        return 0
+
+
+def conv_kind(macs: int, out_elems: int, in_channels: int) -> str:
+    """``dwconv`` for a depthwise (or grouped) convolution, else ``conv``: a dense conv does C_in·k² MACs per
+    output element, a depthwise one k² — fewer than its input channels. Depthwise kernels run at a small
+    fraction of a dense conv's efficiency on CPUs (little reuse per weight, memory-bound) and gain little or
+    nothing from int8, so they keep their own kind ratios: pooled with dense convs, either kind's measurements
+    would set the other's efficiency and int8 speed-up."""
+    if in_channels > 1 and out_elems > 0 and macs / out_elems < in_channels:
+        return "dwconv"
+    return "conv"
+
+
 def _numel(shape: Any) -> int:
     if not shape:
         return 0
@@ -110,13 +129,17 @@ class LayerSpec:
     @classmethod
     def from_info(cls, info: Any) -> LayerSpec:
         """Build from an analysis ``LayerInfo`` (name, type, params, macs, input_shape, output_shape)."""
+        kind = layer_kind(str(getattr(info, "type", "linear")))
+        out_elems = _numel(getattr(info, "output_shape", None))
+        if kind == "conv":
+            kind = conv_kind(int(info.macs), out_elems, _channels(getattr(info, "input_shape", None)))
         return cls(
             name=str(info.name),
-            kind=layer_kind(str(getattr(info, "type", "linear"))),
+            kind=kind,
             params=int(info.params),
             macs=int(info.macs),
             in_elems=_numel(getattr(info, "input_shape", None)),
-            out_elems=_numel(getattr(info, "output_shape", None)),
+            out_elems=out_elems,
         )
 
     def batched(self, batch_size: int) -> LayerSpec:

@@ -190,3 +190,35 @@ def test_profiler_overhead_is_taken_off_every_node_before_the_rescale() -> None:
         assert model.sources == {"per-node": 1}
         assert model.predict(costs).per_layer["fc"] == pytest.approx(want, rel=1e-9)
     assert model.other_points[-1].ms == pytest.approx(p50 - 1.99 * p50 / 2.24)
+
+
+def _conv_info(name: str, c_in: int, c_out: int, k: int, hw: int, groups: int = 1) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, type="Conv2d", params=c_out * (c_in // groups) * k * k + c_out,
+                           macs=c_out * hw * hw * (c_in // groups) * k * k, input_shape=(1, c_in, hw, hw),
+                           output_shape=(1, c_out, hw, hw))
+
+
+def test_depthwise_convs_keep_their_own_kind_and_int8_speedup() -> None:
+    """A depthwise conv (k² MACs per output, fewer than its input channels) is kind ``dwconv``; a dense one
+    (C_in·k²) and a first conv on one input channel stay ``conv``. Measured: int8 makes the dense pointwise
+    conv 3x faster and the depthwise one no faster. A second depthwise conv, measured only at fp32, is then
+    predicted at int8 with the depthwise speed-up (1x) — pooled with the dense conv (one kind ``conv``) it
+    took the median of 3x and 1x and was predicted 1.5x too fast."""
+    from devicefit.compressor.techniques import Int8Static
+
+    dw = LayerSpec.from_info(_conv_info("dw", 32, 32, 3, 16, groups=32))
+    pw = LayerSpec.from_info(_conv_info("pw", 32, 64, 1, 16))
+    dw2 = LayerSpec.from_info(_conv_info("dw2", 64, 64, 3, 16, groups=64))
+    stem = LayerSpec.from_info(_conv_info("stem", 1, 32, 3, 16))
+    assert [s.kind for s in (dw, pw, dw2, stem)] == ["dwconv", "conv", "dwconv", "conv"]
+    specs = [dw, pw, dw2]
+    model = CalibratedModel(ROOF, device_id="d")
+    fp32 = {"dw": 0.4, "pw": 0.6, "dw2": 0.8}
+    model.observe(plan_costs(specs, {}), p50_ms=2.0, per_layer_ms=fp32, other_ms=0.2)
+    probe = plan_costs(specs, {"dw": LayerChoice(quant=Int8Static()), "pw": LayerChoice(quant=Int8Static())})
+    model.observe(probe, p50_ms=1.6, per_layer_ms={"dw": 0.4, "pw": 0.2, "dw2": 0.8}, other_ms=0.2)
+    pred = model.predict(plan_costs(specs, {"dw2": LayerChoice(quant=Int8Static())}))
+    assert pred.per_layer["dw2"] == pytest.approx(0.8, rel=1e-6)
+    assert pred.uncalibrated == ()
