@@ -18,11 +18,12 @@ calls), then predicts every other plan. Printed per model and k: the share of he
 labels, measured p50 and, per k, the median of what was predicted for it where it was held out. ``--json``: one
 object ``{model: {k: {"within_10pct": x, "median_error": y, "n": n}}}`` (k as strings), plus ``_plans`` with
 every plan's labels, measured and predicted p50s. ``--repeat N`` measures the first N plans a second time: how
-often two measurements of one file agree within ±10% (``"remeasured"`` in the JSON) bounds what any model can
+often two measurements of one file agree within ±10% (``_noise`` in the JSON, per model) bounds what any model can
 reach on that device.
 
 ``--save DIR`` keeps what was measured (DIR/MODEL.pkl: timings, node maps, labels, the problem's static parts;
-DIR/MODEL/: the ONNX files); ``--load DIR/MODEL.pkl`` rebuilds the latency model with the current code from
+DIR/MODEL/: the ONNX files; the record is rewritten after every plan, so an interrupted run keeps what it
+measured); ``--load DIR/MODEL.pkl`` rebuilds the latency model with the current code from
 those measurements and evaluates it again, deterministically, without a device.
 
 The machine may be shared: each plan's latency is read at the load its bracketing fp32 blocks measured, but a
@@ -100,6 +101,7 @@ def measure_plans(model: str, n: int, seed: int, device: str | None, work: Path,
     budget, _ = config.budget(profile)
     bundle = load_model(f"zoo:{model}")
     rows: list[dict[str, Any]] = []
+    paths: dict[int, Path] = {}
     base: dict[str, Any] = {}
     with measuring_device(device) as dev:
         evaluator = FitEvaluator(bundle, dev, workdir=work / "files", profile=profile, runs=config.runs,
@@ -111,6 +113,20 @@ def measure_plans(model: str, n: int, seed: int, device: str | None, work: Path,
         def record_baseline(cand: Any, timing: Any, mat: Any, node_map: Any, *, score: bool = True) -> dict[str, Any]:
             base.update(labels=dict(cand.labels), timing=timing, node_map=node_map)
             return learn(cand, timing, mat, node_map, score=score)
+
+        def record() -> dict[str, Any]:
+            lat = problem.latency
+            return {"model": model, "batch_size": batch_size, "specs": problem.specs,
+                    "total_params": problem.total_params, "space": problem.space, "sensitivity": problem.sensitivity,
+                    "budget": problem.budget, "consumers": problem.consumers, "model_hash": problem.model_hash,
+                    "roofline": lat.roofline, "scope": lat.scope, "device_id": lat.device_id, "model_key": lat.model_key,
+                    "baseline": base, "rows": rows, "files": str(keep_files) if keep_files is not None else None}
+
+        def save() -> None:
+            """The record so far, next to the kept files (a long run interrupted keeps what it measured)."""
+            if keep_files is not None:
+                with open(keep_files.parent / f"{model}.pkl", "wb") as fh:
+                    pickle.dump(record(), fh)
 
         problem.learn = record_baseline  # type: ignore[method-assign]
         session.baseline()
@@ -133,22 +149,17 @@ def measure_plans(model: str, n: int, seed: int, device: str | None, work: Path,
             at = timing.scaled(timing.load or 1.0)
             rows.append({"index": i, "labels": labels, "timing": at, "node_map": node_map, "measured_ms": at.p50_ms,
                          "load": timing.load, "structured": not all(_quant_only(v) for v in labels.values())})
-            rows[-1]["path"] = mat.path
+            paths[i] = mat.path
+            save()
             print(f"  {model} plan {i + 1}/{len(plans)}: {at.p50_ms:.3f} ms at the baseline's load "
                   f"(load {timing.load or 1.0:.2f}, {time.monotonic() - t0:.0f} s)  {summary(labels)}", file=sys.stderr)
         for r in rows[:repeat]:
-            again = evaluator.measure(r.pop("path"))
+            again = evaluator.measure(paths[r["index"]])
             r["remeasured_ms"] = again.p50_ms / (again.load or 1.0)
+            save()
             print(f"  {model} plan {r['index'] + 1} again: {r['remeasured_ms']:.3f} ms (first {r['measured_ms']:.3f})",
                   file=sys.stderr)
-        for r in rows:
-            r.pop("path", None)
-    lat = problem.latency
-    return {"model": model, "batch_size": batch_size, "specs": problem.specs, "total_params": problem.total_params,
-            "space": problem.space, "sensitivity": problem.sensitivity, "budget": problem.budget,
-            "consumers": problem.consumers, "model_hash": problem.model_hash, "roofline": lat.roofline,
-            "scope": lat.scope, "device_id": lat.device_id, "model_key": lat.model_key, "baseline": base, "rows": rows,
-            "files": str(keep_files) if keep_files is not None else None}
+    return record()
 
 
 def replay(rec: Mapping[str, Any]) -> tuple[Any, Any, list[dict[str, Any]]]:
@@ -242,10 +253,9 @@ def evaluate(rec: Mapping[str, Any], ks: list[int], orders: int, seed: int, *, v
             print(f"  k={k:>2}: {100 * v['within_10pct']:5.1f}% within ±10%, median error {100 * v['median_error']:5.1f}%"
                   f"  ({v['n']} held-out predictions)")
     again = [abs(r["remeasured_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows if "remeasured_ms" in r]
-    if again:
-        table["remeasured"] = {"within_10pct": float(np.mean([e <= 0.10 for e in again])),
-                               "median_error": float(statistics.median(again)), "n": len(again)}
-    return {"table": table, "plans": plans}
+    noise = {"within_10pct": float(np.mean([e <= 0.10 for e in again])), "median_error": float(statistics.median(again)),
+             "n": len(again)} if again else None
+    return {"table": table, "plans": plans, "noise": noise}
 
 
 def main() -> int:
@@ -265,7 +275,7 @@ def main() -> int:
     ap.add_argument("--load", metavar="PKL", nargs="+", default=None,
                     help="evaluate recorded measurements (of --save) with the current latency model, measuring nothing")
     args = ap.parse_args()
-    out: dict[str, Any] = {"_plans": {}}
+    out: dict[str, Any] = {"_plans": {}, "_noise": {}}
     records: list[dict[str, Any]] = []
     if args.load:
         for f in args.load:
@@ -280,14 +290,13 @@ def main() -> int:
                 rec = measure_plans(model, args.plans, args.seed, args.device, Path(tmp) / model, batch_size=batch,
                                     keep_files=keep, repeat=args.repeat)
                 print(f"{model} (batch {batch}): {len(rec['rows'])} plans measured in {time.monotonic() - t0:.0f} s")
-                if args.save:
-                    with open(Path(args.save) / f"{model}.pkl", "wb") as fh:
-                        pickle.dump(rec, fh)
                 records.append(rec)
     for rec in records:
         res = evaluate(rec, args.ks, args.orders, args.seed)
         out[rec["model"]] = res["table"]
         out["_plans"][rec["model"]] = res["plans"]
+        if res["noise"]:
+            out["_noise"][rec["model"]] = res["noise"]
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
