@@ -32,7 +32,7 @@ from devicefit.compressor.latency.roofline import DTYPE_COSTS, LayerCost, Roofli
 
 #: version of the saved parameters: a file written by another version is not reused (its ratios were learned
 #: under other rules — v2: per-node trust by kernel size, shape classes, ratios per benchmark settings; v3:
-#: non-layer points carry their session and int8 / float conversion elements; v4: and their plan's p50)
+#: non-layer points carry their session and int8 / float conversion elements; v4: and their plan's p50, depthwise convs are kind dwconv)
 FORMAT_VERSION = 4
 _KEEP = 64  # ratios kept per key (oldest dropped)
 _KEEP_CLASS = 256  # ... per shape class (many layers feed one class)
