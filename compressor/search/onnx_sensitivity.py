@@ -20,7 +20,6 @@ the whole-plan twin of :class:`.sensitivity.JointDrop` on the same session.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,15 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from devicefit.compressor.search.sensitivity import (
-    SensitivityTable,
-    _cache_file,
-    estimate_from_refs,
-    hybrid_refs,
-)
+from devicefit.compressor.search.sensitivity import SensitivityTable, sweep_options
 from devicefit.compressor.search.space import Option, SearchSpace
 from devicefit.data import Dataset
-from devicefit.metrics import cosine, score
+from devicefit.metrics import score
 
 _MODES = {None: 0.0, "dynamic": 1.0, "static": 2.0}
 
@@ -324,50 +318,15 @@ def measure_onnx_sensitivity(
     :func:`.sensitivity.measure_sensitivity` gives for a torch module; its cache file format too). ``max_full``:
     at most this many full-model evaluations; beyond, one per layer and option group, the others estimated from
     local output errors (:func:`.sensitivity.hybrid_refs`, counted in ``SensitivityTable.estimated``)."""
-    ref = graph.run(data)
-    labels = data.labels
-    table = SensitivityTable(metric=metric, baseline=float(score(metric, ref, ref, labels).baseline), samples=len(data))
-    cache: dict[str, Any] = {}
-    path = _cache_file(Path(cache_dir), model_hash, data.fingerprint()) if cache_dir else None
-    if path is not None and path.is_file():
-        try:
-            cache = json.loads(path.read_text())
-        except (OSError, ValueError):
-            cache = {}
-    todo = [(layer, opt) for layer in space.layers for opt in space.atomic(layer) if opt.parts()]
-    hybrid = max_full is not None and sum(1 for lay, o in todo if f"{lay}|{o.label}" not in cache) > max_full
-    full = [(lay, o) for lay, o in todo
-            if f"{lay}|{o.label}" not in cache or (not hybrid and cache[f"{lay}|{o.label}"].get("est"))]
-    t0 = time.perf_counter()
-    if full and not graph.ranges:
-        graph.collect_ranges(data)
-    local: dict[tuple[str, str], float] = {}
-    refs: dict[tuple[str, bool], str] = {}
-    if hybrid:
-        local = graph.local_errors(full, data.take(min(len(data), 4)))
-        refs, full = hybrid_refs(full, local)
-    for i, (layer, opt) in enumerate(full):
-        out = graph.run(data, graph.feeds_for({layer: opt}))
-        res = score(metric, ref, out, labels)
-        hit = {"drop": float(res.drop), "dev": float(1.0 - cosine(ref, out))}
-        cache[f"{layer}|{opt.label}"] = hit if np.isfinite(hit["drop"]) else {"drop": 1.0, "dev": 1.0}
-        if progress is not None:
-            progress(i + 1, len(full))
-    estimate_from_refs(cache, refs, local, space)
-    for layer, opt in todo:
-        hit = cache[f"{layer}|{opt.label}"]
-        table.drops.setdefault(layer, {})[opt.label] = float(hit["drop"])
-        table.devs.setdefault(layer, {})[opt.label] = float(hit["dev"])
-        table.estimated += int(bool(hit.get("est")))
-    fresh = {f"{lay}|{o.label}" for lay, o in full} | {f"{lay}|{lab}" for lay, lab in local}
-    table.cached = sum(1 for lay, o in todo if f"{lay}|{o.label}" not in fresh)
-    table.seconds = time.perf_counter() - t0
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache))
-        tmp.replace(path)
-    return table
+    def prepare() -> None:
+        if not graph.ranges:
+            graph.collect_ranges(data)
+
+    return sweep_options(
+        space, data, ref=graph.run(data), metric=metric, model_hash=model_hash, cache_dir=cache_dir,
+        max_full=max_full, progress=progress, prepare=prepare, local_errors=graph.local_errors,
+        evaluate=lambda layer, opt: graph.run(data, graph.feeds_for({layer: opt})),
+    )
 
 
 __all__ = ["FakeGraph", "OnnxJointDrop", "measure_onnx_sensitivity"]

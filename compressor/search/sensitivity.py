@@ -268,10 +268,40 @@ def measure_sensitivity(
         with torch.no_grad():
             return torch_outputs(module, data, input_names, batch_size=batch_size)
 
-    ref = run()
+    stats: dict[str, torch.Tensor] = {}
+
+    def evaluate(layer: str, opt: Option) -> np.ndarray:
+        with applied(module, layer, opt, stats):
+            return run()
+
+    return sweep_options(
+        space, data, ref=run(), metric=metric, model_hash=model_hash, cache_dir=cache_dir, max_full=max_full,
+        progress=progress, prepare=lambda: stats.update(_act_stats(module, space.layers, run)),
+        local_errors=lambda items, d: _local_errors(module, items, d, input_names, stats), evaluate=evaluate,
+    )
+
+
+def sweep_options(
+    space: SearchSpace,
+    data: Dataset,
+    *,
+    ref: np.ndarray,
+    metric: str,
+    model_hash: str,
+    cache_dir: str | Path | None,
+    max_full: int | None,
+    progress: Callable[[int, int], None] | None,
+    prepare: Callable[[], None],
+    local_errors: Callable[[Sequence[tuple[str, Option]], Dataset], dict[tuple[str, str], float]],
+    evaluate: Callable[[str, Option], np.ndarray],
+) -> SensitivityTable:
+    """The sweep both back ends share (torch here, onnxruntime in :mod:`.onnx_sensitivity`): the cache, the
+    hybrid full / estimated split, one full evaluation per option, the table. ``ref``: the unmodified model's
+    outputs on ``data``; ``prepare()``: called once before the first evaluation (activation statistics);
+    ``local_errors(items, data)``: each option's local output error (hybrid mode); ``evaluate(layer, option)``:
+    the model's outputs with that one option applied."""
     labels = data.labels
-    base = score(metric, ref, ref, labels).baseline
-    table = SensitivityTable(metric=metric, baseline=float(base), samples=len(data))
+    table = SensitivityTable(metric=metric, baseline=float(score(metric, ref, ref, labels).baseline), samples=len(data))
     cache: dict[str, Any] = {}
     path = _cache_file(Path(cache_dir), model_hash, data.fingerprint()) if cache_dir else None
     if path is not None and path.is_file():
@@ -281,17 +311,18 @@ def measure_sensitivity(
             cache = {}
     todo = [(layer, opt) for layer in space.layers for opt in space.atomic(layer) if opt.parts()]
     hybrid = max_full is not None and sum(1 for lay, o in todo if f"{lay}|{o.label}" not in cache) > max_full
-    full = [(lay, o) for lay, o in todo if f"{lay}|{o.label}" not in cache or (not hybrid and cache[f"{lay}|{o.label}"].get("est"))]
-    stats = _act_stats(module, space.layers, run) if full else {}
+    full = [(lay, o) for lay, o in todo
+            if f"{lay}|{o.label}" not in cache or (not hybrid and cache[f"{lay}|{o.label}"].get("est"))]
+    t0 = time.perf_counter()
+    if full:
+        prepare()
     local: dict[tuple[str, str], float] = {}
     refs: dict[tuple[str, bool], str] = {}
     if hybrid:
-        local = _local_errors(module, full, data.take(min(len(data), 4)), input_names, stats)
+        local = local_errors(full, data.take(min(len(data), 4)))
         refs, full = hybrid_refs(full, local)
-    t0 = time.perf_counter()
     for i, (layer, opt) in enumerate(full):
-        with applied(module, layer, opt, stats):
-            out = run()
+        out = evaluate(layer, opt)
         res = score(metric, ref, out, labels)
         hit = {"drop": float(res.drop), "dev": float(1.0 - cosine(ref, out))}
         cache[f"{layer}|{opt.label}"] = hit if np.isfinite(hit["drop"]) else {"drop": 1.0, "dev": 1.0}
