@@ -3,8 +3,8 @@
 Ops (domain ``ai.devicefit``): ``Sparse24MatMul`` (2:4 semi-structured sparse int8 weights) and
 ``LowBitMatMul`` (2- and 3-bit group-wise weights, GPTQ-compatible). The C library is built from the sources
 in ``csrc/`` with the system compiler on first use (or ``python -m devicefit.kernels build``); SIMD paths:
-AVX2 (x86-64), NEON dot-product (aarch64) and portable scalar, chosen at run time from the CPU's features
-(override: ``DEVICEFIT_KERNELS_ISA=scalar|avx2|neon_dot``). Every op has a numpy reference
+AVX-512 VNNI and AVX2 (x86-64), NEON dot-product (aarch64) and portable scalar, chosen at run time from the
+CPU's features (override: ``DEVICEFIT_KERNELS_ISA=scalar|avx2|avx512vnni|neon_dot``). Every op has a numpy reference
 (:mod:`~devicefit.kernels.reference`) and a lowering to standard ONNX ops (:mod:`~devicefit.kernels.lowering`).
 Importing this package needs only numpy.
 
@@ -32,7 +32,7 @@ from devicefit.kernels.pack import (
 
 
 def available() -> str | None:
-    """The SIMD path the ops use on this machine now (``"avx2"``, ``"neon_dot"``, ``"scalar"``), or None
+    """The SIMD path the ops use on this machine now (``"avx512vnni"``, ``"avx2"``, ``"neon_dot"``, ``"scalar"``), or None
     when the library cannot be built or loaded here (no compiler, build error)."""
     try:
         from devicefit.kernels.builder import load

@@ -25,7 +25,7 @@ from devicefit.errors import DevicefitError
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 #: common flags: exact IEEE float (no FMA contraction: every path must round like the numpy reference)
 COMMON_FLAGS = ("-O3", "-Wall", "-Wextra", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fvisibility=hidden")
-LIB_SOURCES = ("dispatch.c", "kern_scalar.c", "kern_avx2.c", "kern_neon.c", "ort_ops.c")
+LIB_SOURCES = ("dispatch.c", "kern_scalar.c", "kern_avx2.c", "kern_avx512.c", "kern_neon.c", "ort_ops.c")
 HEADERS = ("dfk.h", "ort_abi.h")
 
 _lock = threading.Lock()
@@ -46,6 +46,8 @@ class Toolchain:
     def isa_flags(self, source: str) -> tuple[str, ...]:
         if source == "kern_avx2.c" and self.arch == "x86_64":
             return ("-mavx2",)
+        if source == "kern_avx512.c" and self.arch == "x86_64":
+            return ("-mavx2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni")
         if source == "kern_neon.c" and self.arch == "aarch64":
             return ("-march=armv8.2-a+dotprod",)
         return ()

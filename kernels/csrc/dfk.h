@@ -34,7 +34,7 @@
 #define DFK_EXPORT
 #endif
 
-enum { DFK_ISA_SCALAR = 0, DFK_ISA_AVX2 = 1, DFK_ISA_NEON_DOT = 2, DFK_ISA_COUNT = 3 };
+enum { DFK_ISA_SCALAR = 0, DFK_ISA_AVX2 = 1, DFK_ISA_NEON_DOT = 2, DFK_ISA_AVX512VNNI = 3, DFK_ISA_COUNT = 4 };
 
 /* acc[M,N] = xq[M,Kp] . w[N,Kp] (int32) for 2:4 weights; scratch holds M*Kp bytes */
 typedef void (*dfk_s24_fn)(int64_t M, int64_t N, int64_t Kp, const int8_t *xq, const int8_t *values,
@@ -54,6 +54,7 @@ typedef struct {
 extern const dfk_isa dfk_isa_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const dfk_isa dfk_isa_avx2;
+extern const dfk_isa dfk_isa_avx512vnni;
 #endif
 #if defined(__aarch64__)
 extern const dfk_isa dfk_isa_neon_dot;
@@ -73,7 +74,7 @@ static inline unsigned dfk_code(const uint8_t *row, int bits, int64_t k) {
 
 /* public entry points (ctypes, the C test driver and the onnxruntime glue use them) */
 DFK_EXPORT const char *dfk_version(void);
-/* the ISA an op would use now: DEVICEFIT_KERNELS_ISA (scalar|avx2|neon_dot|auto) or the best supported;
+/* the ISA an op would use now: DEVICEFIT_KERNELS_ISA (scalar|avx2|avx512vnni|neon_dot|auto) or the best supported;
  * returns NULL (and sets *err) when the requested one is unknown or unsupported here */
 DFK_EXPORT const char *dfk_isa_name(void);
 DFK_EXPORT int dfk_isa_supported(const char *name);

@@ -24,6 +24,11 @@ static int cpu_has_probe(int isa) {
   case DFK_ISA_AVX2:
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2");
+  case DFK_ISA_AVX512VNNI: /* libgcc also checks that the OS saves the zmm state */
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vnni");
 #endif
 #if defined(__aarch64__) && defined(__linux__)
   case DFK_ISA_NEON_DOT:
@@ -49,6 +54,8 @@ static const dfk_isa *isa_table(int isa) {
 #if defined(__x86_64__)
   case DFK_ISA_AVX2:
     return &dfk_isa_avx2;
+  case DFK_ISA_AVX512VNNI:
+    return &dfk_isa_avx512vnni;
 #endif
 #if defined(__aarch64__)
   case DFK_ISA_NEON_DOT:
@@ -59,8 +66,8 @@ static const dfk_isa *isa_table(int isa) {
   }
 }
 
-static const char *const ISA_NAMES[DFK_ISA_COUNT] = {"scalar", "avx2", "neon_dot"};
-static const int PREFERENCE[DFK_ISA_COUNT] = {DFK_ISA_AVX2, DFK_ISA_NEON_DOT, DFK_ISA_SCALAR};
+static const char *const ISA_NAMES[DFK_ISA_COUNT] = {"scalar", "avx2", "neon_dot", "avx512vnni"};
+static const int PREFERENCE[DFK_ISA_COUNT] = {DFK_ISA_AVX512VNNI, DFK_ISA_AVX2, DFK_ISA_NEON_DOT, DFK_ISA_SCALAR};
 
 const dfk_isa *dfk_isa_select(const char *requested, const char **err) {
   if (requested == NULL || requested[0] == '\0') requested = getenv("DEVICEFIT_KERNELS_ISA");
@@ -76,7 +83,7 @@ const dfk_isa *dfk_isa_select(const char *requested, const char **err) {
       return NULL;
     }
   }
-  if (err) *err = "unknown ISA in DEVICEFIT_KERNELS_ISA (valid: auto, scalar, avx2, neon_dot)";
+  if (err) *err = "unknown ISA in DEVICEFIT_KERNELS_ISA (valid: auto, scalar, avx2, avx512vnni, neon_dot)";
   return NULL;
 }
 

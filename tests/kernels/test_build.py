@@ -49,8 +49,12 @@ def test_available_reports_the_active_path(kernel_lib: Path, isas: list[str]) ->
     assert kernels.available() == isas[0]  # the best supported path is the default
     if os.uname().machine == "x86_64":
         with open("/proc/cpuinfo") as f:
-            has_avx2 = " avx2" in f.read()
-        assert ("avx2" in isas) == has_avx2
+            flags = next(line for line in f if line.startswith("flags")).split()
+        assert ("avx2" in isas) == ("avx2" in flags)
+        has_vnni512 = {"avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= set(flags)
+        assert ("avx512vnni" in isas) == has_vnni512
+        if has_vnni512:
+            assert isas[0] == "avx512vnni"  # preferred over AVX2
 
 
 def test_cli_build_and_info(kernel_lib: Path) -> None:

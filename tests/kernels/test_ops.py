@@ -108,6 +108,48 @@ def test_large_shapes_and_extreme_values_stay_exact(
         np.testing.assert_array_equal(run_model(lmodel, xl), lwant, err_msg=f"isa={isa}")
 
 
+@pytest.mark.parametrize(("k", "n"), [(256, 13), (192, 6), (4096, 9)], ids=["pairs+tail-rows", "odd-block", "K4096"])
+def test_batch_one_paths_stay_exact_at_the_extremes(
+    isas: list[str], run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch, k: int, n: int
+) -> None:
+    """Batch 1 has its own loops on the wide paths (2:4: four channels at a time over pairs of 64-k blocks, an odd
+    last block, leftover channels; 2/3-bit: eight channels at a time, leftover channels): every product at
+    +-127*127 (2:4, offset activations at 0 and 255) and at code 7 x 127 (3-bit), still bit-exact."""
+    rng = np.random.default_rng(k + n)
+    w = rng.choice(np.array([-1.0, 1.0], np.float32), size=(n, k))
+    w[:, 1::2] = 0
+    sw = pack.pack_sparse24(w, prune=False)
+    model = ops.single_op_model(*ops.sparse24_node("X", "Y", sw, prefix="fc"), k=k, n=n)
+    q, s, z = pack.quantize_lowbit_rtn(rng.standard_normal((n, k)).astype(np.float32), bits=3, group_size=64)
+    q[:] = 7
+    lw = pack.pack_lowbit(q, s, np.zeros_like(z), bits=3, group_size=64)
+    lmodel = ops.single_op_model(*ops.lowbit_node("X", "Y", lw, prefix="fc"), k=k, n=n)
+    for x in (np.where(w[:1] != 0, w[:1], 1.0), -np.where(w[:1] != 0, w[:1], 1.0)):  # all products +, then all -
+        x = x.astype(np.float32)
+        want, lwant = reference.sparse24_matmul(x, sw), reference.lowbit_matmul(np.abs(x), lw)
+        assert abs(want[0, 0]) == pytest.approx(k / 2, rel=1e-6)
+        for isa in isas:
+            monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", isa)
+            np.testing.assert_array_equal(run_model(model, x), want, err_msg=f"isa={isa}")
+            np.testing.assert_array_equal(run_model(lmodel, np.abs(x)), lwant, err_msg=f"isa={isa}")
+
+
+@pytest.mark.parametrize(("bits", "group"), [(2, 64), (2, 128), (3, 256), (2, 32)])
+def test_lowbit_batch_one_matches_reference_on_every_isa(
+    isas: list[str], run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch, bits: int, group: int
+) -> None:
+    """Batch 1, 8-channel blocks plus leftover channels, zero points, every group size the wide path unrolls."""
+    rng = np.random.default_rng(bits * group)
+    n, k = 21, 512
+    q, s, z = pack.quantize_lowbit_rtn(rng.standard_normal((n, k)).astype(np.float32), bits=bits, group_size=group)
+    lw = pack.pack_lowbit(q, s, z, bits=bits, group_size=group)
+    model = ops.single_op_model(*ops.lowbit_node("X", "Y", lw, prefix="fc"), k=k, n=n)
+    x = _data(rng, (1, k), "outliers")
+    want = reference.lowbit_matmul(x, lw)
+    for isa, got in _outputs_by_isa(run_model, monkeypatch, isas, model, x).items():
+        np.testing.assert_array_equal(got, want, err_msg=f"isa={isa}")
+
+
 def test_batched_rank3_input(run_model: Callable[..., np.ndarray]) -> None:
     """X [B, T, K] -> Y [B, T, N] (a transformer's linear layers)."""
     rng = np.random.default_rng(3)

@@ -1,0 +1,255 @@
+/* AVX-512 VNNI kernels (x86-64; compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni and only called when
+ * the CPU and the OS support all four).
+ *
+ * vpdpbusd multiplies unsigned by signed bytes and adds each group of 4 products to an int32 lane, without
+ * saturation, so every product is exact:
+ * - 2:4 int8 x int8: the activations are offset to unsigned (x + 128, i.e. x ^ 0x80) and 128 * sum(w) is
+ *   subtracted at the end (accumulated by a second vpdpbusd of 0x80 bytes with the same weights);
+ * - 2/3-bit: the codes are already unsigned (0..7) and the activations signed: one vpdpbusd, as is.
+ * Integer results equal the AVX2 / scalar paths bit for bit; the float epilogue is the same operations in the same
+ * order (see dfk.h). Batches other than 1 of the 2/3-bit op, and group size 32, use the AVX2 path. */
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dfk.h"
+
+/* 64 2-bit fields of two consecutive 64-bit words, one per byte in slot order (word w, slot q = 8j + t at bits
+ * 8t + 2j -> byte 32w + q), not yet masked to 2 bits */
+static inline __m512i spread2x2(const uint8_t *p) {
+  const __m512i words = _mm512_permutexvar_epi64(_mm512_set_epi64(1, 1, 1, 1, 0, 0, 0, 0),
+                                                 _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p)));
+  return _mm512_srlv_epi64(words, _mm512_set_epi64(6, 4, 2, 0, 6, 4, 2, 0));
+}
+
+/* (a & b) | c in one instruction */
+#define DFK_AND_OR(a, b, c) _mm512_ternarylogic_epi32((a), (b), (c), 0xEA)
+
+/* ---- 2:4 sparse int8 ----
+ * The activation row is rearranged once per call (and offset to unsigned) so that an in-lane byte shuffle gathers
+ * the activations of 64 kept weights (two blocks of 64 k): per pair of blocks b, b + 1 the row holds
+ * XA2 = [XA_b | XA_b+1], XB2 = [XB_b | XB_b+1] with XA = [x0..15 | x32..47], XB = [x16..31 | x48..63] of each
+ * block (the AVX2 layout); an odd last block keeps [XA | XB]. Slots 0-7 / 16-23 of a block come from XA, slots
+ * 8-15 / 24-31 from XB: dwords 2, 3 of every 128-bit lane. */
+static inline int32_t hsum256(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+static inline int64_t load_word(const uint8_t *p) {
+  int64_t w;
+  memcpy(&w, p, 8);
+  return w;
+}
+
+/* one output channel n for `mb` (1..4, a compile-time constant at every call) activation rows from a0 */
+static inline __attribute__((always_inline)) void s24_row_vnni(const int mb, int64_t N, int64_t Kp, int64_t n,
+                                                              const int8_t *a0, const int8_t *v, const uint8_t *ix,
+                                                              int32_t *acc) {
+  const int64_t nblk = Kp / 64, npair = nblk / 2;
+  const __m512i base = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12));
+  const __m512i three = _mm512_set1_epi8(3), off = _mm512_set1_epi8((char)0x80);
+  /* two accumulator sets (even / odd pairs) halve the vpdpbusd dependency chains */
+  __m512i s[2][4], sw[2];
+  for (int h = 0; h < 2; h++) {
+    sw[h] = _mm512_setzero_si512();
+    for (int r = 0; r < mb; r++) s[h][r] = _mm512_setzero_si512();
+  }
+  for (int64_t p = 0; p < npair; p++) {
+    const int h = (int)(p & 1);
+    const __m512i ctl = DFK_AND_OR(spread2x2(ix + p * 16), three, base);
+    const __m512i w = _mm512_loadu_si512(v + p * 64);
+    sw[h] = _mm512_dpbusd_epi32(sw[h], off, w);
+    for (int r = 0; r < mb; r++) {
+      const int8_t *xa = a0 + r * Kp + p * 128;
+      const __m512i g = _mm512_mask_blend_epi32((__mmask16)0xCCCC, _mm512_shuffle_epi8(_mm512_loadu_si512(xa), ctl),
+                                                _mm512_shuffle_epi8(_mm512_loadu_si512(xa + 64), ctl));
+      s[h][r] = _mm512_dpbusd_epi32(s[h][r], g, w);
+    }
+  }
+  int32_t tot[4], totw = _mm512_reduce_add_epi32(_mm512_add_epi32(sw[0], sw[1]));
+  for (int r = 0; r < mb; r++) tot[r] = _mm512_reduce_add_epi32(_mm512_add_epi32(s[0][r], s[1][r]));
+  if (nblk % 2) { /* the odd last block, 256 bits wide */
+    const int64_t b = nblk - 1;
+    const __m256i ctl = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(load_word(ix + b * 8)), _mm256_setr_epi64x(0, 2, 4, 6)),
+                         _mm256_set1_epi8(3)),
+        _mm512_castsi512_si256(base));
+    const __m256i w = _mm256_loadu_si256((const __m256i *)(v + b * 32));
+    totw += hsum256(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), w));
+    for (int r = 0; r < mb; r++) {
+      const int8_t *xa = a0 + r * Kp + npair * 128;
+      const __m256i g = _mm256_blend_epi32(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)xa), ctl),
+                                           _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(xa + 32)), ctl),
+                                           0xCC);
+      tot[r] += hsum256(_mm256_dpbusd_epi32(_mm256_setzero_si256(), g, w));
+    }
+  }
+  for (int r = 0; r < mb; r++) acc[r * N + n] = tot[r] - totw;
+}
+
+/* [hsum(v0), hsum(v1), hsum(v2), hsum(v3)] of 4 int32x16 vectors */
+static inline __m128i hsum4x16(const __m512i *v) {
+  __m256i h[4];
+  for (int r = 0; r < 4; r++)
+    h[r] = _mm256_add_epi32(_mm512_castsi512_si256(v[r]), _mm512_extracti64x4_epi64(v[r], 1));
+  const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(h[0], h[1]), _mm256_hadd_epi32(h[2], h[3]));
+  return _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+}
+
+/* batch 1: four output channels n0..n0+3 at a time (independent chains; one shared activation load per pair; the
+ * offset correction subtracted per lane and the four sums reduced together); Kp a multiple of 128 */
+static void s24_rows4_m1(int64_t Kp, int64_t n0, const int8_t *a, const int8_t *values, const uint8_t *index,
+                         int32_t *acc) {
+  const int64_t npair = Kp / 128;
+  const __m512i base = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 4, 4, 8, 8, 12, 12, 0, 0, 4, 4, 8, 8, 12, 12));
+  const __m512i three = _mm512_set1_epi8(3), off = _mm512_set1_epi8((char)0x80);
+  __m512i s[4], sw[4];
+  for (int r = 0; r < 4; r++) s[r] = sw[r] = _mm512_setzero_si512();
+  for (int64_t p = 0; p < npair; p++) {
+    const __m512i xa = _mm512_loadu_si512(a + p * 128), xb = _mm512_loadu_si512(a + p * 128 + 64);
+    for (int r = 0; r < 4; r++) {
+      const __m512i ctl = DFK_AND_OR(spread2x2(index + (n0 + r) * (Kp / 8) + p * 16), three, base);
+      const __m512i w = _mm512_loadu_si512(values + (n0 + r) * (Kp / 2) + p * 64);
+      const __m512i g = _mm512_mask_blend_epi32((__mmask16)0xCCCC, _mm512_shuffle_epi8(xa, ctl),
+                                                _mm512_shuffle_epi8(xb, ctl));
+      s[r] = _mm512_dpbusd_epi32(s[r], g, w);
+      sw[r] = _mm512_dpbusd_epi32(sw[r], off, w);
+    }
+  }
+  for (int r = 0; r < 4; r++) s[r] = _mm512_sub_epi32(s[r], sw[r]);
+  _mm_storeu_si128((__m128i *)(acc + n0), hsum4x16(s));
+}
+
+static void s24_avx512(int64_t M, int64_t N, int64_t Kp, const int8_t *xq, const int8_t *values,
+                       const uint8_t *index, int32_t *acc, int8_t *scratch) {
+  const int64_t nblk = Kp / 64, npair = nblk / 2;
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  for (int64_t m = 0; m < M; m++) {
+    const int8_t *x = xq + m * Kp;
+    int8_t *a = scratch + m * Kp;
+    for (int64_t b = 0; b < nblk; b++) {
+      int8_t *xa = b < 2 * npair ? a + (b / 2) * 128 + (b % 2) * 32 : a + npair * 128;
+      int8_t *xb = b < 2 * npair ? xa + 64 : xa + 32;
+      memcpy(xa, x + b * 64 + 0, 16);
+      memcpy(xa + 16, x + b * 64 + 32, 16);
+      memcpy(xb, x + b * 64 + 16, 16);
+      memcpy(xb + 16, x + b * 64 + 48, 16);
+    }
+    for (int64_t i = 0; i < Kp; i += 64)
+      _mm512_storeu_si512(a + i, _mm512_xor_si512(_mm512_loadu_si512(a + i), flip));
+  }
+  int64_t n_done = 0;
+  if (M == 1 && nblk % 2 == 0)
+    for (; n_done + 4 <= N; n_done += 4) s24_rows4_m1(Kp, n_done, scratch, values, index, acc);
+  for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    const int8_t *a0 = scratch + m0 * Kp;
+    int32_t *acc0 = acc + m0 * N;
+    for (int64_t n = n_done; n < N; n++) {
+      const int8_t *v = values + n * (Kp / 2);
+      const uint8_t *ix = index + n * (Kp / 8);
+      switch (M - m0 < 4 ? M - m0 : 4) {
+      case 1: s24_row_vnni(1, N, Kp, n, a0, v, ix, acc0); break;
+      case 2: s24_row_vnni(2, N, Kp, n, a0, v, ix, acc0); break;
+      case 3: s24_row_vnni(3, N, Kp, n, a0, v, ix, acc0); break;
+      default: s24_row_vnni(4, N, Kp, n, a0, v, ix, acc0); break;
+      }
+    }
+  }
+}
+
+/* ---- 2/3-bit group-wise, batch 1 ---- */
+
+/* codes (one per byte) of the 64 consecutive weights starting at unit u (32 k; u even) of a row */
+static inline __m512i codes64(const uint8_t *row, int bits, int64_t u) {
+  const __m512i three = _mm512_set1_epi8(3);
+  if (bits == 2) return _mm512_and_si512(spread2x2(row + u * 8), three);
+  const uint8_t *c = row + (u >> 1) * 24; /* u even: one whole 64-k block */
+  const __m512i lo = _mm512_and_si512(spread2x2(c), three);
+  const __m512i hi = _mm512_slli_epi64(_mm512_srlv_epi64(_mm512_set1_epi64(load_word(c + 16)),
+                                                         _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)),
+                                       2);
+  return DFK_AND_OR(hi, _mm512_set1_epi8(4), lo);
+}
+
+/* [hsum(v0), ..., hsum(v7)] of 8 int32x16 vectors */
+static inline __m256i hsum8x16(const __m512i *v) {
+  __m256i h[8];
+  for (int r = 0; r < 8; r++)
+    h[r] = _mm256_add_epi32(_mm512_castsi512_si256(v[r]), _mm512_extracti64x4_epi64(v[r], 1));
+  __m256i h01 = _mm256_hadd_epi32(h[0], h[1]), h23 = _mm256_hadd_epi32(h[2], h[3]);
+  __m256i h45 = _mm256_hadd_epi32(h[4], h[5]), h67 = _mm256_hadd_epi32(h[6], h[7]);
+  __m256i a = _mm256_hadd_epi32(h01, h23), b = _mm256_hadd_epi32(h45, h67);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* 8 rows x all groups of one activation row; `bits` and `upg` (units of 32 k per group, even) are compile-time
+ * constants at every call */
+static inline __attribute__((always_inline)) void lowbit_row8_m1_vnni(
+    const int bits, const int upg, int64_t ng, int64_t G, int64_t n0, int64_t row_bytes, const int8_t *xq,
+    const int32_t *xsum, const float *xs, const uint8_t *packed, const float *sT, const int32_t *zT, float *y) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t g = 0; g < ng; g++) {
+    __m512i xv[4], d[8];
+    for (int u = 0; u < upg; u += 2) xv[u / 2] = _mm512_loadu_si512(xq + g * G + 32 * u);
+    for (int r = 0; r < 8; r++) {
+      const uint8_t *row = packed + (n0 + r) * row_bytes;
+      __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes64(row, bits, g * upg), xv[0]);
+      for (int u = 2; u < upg; u += 2) s = _mm512_dpbusd_epi32(s, codes64(row, bits, g * upg + u), xv[u / 2]);
+      d[r] = s;
+    }
+    const __m256i z = _mm256_loadu_si256((const __m256i *)(zT + g * 8));
+    __m256i dot = _mm256_sub_epi32(hsum8x16(d), _mm256_mullo_epi32(z, _mm256_set1_epi32(xsum[g])));
+    __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(sT + g * 8), _mm256_set1_ps(xs[g]));
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), sc));
+  }
+  _mm256_storeu_ps(y + n0, acc);
+}
+
+static void lowbit_avx512(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G, const int8_t *xq,
+                          const int32_t *xsum, const float *xs, const uint8_t *packed, const float *scales,
+                          const uint8_t *zeros, float *y) {
+  const int64_t ng = Kp / G, row_bytes = Kp * bits / 8, upg = G / 32;
+  if (M != 1 || upg < 2 || N < 8) {
+    dfk_isa_avx2.lowbit(bits, M, N, Kp, G, xq, xsum, xs, packed, scales, zeros, y);
+    return;
+  }
+  const int32_t zdef = 1 << (bits - 1);
+  float *sT = malloc(sizeof(float) * 8 * (size_t)ng);
+  int32_t *zT = malloc(sizeof(int32_t) * 8 * (size_t)ng);
+  if (!sT || !zT) {
+    free(sT), free(zT);
+    dfk_isa_avx2.lowbit(bits, M, N, Kp, G, xq, xsum, xs, packed, scales, zeros, y);
+    return;
+  }
+  int64_t n0 = 0;
+  for (; n0 + 8 <= N; n0 += 8) {
+    for (int r = 0; r < 8; r++)
+      for (int64_t g = 0; g < ng; g++) {
+        sT[g * 8 + r] = scales[(n0 + r) * ng + g];
+        zT[g * 8 + r] = zeros ? (int32_t)zeros[(n0 + r) * ng + g] : zdef;
+      }
+#define DFK_LBV(B, U) lowbit_row8_m1_vnni(B, U, ng, G, n0, row_bytes, xq, xsum, xs, packed, sT, zT, y)
+    switch (bits * 16 + (int)upg) {
+    case 2 * 16 + 2: DFK_LBV(2, 2); break;
+    case 2 * 16 + 4: DFK_LBV(2, 4); break;
+    case 2 * 16 + 8: DFK_LBV(2, 8); break;
+    case 3 * 16 + 2: DFK_LBV(3, 2); break;
+    case 3 * 16 + 4: DFK_LBV(3, 4); break;
+    default: DFK_LBV(3, 8); break;
+    }
+#undef DFK_LBV
+  }
+  free(sT), free(zT);
+  if (n0 < N) /* tail rows (batch 1: contiguous in y): the AVX2 path, same arithmetic and order */
+    dfk_isa_avx2.lowbit(bits, 1, N - n0, Kp, G, xq, xsum, xs, packed + n0 * row_bytes, scales + n0 * ng,
+                        zeros ? zeros + n0 * ng : NULL, y + n0);
+}
+
+const dfk_isa dfk_isa_avx512vnni = {"avx512vnni", s24_avx512, lowbit_avx512};
+#else
+typedef int dfk_no_avx512_here; /* keeps the translation unit non-empty off x86-64 */
+#endif
