@@ -4,7 +4,8 @@ Ops (domain ``ai.devicefit``): ``Sparse24MatMul`` (2:4 semi-structured sparse in
 ``LowBitMatMul`` (2- and 3-bit group-wise weights, GPTQ-compatible). The C library is built from the sources
 in ``csrc/`` with the system compiler on first use (or ``python -m devicefit.kernels build``); SIMD paths:
 AVX-512 VNNI and AVX2 (x86-64), NEON dot-product (aarch64) and portable scalar, chosen at run time from the
-CPU's features (override: ``DEVICEFIT_KERNELS_ISA=scalar|avx2|avx512vnni|neon_dot``). Every op has a numpy reference
+CPU's features (override: ``DEVICEFIT_KERNELS_ISA=scalar|avx2|avx512vnni|neon_dot``; the AVX-512 path unpacks 2/3-bit
+codes with VBMI where the CPU has it, ``DEVICEFIT_KERNELS_NO_VBMI=1`` turns that off). Every op has a numpy reference
 (:mod:`~devicefit.kernels.reference`) and a lowering to standard ONNX ops (:mod:`~devicefit.kernels.lowering`).
 Importing this package needs only numpy.
 

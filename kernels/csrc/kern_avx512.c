@@ -163,50 +163,133 @@ static void s24_avx512(int64_t M, int64_t N, int64_t Kp, const int8_t *xq, const
 
 /* ---- 2/3-bit group-wise, batch 1 ---- */
 
-/* codes (one per byte) of the 64 consecutive weights starting at unit u (32 k; u even) of a row */
+/* Batch 1 reads the activations of each 64-k chunk in "lane order": position 8i + t (i = 0..7, t = 0..7) holds
+ * k = 32 (i % 2) + 8 (i / 2) + t. The codes of two 32-k units then unpack with a broadcast, one shift and one mask
+ * (no cross-lane permute): qword i of the broadcast pair (w0, w1) shifted right by 2 (i / 2) holds, in byte t,
+ * field (j = i / 2, t) of word i % 2, the code of exactly that k. A group's dot product sums the same products. */
+static void to_lane_order(const int8_t *x, int64_t Kp, int8_t *out) {
+  for (int64_t c = 0; c < Kp; c += 64)
+    for (int i = 0; i < 8; i++) memcpy(out + c + 8 * i, x + c + 32 * (i % 2) + 8 * (i / 2), 8);
+}
+
+/* codes (one per byte, lane order) of the 64 weights of units u, u + 1 (u even) of a row */
 static inline __m512i codes64(const uint8_t *row, int bits, int64_t u) {
-  const __m512i three = _mm512_set1_epi8(3);
-  if (bits == 2) return _mm512_and_si512(spread2x2(row + u * 8), three);
-  const uint8_t *c = row + (u >> 1) * 24; /* u even: one whole 64-k block */
-  const __m512i lo = _mm512_and_si512(spread2x2(c), three);
-  const __m512i hi = _mm512_slli_epi64(_mm512_srlv_epi64(_mm512_set1_epi64(load_word(c + 16)),
-                                                         _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)),
-                                       2);
-  return DFK_AND_OR(hi, _mm512_set1_epi8(4), lo);
+  const __m512i three = _mm512_set1_epi8(3), lo_shift = _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0);
+  if (bits == 2)
+    return _mm512_and_si512(_mm512_srlv_epi64(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(row + u * 8))),
+                                              lo_shift),
+                            three);
+  const uint8_t *c = row + (u >> 1) * 24; /* one whole 64-k block */
+  const __m512i lo = _mm512_srlv_epi64(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)c)), lo_shift);
+  /* high bit of k = 8j + t at bit 8t + j; qword i holds j = 4 (i % 2) + i / 2 */
+  const __m512i hi = _mm512_slli_epi64(
+      _mm512_srlv_epi64(_mm512_set1_epi64(load_word(c + 16)), _mm512_set_epi64(7, 3, 6, 2, 5, 1, 4, 0)), 2);
+  return DFK_AND_OR(hi, _mm512_set1_epi8(4), _mm512_and_si512(lo, three));
 }
 
-/* [hsum(v0), ..., hsum(v7)] of 8 int32x16 vectors */
+/* [hsum(v0), ..., hsum(v7)] of 8 int32x16 vectors: a transposing add tree in zmm registers */
 static inline __m256i hsum8x16(const __m512i *v) {
-  __m256i h[8];
-  for (int r = 0; r < 8; r++)
-    h[r] = _mm256_add_epi32(_mm512_castsi512_si256(v[r]), _mm512_extracti64x4_epi64(v[r], 1));
-  __m256i h01 = _mm256_hadd_epi32(h[0], h[1]), h23 = _mm256_hadd_epi32(h[2], h[3]);
-  __m256i h45 = _mm256_hadd_epi32(h[4], h[5]), h67 = _mm256_hadd_epi32(h[6], h[7]);
-  __m256i a = _mm256_hadd_epi32(h01, h23), b = _mm256_hadd_epi32(h45, h67);
-  return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+  __m512i t[4], u[2];
+  for (int i = 0; i < 4; i++) /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] */
+    t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                            _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 2; i++) /* per lane: partial sums of rows 4i..4i+3 */
+    u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
+                            _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+  /* lanes: [rows 0-3, rows 0-3, rows 4-7, rows 4-7] */
+  const __m512i w = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xDD));
+  return _mm512_castsi512_si256(_mm512_add_epi32(_mm512_shuffle_i32x4(w, w, 0x08), _mm512_shuffle_i32x4(w, w, 0x0D)));
 }
 
-/* 8 rows x all groups of one activation row; `bits` and `upg` (units of 32 k per group, even) are compile-time
- * constants at every call */
-static inline __attribute__((always_inline)) void lowbit_row8_m1_vnni(
-    const int bits, const int upg, int64_t ng, int64_t G, int64_t n0, int64_t row_bytes, const int8_t *xq,
-    const int32_t *xsum, const float *xs, const uint8_t *packed, const float *sT, const int32_t *zT, float *y) {
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t g = 0; g < ng; g++) {
-    __m512i xv[4], d[8];
-    for (int u = 0; u < upg; u += 2) xv[u / 2] = _mm512_loadu_si512(xq + g * G + 32 * u);
-    for (int r = 0; r < 8; r++) {
-      const uint8_t *row = packed + (n0 + r) * row_bytes;
-      __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes64(row, bits, g * upg), xv[0]);
-      for (int u = 2; u < upg; u += 2) s = _mm512_dpbusd_epi32(s, codes64(row, bits, g * upg + u), xv[u / 2]);
-      d[r] = s;
-    }
-    const __m256i z = _mm256_loadu_si256((const __m256i *)(zT + g * 8));
-    __m256i dot = _mm256_sub_epi32(hsum8x16(d), _mm256_mullo_epi32(z, _mm256_set1_epi32(xsum[g])));
-    __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(sT + g * 8), _mm256_set1_ps(xs[g]));
-    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), sc));
+/* codes64 with one VBMI byte-window select per 64 codes (vpmultishiftqb, port 5) instead of a shift (port 0, which
+ * vpdpbusd also needs): `lo` / `hi` hold the bit offsets of each byte's field (see lowbit_avx512) */
+static inline __attribute__((always_inline, target("avx512vbmi"))) __m512i codes64_vbmi(
+    const uint8_t *row, int bits, int64_t u, __m512i lo_ctl, __m512i hi_ctl) {
+  const __m512i three = _mm512_set1_epi8(3);
+  if (bits == 2)
+    return _mm512_and_si512(
+        _mm512_multishift_epi64_epi8(lo_ctl, _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(row + u * 8)))),
+        three);
+  const uint8_t *c = row + (u >> 1) * 24;
+  const __m512i lo = _mm512_multishift_epi64_epi8(lo_ctl, _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)c)));
+  const __m512i hi = _mm512_multishift_epi64_epi8(hi_ctl, _mm512_set1_epi64(load_word(c + 16)));
+  return DFK_AND_OR(hi, _mm512_set1_epi8(4), _mm512_and_si512(lo, three));
+}
+
+/* 8 rows x all groups of one activation row (lane order); `bits` and `upg` (units of 32 k per group, even) are
+ * compile-time constants at every expansion; CODES(row, u) gives the codes of units u, u + 1 */
+#define DFK_ROW8_M1_BODY(CODES)                                                                                     \
+  __m256 acc = _mm256_setzero_ps();                                                                                \
+  for (int64_t g = 0; g < ng; g++) {                                                                               \
+    __m512i xv[4], d[8];                                                                                           \
+    for (int u = 0; u < upg; u += 2) xv[u / 2] = _mm512_loadu_si512(xq + g * G + 32 * u);                          \
+    for (int r = 0; r < 8; r++) {                                                                                  \
+      const uint8_t *row = packed + (n0 + r) * row_bytes;                                                          \
+      __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), CODES(row, g * upg), xv[0]);                         \
+      for (int u = 2; u < upg; u += 2) s = _mm512_dpbusd_epi32(s, CODES(row, g * upg + u), xv[u / 2]);            \
+      d[r] = s;                                                                                                    \
+    }                                                                                                              \
+    const __m256i z = _mm256_loadu_si256((const __m256i *)(zT + g * 8));                                           \
+    __m256i dot = _mm256_sub_epi32(hsum8x16(d), _mm256_mullo_epi32(z, _mm256_set1_epi32(xsum[g])));               \
+    __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(sT + g * 8), _mm256_set1_ps(xs[g]));                                 \
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dot), sc));                                          \
+  }                                                                                                                \
+  _mm256_storeu_ps(y + n0, acc)
+
+#define DFK_ROW8_ARGS                                                                                               \
+  const int bits, const int upg, int64_t ng, int64_t G, int64_t n0, int64_t row_bytes, const int8_t *xq,          \
+      const int32_t *xsum, const float *xs, const uint8_t *packed, const float *sT, const int32_t *zT, float *y,   \
+      __m512i lo_ctl, __m512i hi_ctl
+
+static inline __attribute__((always_inline)) void row8_m1(DFK_ROW8_ARGS) {
+  (void)lo_ctl, (void)hi_ctl;
+#define DFK_CODES(row, u) codes64(row, bits, u)
+  DFK_ROW8_M1_BODY(DFK_CODES);
+#undef DFK_CODES
+}
+
+static inline __attribute__((always_inline, target("avx512vbmi"))) void row8_m1_vbmi(DFK_ROW8_ARGS) {
+#define DFK_CODES(row, u) codes64_vbmi(row, bits, u, lo_ctl, hi_ctl)
+  DFK_ROW8_M1_BODY(DFK_CODES);
+#undef DFK_CODES
+}
+
+/* every (bits, units per group) the batch-1 loop unrolls for, as one switch */
+#define DFK_ROW8_SWITCH(FN, ...)                                                                                    \
+  switch (bits * 16 + (int)upg) {                                                                                  \
+  case 2 * 16 + 2: FN(2, 2, __VA_ARGS__); break;                                                                   \
+  case 2 * 16 + 4: FN(2, 4, __VA_ARGS__); break;                                                                   \
+  case 2 * 16 + 8: FN(2, 8, __VA_ARGS__); break;                                                                   \
+  case 3 * 16 + 2: FN(3, 2, __VA_ARGS__); break;                                                                   \
+  case 3 * 16 + 4: FN(3, 4, __VA_ARGS__); break;                                                                   \
+  default: FN(3, 8, __VA_ARGS__); break;                                                                           \
   }
-  _mm256_storeu_ps(y + n0, acc);
+
+static void row8_blocks(int bits, int64_t upg, int64_t ng, int64_t G, int64_t n0, int64_t row_bytes,
+                        const int8_t *xl, const int32_t *xsum, const float *xs, const uint8_t *packed, const float *sT,
+                        const int32_t *zT, float *y) {
+  DFK_ROW8_SWITCH(row8_m1, ng, G, n0, row_bytes, xl, xsum, xs, packed, sT, zT, y, _mm512_setzero_si512(),
+                  _mm512_setzero_si512())
+}
+
+static __attribute__((target("avx512vbmi"))) void row8_blocks_vbmi(
+    int bits, int64_t upg, int64_t ng, int64_t G, int64_t n0, int64_t row_bytes, const int8_t *xl,
+    const int32_t *xsum, const float *xs, const uint8_t *packed, const float *sT, const int32_t *zT, float *y,
+    const uint8_t *lo_bytes, const uint8_t *hi_bytes) {
+  const __m512i lo_ctl = _mm512_loadu_si512(lo_bytes), hi_ctl = _mm512_loadu_si512(hi_bytes);
+  DFK_ROW8_SWITCH(row8_m1_vbmi, ng, G, n0, row_bytes, xl, xsum, xs, packed, sT, zT, y, lo_ctl, hi_ctl)
+}
+
+/* VBMI is used where the CPU has it (Ice Lake, Sapphire Rapids, Zen 4; not Cascade Lake), unless
+ * DEVICEFIT_KERNELS_NO_VBMI=1 (tests run both variants on one machine) */
+static int has_vbmi(void) {
+  static volatile int cpu; /* 0 = unknown, 1 = no, 2 = yes; a benign race */
+  if (!cpu) {
+    __builtin_cpu_init();
+    cpu = __builtin_cpu_supports("avx512vbmi") ? 2 : 1;
+  }
+  const char *off = getenv("DEVICEFIT_KERNELS_NO_VBMI");
+  return cpu == 2 && !(off && off[0] == '1');
 }
 
 static void lowbit_avx512(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G, const int8_t *xq,
@@ -225,25 +308,30 @@ static void lowbit_avx512(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G,
     dfk_isa_avx2.lowbit(bits, M, N, Kp, G, xq, xsum, xs, packed, scales, zeros, y);
     return;
   }
+  int8_t *xl = malloc((size_t)Kp);
+  if (xl) to_lane_order(xq, Kp, xl);
+  /* vpmultishiftqb bit offsets, lane order: byte t of qword i takes field (j = i / 2, t) of its word (bit 8t + 2j);
+   * the high bits (3-bit) sit at bit 8t + j' of one word, j' = 4 (i % 2) + i / 2, moved to bit 2 (mod 64) */
+  const int vbmi = has_vbmi();
+  uint8_t lo_bytes[64], hi_bytes[64];
+  for (int i = 0; i < 8; i++)
+    for (int t = 0; t < 8; t++) {
+      lo_bytes[8 * i + t] = (uint8_t)(8 * t + 2 * (i / 2));
+      hi_bytes[8 * i + t] = (uint8_t)((8 * t + 4 * (i % 2) + i / 2 + 62) % 64);
+    }
   int64_t n0 = 0;
-  for (; n0 + 8 <= N; n0 += 8) {
+  for (; xl && n0 + 8 <= N; n0 += 8) {
     for (int r = 0; r < 8; r++)
       for (int64_t g = 0; g < ng; g++) {
         sT[g * 8 + r] = scales[(n0 + r) * ng + g];
         zT[g * 8 + r] = zeros ? (int32_t)zeros[(n0 + r) * ng + g] : zdef;
       }
-#define DFK_LBV(B, U) lowbit_row8_m1_vnni(B, U, ng, G, n0, row_bytes, xq, xsum, xs, packed, sT, zT, y)
-    switch (bits * 16 + (int)upg) {
-    case 2 * 16 + 2: DFK_LBV(2, 2); break;
-    case 2 * 16 + 4: DFK_LBV(2, 4); break;
-    case 2 * 16 + 8: DFK_LBV(2, 8); break;
-    case 3 * 16 + 2: DFK_LBV(3, 2); break;
-    case 3 * 16 + 4: DFK_LBV(3, 4); break;
-    default: DFK_LBV(3, 8); break;
-    }
-#undef DFK_LBV
+if (vbmi)
+      row8_blocks_vbmi(bits, upg, ng, G, n0, row_bytes, xl, xsum, xs, packed, sT, zT, y, lo_bytes, hi_bytes);
+    else
+      row8_blocks(bits, upg, ng, G, n0, row_bytes, xl, xsum, xs, packed, sT, zT, y);
   }
-  free(sT), free(zT);
+  free(sT), free(zT), free(xl);
   if (n0 < N) /* tail rows (batch 1: contiguous in y): the AVX2 path, same arithmetic and order */
     dfk_isa_avx2.lowbit(bits, 1, N - n0, Kp, G, xq, xsum, xs, packed + n0 * row_bytes, scales + n0 * ng,
                         zeros ? zeros + n0 * ng : NULL, y + n0);

@@ -7,7 +7,7 @@ order in numpy and in every C path (compiled with -ffp-contract=off)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -20,14 +20,21 @@ SETTINGS = settings(max_examples=25, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+def _variants(isas: list[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Force each SIMD path in turn (AVX-512 VNNI twice: with its VBMI code unpack and without, as on Cascade Lake);
+    yields the variant's name."""
+    for isa in isas:
+        monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", isa)
+        for no_vbmi in ("0", "1") if isa == "avx512vnni" else ("0",):
+            monkeypatch.setenv("DEVICEFIT_KERNELS_NO_VBMI", no_vbmi)
+            yield isa + ("-novbmi" if no_vbmi == "1" else "")
+    monkeypatch.delenv("DEVICEFIT_KERNELS_NO_VBMI")
+
+
 def _outputs_by_isa(run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch, isas: list[str],
                     model: object, x: np.ndarray) -> dict[str, np.ndarray]:
     """The model's output with each SIMD path forced in turn."""
-    out = {}
-    for isa in isas:
-        monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", isa)
-        out[isa] = run_model(model, x)
-    return out
+    return {variant: run_model(model, x) for variant in _variants(isas, monkeypatch)}
 
 
 def _data(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
@@ -128,8 +135,7 @@ def test_batch_one_paths_stay_exact_at_the_extremes(
         x = x.astype(np.float32)
         want, lwant = reference.sparse24_matmul(x, sw), reference.lowbit_matmul(np.abs(x), lw)
         assert abs(want[0, 0]) == pytest.approx(k / 2, rel=1e-6)
-        for isa in isas:
-            monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", isa)
+        for isa in _variants(isas, monkeypatch):
             np.testing.assert_array_equal(run_model(model, x), want, err_msg=f"isa={isa}")
             np.testing.assert_array_equal(run_model(lmodel, np.abs(x)), lwant, err_msg=f"isa={isa}")
 
