@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
+	$(PY) -m pip install -q -e '.[dev,tflite]' --config-settings editable_mode=strict
 	$(PY) -m pip install -q --no-deps $(ZOO_PACKAGES)
 	touch $(STAMP)
 
