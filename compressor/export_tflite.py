@@ -65,11 +65,14 @@ class TFLiteExportResult(ExportResult):
     layer_status: dict[str, str] = field(default_factory=dict)  #: layer → float32 / float16 / dynamic_int8 / int8
     unmapped_layers: list[str] = field(default_factory=list)  #: planned layers with no op found in the file
     int8_io: bool = False
+    float_size_bytes: int = 0  #: the float32 conversion's size
+    int_ops: dict[str, int] = field(default_factory=dict)  #: weight ops computing in integer, by op type
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "format": "tflite", "mode": self.mode, "float_cosine": self.float_cosine,
                 "ops": self.ops, "layer_status": self.layer_status, "unmapped_layers": self.unmapped_layers,
-                "int8_io": self.int8_io, "verified_samples": self.verified_samples, "seconds": self.seconds}
+                "int8_io": self.int8_io, "float_size_bytes": self.float_size_bytes, "int_ops": self.int_ops,
+                "verified_samples": self.verified_samples, "seconds": self.seconds}
 
 
 def require_tflite() -> None:
@@ -94,8 +97,9 @@ def layer_scopes(module: torch.nn.Module, layers: Sequence[str]) -> dict[str, st
     for layer in layers:
         parts, cur, segs = layer.split("."), module, []
         for part in parts:
-            cur = getattr(cur, part) if not part.isdigit() or not hasattr(cur, "__getitem__") else cur[int(part)]
-            segs.append(f"{type(cur).__module__}.{type(cur).__qualname__}_{part}")
+            cur = cur.get_submodule(part)
+            if not isinstance(cur, (torch.nn.ModuleList, torch.nn.ModuleDict)):  # never called: no scope
+                segs.append(f"{type(cur).__module__}.{type(cur).__qualname__}_{part}")
         out[layer] = "/" + "/".join(segs)
     return out
 
@@ -175,6 +179,8 @@ def build_recipe(layer_ops: Mapping[str, Sequence[_Op]], layer_modes: Mapping[st
             # by op type too: an op's scope can equal the virtual OUTPUT op's (the model's last layer)
             regex, kind = "^" + re.escape(op.scope) + "$", WEIGHT_OPS[op.name]
             recipe.append(_entry(regex, "float32" if mode == "float16" and op.name not in _FLOAT16_OPS else mode, kind))
+    if all(e["algorithm_key"] == "no_quantize" for e in recipe):
+        return []  # nothing to quantize: the converted file as it is
     if any(e["op_config"].get("activation_tensor_config") for e in recipe) and not int8_io:
         recipe += [_entry(".*", "float32", "INPUT"), _entry(".*", "float32", "OUTPUT")]
     return recipe
@@ -321,7 +327,7 @@ def export_tflite(
     for layer, m in (layer_modes or {}).items():
         _check_mode(m, f"layer {layer}")
         planned[layer] = m
-    used = set(planned.values()) | {mode}
+    used = set(planned.values()) or {mode}
     rest = other or ("int8" if "int8" in used else mode if mode != "int8" else "int8")
     _check_mode(rest, "other")
     names = list(input_names)
@@ -334,7 +340,7 @@ def export_tflite(
     t0 = time.perf_counter()
     float_bytes = _convert(module, example, debug)
     ref = torch_outputs(module, data, names, batch_size=1)
-    _, float_cos = _verify(float_bytes, ref, data, names, MIN_COSINE["float32"], "float32", out)
+    float_err, float_cos = _verify(float_bytes, ref, data, names, MIN_COSINE["float32"], "float32", out)
 
     model = fb.read_model(float_bytes)
     layer_ops = map_layers(model, layer_scopes(module, list(planned)))
@@ -361,7 +367,9 @@ def export_tflite(
     seconds = time.perf_counter() - t0
     out.write_bytes(content)
     floor = min_cosine if min_cosine is not None else min(MIN_COSINE[m] for m in used | {rest})
-    err, cos = _verify(content, ref, data, names, floor, _label(used), out)
+    err, cos = float_err, float_cos
+    if content is not float_bytes:
+        err, cos = _verify(content, ref, data, names, floor, _label(used), out)
     final = fb.read_model(content)
     ops_count = collections.Counter(op.name for op in _ops(final)[0])
     mapped = {k: v for k, v in layer_ops.items() if v}
@@ -369,7 +377,22 @@ def export_tflite(
         out, out.stat().st_size, err, cos, verified_samples=len(data), seconds=seconds, mode=_label(used),
         float_cosine=float_cos, ops=dict(sorted(ops_count.items())), layer_status=_layer_status(final, mapped),
         unmapped_layers=sorted(k for k, v in layer_ops.items() if not v), int8_io=int8_io and "int8" in used | {rest},
+        float_size_bytes=len(float_bytes), int_ops=integer_ops(final),
     )
+
+
+def integer_ops(model: Any) -> dict[str, int]:
+    """Weight ops whose weights are int8 and not dequantized first (integer kernels), by op type."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+
+    ops, tensors = _ops(model)
+    produced = {o for op in ops for o in op.outputs}
+    count: collections.Counter[str] = collections.Counter()
+    for op in ops:
+        if op.name in WEIGHT_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0 and op.inputs[1] not in produced:
+            if fb.TENSOR_CODE_TO_TYPE.get(tensors[op.inputs[1]].type) == "INT8":
+                count[op.name] += 1
+    return dict(sorted(count.items()))
 
 
 def _label(used: set[str]) -> str:
@@ -424,4 +447,4 @@ def export_bundle_tflite(bundle: Any, out_path: str | Path, *, module: torch.nn.
 
 
 __all__ = ["EXTRA_FIX", "MIN_COSINE", "MODES", "TFLiteExportResult", "build_recipe", "export_bundle_tflite",
-           "export_tflite", "layer_scopes", "map_layers", "require_tflite", "run_tflite"]
+           "export_tflite", "integer_ops", "layer_scopes", "map_layers", "require_tflite", "run_tflite"]

@@ -3,7 +3,8 @@
 Phases: copy the module → prune + low-rank (``compressor.structural``) → optional distillation
 (``compressor.distill``) → fp32 ONNX export → per-layer quantization (``compressor.quant``) → metric and
 fidelity on the bundle's eval data against the *original* fp32 model. ONNX-only bundles (no torch module)
-take graph-level plans (quantization) only.
+take graph-level plans (quantization) only. ``format="tflite"`` writes a verified ``.tflite`` instead
+(:mod:`devicefit.compress_tflite`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from devicefit.progress import Progress
 if TYPE_CHECKING:
     from devicefit.compressor.quant import QuantResult
 
+#: what ``compress`` writes
+FORMATS = ("onnx", "tflite")
 _REF_CACHE: dict[tuple[str, int, int, str], np.ndarray] = {}
 
 
@@ -159,17 +162,35 @@ def compress(
     distill: Distill | None = None,
     progress: bool = True,
     calib_samples: int = 128,
+    format: str | None = None,
 ) -> CompressResult:
-    """Compress ``model`` with ``plan`` into ``out`` (.onnx) and measure it (see the module docstring).
-    How ``LowRank(kind="asvd")`` layers are fitted is the technique's ``asvd_method``."""
+    """Compress ``model`` with ``plan`` into ``out`` and measure it (see the module docstring).
+    How ``LowRank(kind="asvd")`` layers are fitted is the technique's ``asvd_method``.
+
+    ``format`` is ``onnx`` or ``tflite`` (default: from ``out``'s suffix; ``.tflite`` → tflite, see
+    :mod:`devicefit.compress_tflite`)."""
     from devicefit.compressor.export import export_bundle
 
-    b = _bundle(model, data)
     out = Path(out)
+    fmt = format or ("tflite" if out.suffix == ".tflite" else "onnx")
+    if fmt not in FORMATS:
+        raise UserInputError(f"unknown export format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    if fmt == "tflite":
+        from devicefit.compress_tflite import check_plan
+
+        check_plan(plan)  # before loading anything: a plan TFLite cannot carry fails at once
+    b = _bundle(model, data)
     out.parent.mkdir(parents=True, exist_ok=True)
     prof = _profile(profile)
     cfg = distill or plan.distill
     structural = plan.uses("prune") or plan.uses("lowrank") or cfg is not None
+    if fmt == "tflite":
+        from devicefit.compress_tflite import compress_tflite
+
+        if b.module is None:
+            raise UserInputError(f"{b.name} is an ONNX model: TFLite export converts the torch model",
+                                 "pass the PyTorch model (zoo:NAME, file.pt2, package.module:factory) or --format onnx")
+        return compress_tflite(b, plan, out, cfg=cfg, progress=progress, calib_samples=calib_samples)  # type: ignore[no-any-return]
     if b.module is None and structural:
         raise UserInputError(
             f"{b.name} is an ONNX model: pruning, low-rank and distillation need the torch model",
@@ -269,4 +290,4 @@ def _profile(profile: Any) -> Any:
     return load_profile(profile)
 
 
-__all__ = ["CompressResult", "carry_quant", "compress", "reference_outputs"]
+__all__ = ["FORMATS", "CompressResult", "carry_quant", "compress", "reference_outputs"]

@@ -1,4 +1,5 @@
-"""CLI: ``devicefit compress MODEL [--quant S] [--plan plan.yaml] [--prune P] [--lowrank L] -o OUT.onnx``.
+"""CLI: ``devicefit compress MODEL [--quant S] [--plan plan.yaml] [--prune P] [--lowrank L] -o OUT.onnx``
+(or ``--format tflite -o OUT.tflite``: a verified LiteRT model, same JSON).
 
 ``--json`` prints ``{"path", "size_bytes", "compression_ratio", "metric": {"name", "baseline", "compressed",
 "drop"}, "float_fallback_layers", "params", "macs", …}``. The shortcuts build a uniform plan; with
@@ -24,7 +25,12 @@ USAGE = {
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("compress", parents=[common], help="prune / factorize / distill / quantize a model")
     p.add_argument("model", metavar="MODEL", help="zoo:NAME, file.onnx, file.pt2 or package.module:factory")
-    p.add_argument("-o", "--output", metavar="OUT.onnx", required=True, help="where to write the compressed model")
+    p.add_argument("-o", "--output", metavar="OUT.onnx", required=True,
+                   help="where to write the compressed model (.onnx, or .tflite with --format tflite)")
+    p.add_argument("--format", choices=["onnx", "tflite"],
+                   help="export format (default: from the -o suffix, .tflite → tflite, else onnx); tflite needs "
+                        "the extra devicefit[tflite] and techniques whose formats list tflite: float, float16, "
+                        "int8_static, structured pruning, low-rank")
     p.add_argument("--quant", metavar="SCHEME", help=f"uniform quantization: {USAGE['quant']} (options: SCHEME:key=value,…; int8-static = int8_static)")
     p.add_argument("--plan", metavar="PLAN.yaml", help="per-layer plan (YAML or JSON)")
     p.add_argument("--prune", metavar="P", help=USAGE["prune"])
@@ -82,6 +88,7 @@ def _compress(args: argparse.Namespace) -> int:
         profile=args.profile,
         progress=not args.no_progress,
         calib_samples=args.calib_samples,
+        format=args.format,
     )
     emit(args, res.to_dict(), _human)
     return 0
