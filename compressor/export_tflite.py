@@ -133,19 +133,77 @@ def _tensor_name(t: Any) -> str:
     return n.decode() if isinstance(n, bytes) else str(n or "")
 
 
-def map_layers(model: Any, scopes: Mapping[str, str]) -> dict[str, list[_Op]]:
-    """Layer → its weight-holding ops, found through the names of each op's constant inputs."""
+def _layouts(w: np.ndarray) -> list[np.ndarray]:
+    """A torch weight as LiteRT may store it: as is, and for convs OHWI and depthwise 1HWO."""
+    out = [w]
+    if w.ndim == 4:
+        out += [w.transpose(0, 2, 3, 1), w.transpose(1, 2, 3, 0)]
+    return out
+
+
+def _key(a: np.ndarray) -> tuple[tuple[int, ...], bytes]:
+    import hashlib
+
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return a.shape, hashlib.blake2b(a.tobytes(), digest_size=16).digest()
+
+
+def _by_direction(arrays: Sequence[np.ndarray], module: torch.nn.Module, layers: Sequence[str]) -> str | None:
+    """The layer whose weight (in some layout of the same shape) points clearly the same way as one of
+    ``arrays``: cosine ≥ 0.95 and every other layer's < 0.5. The converter folds constants into weights (a
+    LayerNorm's scale into the next projections' columns, attention's 1/sqrt(d)), so equality is too strict."""
+    scores: dict[str, float] = {}
+    for a in arrays:
+        flat = a.astype(np.float64).ravel()
+        for layer in layers:
+            w = getattr(module.get_submodule(layer), "weight", None)
+            if not isinstance(w, torch.Tensor) or w.numel() != flat.size:
+                continue
+            for lay in _layouts(w.detach().double().cpu().numpy()):
+                if lay.shape == a.shape:
+                    b = lay.ravel()
+                    c = abs(float(flat @ b)) / max(float(np.linalg.norm(flat) * np.linalg.norm(b)), 1e-30)
+                    scores[layer] = max(scores.get(layer, 0.0), c)
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    if ranked and ranked[0][1] >= 0.95 and all(c < 0.5 for _, c in ranked[1:]):
+        return ranked[0][0]
+    return None
+
+
+def map_layers(model: Any, module: torch.nn.Module, layers: Sequence[str]) -> dict[str, list[_Op]]:
+    """Layer → its weight-holding ops in the float32 flatbuffer ``model``.
+
+    By value first (the op's constant weight equals the layer's weight, in LiteRT's layout: exact after
+    conversion), then, for folded weights (a conv with its batch norm), through the scope names litert-torch
+    writes into tensor names (:func:`layer_scopes`). Ops matched by neither stay unmapped."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+
     ops, tensors = _ops(model)
-    found: dict[str, list[_Op]] = {layer: [] for layer in scopes}
+    by_value: dict[tuple[tuple[int, ...], bytes], str | None] = {}
+    for layer in layers:
+        w = getattr(module.get_submodule(layer), "weight", None)
+        if isinstance(w, torch.Tensor):
+            for a in _layouts(w.detach().float().cpu().numpy()):
+                k = _key(a)
+                by_value[k] = None if k in by_value and by_value[k] != layer else layer  # tied: ambiguous
+    scopes = layer_scopes(module, layers)
+    found: dict[str, list[_Op]] = {layer: [] for layer in layers}
     for op in ops:
         if op.name not in WEIGHT_OPS:
             continue
-        names = [_tensor_name(tensors[i]) for i in op.inputs if i >= 0 and tensors[i].buffer > 0]
-        parts = {p for n in names for p in n.split(";") if p}
-        best = max(((len(s), layer) for layer, s in scopes.items() if any(p.endswith(s) for p in parts)),
-                   default=None)
-        if best is not None:
-            found[best[1]].append(op)
+        consts = [tensors[i] for i in op.inputs if i >= 0 and tensors[i].buffer > 0]
+        arrays = [d for t in consts if (d := fb.get_tensor_data(t, model.buffers)) is not None
+                  and d.dtype == np.float32 and d.ndim >= 2]
+        hit = next((by_value[k] for a in arrays if (k := _key(a)) in by_value), None)
+        if hit is None:  # a constant folded in (attention's 1/sqrt(d) in the query weight): same direction
+            hit = _by_direction(arrays, module, layers)
+        if hit is None:
+            parts = {p for t in consts for p in _tensor_name(t).split(";") if p}
+            best = max(((len(s), layer) for layer, s in scopes.items() if any(p.endswith(s) for p in parts)),
+                       default=None)
+            hit = best[1] if best is not None else None
+        if hit is not None:
+            found[hit].append(op)
     return found
 
 
@@ -343,7 +401,7 @@ def export_tflite(
     float_err, float_cos = _verify(float_bytes, ref, data, names, MIN_COSINE["float32"], "float32", out)
 
     model = fb.read_model(float_bytes)
-    layer_ops = map_layers(model, layer_scopes(module, list(planned)))
+    layer_ops = map_layers(model, module, list(planned))
     recipe = build_recipe(layer_ops, planned, rest, int8_io)
     content = float_bytes
     if recipe:

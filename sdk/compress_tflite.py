@@ -100,7 +100,7 @@ def compress_tflite(b: ModelBundle, plan: Plan, out: Path, *, cfg: Distill | Non
         name = "top1_agreement" if b.metric == "accuracy" and ev.labels is None else b.metric
         metric = score(name, ref, test, ev.labels, data=ev.description or "eval")
         fid = fidelity(np.asarray(ref), test)
-    planned_int = {k: m for k, m in modes.items() if m in _INT_MODES and plan.choice_for(k).quant is not None}
+    planned_int = {k: m for k, m in modes.items() if m in _INT_MODES and qplan.choice_for(k).quant is not None}
     reasons = {k: f"planned {m}, the .tflite computes it in {res.layer_status.get(k, '?')}"
                for k, m in planned_int.items() if k in res.layer_status and res.layer_status[k] != m}
     reasons.update({k: "no op of the .tflite was found for this layer (scope names)"
@@ -110,10 +110,10 @@ def compress_tflite(b: ModelBundle, plan: Plan, out: Path, *, cfg: Distill | Non
     params, macs = _count(student, b.example_inputs, out)
     quant = {
         "format": "tflite",
-        "schemes": {k: m for k, m in modes.items() if plan.choice_for(k).quant is not None},
+        "schemes": {k: t.label() for k in names if (t := qplan.choice_for(k).quant) is not None},
         "layer_status": res.layer_status,
         "unmapped_layers": res.unmapped_layers,
-        "skipped": [],
+        "skipped": {},
         "int_format": {"weights": "int8 symmetric per channel", "activations": "int8 asymmetric per tensor",
                        "io": "int8" if res.int8_io else "float32"},
         "notes": [_NOTE] if any(m == "int8" for m in modes.values()) else [],

@@ -1,0 +1,91 @@
+"""``devicefit compress --format tflite`` on the zoo: the issue's numbers (digits-cnn full int8 within 1 point,
+MiniLM dynamic range cosine ≥ 0.99), a pruned plan with a float layer, the ONNX JSON contract, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devicefit.cli import main
+
+pytest.importorskip("litert_torch", reason="needs the extra devicefit[tflite]")
+
+#: the keys of ``devicefit compress --json`` (CompressResult.to_dict), whatever the format
+KEYS = {"path", "size_bytes", "fp32_size_bytes", "compression_ratio", "metric", "fidelity", "float_fallback_layers",
+        "fallback_reasons", "int_ops", "params", "macs", "plan", "structural", "distill", "quant", "seconds"}
+
+
+def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # exactly one JSON object: the converter's chatter stays off stdout
+    return json.loads(out[0])
+
+
+def _interpreter_dtypes(path: Path) -> tuple[type, type]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    return it.get_input_details()[0]["dtype"], it.get_output_details()[0]["dtype"]
+
+
+def test_digits_full_int8_within_one_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "digits.tflite"
+    d = _json(capsys, ["compress", "zoo:digits-cnn", "--quant", "int8_static", "--format", "tflite", "-o", str(out),
+                       "--json", "--no-progress"])
+    assert set(d) == KEYS and d["path"] == str(out) and out.stat().st_size == d["size_bytes"]
+    m = d["metric"]
+    assert m["name"] == "accuracy" and m["baseline"] > 0.97 and m["drop"] <= 0.01  # issue #13: ≤ 1 point
+    assert d["fidelity"]["top1_agreement"] > 0.98 and d["fidelity"]["cosine"] > 0.99
+    assert d["quant"]["format"] == "tflite" and set(d["quant"]["layer_status"].values()) == {"int8"}
+    assert d["int_ops"] == {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 2}
+    assert d["float_fallback_layers"] == [] and 3.5 < d["compression_ratio"] < 4.1  # int8 weights ≈ 1/4
+    assert _interpreter_dtypes(out) == (np.float32, np.float32)  # float edges, integer body
+    assert d["quant"]["export"]["float_cosine"] > 0.9999  # the float conversion was verified first
+
+
+def test_pruned_plan_keeps_its_float_layer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("version: 1\nlayers:\n  - match: fc2\n    quant: {method: float}\n")
+    d = _json(capsys, ["compress", "zoo:digits-cnn", "--prune", "structured:0.25", "--quant", "int8_static",
+                       "--plan", str(plan), "-o", str(tmp_path / "p.tflite"), "--json", "--no-progress"])
+    assert d["quant"]["layer_status"] == {"conv1": "int8", "conv2": "int8", "fc1": "int8", "fc2": "float32"}
+    assert d["quant"]["schemes"]["fc2"] == "float" and d["structural"]["applied"]
+    assert d["params"] < 283978 * 0.9 and d["float_fallback_layers"] == []
+    assert d["fp32_size_bytes"] > 1.1e6 and d["compression_ratio"] > 3.5  # vs the unpruned float32 .tflite
+    assert d["metric"]["drop"] < 0.1 and d["fidelity"]["cosine"] > 0.9
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--quant", "int8_dynamic"], "quant technique int8_dynamic (rule '*') cannot be exported to TFLite"),
+        (["--quant", "int4"], "quant technique int4_weight_only"),
+        (["--prune", "2:4"], "prune technique nm (rule"),
+    ],
+)
+def test_refuses_what_tflite_cannot_carry(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                          needle: str) -> None:
+    out = tmp_path / "x.tflite"  # the suffix alone picks TFLite
+    assert main(["compress", "zoo:digits-cnn", *argv, "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "--format onnx" in err and "int8_static" in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_minilm_dynamic_range_cosine(tmp_path: Path) -> None:
+    from devicefit.compressor.export import torch_outputs
+    from devicefit.compressor.export_tflite import export_bundle_tflite, run_tflite
+    from devicefit.metrics import cosine
+    from devicefit.models import load_model
+
+    b = load_model("zoo:minilm-l6")
+    r = export_bundle_tflite(b, tmp_path / "minilm.tflite", mode="dynamic_int8", verify_samples=16)
+    assert r.unmapped_layers == [] and set(r.layer_status.values()) == {"dynamic_int8"}
+    assert r.int_ops["FULLY_CONNECTED"] == 36 and r.size_bytes < 0.3 * r.float_size_bytes
+    ev = (b.eval or b.require_data("calib")).take(64, start=16)  # samples the export did not verify on
+    ref, got = torch_outputs(b.require_module("test"), ev, b.input_names), run_tflite(r.path.read_bytes(), ev, b.input_names)
+    assert got.shape == ref.shape and cosine(ref, got) >= 0.99  # issue #13
