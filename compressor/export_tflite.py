@@ -447,9 +447,9 @@ def integer_ops(model: Any) -> dict[str, int]:
     produced = {o for op in ops for o in op.outputs}
     count: collections.Counter[str] = collections.Counter()
     for op in ops:
-        if op.name in WEIGHT_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0 and op.inputs[1] not in produced:
-            if fb.TENSOR_CODE_TO_TYPE.get(tensors[op.inputs[1]].type) == "INT8":
-                count[op.name] += 1
+        w = op.inputs[1] if op.name in WEIGHT_OPS and len(op.inputs) > 1 else -1
+        if w >= 0 and w not in produced and fb.TENSOR_CODE_TO_TYPE.get(tensors[w].type) == "INT8":
+            count[op.name] += 1
     return dict(sorted(count.items()))
 
 
@@ -470,7 +470,7 @@ def _convert(module: torch.nn.Module, example: tuple[torch.Tensor, ...], debug: 
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"litert-torch failed to convert {type(module).__name__}: {first[:300]}",
-                          "run again with --debug for the converter's log; the model must be torch.export-able")
+                          "run again with --debug for the converter's log; the model must be torch.export-able") from exc
     finally:
         module.train(was_training)
 

@@ -13,10 +13,10 @@ import torch
 
 pytest.importorskip("litert_torch", reason="needs the extra devicefit[tflite]")
 
-from devicefit.compressor.export_tflite import TFLiteExportResult, export_tflite, run_tflite  # noqa: E402
-from devicefit.data import Dataset  # noqa: E402
-from devicefit.errors import ExportError, UserInputError  # noqa: E402
-from devicefit.metrics import cosine  # noqa: E402
+from devicefit.compressor.export_tflite import TFLiteExportResult, export_tflite, run_tflite
+from devicefit.data import Dataset
+from devicefit.errors import ExportError, UserInputError
+from devicefit.metrics import cosine
 
 
 class Net(torch.nn.Module):
