@@ -175,6 +175,8 @@ def compress(
     fmt = format or ("tflite" if out.suffix == ".tflite" else "onnx")
     if fmt not in FORMATS:
         raise UserInputError(f"unknown export format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    if out.suffix in (".onnx", ".tflite") and out.suffix != f".{fmt}":
+        raise UserInputError(f"output {out.name} does not match the format {fmt}", f"write to {out.stem}.{fmt}")
     if fmt == "tflite":
         from devicefit.compress_tflite import check_plan
 

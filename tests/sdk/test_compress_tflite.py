@@ -66,6 +66,7 @@ def test_pruned_plan_keeps_its_float_layer(tmp_path: Path, capsys: pytest.Captur
         (["--quant", "int4"], "quant technique int4_weight_only"),
         (["--prune", "2:4"], "prune technique nm (rule"),
     ],
+    ids=["int8_dynamic", "int4", "2:4"],
 )
 def test_refuses_what_tflite_cannot_carry(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                           needle: str) -> None:
@@ -89,3 +90,9 @@ def test_minilm_dynamic_range_cosine(tmp_path: Path) -> None:
     ev = (b.eval or b.require_data("calib")).take(64, start=16)  # samples the export did not verify on
     ref, got = torch_outputs(b.require_module("test"), ev, b.input_names), run_tflite(r.path.read_bytes(), ev, b.input_names)
     assert got.shape == ref.shape and cosine(ref, got) >= 0.99  # issue #13
+
+
+def test_output_suffix_must_match_the_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.onnx"
+    assert main(["compress", "zoo:digits-cnn", "--quant", "int8_static", "--format", "tflite", "-o", str(out)]) == 2
+    assert "output x.onnx does not match the format tflite — fix: write to x.tflite" in capsys.readouterr().err
