@@ -386,7 +386,7 @@ def export_tflite(
         _check_mode(m, f"layer {layer}")
         planned[layer] = m
     used = set(planned.values()) or {mode}
-    rest = other or ("int8" if "int8" in used else mode if mode != "int8" else "int8")
+    rest = other or ("int8" if "int8" in used else mode)
     _check_mode(rest, "other")
     names = list(input_names)
     example = tuple(t[:1] for t in example_inputs)
@@ -406,7 +406,7 @@ def export_tflite(
     content = float_bytes
     if recipe:
         q = quantizer.Quantizer(float_bytes, recipe)
-        with quiet(not debug), _quiet_logs(not debug):
+        with quiet(not debug), _QuietLogs(not debug):
             if q.need_calibration:
                 if calib is None:
                     raise UserInputError("full-integer int8 TFLite export needs calibration data",
@@ -463,7 +463,7 @@ def _convert(module: torch.nn.Module, example: tuple[torch.Tensor, ...], debug: 
     was_training = module.training
     module.eval()
     try:
-        with quiet(not debug), _quiet_logs(not debug):
+        with quiet(not debug), _QuietLogs(not debug):
             return bytes(litert_torch.convert(module, example).model_content())
     except Exception as exc:
         if debug:
@@ -475,7 +475,7 @@ def _convert(module: torch.nn.Module, example: tuple[torch.Tensor, ...], debug: 
         module.train(was_training)
 
 
-class _quiet_logs:
+class _QuietLogs:
     """Raise the converter's / quantizer's loggers to ERROR (absl / rich progress included)."""
 
     def __init__(self, enabled: bool) -> None:
