@@ -4,7 +4,8 @@ EfficientNet-Lite0 calibrated on ``--calib`` crops and judged on the 320 evaluat
 :mod:`devicefit.zoo.photos` (disjoint). Rows, each written by ``devicefit.compress`` with a uniform plan:
 
 * ``tflite int8``: ``--format tflite --quant int8_static`` (litert-torch + ai-edge-quantizer, min/max ranges,
-  float inputs / outputs), outputs from LiteRT;
+  float inputs / outputs), outputs from LiteRT; ``tflite int8, _fc float``: the same with the classifier kept
+  float (its 1000 logits quantized per tensor to int8 cost top-1 agreement);
 * ``onnx int8_static``: the ONNX path with ``Int8Static``'s defaults (mse calibration, GPTQ rounding, bias
   correction), outputs from onnxruntime;
 * ``onnx int8_static minmax``: the ONNX path with the search's quick settings (minmax, nearest, no bias
@@ -29,6 +30,7 @@ from typing import Any
 
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "tflite int8": ("tflite", {}),
+    "tflite int8, _fc float": ("tflite", {"keep_float": "_fc"}),
     "onnx int8_static": ("onnx", {}),
     "onnx int8_static minmax": ("onnx", {"calibration": "minmax", "rounding": "nearest", "bias_correction": False}),
 }
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from devicefit.compress import compress
     from devicefit.compressor.plan import Plan
-    from devicefit.compressor.techniques import Int8Static
+    from devicefit.compressor.techniques import Int8Static, KeepFloat
     from devicefit.data import Dataset
     from devicefit.zoo import efficientnet_lite0, photos
 
@@ -62,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             out = Path(tmp) / f"{label.replace(' ', '_')}.{fmt}"
             t0 = time.perf_counter()
-            res = compress(bundle, Plan.uniform(quant=Int8Static(**options)), out=out, format=fmt, progress=False,
-                           calib_samples=args.calib)
+            options = dict(options)
+            plan = Plan.uniform(quant=Int8Static(**{k: v for k, v in options.items() if k != "keep_float"}))
+            if "keep_float" in options:
+                plan = plan.then(Plan.uniform(quant=KeepFloat(), match=options["keep_float"]))
+            res = compress(bundle, plan, out=out, format=fmt, progress=False, calib_samples=args.calib)
             secs = time.perf_counter() - t0
             table.append({"row": label, "top1_agreement": res.metric.compressed, "cosine": res.fidelity["cosine"],
                           "size_mb": res.size_bytes / 1e6, "seconds": secs, "eval_crops": len(ev),
