@@ -9,7 +9,9 @@ calibration crops are disjoint). Rows, all calibrated on the same ``--calib`` cr
   VNNI) through the quantization pipeline, one row per recovery setting of ``Int8Static`` (:data:`RECOVERY`):
   ``minmax`` / ``mse`` calibration, output-aware GPTQ re-rounding of every layer's weights
   (``rounding="gptq"``, :func:`devicefit.compressor.quant.recovery.round_weights`) and empirical bias correction
-  (``bias_correction=True``, :func:`devicefit.compressor.quant.recovery.correct_biases`), alone and combined.
+  (``bias_correction=True``, :func:`devicefit.compressor.quant.recovery.correct_biases`), alone and combined,
+  and quantization-aware distillation after them (``distill_steps``, :func:`devicefit.compressor.quant.recovery.distill`:
+  the QDQ graph's int8 weights and biases trained against fp32 on the same calibration crops, a quarter held out).
 
 Per row: top-1 agreement with fp32 and its drop, mean logit cosine, and host latency p50 (onnxruntime with the
 agent runner's session settings, 1 thread, batch 1, rows interleaved run by run — see ``bench/quant_vs_ort.py``)
@@ -61,14 +63,18 @@ def ort_static(fp32: Path, calib: np.ndarray, work: Path, method: str) -> Path:
     return out
 
 
+#: Int8Static without its default recovery (round-to-nearest, no bias correction)
+PLAIN: dict[str, Any] = {"rounding": "nearest", "bias_correction": False}
 #: devicefit rows: label → Int8Static options (each one ``quantize_onnx`` call: the pipeline a plan runs)
 RECOVERY: dict[str, dict[str, Any]] = {
-    "minmax": {"calibration": "minmax"},
-    "minmax + bias correction": {"calibration": "minmax", "bias_correction": True},
-    "minmax + gptq rounding": {"calibration": "minmax", "rounding": "gptq"},
-    "minmax + gptq rounding + bias correction": {"calibration": "minmax", "rounding": "gptq", "bias_correction": True},
-    "mse": {"calibration": "mse"},
-    "mse + gptq rounding + bias correction": {"calibration": "mse", "rounding": "gptq", "bias_correction": True},
+    "minmax": {"calibration": "minmax", **PLAIN},
+    "minmax + bias correction": {"calibration": "minmax", "rounding": "nearest"},
+    "minmax + gptq rounding": {"calibration": "minmax", "bias_correction": False},
+    "minmax + gptq rounding + bias correction": {"calibration": "minmax"},
+    "mse": {"calibration": "mse", **PLAIN},
+    "mse + gptq rounding + bias correction (defaults)": {},
+    "defaults + distill 60": {"distill_steps": 60},
+    "defaults + distill 150": {"distill_steps": 150},
 }
 
 

@@ -418,7 +418,7 @@ class Int8Static(_Quant):
     #: recovery below costs 2-5x the quantization time per candidate (MiniLM ~110 -> ~230 s on the 2-core CI
     #: host), and a fit materializes many int8 static plans. ``compress`` and explicit plans get the defaults.
     search_settings: ClassVar[Mapping[str, Any]] = {"calibration": "minmax", "rounding": "nearest",
-                                                    "bias_correction": False}
+                                                    "bias_correction": False, "distill_steps": 0}
     #: the defaults are the recovery measured best (EfficientNet-Lite0 on 320 photo crops, 7-bit weights:
     #: top-1 agreement 0.616 with minmax alone -> 0.878; MiniLM cosine 0.9886 -> >= 0.99; bench/accuracy_recovery.py)
     calibration: str = "mse"
@@ -431,11 +431,21 @@ class Int8Static(_Quant):
     #: from the calibration inputs, :func:`devicefit.compressor.quant.recovery.round_weights`; before bias
     #: correction)
     rounding: str = field(default="gptq", metadata=OMIT_DEFAULT)
+    #: quantization-aware distillation, last: Adam steps training the int8 weights and biases of the QDQ graph
+    #: (fake-quant, straight-through rounding) against the fp32 graph on the calibration data, best held-out
+    #: checkpoint kept (:func:`devicefit.compressor.quant.recovery.distill`; CNN ops only; 0 = off)
+    distill_steps: int = field(default=0, metadata=OMIT_DEFAULT)
+    #: its learning rate, in integer grid steps per Adam step
+    distill_lr: float = field(default=0.02, metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         _check_choice(name, "calibration", self.calibration, CALIBRATIONS)
         _check_choice(name, "rounding", self.rounding, ROUNDINGS)
+        if not isinstance(self.distill_steps, int) or self.distill_steps < 0:
+            raise _fail(name, "distill_steps", self.distill_steps, "an integer >= 0")
+        if not (0.0 < self.distill_lr <= 1.0):
+            raise _fail(name, "distill_lr", self.distill_lr, "a number in (0, 1]")
         if not (50.0 < self.percentile <= 100.0):
             raise _fail(name, "percentile", self.percentile, "a number in (50, 100]")
 
