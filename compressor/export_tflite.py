@@ -370,7 +370,7 @@ def export_tflite(
     """Export ``module`` to one ``.tflite`` and verify it against torch (see the module docstring).
 
     ``mode`` applies to every layer not in ``layer_modes`` (layer name → mode); ``other`` (default: ``mode``,
-    or ``int8`` when a layer is ``int8``) to ops outside every layer. ``calib`` feeds ``int8`` calibration
+    or ``int8`` / ``dynamic_int8`` when a layer uses it) to ops outside every layer. ``calib`` feeds ``int8`` calibration
     (first ``calib_samples``); ``verify`` is real data (first ``verify_samples``), ``None`` = the example.
     ``min_cosine`` defaults to :data:`MIN_COSINE` of the lowest-precision mode used.
     """
@@ -386,7 +386,9 @@ def export_tflite(
         _check_mode(m, f"layer {layer}")
         planned[layer] = m
     used = set(planned.values()) or {mode}
-    rest = other or ("int8" if "int8" in used else mode)
+    # ops outside the planned layers (embedding tables, attention matmuls) follow the plan's integer mode, as the
+    # ONNX path stores embeddings in int8 once any layer is quantized
+    rest = other or next((m for m in ("int8", "dynamic_int8") if m in used), mode)
     _check_mode(rest, "other")
     names = list(input_names)
     example = tuple(t[:1] for t in example_inputs)

@@ -390,6 +390,8 @@ class Int8Dynamic(_Quant):
     """int8 weights, activations quantized per batch at run time (no calibration)."""
 
     method: ClassVar[str] = "int8_dynamic"
+    #: TFLite: dynamic-range int8 (int8 weights, activations quantized at run time by LiteRT's hybrid kernels)
+    formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
     search_default: ClassVar[bool] = True
     compute_dtype: ClassVar[str] = "int8dyn"
     onnx_pass: ClassVar[OnnxPass | None] = "dynamic"

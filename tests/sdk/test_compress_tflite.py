@@ -62,11 +62,11 @@ def test_pruned_plan_keeps_its_float_layer(tmp_path: Path, capsys: pytest.Captur
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--quant", "int8_dynamic"], "quant technique int8_dynamic (rule '*') cannot be exported to TFLite"),
+        (["--quant", "int8_weight_only"], "quant technique int8_weight_only (rule '*') cannot be exported to TFLite"),
         (["--quant", "int4"], "quant technique int4_weight_only"),
         (["--prune", "2:4"], "prune technique nm (rule"),
     ],
-    ids=["int8_dynamic", "int4", "2:4"],
+    ids=["int8_weight_only", "int4", "2:4"],
 )
 def test_refuses_what_tflite_cannot_carry(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                           needle: str) -> None:
@@ -77,19 +77,15 @@ def test_refuses_what_tflite_cannot_carry(tmp_path: Path, capsys: pytest.Capture
 
 
 @pytest.mark.slow
-def test_minilm_dynamic_range_cosine(tmp_path: Path) -> None:
-    from devicefit.compressor.export import torch_outputs
-    from devicefit.compressor.export_tflite import export_bundle_tflite, run_tflite
-    from devicefit.metrics import cosine
-    from devicefit.models import load_model
-
-    b = load_model("zoo:minilm-l6")
-    r = export_bundle_tflite(b, tmp_path / "minilm.tflite", mode="dynamic_int8", verify_samples=16)
-    assert r.unmapped_layers == [] and set(r.layer_status.values()) == {"dynamic_int8"}
-    assert r.int_ops["FULLY_CONNECTED"] == 36 and r.size_bytes < 0.3 * r.float_size_bytes
-    ev = (b.eval or b.require_data("calib")).take(64, start=16)  # samples the export did not verify on
-    ref, got = torch_outputs(b.require_module("test"), ev, b.input_names), run_tflite(r.path.read_bytes(), ev, b.input_names)
-    assert got.shape == ref.shape and cosine(ref, got) >= 0.99  # issue #13
+def test_minilm_dynamic_range_cosine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "minilm.tflite"
+    d = _json(capsys, ["compress", "zoo:minilm-l6", "--quant", "int8_dynamic", "--format", "tflite", "-o", str(out),
+                       "--json", "--no-progress"])
+    assert set(d) == KEYS and d["quant"]["format"] == "tflite"
+    assert set(d["quant"]["layer_status"].values()) == {"dynamic_int8"} and len(d["quant"]["layer_status"]) == 36
+    assert d["int_ops"]["FULLY_CONNECTED"] == 36 and d["compression_ratio"] > 3.3  # int8 weights and embeddings
+    m = d["metric"]
+    assert m["name"] == "cosine" and m["compressed"] >= 0.99, m  # issue #13, on the bundle's evaluation sentences
 
 
 def test_output_suffix_must_match_the_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
