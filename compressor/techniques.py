@@ -444,9 +444,10 @@ class Int8Static(_Quant):
         name = type(self).__name__
         _check_choice(name, "calibration", self.calibration, CALIBRATIONS)
         _check_choice(name, "rounding", self.rounding, ROUNDINGS)
-        if not isinstance(self.distill_steps, int) or self.distill_steps < 0:
+        if not isinstance(self.distill_steps, int) or isinstance(self.distill_steps, bool) or self.distill_steps < 0:
             raise _fail(name, "distill_steps", self.distill_steps, "an integer >= 0")
-        if not (0.0 < self.distill_lr <= 1.0):
+        if (not isinstance(self.distill_lr, (int, float)) or isinstance(self.distill_lr, bool)
+                or not (0.0 < self.distill_lr <= 1.0)):
             raise _fail(name, "distill_lr", self.distill_lr, "a number in (0, 1]")
         if not (50.0 < self.percentile <= 100.0):
             raise _fail(name, "percentile", self.percentile, "a number in (50, 100]")
