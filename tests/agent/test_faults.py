@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -157,6 +158,19 @@ class CuttableProxy:
         self.sock.close()
 
 
+def _settled_upload_state(device: Any, sha256: str, *, hold_s: float = 1.0, limit_s: float = 30.0) -> dict[str, Any]:
+    """The agent's upload state once its committed offset has not moved for ``hold_s`` (bounded by ``limit_s``)."""
+    deadline = time.monotonic() + limit_s
+    state = device.transport.query_upload(sha256)
+    while time.monotonic() < deadline:
+        time.sleep(hold_s)
+        again = device.transport.query_upload(sha256)
+        if again["committed_offset"] == state["committed_offset"] and again["committed_offset"] > 0:
+            return dict(again)
+        state = again
+    raise AssertionError(f"the upload's committed offset did not settle in {limit_s} s: {state}")
+
+
 @pytest.mark.timeout(180)
 def test_network_cut_mid_upload_then_resume(tmp_path: Path, tiny_onnx: Path) -> None:
     big = write_tiny_onnx(tmp_path / "big_text.onnx", vocab=50_000, hidden=64)
@@ -177,7 +191,10 @@ def test_network_cut_mid_upload_then_resume(tmp_path: Path, tiny_onnx: Path) -> 
                 assert _healthy(agent.url)
                 assert direct.transport.list_models()["active_sha256"] == old.sha256
                 assert direct.benchmark(runs=2, warmup=0).runs == 2
-                state = direct.transport.query_upload(art.manifest.sha256)  # type: ignore[attr-defined]
+                # the client sees the cut before the agent's stream handler does: the agent commits what arrived
+                # once the stream pauses (commit_interval_s, 0.5 s) or its handler ends; read the offset once it
+                # holds still for longer than that
+                state = _settled_upload_state(direct, art.manifest.sha256)
             committed = int(state["committed_offset"])
             assert state["exists"] and 1024 * 1024 <= committed <= 5 * 1024 * 1024
             proxy.restore()

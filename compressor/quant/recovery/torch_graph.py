@@ -175,7 +175,11 @@ class QdqModule(torch.nn.Module):
                     n = dq[out]
                     s = self.consts[n.input[1]].double()
                     old = numpy_helper.to_array(inits[n.input[0]])
-                    new = torch.round(b / s).numpy().astype(old.dtype)
+                    # a channel with a zero scale (an all-zero weight channel) dequantizes to 0 whatever it holds:
+                    # keep its stored value instead of casting inf / NaN
+                    lim = float(np.iinfo(old.dtype).max)
+                    q = torch.clamp(torch.round(b / torch.where(s == 0, torch.ones_like(s), s)), -lim, lim).numpy()
+                    new = np.where(np.broadcast_to(s.numpy() == 0, q.shape), old, q).astype(old.dtype)
                     inits[n.input[0]].CopyFrom(numpy_helper.from_array(new, n.input[0]))
                 else:
                     inits[out].CopyFrom(numpy_helper.from_array(b.float().numpy(), out))
