@@ -50,20 +50,18 @@ def to_toml(data: dict[str, Any]) -> str:
     return "".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in data.items())
 
 
-def _load(tmp: Path, text: bytes) -> None:
-    """Load ``text`` as a profile file: it loads as a profile that survives its own TOML round trip, or it is
-    refused with a UserInputError that names the problem (anything else escaping fails the test)."""
+def _load(tmp: Path, text: bytes) -> tuple[UserInputError | None, dict[str, Any], dict[str, Any]]:
+    """Load ``text`` as a profile file: (the refusal, {}, {}) when refused with a UserInputError, else (None, the
+    profile's dict, the dict after its own TOML round trip). Anything else escaping fails the test."""
     p = tmp / "board.toml"
     p.write_bytes(text)
     try:
         profile = loader.load_profile_file(p)
     except UserInputError as e:
-        assert e.problem.strip(), "a refusal must name the problem"
-        return
-    assert isinstance(profile.id, str) and profile.id
+        return e, {}, {}
     again = tmp / "again.toml"
     again.write_text(profile.to_toml(), encoding="utf-8")
-    assert loader.load_profile_file(again).to_dict() == profile.to_dict()
+    return None, profile.to_dict(), loader.load_profile_file(again).to_dict()
 
 
 def test_the_unmutated_profile_loads(tmp_path: Path) -> None:
@@ -86,7 +84,13 @@ def test_fuzz_profile_fields(tmp_path: Path, changes: dict[tuple[str, ...], Any]
         else:
             where[path[-1]] = value
     data.update(extra)
-    _load(tmp_path, to_toml(data).encode("utf-8", "surrogatepass"))
+    refusal, loaded, again = _load(tmp_path, to_toml(data).encode("utf-8", "surrogatepass"))
+    if not changes and not extra:
+        assert refusal is None, refusal  # the valid profile itself must load
+    if refusal is not None:
+        assert refusal.problem.strip(), "a refusal must name the problem"
+    else:  # a loaded profile has an id and survives its own TOML round trip
+        assert isinstance(loaded["id"], str) and loaded["id"] and again == loaded
 
 
 @FUZZ
@@ -97,4 +101,10 @@ def test_fuzz_profile_bytes(tmp_path: Path, edits: list[tuple[int, int, bytes]])
     for at, cut, new in edits:
         i = at % (len(buf) + 1)
         buf[i: i + cut] = new
-    _load(tmp_path, bytes(buf))
+    refusal, loaded, again = _load(tmp_path, bytes(buf))
+    if bytes(buf) == BOARD.read_bytes():
+        assert refusal is None, refusal  # edits that restored the file must load
+    if refusal is not None:
+        assert refusal.problem.strip(), "a refusal must name the problem"
+    else:
+        assert isinstance(loaded["id"], str) and loaded["id"] and again == loaded
