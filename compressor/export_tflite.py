@@ -22,6 +22,8 @@ litert-torch and ai-edge-quantizer are the optional extra ``devicefit[tflite]``.
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -76,13 +78,53 @@ class TFLiteExportResult(ExportResult):
 
 
 def require_tflite() -> None:
-    """Raise :class:`UserInputError` naming the extra when litert-torch / ai-edge-quantizer are missing."""
+    """Raise :class:`UserInputError` naming the extra when litert-torch / ai-edge-quantizer are missing.
+
+    The first import loads TensorFlow's native libraries, which print their start-up lines (oneDNN, absl,
+    torchao's optional kernels) straight to file descriptor 2: those are kept off the terminal, and shown
+    only if the import fails. ``TF_CPP_MIN_LOG_LEVEL`` defaults to 2 so that the converter's C++ INFO lines
+    (one per conversion) stay off it too, unless the user set it."""
+    import sys
+
+    if "litert_torch" in sys.modules and "ai_edge_quantizer" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _native_stderr_captured() as said:
+        try:
+            import ai_edge_quantizer  # noqa: F401
+            import litert_torch  # noqa: F401
+        except ImportError as exc:
+            raise UserInputError(f"TFLite export needs the optional extra devicefit[tflite] ({exc.name} is missing)",
+                                 EXTRA_FIX) from exc
+        except BaseException:
+            said.append(True)  # a failure other than a missing package: its native output is shown
+            raise
+
+
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[list[bool]]:
+    """File descriptor 2 into a temporary file for the block; replayed to stderr when the block appends to the
+    yielded list (kept only when the descriptor can be duplicated)."""
+    import sys
+    import tempfile
+
     try:
-        import ai_edge_quantizer  # noqa: F401
-        import litert_torch  # noqa: F401
-    except ImportError as exc:
-        raise UserInputError(f"TFLite export needs the optional extra devicefit[tflite] ({exc.name} is missing)",
-                             EXTRA_FIX) from exc
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2 (an embedding host): nothing to capture
+        yield []
+        return
+    show: list[bool] = []
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield show
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if show:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
 
 
 def _check_mode(mode: str, what: str) -> None:

@@ -173,11 +173,12 @@ class MeasurementStore:
         with self._conn() as conn:
             return [self._from_row(r) for r in conn.execute(sql, args).fetchall()]
 
-    def find(self, *, device_id: str, model_hash: str, plan_hash: str,
+    def find(self, *, device_id: str, model_hash: str, plan_hash: str, runtime: str | None = None,
              runtime_versions: Mapping[str, str] | None = None, threads: int | None = None,
              batch_size: int = 1, ref_ms: float | None = None, ref_tolerance: float = 0.1) -> Measurement | None:
         """The newest earlier measurement of this exact candidate on this device and runtime at this batch
-        size, if any (calibration probes are not reused). With ``ref_ms`` (this session's load reference
+        size, if any (calibration probes are not reused; with ``runtime``, only one run on that runner — the
+        same plan exported to ONNX and to TFLite are two files). With ``ref_ms`` (this session's load reference
         level): only one made where the reference ran within ``ref_tolerance`` of it, and while the device
         ran within ``ref_tolerance`` of that level (the measurement's own ``load``) — on a shared machine a p50
         from another hour, or from a loaded minute of it, is another machine's."""
@@ -187,6 +188,8 @@ class MeasurementStore:
             if ref_ms is not None and (m.ref_ms is None or abs(m.ref_ms / ref_ms - 1.0) > ref_tolerance):
                 continue
             if ref_ms is not None and m.load is not None and abs(m.load - 1.0) > ref_tolerance:
+                continue
+            if runtime is not None and m.runtime and m.runtime != runtime:
                 continue
             if runtime_versions is not None and m.runtime_versions and dict(runtime_versions) != m.runtime_versions:
                 continue

@@ -165,6 +165,8 @@ class Evaluator(Protocol):
     device_id: str
     #: inputs per benchmark run
     batch_size: int
+    #: the runner candidates run on: "onnxruntime" (.onnx) or "litert" (.tflite); measurements are kept per runner
+    runtime: str
 
     @property
     def reference_level(self) -> float | None:

@@ -59,8 +59,10 @@ class SearchConfig:
     keep_float_counts: tuple[float, ...] = (0.05, 0.15)
 
     def scope(self) -> str:
-        """The benchmark settings measurements are learned under ("" = batch 1, the runner's threads)."""
-        return "-".join(([f"batch{self.batch_size}"] if self.batch_size != 1 else [])
+        """The benchmark settings measurements are learned under ("" = ONNX at batch 1, the runner's threads; a
+        TFLite fit's runner is another runtime: its efficiencies are learned apart)."""
+        fmt = self.space.format if self.space is not None else "onnx"
+        return "-".join(([fmt] if fmt != "onnx" else []) + ([f"batch{self.batch_size}"] if self.batch_size != 1 else [])
                         + ([f"threads{self.threads}"] if self.threads else []))
 
     def summary(self) -> dict[str, Any]:

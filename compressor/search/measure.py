@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from devicefit.compressor.latency.nodemap import node_map_for
+from devicefit.compressor.latency.nodemap import NodeMap, node_map_for
 from devicefit.compressor.latency.store import Measurement, MeasurementStore
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.search.candidate import Candidate, Evaluator, Timing, plan_hash
@@ -22,6 +23,14 @@ log = logging.getLogger("devicefit.search")
 #: the fields of a candidate a measurement fills (copied to another trial of the same plan)
 MEASURED_FIELDS = ("measured_ms", "raw_ms", "p90_ms", "measured_memory_mb", "size_bytes", "params", "macs", "metric", "path",
                    "reference", "device", "error", "reused")
+
+
+def node_map(path: Path, layers: list[str], *, reference: Path | None = None) -> NodeMap | None:
+    """Which runtime nodes compute which layer, for an ONNX file; None for another format (LiteRT reports no
+    per-op times, so a ``.tflite`` candidate teaches the latency model its end-to-end time only)."""
+    if Path(path).suffix != ".onnx":
+        return None
+    return node_map_for(path, layers, reference=reference)
 
 
 class Measurements:
@@ -109,14 +118,14 @@ class Measurements:
                 self.by_hash[cand.plan_hash] = cand
             return cand
         try:
-            node_map = node_map_for(mat.path, self.problem.space.layers, reference=mat.reference)
+            nodes = node_map(mat.path, self.problem.space.layers, reference=mat.reference)
         except Exception as exc:  # pragma: no cover - mapping is best effort
             log.warning("node mapping failed for %s: %s", mat.path, exc)
-            node_map = None
+            nodes = None
         load = cand.load or 1.0
         at_baseline = timing.scaled(load)
         n_err = len(self.problem.latency.errors)
-        split = self.problem.learn(cand, at_baseline, mat, node_map, score=score)
+        split = self.problem.learn(cand, at_baseline, mat, nodes, score=score)
         if len(self.problem.latency.errors) > n_err:  # with the load the reading was taken at
             self.problem.latency.errors[-1].update(load=load)
         # every latency the engine compares is at the fp32 baseline's load, where the budget was set: the p50 as
@@ -145,7 +154,7 @@ class Measurements:
             return None
         versions, threads = self.evaluator.runtime_key()
         row = self.store.find(device_id=self.evaluator.device_id, model_hash=self.problem.model_hash,
-                              plan_hash=cand.plan_hash, runtime_versions=versions, threads=threads,
+                              plan_hash=cand.plan_hash, runtime=self.evaluator.runtime, runtime_versions=versions, threads=threads,
                               batch_size=self.evaluator.batch_size, ref_ms=self._reference_level())
         return None if row is None else Timing.from_measurement(row)
 
@@ -161,7 +170,7 @@ class Measurements:
         versions, threads = self.evaluator.runtime_key()
         self.store.add(Measurement(
             device_id=self.evaluator.device_id, profile_id=self.profile_id, model_hash=self.problem.model_hash,
-            plan_hash=cand.plan_hash, plan=plan.to_dict(), runtime="onnxruntime", runtime_versions=versions,
+            plan_hash=cand.plan_hash, plan=plan.to_dict(), runtime=self.evaluator.runtime, runtime_versions=versions,
             threads=threads, batch_size=timing.batch_size, p50_ms=timing.p50_ms, p90_ms=timing.p90_ms, mean_ms=timing.mean_ms,
             peak_rss_mb=timing.peak_rss_mb, model_memory_mb=timing.model_memory_mb or None, per_node=timing.per_node, per_layer=split.get("per_layer") or {},
             other_ms=split.get("other_ms"), profiled_e2e_ms=timing.profiled_e2e_ms,

@@ -32,14 +32,13 @@ from typing import Any
 
 import optuna
 
-from devicefit.compressor.latency.nodemap import node_map_for
 from devicefit.compressor.latency.store import MeasurementStore
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.search import policy, trials
 from devicefit.compressor.search.candidate import Candidate, Evaluator, plan_hash
 from devicefit.compressor.search.config import SearchConfig
 from devicefit.compressor.search.confirm import paired_rounds
-from devicefit.compressor.search.measure import Measurements
+from devicefit.compressor.search.measure import Measurements, node_map
 from devicefit.compressor.search.problem import SearchProblem
 from devicefit.compressor.search.progress import NoProgress, PhaseProgress
 from devicefit.compressor.search.reach import Reach, assess
@@ -158,7 +157,7 @@ class FitSession:
         problem.latency.anchor_session(problem.latency_costs(problem.costs(problem.float_labels())), timing.p50_ms)
         base = problem.predict(problem.float_labels(), trial=-1)
         base.size_bytes, base.params, base.macs = fp32.size_bytes, fp32.params, fp32.macs  # before learn: its memory is learned
-        split = problem.learn(base, timing, None, node_map_for(fp32.path, problem.space.layers), score=False)
+        split = problem.learn(base, timing, None, node_map(fp32.path, problem.space.layers), score=False)
         base.measured_ms, base.p90_ms, base.measured_memory_mb = timing.p50_ms, timing.p90_ms, timing.model_memory_mb or None
         base.metric, base.path, base.device = dict(fp32.metric), fp32.path, timing.device
         base.tags.append("fp32")

@@ -43,7 +43,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="inputs per benchmark run; every latency (budget included) is per run at this batch (default 1)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for every benchmark (default: the runner's, = physical cores)")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "tflite"],
+                   help="export format (default onnx); tflite: every candidate is a .tflite measured on the agent's LiteRT "
+                        "runner (needs the extra devicefit[tflite] here and ai-edge-litert on the board; techniques "
+                        "whose formats list tflite only; LiteRT reports no per-op times)")
     p.add_argument("--storage", metavar="URL", default=None,
                    help="Optuna storage: sqlite:///file.db (default: OUTDIR/study.db), postgresql://…, mysql+pymysql://…")
     p.add_argument("--study", default=None, help="study name (workers join it with search-worker)")
@@ -81,9 +84,10 @@ def _human(d: dict[str, Any]) -> str:
     batch = int((d.get("benchmark") or {}).get("batch_size") or 1)
     threads = (d.get("benchmark") or {}).get("threads") or "default"
     drop_budget = budget.get("accuracy_drop")
+    via = f" via {r['runtime']}" if r.get("runtime") not in (None, "onnxruntime") else ""
     lines = [
         f"{d['model']['name']} on {d['profile']['id']}: budget {'MET' if r['budget_met'] else 'NOT met'}",
-        f"  latency p50 {ms(lat['p50_ms'])} ({lat['source']} on {lat.get('device')}, batch {batch}, threads {threads}), fp32 "
+        f"  latency p50 {ms(lat['p50_ms'])} ({lat['source']} on {lat.get('device')}{via}, batch {batch}, threads {threads}), fp32 "
         f"{ms(d['baseline']['latency']['p50_ms'])}; budget {ms(budget.get('latency_ms'))}"
         + (f" ({budget['latency_ratio']:g} × fp32)" if budget.get("latency_ratio") is not None else ""),
         f"  {r['metric']['name']}: {num(r['metric'].get('baseline'))} → {num(r['metric'].get('compressed'))} "

@@ -153,7 +153,7 @@ def fit(model: Any, data: Any = None, *, out: str | Path = "devicefit-out", stor
         pool_warnings = [f"pool board {r['device']}: {r['error']}" for r in pool.results if r.get("error")]
         for w in [*outcome.warnings(), *pool_warnings]:
             sys.stderr.write(f"devicefit: warning: {w}\n")
-        phases.start("write", 1, "model.onnx manifest.json plan.yaml report.json report.html")
+        phases.start("write", 1, f"model.{config.format} manifest.json plan.yaml report.json report.html")
         result = write_outputs(session, config, outcome, out_dir, bundle=bundle, profile=profile,
                                origin=config.budget(profile)[1], seconds=time.monotonic() - t0,
                                study={"storage": _redact(storage), "name": name, "pool": pool.results},
@@ -206,6 +206,10 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
     from devicefit.fitting.evaluator import FitEvaluator, measuring_device
     from devicefit.models import load_model
 
+    if config.format == "tflite":  # said before minutes of loading, with the extra to install
+        from devicefit.compressor.export_tflite import require_tflite
+
+        require_tflite()
     phases.start("load", 1, str(config.model or type(model).__name__))
     src = model if model is not None else config.model
     if src is None:
@@ -227,7 +231,7 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
     search_config = replace(config.search_config(budget), **search)
     with measuring_device(config.device) as device:
         evaluator = FitEvaluator(bundle, device, workdir=work, profile=profile, runs=config.runs, warmup=config.warmup,
-                                 threads=config.threads, batch_size=config.batch_size)
+                                 threads=config.threads, batch_size=config.batch_size, format=config.format)
         store = MeasurementStore(config.store) if config.store else MeasurementStore()
         session = FitSession.open(bundle, profile, evaluator, search_config, cache_dir=cache_root(), store=store,
                                   progress=phases)

@@ -13,7 +13,7 @@ from devicefit.compressor.search.config import SearchConfig, default_distill
 from devicefit.compressor.search.space import SpaceConfig
 from devicefit.errors import UserInputError
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "tflite")
 #: budget field -> the profile's budget attribute it defaults to
 _BUDGETS = {"latency_ms": ("max_latency_ms", "latency_ms"), "size_mb": ("max_size_mb", "storage_mb"),
             "memory_mb": ("max_memory_mb", "memory_mb"), "accuracy_drop": ("max_accuracy_drop", "accuracy_drop")}
@@ -67,7 +67,10 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
-            raise UserInputError(f"format={self.format!r} is not supported by fit yet", f"use one of {', '.join(FORMATS)}")
+            raise UserInputError(f"format={self.format!r} is not supported by fit", f"use one of {', '.join(FORMATS)}")
+        if self.space is not None and self.space.format not in ("onnx", self.format):
+            raise UserInputError(f"space.format={self.space.format!r} disagrees with format={self.format!r}",
+                                 "give the format once: format=... (the space takes it)")
         if self.trials is not None and self.trials < 1:
             raise UserInputError(f"trials={self.trials} is not positive", "pass trials >= 1")
         if self.minutes is not None and self.minutes <= 0:
@@ -149,7 +152,7 @@ class FitConfig:
         """The engine's settings."""
         return SearchConfig(
             trials=self.effective_trials, minutes=self.minutes, max_measurements=self.max_measurements, seed=self.seed,
-            budget=budget, space=self.space or SpaceConfig(format=self.format), batch_size=self.batch_size,
+            budget=budget, space=replace(self.space or SpaceConfig(), format=self.format), batch_size=self.batch_size,
             threads=self.threads, sens_samples=self.sensitivity_samples, sens_seconds=self.sens_seconds,
             probe=self.probe, distill=default_distill(self.distill_steps, self.distill_seconds),
         )

@@ -10,6 +10,10 @@ least ``runs`` timed runs and at least a time floor), the same rule ``devicefit 
 baseline's blocks with the floor of ``devicefit bench`` (:data:`devicefit.defaults.MIN_SECONDS`), the short
 interleaved blocks with :data:`devicefit.defaults.BLOCK_MIN_SECONDS`. A candidate's memory is the agent's
 ``model_memory_mb``: its own peak over the idle agent, what the memory budget applies to.
+
+``format="tflite"``: every candidate (the fp32 baseline too) is a ``.tflite`` written by ``devicefit.compress``
+(verified against torch with LiteRT) and measured on the agent's LiteRT runner. LiteRT reports no per-op
+times, so those benchmarks run without ``per_node`` and the latency model learns end-to-end times only.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from devicefit.bundle import ModelBundle
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.search.candidate import Materialized, Timing
 from devicefit.device import Device
-from devicefit.errors import DeviceError
+from devicefit.errors import DeviceError, UserInputError
 from devicefit.fitting.interleave import interleave, median, rel_mad
 
 #: reference / candidate block size: ``runs // ROUNDS`` timed runs (at least 5), and at least
@@ -34,6 +38,8 @@ from devicefit.fitting.interleave import interleave, median, rel_mad
 ROUNDS = 3
 #: the device id of the agent a fit spawns on this host when no device is given
 HOST_DEVICE_ID = "host"
+#: export format -> the agent runner its files run on
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
 
 
 @contextmanager
@@ -59,8 +65,18 @@ class FitEvaluator:
     """Materializes plans of one bundle and measures them on one agent (the engine's ``Evaluator``)."""
 
     def __init__(self, bundle: ModelBundle, device: Device, *, workdir: Path, profile: Any = None, runs: int = defaults.RUNS,
-                 warmup: int = defaults.WARMUP, threads: int | None = None, batch_size: int = 1) -> None:
+                 warmup: int = defaults.WARMUP, threads: int | None = None, batch_size: int = 1,
+                 format: str = "onnx") -> None:
+        if format not in RUNTIMES:
+            raise UserInputError(f"unknown export format {format!r}", f"use one of {', '.join(RUNTIMES)}")
+        if format == "tflite" and bundle.module is None:
+            raise UserInputError(f"{bundle.name} is an ONNX graph: a TFLite fit needs the PyTorch model",
+                                 "pass the PyTorch model (zoo:NAME, file.pt2, package.module:factory), or fit with --format onnx")
         self.bundle = bundle
+        self.format = format
+        self.runtime = RUNTIMES[format]
+        #: per-op times: onnxruntime's profiler; LiteRT has none
+        self.per_node = format == "onnx"
         #: inputs per benchmark run
         self.batch_size = int(batch_size)
         self.workdir = Path(workdir)
@@ -75,6 +91,11 @@ class FitEvaluator:
         self._ref_base: float | None = None
         self._info = dict(device.info())
         self.device_id = str(self._info.get("device_id") or device.id)
+        rt = self._info.get("runtimes") or {}
+        if format == "tflite" and isinstance(rt, dict) and not (rt.get("litert") or rt.get("tflite_runtime")):
+            raise DeviceError(f"the agent on {self.device_id} has no LiteRT runtime to run .tflite candidates",
+                              "install ai-edge-litert (or tflite-runtime) on the board and restart the agent, "
+                              "or fit with --format onnx")
 
     # ------------------------------------------------------------------------------ materialize
     def fp32(self) -> Materialized:
@@ -84,7 +105,13 @@ class FitEvaluator:
             from devicefit.metrics import score
             from devicefit.runtime import run_onnx
 
-            out = self.workdir / "fp32.onnx"
+            out = self.workdir / f"fp32.{self.format}"
+            if self.format == "tflite":  # the float32 .tflite, verified with LiteRT; its metric against torch
+                from devicefit.compress import compress
+
+                res = compress(self.bundle, Plan(), out=out, format="tflite", profile=self.profile, progress=False)
+                self._fp32 = Materialized(out, int(res.size_bytes), *self._count(), metric=res.metric.to_dict())
+                return self._fp32
             if self.bundle.module is not None:
                 from devicefit.compressor.export import export_bundle
 
@@ -124,10 +151,12 @@ class FitEvaluator:
         from devicefit.compress import compress
 
         fp32 = self.fp32()
-        # the fp32 export we already have is the quantizers' input (graph-level plans) and the reference
-        source: ModelBundle = replace(self.bundle, onnx_path=fp32.path)
+        # the fp32 ONNX export we already have is the quantizers' input (graph-level plans) and the reference;
+        # a TFLite candidate is converted from the torch model
+        source: ModelBundle = replace(self.bundle, onnx_path=fp32.path) if self.format == "onnx" else self.bundle
         # the search's LowRank options carry asvd_method="whiten" (LowRank.search_settings)
-        res = compress(source, plan, out=self.workdir / f"{name}.onnx", profile=self.profile, progress=False)
+        res = compress(source, plan, out=self.workdir / f"{name}.{self.format}", format=self.format, profile=self.profile,
+                       progress=False)
         metric = res.metric.to_dict()
         params = int(getattr(res, "params", 0) or 0) or fp32.params
         macs = int(getattr(res, "macs", 0) or 0) or fp32.macs
@@ -156,7 +185,7 @@ class FitEvaluator:
         ref_id = self._ref
         pair = interleave(lambda: self._p50(ref_id, k), lambda: self._p50(cid, k))
         # per-node times are means over the profiled runs: all ``runs`` of them, so the load's tail averages out
-        timing = self._timing(self.device.benchmark(cid, runs=self.runs, warmup=2, threads=self.threads, per_node=True,
+        timing = self._timing(self.device.benchmark(cid, runs=self.runs, warmup=2, threads=self.threads, per_node=self.per_node,
                                                     batch_size=self.batch_size))
         timing.p50_ms = median(pair.cands)
         timing.rounds, timing.spread = len(pair.cands), pair.spread
@@ -177,7 +206,7 @@ class FitEvaluator:
         the first with per-node times; its p50 is the median of the three blocks' p50s (one block can land on
         a load spike, and this p50 becomes the reference's load-1 level)."""
         timing = self._timing(self.device.benchmark(model_id, runs=self.runs, warmup=self.warmup, threads=self.threads,
-                                                    per_node=True, batch_size=self.batch_size,
+                                                    per_node=self.per_node, batch_size=self.batch_size,
                                                     min_seconds=defaults.MIN_SECONDS))
         blocks = [timing.p50_ms, *(self._p50(model_id, self.runs, defaults.MIN_SECONDS) for _ in range(2))]
         timing.p50_ms, timing.rounds, timing.spread = median(blocks), len(blocks), rel_mad(blocks)

@@ -1,4 +1,4 @@
-"""The outputs of a fit: model.onnx, plan.yaml, manifest.json, report.json (model, profile, budget, result,
+"""The outputs of a fit: model.onnx (model.tflite for a TFLite fit), plan.yaml, manifest.json, report.json (model, profile, budget, result,
 baseline, Pareto candidates, search statistics, per-layer plan and the predicted-vs-measured points) and
 report.html."""
 
@@ -110,7 +110,9 @@ def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome,
         # passed): the pick's median ratio to fp32 and the share of rounds it beat the runner-up in
         "confidence": outcome.confidence,
         "trial": chosen.trial,
-        "path": "model.onnx",
+        "path": f"model.{config.format}",
+        # the file's format and the agent runner every latency here was measured on
+        "format": config.format, "runtime": session.evaluator.runtime,
     }
     result["faster_than_fp32"] = bool(chosen.measured_ms is not None and base.measured_ms is not None
                                       and chosen is not base and chosen.measured_ms < base.measured_ms)
@@ -204,7 +206,7 @@ class Written:
 def write_outputs(session: FitSession, config: FitConfig, outcome: SearchOutcome, out_dir: Path, *, bundle: Any,
                   profile: Any, origin: dict[str, str], seconds: float, study: dict[str, Any],
                   warnings: list[str] | None = None) -> Written:
-    """Write model.onnx, plan.yaml, manifest.json, report.json and report.html; persist the latency model."""
+    """Write model.onnx (or model.tflite), plan.yaml, manifest.json, report.json and report.html; persist the latency model."""
     from devicefit.artifact import Artifact
     from devicefit.report_html import render_html
 
@@ -212,7 +214,7 @@ def write_outputs(session: FitSession, config: FitConfig, outcome: SearchOutcome
     plan = session.problem.space.plan(chosen.labels) if chosen is not outcome.baseline else Plan()
     if chosen.distilled and session.config.distill is not None:
         plan = Plan(plan.rules, distill=session.config.distill)
-    model_path = out_dir / "model.onnx"
+    model_path = out_dir / f"model.{config.format}"
     src = chosen.path or outcome.baseline.path
     if src is not None and Path(src).resolve() != model_path.resolve():
         shutil.copyfile(src, model_path)

@@ -11,9 +11,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
 from devicefit import defaults
 from devicefit.bundle import ModelBundle
+from devicefit.errors import DeviceError, UserInputError
 from devicefit.fitting.evaluator import ROUNDS, FitEvaluator
 from devicefit.protos.report import BenchReport
 
@@ -26,12 +28,14 @@ class SimDevice:
 
     id = "sim"
 
-    def __init__(self, p50: dict[str, float], *, model_mb: float = 42.0, old_agent: bool = False) -> None:
+    def __init__(self, p50: dict[str, float], *, model_mb: float = 42.0, old_agent: bool = False,
+                 runtimes: dict[str, str | None] | None = None) -> None:
         self.p50, self.model_mb, self.old_agent = p50, model_mb, old_agent
+        self.runtimes = runtimes or {"onnxruntime": "1.0"}
         self.calls: list[tuple[str | None, dict[str, Any]]] = []
 
     def info(self) -> dict[str, Any]:
-        return {"device_id": "sim-board", "runtimes": {"onnxruntime": "1.0"}}
+        return {"device_id": "sim-board", "runtimes": self.runtimes}
 
     def deploy(self, path: Path, *, progress: bool = False, activate: bool = True) -> Any:
         return SimpleNamespace(sha256=Path(path).stem, model_id=Path(path).stem)
@@ -46,8 +50,8 @@ class SimDevice:
                            batch_size=kw.get("batch_size", 1))
 
 
-def _evaluator(tmp_path: Path, device: SimDevice, **kw: Any) -> FitEvaluator:
-    bundle = ModelBundle("m", None, (), ["x"], ["y"], "cosine")
+def _evaluator(tmp_path: Path, device: SimDevice, module: Any = None, **kw: Any) -> FitEvaluator:
+    bundle = ModelBundle("m", module, (), ["x"], ["y"], "cosine")
     return FitEvaluator(bundle, device, workdir=tmp_path / "work", **kw)  # type: ignore[arg-type]
 
 
@@ -87,6 +91,35 @@ def test_candidates_are_interleaved_in_short_time_floored_blocks(tmp_path: Path)
     assert ev.block_p50(Path("cand.onnx")) == 0.1
     assert dev.calls[0][1]["runs"] == defaults.RUNS // ROUNDS
     assert dev.calls[0][1]["min_seconds"] == defaults.BLOCK_MIN_SECONDS
+
+
+def test_a_tflite_fit_measures_by_the_same_rule_without_per_node_times(tmp_path: Path) -> None:
+    """``format="tflite"``: the same blocks as an ONNX fit (baseline, interleaved candidate, confirm), but no
+    request asks the LiteRT runner for per-op times (it has none: the agent would refuse)."""
+    dev = SimDevice({"fp32": 0.04, "cand": 0.02}, runtimes={"onnxruntime": "1.0", "litert": "2.1"})
+    ev = _evaluator(tmp_path, dev, module=torch.nn.Linear(4, 4), format="tflite")
+    assert ev.runtime == "litert"
+    base = ev.measure(Path("fp32.tflite"))
+    ev.mark_reference(base.p50_ms)
+    timing = ev.measure(Path("cand.tflite"))
+    ev.block_p50(Path("cand.tflite"))
+    assert len(dev.calls) >= 3 + 3 + 1 + 1 and not any(kw["per_node"] for _, kw in dev.calls)
+    assert [kw["min_seconds"] for _, kw in dev.calls[:3]] == [defaults.MIN_SECONDS] * 3
+    assert base.p50_ms == 0.04 and timing.p50_ms == 0.02 and timing.load == pytest.approx(1.0)
+    assert _evaluator(tmp_path, SimDevice({})).runtime == "onnxruntime"
+
+
+def test_a_tflite_fit_refuses_an_agent_without_litert_and_an_onnx_input(tmp_path: Path) -> None:
+    no_litert = SimDevice({}, runtimes={"onnxruntime": "1.0", "litert": None, "tflite_runtime": None})
+    with pytest.raises(DeviceError, match="no LiteRT runtime") as err:
+        _evaluator(tmp_path, no_litert, module=torch.nn.Linear(4, 4), format="tflite")
+    assert "ai-edge-litert" in (err.value.fix or "")
+    litert = SimDevice({}, runtimes={"litert": "2.1"})
+    with pytest.raises(UserInputError, match="needs the PyTorch model") as err2:
+        _evaluator(tmp_path, litert, format="tflite")  # an ONNX graph: nothing to convert to TFLite from
+    assert "--format onnx" in (err2.value.fix or "")
+    with pytest.raises(UserInputError, match="unknown export format"):
+        _evaluator(tmp_path, litert, format="coreml")
 
 
 def test_an_older_agent_still_gives_the_models_own_memory(tmp_path: Path) -> None:

@@ -144,6 +144,26 @@ def test_a_latency_ratio_replaces_the_profiles_latency_budget() -> None:
         build_parser().parse_args(["fit", "zoo:digits-cnn", "--max-latency-ms", "5", "--max-latency-ratio", "0.6"])
 
 
+def test_the_fit_format_reaches_the_search_space_and_scopes_the_latency_model() -> None:
+    """``format="tflite"``: the space offers TFLite techniques only, and the latency model learns apart from the
+    ONNX runs of the same model (another runtime: another scope); a space naming another format is refused."""
+    from devicefit.compress_tflite import tflite_methods
+    from devicefit.compressor.search.space import SpaceConfig
+    from devicefit.fitting.config import FitConfig
+
+    config = FitConfig(format="tflite", max_latency_ratio=0.5)
+    search = config.search_config(config.budget(config.load_profile())[0])
+    assert search.space is not None and search.space.format == "tflite" and search.scope() == "tflite"
+    assert FitConfig().search_config(search.budget).scope() == ""
+    assert FitConfig(format="tflite", batch_size=4).search_config(search.budget).scope() == "tflite-batch4"
+    assert "int4" not in tflite_methods() and {"int8_static", "float"} <= set(tflite_methods())
+    assert FitConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(UserInputError, match="is not supported by fit"):
+        FitConfig(format="coreml")
+    with pytest.raises(UserInputError, match="disagrees"):
+        FitConfig(format="onnx", space=SpaceConfig(format="tflite"))
+
+
 def test_a_boards_profile_without_a_device_warns_that_latencies_are_measured_on_this_host() -> None:
     """Issue #17 (honest defaults): a board's profile and no --device means an agent spawned on this host
     measures every latency: the fit says so (stderr and report.json's ``warnings``, printed by the summary).

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 import devicefit.compressor.search.measure as measure_mod
-import devicefit.compressor.search.session as session_mod
 from devicefit.compressor.latency import CalibratedModel, LayerSpec, NodeMap, Roofline
 from devicefit.compressor.plan import Plan
 from devicefit.compressor.search import policy
@@ -51,6 +50,7 @@ class MemoryDevice:
 
     device_id = "mem-board"
     batch_size = 1
+    runtime = "onnxruntime"
     reference_level = None
 
     def __init__(self, problem: SearchProblem, tmp: Path) -> None:
@@ -92,7 +92,6 @@ class MemoryDevice:
 def _run(tmp_path: Path, budget: Budget, monkeypatch: pytest.MonkeyPatch) -> tuple[FitSession, Any]:
     mapping = lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {})  # noqa: E731
     monkeypatch.setattr(measure_mod, "node_map_for", mapping)
-    monkeypatch.setattr(session_mod, "node_map_for", mapping)
     space = build_space(SPECS, config=SpaceConfig(families={"quant": tuple(DROP)}))
     sens = SensitivityTable("cosine", 1.0, 8)
     for s in SPECS:

@@ -34,6 +34,9 @@ def test_store_round_trip_and_reuse(tmp_path: Path) -> None:
     assert again.find(device_id="pi", model_hash="mh", plan_hash="p1", threads=2) is None
     assert again.find(device_id="x", model_hash="mh", plan_hash="p1") is None
     assert again.find(device_id="pi", model_hash="mh", plan_hash="p2") is None
+    # ... nor across runners: the same plan exported to TFLite is another file on another runtime
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p1", runtime="litert") is None
+    assert again.find(device_id="pi", model_hash="mh", plan_hash="p1", runtime="onnxruntime") is not None
     # ... nor across batch sizes (the row above was measured at batch 1)
     assert again.find(device_id="pi", model_hash="mh", plan_hash="p1", batch_size=32) is None
     again.add(Measurement(device_id="pi", model_hash="mh", plan_hash="p1", p50_ms=300.0, batch_size=32, threads=4))

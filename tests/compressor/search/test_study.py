@@ -38,6 +38,7 @@ def _true_layer_ms(layer: str, dtype: str, cost: Any) -> float:
 class FakeDevice:
     device_id = "fake-board"
     batch_size = 1
+    runtime = "onnxruntime"
     reference_level = None
 
     def fp32(self) -> Materialized:
