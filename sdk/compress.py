@@ -163,12 +163,14 @@ def compress(
     progress: bool = True,
     calib_samples: int = 128,
     format: str | None = None,
+    int8_io: bool = False,
 ) -> CompressResult:
     """Compress ``model`` with ``plan`` into ``out`` and measure it (see the module docstring).
     How ``LowRank(kind="asvd")`` layers are fitted is the technique's ``asvd_method``.
 
     ``format`` is ``onnx`` or ``tflite`` (default: from ``out``'s suffix; ``.tflite`` → tflite, see
-    :mod:`devicefit.compress_tflite`)."""
+    :mod:`devicefit.compress_tflite`). ``int8_io`` (tflite, with full-integer int8 layers): int8 model inputs
+    and outputs instead of float ones."""
     from devicefit.compressor.export import export_bundle
 
     out = Path(out)
@@ -177,10 +179,12 @@ def compress(
         raise UserInputError(f"unknown export format {fmt!r}", f"use one of {', '.join(FORMATS)}")
     if out.suffix in (".onnx", ".tflite") and out.suffix != f".{fmt}":
         raise UserInputError(f"output {out.name} does not match the format {fmt}", f"write to {out.stem}.{fmt}")
+    if int8_io and fmt != "tflite":
+        raise UserInputError("int8 inputs / outputs are a TFLite option", "add --format tflite (and a .tflite output)")
     if fmt == "tflite":
         from devicefit.compress_tflite import check_plan
 
-        check_plan(plan)  # before loading anything: a plan TFLite cannot carry fails at once
+        check_plan(plan, int8_io=int8_io)  # before loading anything: a plan TFLite cannot carry fails at once
     b = _bundle(model, data)
     out.parent.mkdir(parents=True, exist_ok=True)
     prof = _profile(profile)
@@ -192,7 +196,8 @@ def compress(
         if b.module is None:
             raise UserInputError(f"{b.name} is an ONNX model: TFLite export converts the torch model",
                                  "pass the PyTorch model (zoo:NAME, file.pt2, package.module:factory) or --format onnx")
-        return compress_tflite(b, plan, out, cfg=cfg, progress=progress, calib_samples=calib_samples)  # type: ignore[no-any-return]
+        return compress_tflite(b, plan, out, cfg=cfg, progress=progress, calib_samples=calib_samples,  # type: ignore[no-any-return]
+                               int8_io=int8_io)
     if b.module is None and structural:
         raise UserInputError(
             f"{b.name} is an ONNX model: pruning, low-rank and distillation need the torch model",

@@ -36,8 +36,12 @@ def tflite_methods() -> list[str]:
     return sorted(c.method for c in TECHNIQUES.values() if "tflite" in c.formats)
 
 
-def check_plan(plan: Plan) -> None:
-    """Refuse a plan holding a technique that TFLite cannot carry, naming it and the fix."""
+def check_plan(plan: Plan, *, int8_io: bool = False) -> None:
+    """Refuse a plan holding a technique that TFLite cannot carry, naming it and the fix (and int8 inputs /
+    outputs for a plan with no full-integer int8 layer: there is no int8 scale to give them)."""
+    if int8_io and not any(r.quant is not None and r.quant.method == "int8_static" for r in plan.rules):
+        raise UserInputError("int8 inputs / outputs need full-integer int8 layers, and the plan has no int8_static",
+                             "add --quant int8_static, or drop --int8-io")
     seen: set[str] = set()
     for rule in plan.rules:
         for fam in ("prune", "lowrank", "quant"):
@@ -63,7 +67,7 @@ def layer_modes(plan: Plan, layers: list[str]) -> dict[str, str]:
 
 
 def compress_tflite(b: ModelBundle, plan: Plan, out: Path, *, cfg: Distill | None, progress: bool,
-                    calib_samples: int, debug: bool = False) -> Any:
+                    calib_samples: int, debug: bool = False, int8_io: bool = False) -> Any:
     """The TFLite branch of :func:`devicefit.compress.compress` (``b`` loaded, ``out`` a path)."""
     from devicefit.compress import CompressResult, _count, _eval_data, _structural, carry_quant
     from devicefit.compressor.export import torch_outputs
@@ -71,7 +75,7 @@ def compress_tflite(b: ModelBundle, plan: Plan, out: Path, *, cfg: Distill | Non
     from devicefit.compressor.layers import layer_names
 
     require_tflite()
-    check_plan(plan)
+    check_plan(plan, int8_io=int8_io)
     teacher = b.require_module("TFLite export")
     structural = plan.uses("prune") or plan.uses("lowrank") or cfg is not None
     ph = Progress(progress)
@@ -85,7 +89,8 @@ def compress_tflite(b: ModelBundle, plan: Plan, out: Path, *, cfg: Distill | Non
     modes = layer_modes(qplan, names)
     with ph.step("export", "TFLite: convert, quantize per layer, verify with LiteRT"):
         res = export_tflite(student, b.example_inputs, out, input_names=b.input_names, layer_modes=modes,
-                            calib=b.calib, verify=b.eval or b.calib, calib_samples=calib_samples, debug=debug)
+                            calib=b.calib, verify=b.eval or b.calib, calib_samples=calib_samples, debug=debug,
+                            int8_io=int8_io)
     fp32_size = res.float_size_bytes
     if structural:
         with ph.step("export", "TFLite float32 of the original model (its size)"):

@@ -31,6 +31,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="export format (default: from the -o suffix, .tflite → tflite, else onnx); tflite needs "
                         "the extra devicefit[tflite] and techniques whose formats list tflite: float, float16, "
                         "int8_static, structured pruning, low-rank")
+    p.add_argument("--int8-io", action="store_true",
+                   help="tflite with int8_static: int8 model inputs and outputs (each with its scale and zero point in "
+                        "the file) instead of float ones with a QUANTIZE / DEQUANTIZE at each edge")
     p.add_argument("--quant", metavar="SCHEME", help=f"uniform quantization: {USAGE['quant']} (options: SCHEME:key=value,…; int8-static = int8_static)")
     p.add_argument("--plan", metavar="PLAN.yaml", help="per-layer plan (YAML or JSON)")
     p.add_argument("--prune", metavar="P", help=USAGE["prune"])
@@ -89,6 +92,7 @@ def _compress(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         calib_samples=args.calib_samples,
         format=args.format,
+        int8_io=args.int8_io,
     )
     emit(args, res.to_dict(), _human)
     return 0

@@ -226,6 +226,9 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
                                 data=bundle.eval or bundle.calib, input_names=bundle.input_names)
         bundle, notes = replace(bundle, onnx_path=prepared.path), prepared.notes
     _check_batch_one(bundle)
+    if config.format == "tflite":
+        notes.append("LiteRT reports no per-op times: each .tflite measurement taught the latency model its "
+                     "end-to-end time only (no per-layer split)")
     phases.finish("load")
     budget, _origin = config.budget(profile)
     search_config = replace(config.search_config(budget), **search)

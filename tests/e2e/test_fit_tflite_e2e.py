@@ -50,6 +50,7 @@ def test_fit_digits_tflite_on_agent(tmp_path: Path) -> None:
     assert r["latency"]["source"] == "measured" and r["latency"]["device"] == "fit-tflite-e2e"
     assert base["source"] == "measured" and base["p50_ms"] > 0 and r["latency"]["p50_ms"] > 0
     assert rep["search"]["measurements"] >= 1
+    assert any("no per-op times" in n for n in rep["search"]["space"]["notes"])  # the report says so (#13)
     # the plan holds TFLite techniques only (the space was built for the format)
     allowed = set(tflite_methods()) | {"float"}
     for key in r["plan_summary"]:

@@ -92,3 +92,31 @@ def test_output_suffix_must_match_the_format(tmp_path: Path, capsys: pytest.Capt
     out = tmp_path / "x.onnx"
     assert main(["compress", "zoo:digits-cnn", "--quant", "int8_static", "--format", "tflite", "-o", str(out)]) == 2
     assert "output x.onnx does not match the format tflite — fix: write to x.tflite" in capsys.readouterr().err
+
+
+def test_digits_full_int8_with_int8_inputs_and_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--int8-io``: int8 edges (no QUANTIZE / DEQUANTIZE left in the file), the same accuracy within a point
+    (the metric runs the file with each edge's scale and zero point)."""
+    out = tmp_path / "digits-io.tflite"
+    d = _json(capsys, ["compress", "zoo:digits-cnn", "--quant", "int8_static", "--format", "tflite", "--int8-io",
+                       "-o", str(out), "--json", "--no-progress"])
+    assert _interpreter_dtypes(out) == (np.int8, np.int8)
+    assert d["quant"]["int_format"]["io"] == "int8" and d["quant"]["export"]["int8_io"] is True
+    ops = d["quant"]["export"]["ops"]
+    assert ops.get("QUANTIZE", 0) == 0 and ops.get("DEQUANTIZE", 0) == 0
+    assert d["metric"]["name"] == "accuracy" and d["metric"]["drop"] <= 0.01
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--quant", "int8_static", "-o", "x.onnx"], "int8 inputs / outputs are a TFLite option"),
+        (["--quant", "int8_dynamic", "-o", "x.tflite"], "int8 inputs / outputs need full-integer int8 layers"),
+    ],
+    ids=["onnx", "no-int8-layer"],
+)
+def test_int8_io_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+    *flags, out_flag, name = argv
+    out = tmp_path / name
+    assert main(["compress", "zoo:digits-cnn", *flags, "--int8-io", out_flag, str(out), "--no-progress"]) == 2
+    assert needle in capsys.readouterr().err and not out.exists()
