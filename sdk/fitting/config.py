@@ -13,7 +13,9 @@ from devicefit.compressor.search.config import SearchConfig, default_distill
 from devicefit.compressor.search.space import SpaceConfig
 from devicefit.errors import UserInputError
 
-FORMATS = ("onnx", "tflite")
+#: the formats a fit can measure end to end -> the agent runner their files run on
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
+FORMATS = tuple(RUNTIMES)
 #: budget field -> the profile's budget attribute it defaults to
 _BUDGETS = {"latency_ms": ("max_latency_ms", "latency_ms"), "size_mb": ("max_size_mb", "storage_mb"),
             "memory_mb": ("max_memory_mb", "memory_mb"), "accuracy_drop": ("max_accuracy_drop", "accuracy_drop")}

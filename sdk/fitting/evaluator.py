@@ -30,6 +30,7 @@ from devicefit.compressor.plan import Plan
 from devicefit.compressor.search.candidate import Materialized, Timing
 from devicefit.device import Device
 from devicefit.errors import DeviceError, UserInputError
+from devicefit.fitting.config import RUNTIMES
 from devicefit.fitting.interleave import interleave, median, rel_mad
 
 #: reference / candidate block size: ``runs // ROUNDS`` timed runs (at least 5), and at least
@@ -38,8 +39,6 @@ from devicefit.fitting.interleave import interleave, median, rel_mad
 ROUNDS = 3
 #: the device id of the agent a fit spawns on this host when no device is given
 HOST_DEVICE_ID = "host"
-#: export format -> the agent runner its files run on
-RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
 
 
 @contextmanager
