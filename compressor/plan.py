@@ -159,6 +159,16 @@ class Plan:
         """This plan's rules followed by ``other``'s (``other`` wins on conflicts)."""
         return Plan(self.rules + other.rules, other.distill or self.distill)
 
+    def finished(self) -> Plan:
+        """Every rule's techniques :meth:`~devicefit.compressor.techniques.Technique.finished`: the plan as a fit
+        compresses its chosen candidate at the end (the search's quick settings back at their thorough values).
+        Equal to ``self`` when no technique has quick settings."""
+        def fin(t: Technique | None) -> Technique | None:
+            return t.finished() if t is not None else None
+
+        return Plan(tuple(LayerRule(r.match, prune=fin(r.prune), lowrank=fin(r.lowrank), quant=fin(r.quant))
+                          for r in self.rules), self.distill)
+
     # ------------------------------------------------------------------ queries
     def choice_for(self, layer: str) -> LayerChoice:
         picked: dict[str, Technique | None] = {fam: None for fam in FAMILIES}

@@ -10,6 +10,9 @@ MAX_MEASUREMENTS = 6
 #: distillation of the winner: steps, and the wall-clock cap (whichever is reached first ends it)
 DISTILL_STEPS = 150
 DISTILL_SECONDS = 90.0
+#: quantization-aware distillation steps of the int8 static layers of a fit's chosen plan (its *finish*: the
+#: search compresses candidates the quick way; ``Int8Static.finish_settings``)
+FINISH_QAD_STEPS = 150
 #: timed runs and untimed warm-up runs of each benchmark
 RUNS = 30
 WARMUP = 5

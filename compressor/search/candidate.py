@@ -224,6 +224,8 @@ class Candidate:
     device: str = ""
     reused: bool = False
     distilled: bool = False
+    #: compressed again with the thorough settings of its techniques (:meth:`.Plan.finished`)
+    finished: bool = False
     #: device load when measured: fp32 reference p50 now / at the baseline (``raw_ms`` / ``measured_ms``)
     load: float | None = None
     #: rounds interleaved with the reference, and how much they disagreed (relative MAD of the ratios)
@@ -275,7 +277,7 @@ class Candidate:
             "predicted_size_bytes": int(self.predicted_size_bytes), "size_bytes": self.size_bytes,
             "predicted_memory_mb": self.predicted_memory_mb, "memory_mb": self.measured_memory_mb,
             "source": "measured" if self.measured else "predicted", "device": self.device or None,
-            "reused": self.reused, "distilled": self.distilled, "load": self.load,
+            "reused": self.reused, "distilled": self.distilled, "finished": self.finished, "load": self.load,
             "rounds": self.rounds, "spread": self.spread, "error": self.error, "tags": list(self.tags),
             "paired": self.paired,
             "summary": summarize(self.labels),

@@ -112,13 +112,24 @@ def worth_measuring(c: Candidate, best: Candidate | None, cfg: SearchConfig) -> 
     return pred < best.latency_ms * (1 - t) or (pred <= best.latency_ms * (1 + t) and c.predicted_drop < best.drop - 0.002)
 
 
-def keep_distilled(cand: Candidate, distilled: Candidate, budget: Budget, fp32: Candidate | None) -> bool:
-    """Whether the distilled ``distilled`` replaces the measured winner ``cand``: when both pass, only with a
-    lower drop; otherwise when it passes or loses less (never one measured slower than fp32)."""
-    if not distilled.measured or distilled.error is not None:
+def accuracy_miss(measured: Iterable[Candidate], budget: Budget, fp32: Candidate | None) -> Candidate | None:
+    """With nothing passing: the measured candidate within every budget but the accuracy one, by the smallest
+    drop (a thorough finish may bring it in); None when there is none (or no accuracy budget)."""
+    if budget.accuracy_drop is None:
+        return None
+    misses = [c for c in measured if c.measured and c.error is None and not slower_than_fp32(c, fp32, budget)
+              and all(x <= 0 for x in c.constraints(budget)[:-1])]
+    return min(misses, key=lambda c: (c.drop, c.latency_ms), default=None)
+
+
+def keep_finished(cand: Candidate, finished: Candidate, budget: Budget, fp32: Candidate | None) -> bool:
+    """Whether the finished (distilled / thoroughly recovered) ``finished`` replaces the measured ``cand``: when
+    both pass, only with a lower drop; otherwise when it passes or loses less (never one measured slower than
+    fp32)."""
+    if not finished.measured or finished.error is not None:
         return False
     if cand.passes(budget):
-        return distilled.passes(budget) and distilled.drop < cand.drop
-    if slower_than_fp32(distilled, fp32, budget):
+        return finished.passes(budget) and finished.drop < cand.drop
+    if slower_than_fp32(finished, fp32, budget):
         return False
-    return distilled.passes(budget) or distilled.drop < cand.drop
+    return finished.passes(budget) or finished.drop < cand.drop

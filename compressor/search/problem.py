@@ -204,7 +204,7 @@ class SearchProblem:
         size = mat.size_bytes if mat is not None else cand.size_bytes
         if size is not None:
             self.memory.observe(size / 1e6, timing.model_memory_mb)
-        if mat is not None and not cand.distilled:
+        if mat is not None and not (cand.distilled or cand.finished):  # the drop model predicts the search's settings
             self.drops.observe(self.drop_basis(cand.labels), mat.drop)
         return {"per_layer": per_layer, "other_ms": other}
 

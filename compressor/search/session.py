@@ -6,7 +6,7 @@
     session.search(study)       # Optuna trials: predicted everywhere, measured where promising
     session.exploit()           # the most promising unmeasured plans, re-predicted, measured
     outcome = session.choose()  # top contenders re-measured paired with fp32 (confirm), the fastest kept (or the
-                                # closest miss), distilled when it helps
+                                # closest miss), then finished: distilled, int8 recovery (finish)
 
 * **Seeds** (``enqueue_trial``): the fp32 model, every uniform single-technique plan (the *anchors*), int8
   dynamic with the most sensitive layers kept float (sensitivity order), structural + int8 uniform plans.
@@ -16,8 +16,9 @@
   candidate so far — up to ``max_measurements``. The latency model is recalibrated after each.
 * **Exploit** re-predicts the unmeasured trials with the final model and measures the most promising ones
   with the measurements left; **choose** keeps the fastest passing measured candidate (ties within ``tie``
-  → lower drop), or the closest one with its shortfall, and runs distillation on it when its plan has prune /
-  low-rank parts.
+  → lower drop), or the closest one with its shortfall, and **finishes** it: compressed again with
+  distillation when its plan has prune / low-rank parts and with the thorough int8 static recovery where the
+  search used quick settings (one more measurement).
 """
 
 from __future__ import annotations
@@ -292,23 +293,43 @@ class FitSession:
             self.candidates[pick.trial] = pick
         self.progress.finish("exploit")
 
-    def distill(self, cand: Candidate) -> Candidate:
-        """Phase *distill*: distillation on ``cand``'s plan when it has prune / low-rank parts, measured; the
-        distilled model replaces ``cand`` when :func:`.policy.keep_distilled` says it is better."""
-        cfg = self.config.distill
-        plan = self.problem.space.plan(cand.labels)
-        if cfg is None or not (plan.uses("prune") or plan.uses("lowrank")) or not cand.measured:
+    def finish(self, cand: Candidate) -> Candidate:
+        """Phase *finish*: ``cand``'s plan compressed again the thorough way and measured — distilled from the fp32
+        model when it has prune / low-rank parts (``config.distill``), and with its techniques' quick search
+        settings back at their thorough values (:meth:`.Plan.finished`: the int8 static recovery; ONNX only, the
+        TFLite quantizer has none). It replaces ``cand`` when :func:`.policy.keep_finished` says it is better."""
+        if not cand.measured:
             return cand
-        plan = Plan(plan.rules, distill=cfg)
-        d = replace(cand, plan_hash=plan_hash(plan), tags=[*cand.tags], measured_ms=None, metric=None, path=None)
-        d.distilled = True
-        d = self.measures.evaluate(d, tag="distill", plan=plan, score=False)
-        return d if policy.keep_distilled(cand, d, self.budget, self.measures.fp32()) else cand
+        plan = self.problem.space.plan(cand.labels)
+        finished = plan.finished() if self.format == "onnx" else plan
+        distill = self.config.distill if plan.uses("prune") or plan.uses("lowrank") else None
+        if finished == plan and distill is None:
+            return cand
+        final = Plan(finished.rules, distill=distill)
+        d = replace(cand, plan_hash=plan_hash(final), tags=[*cand.tags], measured_ms=None, metric=None, path=None)
+        d.distilled, d.finished = distill is not None, finished != plan
+        d = self.measures.evaluate(d, tag="finish", plan=final, score=False)
+        return d if policy.keep_finished(cand, d, self.budget, self.measures.fp32()) else cand
+
+    def plan_of(self, cand: Candidate) -> Plan:
+        """The plan ``cand``'s file was compressed with (finished and / or distilled where :meth:`finish` made it)."""
+        plan = self.problem.space.plan(cand.labels)
+        if cand.finished:
+            plan = plan.finished()
+        return Plan(plan.rules, distill=self.config.distill) if cand.distilled and self.config.distill else plan
+
+    @property
+    def format(self) -> str:
+        """The export format every candidate is written in."""
+        return self.config.space.format if self.config.space is not None else "onnx"
 
     def choose(self, others: list[Candidate] | None = None) -> SearchOutcome:
         """Phase *choose*: the fastest passing measured candidate (or the closest miss) among this process's
         and ``others`` (measured by other workers: the winner is measured again here, where its file is
-        needed), distilled when that helps. The fastest contenders are re-measured first (:meth:`confirm`)."""
+        needed), then finished (:meth:`finish`). The fastest contenders are re-measured first (:meth:`confirm`).
+        With nothing passing, the finish goes to the candidate that misses only the accuracy budget, by the
+        least (:func:`.policy.accuracy_miss`: the search's quick settings may be all it lacks), else to the
+        closest."""
         confidence = self.confirm()
         outcome = self.outcome(others=others)
         chosen = outcome.chosen
@@ -316,14 +337,18 @@ class FitSession:
             self.progress.start("measure", None, "re-measuring the winner locally")
             self.measures.forget(chosen)
             self.measures.evaluate(chosen, tag="local", score=False)
-        self.progress.start("distill", None, "distillation on the chosen structural plan")
-        final = self.distill(chosen)
-        self.progress.finish("distill")
-        if final is not chosen:
-            outcome = self.outcome(others=others)  # now listing the distilled candidate too
+        target = chosen
+        if outcome.best is None:
+            target = policy.accuracy_miss(self.measures.measured(), self.budget, self.measures.fp32()) or chosen
+        self.progress.start("finish", None, "the chosen plan compressed again the thorough way (distillation, "
+                                            "int8 recovery)")
+        final = self.finish(target)
+        self.progress.finish("finish")
+        if final is not target:
+            outcome = self.outcome(others=others)  # now listing the finished candidate too
             if final.passes(self.budget):
-                outcome.best = final
-            else:
+                outcome.best, outcome.closest = final, None
+            elif target is chosen:
                 outcome.closest, outcome.best = final, None
         outcome.confidence = confidence
         return outcome

@@ -106,6 +106,8 @@ def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome,
         "shortfall": {} if met else chosen.shortfall(budget),
         "plan_summary": summarize(chosen.labels) if chosen is not base else {"float": len(facts.specs)},
         "distilled": chosen.distilled,
+        # compressed again at the end with the thorough settings the search skipped (int8 static recovery)
+        "finished": chosen.finished,
         # the passing candidates re-measured in paired rounds with fp32 before the choice (None: fewer than two
         # passed): the pick's median ratio to fp32 and the share of rounds it beat the runner-up in
         "confidence": outcome.confidence,
@@ -211,9 +213,7 @@ def write_outputs(session: FitSession, config: FitConfig, outcome: SearchOutcome
     from devicefit.report_html import render_html
 
     chosen = outcome.chosen
-    plan = session.problem.space.plan(chosen.labels) if chosen is not outcome.baseline else Plan()
-    if chosen.distilled and session.config.distill is not None:
-        plan = Plan(plan.rules, distill=session.config.distill)
+    plan = session.plan_of(chosen) if chosen is not outcome.baseline else Plan()
     model_path = out_dir / f"model.{config.format}"
     src = chosen.path or outcome.baseline.path
     if src is not None and Path(src).resolve() != model_path.resolve():

@@ -173,3 +173,27 @@ def test_cli_help_lists_the_registry() -> None:
     from devicefit.cli.compress import USAGE
 
     assert {f: usage(f) for f in USAGE} == USAGE  # type: ignore[arg-type]
+
+
+def test_finished_restores_only_the_quick_search_settings() -> None:
+    """A fit compresses its chosen plan again with the thorough values of the fields the search set quick
+    (``quick_fields``); a value the user chose is kept, and techniques without quick settings are unchanged."""
+    from dataclasses import replace
+
+    from devicefit import defaults
+    from devicefit.compressor.plan import LayerRule, Plan
+    from devicefit.compressor.techniques import Int8Dynamic, Int8Static, LowRank
+
+    quick = Int8Static(**Int8Static.search_settings)
+    done = quick.finished()
+    assert (done.calibration, done.rounding, done.bias_correction) == ("mse", "gptq", True)
+    assert done.distill_steps == defaults.FINISH_QAD_STEPS and done.per_channel == quick.per_channel
+    chosen = replace(quick, calibration="percentile")  # the user's setting, not the search's
+    assert chosen.finished().calibration == "percentile" and chosen.finished().rounding == "gptq"
+    assert replace(quick, distill_steps=30).finished().distill_steps == 30
+    assert Int8Dynamic().finished() is not None and Int8Dynamic().finished() == Int8Dynamic()
+    lowrank = LowRank(ratio=0.5, **LowRank.search_settings)
+    assert lowrank.finished() is lowrank  # its search settings choose the method: not quick ones
+    plan = Plan((LayerRule("a", quant=quick), LayerRule("b", lowrank=lowrank, quant=Int8Dynamic())))
+    fin = plan.finished()
+    assert fin.rules[0].quant == done and fin.rules[1] == plan.rules[1] and Plan().finished() == Plan()
