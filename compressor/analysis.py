@@ -3,7 +3,9 @@
 ``analyze(module, example_inputs)`` runs one forward pass at batch 1 (the first sample of each example
 input) with forward hooks on the leaf layers and ``torch.utils.flop_counter.FlopCounterMode`` around it.
 MACs = counted FLOPs / 2, so attention matmuls (outside any leaf layer) count in the total; a layer's MACs
-are the FLOPs of the ops that ran inside it. ``params`` counts every unique parameter once (tied weights
+are the FLOPs of the ops that ran inside it, except a recurrent layer's (GRU / LSTM), which are counted from its
+weights and sequence length (:func:`~devicefit.compressor.layers.recurrent_macs`: the fused LSTM kernel is
+invisible to the flop counter). ``params`` counts every unique parameter once (tied weights
 once). ``analyze_onnx(path)`` gives the same table for an ONNX-only model (Conv / Gemm / MatMul MACs
 from ONNX shape inference).
 """
@@ -19,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from devicefit.compressor.layers import is_recurrent, recurrent_macs
 
 
 @dataclass(frozen=True)
@@ -153,14 +157,20 @@ def analyze(module: torch.nn.Module, example_inputs: Sequence[Any]) -> ModelAnal
     counts = counter.get_flop_counts()
     root = type(module).__name__
     infos = []
+    uncounted = 0  # MACs of recurrent layers the flop counter does not see (the fused LSTM kernel)
     for name, m in layers:
         if name not in shapes and not any(True for _ in m.parameters(recurse=False)):
             continue  # never ran and holds nothing (e.g. an unused activation)
         flops = sum(counts.get(f"{root}.{name}", {}).values())
         ins, outs = shapes.get(name, (None, None))
         params = sum(p.numel() for p in m.parameters(recurse=False))
-        infos.append(LayerInfo(name, type(m).__name__, int(params), int(flops // 2), ins, outs))
-    return ModelAnalysis(infos, count_params(module), int(counter.get_total_flops() // 2))
+        macs = int(flops // 2)
+        if is_recurrent(m):
+            rnn = recurrent_macs(m, ins)
+            uncounted += max(0, rnn - macs)
+            macs = rnn
+        infos.append(LayerInfo(name, type(m).__name__, int(params), macs, ins, outs))
+    return ModelAnalysis(infos, count_params(module), int(counter.get_total_flops() // 2) + uncounted)
 
 
 def state_size_bytes(module: torch.nn.Module) -> int:

@@ -6,7 +6,8 @@ onnxruntime on real samples at a batch size different from the export batch (pro
 compares with torch (max abs error, mean cosine). Parity below ``min_cosine`` (or a non-finite output)
 raises :class:`~devicefit.errors.ExportError`.
 
-Initializer names are the torch parameter names (``fc1.weight``, ``encoder.layer.0.attention.self.query.bias``);
+The weights of a recurrent layer (ONNX ``GRU`` / ``LSTM``) are folded into initializers named after the layer
+(:func:`fold_recurrent_weights`). Other initializer names are the torch parameter names (``fc1.weight``, ``encoder.layer.0.attention.self.query.bias``);
 quantization maps torch layers to ONNX nodes through them, so they are never renamed here.
 """
 
@@ -203,6 +204,101 @@ def _restore_param_names(model: onnx.ModelProto, module: torch.nn.Module) -> lis
     return sorted(mapping.values())
 
 
+#: ONNX recurrent ops: inputs 1, 2, 3 are the weights W, R and the bias B
+RECURRENT_OPS = ("GRU", "LSTM", "RNN")
+
+
+def _constant_cone(model: onnx.ModelProto, tensor: str, inits: set[str],
+                   producers: Mapping[str, onnx.NodeProto]) -> list[onnx.NodeProto] | None:
+    """The nodes computing ``tensor`` from initializers alone (``None`` when it depends on a graph input)."""
+    nodes: dict[int, onnx.NodeProto] = {}
+    stack = [tensor]
+    while stack:
+        t = stack.pop()
+        if not t or t in inits:
+            continue
+        p = producers.get(t)
+        if p is None:
+            return None
+        if id(p) not in nodes:
+            nodes[id(p)] = p
+            stack.extend(p.input)
+    return list(nodes.values())
+
+
+def fold_recurrent_weights(model: onnx.ModelProto) -> list[str]:
+    """Make the weights of every ``GRU`` / ``LSTM`` / ``RNN`` node initializers named after its layer.
+
+    The exporter builds W / R / B of a recurrent node from the torch parameters with Slice / Concat / Reshape
+    (gate order differs); its optimizer folds them only under a size limit. Here every such constant cone is
+    evaluated once by onnxruntime and replaced by one initializer, named ``<layer>.weight_ih_l<k>``,
+    ``<layer>.weight_hh_l<k>`` and ``<layer>.bias_l<k>`` (layer from the node's name-scope metadata, ``k`` the
+    node's index among that layer's nodes), so quantizers see a constant weight and every tensor derived from
+    it names its layer. Returns the initializer names written."""
+    import onnx
+    from onnx import helper
+
+    from devicefit.compressor.quant import graph as G
+    from devicefit.compressor.quant.mapping import scope_layer
+    from devicefit.kernels.ort_session import cpu_session
+
+    rnns = [n for n in model.graph.node if n.op_type in RECURRENT_OPS]
+    if not rnns:
+        return []
+    inits = {i.name for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+    cones: dict[str, list[onnx.NodeProto]] = {}
+    for n in rnns:
+        for t in list(n.input)[1:4]:
+            if t and t not in inits and t not in cones:
+                cone = _constant_cone(model, t, inits, producers)
+                if cone is not None:
+                    cones[t] = cone
+    values: dict[str, np.ndarray] = {}
+    if cones:
+        wanted = {id(n) for cone in cones.values() for n in cone}
+        nodes = [n for n in model.graph.node if id(n) in wanted]
+        used = {i for n in nodes for i in n.input}
+        graph = helper.make_graph(
+            nodes, "recurrent_weights", [],
+            [helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in cones],
+            [i for i in model.graph.initializer if i.name in used],
+        )
+        sub = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+        outs = cpu_session(sub.SerializeToString()).run(list(cones), {})
+        values = dict(zip(cones, outs, strict=True))
+    for t, arr in values.items():
+        G.set_initializer(model, t, arr)
+        for n in model.graph.node:
+            if t in n.output:  # its producer is dead now
+                n.output[:] = [o if o != t else f"{t}__folded" for o in n.output]
+    G.remove_dead_nodes(model)
+    # name each recurrent node's weights after its layer
+    present = {i.name for i in model.graph.initializer}
+    index: dict[str, int] = {}
+    written: list[str] = []
+    for n in rnns:
+        layer = scope_layer(n)
+        if layer is None:
+            continue
+        k = index.get(layer, 0)
+        index[layer] = k + 1
+        for pos, stem in ((1, "weight_ih"), (2, "weight_hh"), (3, "bias")):
+            old = n.input[pos] if len(n.input) > pos else ""
+            new = f"{layer}.{stem}_l{k}"
+            if old in present and old != new and new not in present:
+                G.rename_tensor(model, old, new)
+                present.discard(old)
+                present.add(new)
+            if new in present:
+                written.append(new)
+    produced = {o for n in model.graph.node for o in n.output}
+    kept = [vi for vi in model.graph.value_info if vi.name in produced]  # drop the folded tensors' entries
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    return written
+
+
 def _verify_batch(export_batch: int) -> int:
     return 5 if export_batch != 5 else 3
 
@@ -279,6 +375,7 @@ def export_onnx(
     _rename_values(model.graph, mapping)
     _rename_dims(model, names, dynamic_axes)
     _restore_param_names(model, module)
+    fold_recurrent_weights(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -343,4 +440,4 @@ def export_bundle(
     )
 
 
-__all__ = ["OPSET", "ExportResult", "export_bundle", "export_onnx", "quiet", "torch_outputs"]
+__all__ = ["OPSET", "RECURRENT_OPS", "ExportResult", "export_bundle", "export_onnx", "fold_recurrent_weights", "quiet", "torch_outputs"]

@@ -6,7 +6,8 @@ A technique class declares everything the rest of devicefit asks of it, as class
 * **capabilities**: ``layer_types``, ``formats``, ``needs_calibration``;
 * **CLI**: ``cli_names`` (short names → fixed field values, e.g. ``int4_gptq``), ``cli_number`` (the field a
   bare number sets, ``structured:0.5``); names accept ``-`` for ``_`` (:func:`canonical_name`);
-* **search**: ``search_default`` / ``search_ratios`` / ``search_settings`` (the default search space);
+* **search**: ``search_default`` / ``search_ratios`` / ``search_settings`` / ``search_layer_types`` (the
+  default search space);
 * **latency model**: ``compute_dtype`` (a dtype class of :mod:`devicefit.compressor.latency.roofline`),
   ``removes_channels``, :meth:`Technique.extra_weight_bytes`;
 * **sensitivity**: ``fake_weight`` / ``fake_activation`` (or :meth:`Technique.fake`), the torch imitation
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 Family = Literal["prune", "lowrank", "quant"]
 FAMILIES: tuple[Family, ...] = ("prune", "lowrank", "quant")
+#: layer kinds of the recurrent layers (``nn.GRU`` / ``nn.LSTM``, :mod:`devicefit.compressor.layers`)
+RECURRENT_KINDS: tuple[str, ...] = ("gru", "lstm")
 #: how a prune / low-rank technique rewrites the torch module (see :mod:`devicefit.compressor.structural`)
 StructuralStage = Literal["channels", "factorize", "mask"]
 #: which pass of :func:`devicefit.compressor.quant.quantize_onnx` applies a quant technique
@@ -68,8 +71,10 @@ class Technique:
 
     family: ClassVar[Family]
     method: ClassVar[str]
-    #: layer kinds the technique can act on ("linear", "conv")
+    #: layer kinds the technique can act on ("linear", "conv", "gru", "lstm": see ``compressor/layers.py``)
     layer_types: ClassVar[tuple[str, ...]] = ("linear", "conv")
+    #: the kinds the default search space offers it on (``None``: all of ``layer_types``; see ``SpaceConfig``)
+    search_layer_types: ClassVar[tuple[str, ...] | None] = None
     #: needs calibration data (activations) to be applied
     needs_calibration: ClassVar[bool] = False
     #: export formats that can carry the result
@@ -403,9 +408,11 @@ class _Quant(Technique):
 @register
 @dataclass(frozen=True)
 class Int8Dynamic(_Quant):
-    """int8 weights, activations quantized per batch at run time (no calibration)."""
+    """int8 weights, activations quantized per batch at run time (no calibration). An LSTM runs onnxruntime's
+    ``DynamicQuantizeLSTM``; a GRU has no such kernel (use ``int8_weight_only``)."""
 
     method: ClassVar[str] = "int8_dynamic"
+    layer_types: ClassVar[tuple[str, ...]] = ("linear", "conv", "lstm")
     #: TFLite: dynamic-range int8 (int8 weights, activations quantized at run time by LiteRT's hybrid kernels)
     formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
     search_default: ClassVar[bool] = True
@@ -478,9 +485,14 @@ class Int8Static(_Quant):
 @register
 @dataclass(frozen=True)
 class Int8WeightOnly(_Quant):
-    """int8 weights (per output channel), float activations; dequantized at load/run time."""
+    """int8 weights (per output channel), float activations; dequantized at load/run time. On a GRU / LSTM
+    (W and R, one scale per gate row) it is storage only: 4x smaller, float compute. The search offers it on
+    recurrent layers only (a GRU has no integer kernel in onnxruntime; Linear / Conv have int8 / int4)."""
 
     method: ClassVar[str] = "int8_weight_only"
+    layer_types: ClassVar[tuple[str, ...]] = ("linear", "conv", "gru", "lstm")
+    search_default: ClassVar[bool] = True
+    search_layer_types: ClassVar[tuple[str, ...] | None] = ("gru", "lstm")
     compute_dtype: ClassVar[str] = "int8w"
     onnx_pass: ClassVar[OnnxPass | None] = "weights"
     fake_weight: ClassVar[str | None] = "w_int8"
@@ -593,6 +605,7 @@ class KeepFloat(_Quant):
     """Leave the layer in float32 (explicit opt-out inside a quantized plan)."""
 
     method: ClassVar[str] = "float"
+    layer_types: ClassVar[tuple[str, ...]] = ("linear", "conv", "gru", "lstm")
     formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
     onnx_pass: ClassVar[OnnxPass | None] = "keep"
 

@@ -31,7 +31,8 @@ _INTEGER_OUT = frozenset({"ConvInteger", "MatMulInteger"})
 _DEQUANT_TAIL = frozenset({"Cast", "Mul", "Add"})
 #: ops that are the layer itself when only the exporter's scope metadata links them
 _LAYER_OPS = frozenset({"MatMul", "Gemm", "Conv", "FusedConv", "FusedMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
-                        "QLinearMatMul", "QLinearConv", "ConvInteger", "MatMulNBits", "QGemm"})
+                        "QLinearMatMul", "QLinearConv", "ConvInteger", "MatMulNBits", "QGemm", "GRU", "LSTM",
+                        "DynamicQuantizeLSTM"})
 
 
 def _norm(name: str) -> str:

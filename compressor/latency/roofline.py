@@ -1,7 +1,8 @@
 """Roofline latency of a plan on a device profile, per layer.
 
-Each Linear/Conv layer costs ``max(2·MACs ÷ peak GOPS of its compute dtype, bytes moved ÷ bandwidth)``
-plus a fixed per-kernel overhead. A plan changes a layer's cost through:
+Each Linear/Conv/GRU/LSTM layer costs ``max(2·MACs ÷ peak GOPS of its compute dtype, bytes moved ÷
+bandwidth)`` plus a fixed per-kernel overhead (a recurrent layer's MACs: every gate matrix times one vector per
+step and sequence element, :func:`devicefit.compressor.layers.recurrent_macs`). A plan changes a layer's cost through:
 
 * its **quant** choice → the compute dtype class the technique declares (``compute_dtype``: ``fp32``,
   ``fp16``, ``int8`` static, ``int8dyn`` dynamic, ``int8w`` / ``int4w`` weight-only; costs in
@@ -43,6 +44,9 @@ class DtypeCost:
     #: per layer kind (``conv`` / ``linear``), a prior speed-up that replaces :attr:`prior_speedup` (< 1: the
     #: runtime's kernel for this class and kind is slower than its fp32 one)
     kind_prior_speedup: tuple[tuple[str, float], ...] = ()
+    #: layer kinds whose kernel reads the weights in fp32 in this class (storage only: the int8 weights of a
+    #: GRU / LSTM are dequantized once, at load): the roofline moves fp32 weight bytes for them
+    float_weight_kinds: tuple[str, ...] = ()
 
     def prior_for(self, kind: str) -> float:
         """The prior speed-up over fp32 of a layer of ``kind`` in this class."""
@@ -59,7 +63,7 @@ DTYPE_COSTS: dict[str, DtypeCost] = {
     # measured 5-20x slower than the fp32 Conv (digits-cnn at batch 32, 2-core x86 host, onnxruntime 1.32)
     "int8dyn": DtypeCost(1.0, 4.0, int8_peak=True, extra_kernels=1, prior_speedup=2.5,
                          kind_prior_speedup=(("conv", 0.2), ("dwconv", 0.2))),
-    "int8w": DtypeCost(1.0, 4.0),
+    "int8w": DtypeCost(1.0, 4.0, float_weight_kinds=("gru", "lstm")),
     "int4w": DtypeCost(0.5, 4.0, prior_speedup=2.0),
 }
 #: the statically quantized class: activations stay int8 between consecutive layers of it (see glue_melems)
@@ -81,8 +85,11 @@ def dtype_of(quant: Technique | None) -> str:
 
 
 def layer_kind(type_name: str) -> str:
-    """``linear`` or ``conv`` from an analysis layer type (``Linear``, ``Conv2d``, ``linear`` ...)."""
+    """``linear``, ``conv``, ``gru`` or ``lstm`` from an analysis layer type (``Linear``, ``Conv2d``, ``GRU``,
+    ``linear`` ...)."""
     t = type_name.lower()
+    if t in ("gru", "lstm"):
+        return t
     return "conv" if "conv" in t else "linear"
 
 
@@ -268,7 +275,10 @@ class Roofline:
     def layer_ms(self, cost: LayerCost) -> float:
         """max(compute, memory) + kernels × overhead, in milliseconds."""
         compute_s = 2.0 * cost.macs / (self.peak_gops(cost.dtype) * 1e9)
-        memory_s = (cost.weight_bytes + cost.act_bytes) / (self.mem_bandwidth_gbs * 1e9)
+        moved = cost.weight_bytes
+        if cost.kind in DTYPE_COSTS[cost.dtype].float_weight_kinds:
+            moved = cost.params * DTYPE_COSTS["fp32"].weight_bytes
+        memory_s = (moved + cost.act_bytes) / (self.mem_bandwidth_gbs * 1e9)
         return max(compute_s, memory_s) * 1e3 + cost.kernels * self.kernel_overhead_ms
 
     def plan_ms(self, costs: Iterable[LayerCost]) -> dict[str, float]:

@@ -10,11 +10,19 @@ given; this also covers graphs whose metadata was stripped). ``canonicalize`` th
 weight initializer to ``<layer>.weight`` (``<layer>.weight.T`` when stored ``[K, N]``) so every tensor the
 quantizers derive from it (``…_quantized``, ``…_scale``) can be traced back to the layer in the
 optimized graph.
+
+Recurrent layers (``nn.GRU`` / ``nn.LSTM``, asked for by name) map onto their ONNX ``GRU`` / ``LSTM`` node(s),
+one per stacked layer, found by name-scope metadata or by the weight names the export gives them
+(``<layer>.weight_ih_l<k>``, :func:`devicefit.compressor.export.fold_recurrent_weights`). Each node gives two
+:class:`LayerNode` entries, one per weight (W, with the bias B; and R), layout ``rnn`` (``[directions,
+gates·hidden, inputs]``). Discovery without names (``layer_names=None``, an ONNX-only model) stays
+MatMul / Gemm / Conv.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +32,9 @@ import onnx
 from devicefit.compressor.quant import graph as G
 
 COMPUTE_OPS = ("MatMul", "Gemm", "Conv")
+#: recurrent compute ops → the layer kind (``layer_types`` of a technique)
+RECURRENT_OPS = {"GRU": "gru", "LSTM": "lstm"}
+_RNN_WEIGHT = re.compile(r"^(?P<layer>.+)\.(weight_ih|weight_hh)_l\d+$")
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,8 @@ class LayerNode:
     node: str  #: compute node name
     op_type: str  #: MatMul | Gemm | Conv
     weight: str  #: initializer holding the weight
-    layout: str  #: "kn": MatMul B [K, N]; "nk": [N, K] (Gemm transB=1 or a Transpose node); "conv": [O, I/g, kh, kw]
+    layout: str  #: "kn": MatMul B [K, N]; "nk": [N, K] (Gemm transB=1 or a Transpose node); "conv": [O, I/g, kh, kw];
+    #: "rnn": a GRU / LSTM W or R [directions, gates*hidden, inputs]
     input: str  #: activation tensor read by the node
     output: str  #: output tensor (after the bias Add when there is one)
     bias: str | None = None  #: bias initializer (Gemm/Conv input 2, or the Add's constant)
@@ -44,6 +56,13 @@ class LayerNode:
     @property
     def is_linear(self) -> bool:
         return self.op_type in ("MatMul", "Gemm")
+
+    @property
+    def kind(self) -> str:
+        """The layer kind techniques declare (``layer_types``): ``linear``, ``conv``, ``gru`` or ``lstm``."""
+        if self.op_type in RECURRENT_OPS:
+            return RECURRENT_OPS[self.op_type]
+        return "linear" if self.is_linear else "conv"
 
     def weight_kn(self, model: onnx.ModelProto) -> np.ndarray:
         """The Linear weight as ``[K, N]`` (in_features x out_features) float32."""
@@ -72,7 +91,7 @@ class LayerMap:
         return self.nodes[layer][0]
 
 
-def _scope_layer(node: onnx.NodeProto) -> str | None:
+def scope_layer(node: onnx.NodeProto) -> str | None:
     for p in node.metadata_props:
         if p.key == "pkg.torch.onnx.name_scopes":
             try:
@@ -161,7 +180,7 @@ def map_layers(model: onnx.ModelProto, layer_names: list[str] | None = None, mod
         for suffix in (".weight", ".weight.T"):
             if init.endswith(suffix):
                 candidates.append(init[: -len(suffix)])
-        scope = _scope_layer(node)
+        scope = scope_layer(node)
         if scope:
             candidates.append(scope)
         if by_shape:
@@ -179,11 +198,42 @@ def map_layers(model: onnx.ModelProto, layer_names: list[str] | None = None, mod
         bias, bias_add, output = _bias(model, node, n_out)
         ln = LayerNode(layer, node.name, node.op_type, init, layout, node.input[0], output, bias, bias_add, tr)
         nodes.setdefault(layer, []).append(ln)
+    if wanted is not None:
+        for layer, lns in _recurrent_nodes(model, wanted).items():
+            nodes.setdefault(layer, []).extend(lns)
     unmapped = sorted(wanted - set(nodes)) if wanted is not None else []
     return LayerMap(nodes, unmapped)
 
 
+def _recurrent_nodes(model: onnx.ModelProto, wanted: set[str]) -> dict[str, list[LayerNode]]:
+    """W and R entries of every GRU / LSTM node with constant weights whose layer is ``wanted``."""
+    inits = G.initializers(model)
+    out: dict[str, list[LayerNode]] = {}
+    for node in model.graph.node:
+        if node.op_type not in RECURRENT_OPS or len(node.input) < 3:
+            continue
+        w, r = node.input[1], node.input[2]
+        if w not in inits or r not in inits:
+            continue
+        candidates = [m.group("layer") for m in (_RNN_WEIGHT.match(w),) if m]
+        scope = scope_layer(node)
+        if scope:
+            candidates.append(scope)
+        layer = next((c for c in candidates if c in wanted), None)
+        if layer is None:
+            continue
+        b = node.input[3] if len(node.input) > 3 and node.input[3] in inits else None
+        y = next((o for o in node.output if o), "")
+        out.setdefault(layer, []).extend([
+            LayerNode(layer, node.name, node.op_type, w, "rnn", node.input[0], y, b),
+            LayerNode(layer, node.name, node.op_type, r, "rnn", node.input[0], y),
+        ])
+    return out
+
+
 def canonical_weight_name(ln: LayerNode) -> str:
+    if ln.layout == "rnn":  # named by the export (``<layer>.weight_ih_l0``); else kept traceable to the layer
+        return ln.weight if ln.weight.startswith(f"{ln.layer}.weight_") else f"{ln.layer}.weight_{ln.weight}"
     return f"{ln.layer}.weight.T" if ln.layout == "kn" else f"{ln.layer}.weight"
 
 
@@ -232,7 +282,8 @@ def canonicalize(model: onnx.ModelProto, lmap: LayerMap) -> LayerMap:
 
 
 def weight_key(layer: str) -> tuple[str, str]:
-    """Initializer names derived from a layer's weight start with one of these."""
+    """Initializer names derived from a layer's weight start with one of these (a recurrent layer's
+    ``<layer>.weight_ih_l0`` starts with ``<layer>.weight_``)."""
     return f"{layer}.weight", f"{layer}.weight.T"
 
 

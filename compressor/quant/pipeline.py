@@ -79,7 +79,7 @@ def _select(plan: Plan, lmap: LayerMap) -> tuple[dict[str, Technique], dict[str,
     skipped: dict[str, str] = {}
     for layer, tech in plan.layers_with("quant", list(lmap.nodes)).items():
         ln = lmap.first(layer)
-        kind = "linear" if ln.is_linear else "conv"
+        kind = ln.kind
         if kind not in tech.layer_types:
             skipped[layer] = f"{tech.method} applies to {'/'.join(tech.layer_types)} layers, {layer} is a {kind} ({ln.op_type})"
             continue

@@ -43,12 +43,12 @@ INT_OPS = frozenset(
 INT_COMPUTE = frozenset(
     {
         "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearConv",
-        "ConvInteger", "QGemm", "MatMulNBits", "QAttention", "QOrderedMatMul", "MatMulBnb4",
+        "ConvInteger", "QGemm", "MatMulNBits", "QAttention", "QOrderedMatMul", "MatMulBnb4", "DynamicQuantizeLSTM",
     }
 )
 FLOAT_COMPUTE = frozenset(
     {"MatMul", "Gemm", "Conv", "FusedMatMul", "FusedGemm", "FusedConv", "NhwcFusedConv", "ConvTranspose",
-     "Attention", "MultiHeadAttention"}
+     "Attention", "MultiHeadAttention", "GRU", "LSTM"}
 )
 
 

@@ -1,8 +1,8 @@
 """Per-layer graph rewrites of the weight-only techniques (called through ``Technique.quantize_layer``).
 
 ``Int8WeightOnly`` on a Linear = 8-bit ``MatMulNBits`` (blocks of 128 along K; with ``accuracy_level=4`` it
-runs int8 dot products on CPU); on a Conv (or a Linear with K < 16) = int8 weight + ``DequantizeLinear``
-folded at load → float compute (storage only). ``Int4WeightOnly`` = 4-bit ``MatMulNBits`` by RTN, GPTQ (from
+runs int8 dot products on CPU); on a Conv, a GRU / LSTM (its W and R) or a Linear with K < 16 = int8 weight +
+``Cast`` / ``Mul`` folded at load → float compute (storage only: 4x smaller, as fast as fp32). ``Int4WeightOnly`` = 4-bit ``MatMulNBits`` by RTN, GPTQ (from
 the layer input's Hessian) or AWQ (from its input statistics, with an input pre-scale).
 """
 

@@ -4,7 +4,8 @@
   front of the unchanged compute node. Halves the layer's bytes; onnxruntime's CPU kernels then run in
   float32 (it constant-folds the Cast at load). (``onnxconverter-common`` is not a dependency, so this is
   our own small rewrite.)
-* :func:`int8_storage` — ``Int8WeightOnly`` for Conv layers (Linear layers use 8-bit ``MatMulNBits``):
+* :func:`int8_storage` — ``Int8WeightOnly`` for Conv and recurrent (GRU / LSTM W and R, one scale per gate
+  row) layers (Linear layers use 8-bit ``MatMulNBits``):
   int8 weight → ``Cast`` → ``Mul`` (per-output-channel scale) in front of the float Conv. onnxruntime
   constant-folds Cast/Mul at load, so the file is 4x smaller and the model runs exactly as fast as fp32.
   (A ``DequantizeLinear`` there is *not* folded — onnxruntime keeps QDQ nodes for fusion — and would
@@ -86,6 +87,8 @@ def int8_storage(model: onnx.ModelProto, ln: LayerNode, *, per_channel: bool = T
     w = G.to_array(G.initializers(model)[ln.weight]).astype(np.float32)
     axis = 1 if ln.layout == "kn" else 0
     red = tuple(i for i in range(w.ndim) if i != axis) if per_channel else tuple(range(w.ndim))
+    if ln.layout == "rnn" and per_channel:  # GRU / LSTM W or R [directions, gates*hidden, in]: one scale per row
+        red = (w.ndim - 1,)
     amax = np.abs(w).max(axis=red, keepdims=True)
     scale = np.where(amax == 0, 1.0, amax / 127.0).astype(np.float32)
     q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)

@@ -4,7 +4,9 @@ Evaluated cheaply in torch on a small slice of the evaluation data, with the *fa
 declares (:meth:`~devicefit.compressor.techniques.Technique.fake`, kernels in :mod:`devicefit.compressor.fake`)
 applied to one layer at a time (weights swapped in place and restored; activations fake-quantized by a
 forward pre-hook: per batch for int8 dynamic, with the range fixed from the slice itself for int8 static /
-SmoothQuant). These are approximations meant for **ranking**, not the final numbers (the search measures
+SmoothQuant). A recurrent layer (GRU / LSTM) gets the weight transform on each of its gate matrices
+(``weight_ih_l*`` / ``weight_hh_l*``, one int8 scale per gate row like the export) and the activation
+quantizer on its input sequence (not on the hidden state of each step). These are approximations meant for **ranking**, not the final numbers (the search measures
 its candidates for real through the compress pipeline).
 
 Results are cached on disk per model hash + data hash + option label. Under a time budget
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from devicefit.compressor.fake import fake_act_quant
+from devicefit.compressor.layers import is_recurrent, weight_names
 from devicefit.compressor.search.space import Option, SearchSpace
 from devicefit.data import Dataset
 from devicefit.metrics import cosine, score
@@ -36,9 +39,10 @@ from devicefit.metrics import cosine, score
 def applied(module: nn.Module, layer: str, option: Option, act_stats: dict[str, torch.Tensor]) -> Iterator[None]:
     """Temporarily apply ``option``'s fake techniques to ``layer`` of ``module``."""
     mod = dict(module.named_modules())[layer]
-    weight: torch.Tensor = mod.weight  # type: ignore[assignment]
-    bias = getattr(mod, "bias", None)
-    saved_w = weight.data.clone()
+    # a GRU / LSTM: every weight_ih_l* / weight_hh_l*, each transformed alone (one scale per gate row, as exported)
+    weights: list[torch.Tensor] = [getattr(mod, n) for n in weight_names(mod)]
+    bias = getattr(mod, "bias", None) if not is_recurrent(mod) else None
+    saved_ws = [w.data.clone() for w in weights]
     saved_b = bias.data.clone() if isinstance(bias, torch.Tensor) else None
     hooks = []
     try:
@@ -49,11 +53,12 @@ def applied(module: nn.Module, layer: str, option: Option, act_stats: dict[str, 
             if op is None:
                 continue
             if op.weight is not None:
-                new = op.weight(weight.data, tech, act_stats.get(layer))
-                if op.zero_bias_rows and saved_b is not None and bias is not None:
-                    dead = new.reshape(new.shape[0], -1).abs().sum(1) == 0
-                    bias.data[dead] = 0.0
-                weight.data.copy_(new)
+                for weight in weights:
+                    new = op.weight(weight.data, tech, act_stats.get(layer))
+                    if op.zero_bias_rows and saved_b is not None and bias is not None:
+                        dead = new.reshape(new.shape[0], -1).abs().sum(1) == 0
+                        bias.data[dead] = 0.0
+                    weight.data.copy_(new)
             if op.activation is not None:
                 rng = act_stats.get(layer + "#range")
                 static = op.activation == "static" and rng is not None
@@ -68,7 +73,8 @@ def applied(module: nn.Module, layer: str, option: Option, act_stats: dict[str, 
     finally:
         for h in hooks:
             h.remove()
-        weight.data.copy_(saved_w)
+        for weight, saved_w in zip(weights, saved_ws, strict=True):
+            weight.data.copy_(saved_w)
         if saved_b is not None and bias is not None:
             bias.data.copy_(saved_b)
 
@@ -188,6 +194,11 @@ def _act_stats(module: nn.Module, layers: Sequence[str], run: Callable[[], np.nd
     return stats
 
 
+def _main_output(out: Any) -> torch.Tensor:
+    """A layer's output tensor (a GRU / LSTM returns ``(output, hidden)``)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 def _local_errors(module: nn.Module, items: Sequence[tuple[str, Option]], data: Dataset, input_names: Sequence[str],
                   stats: dict[str, torch.Tensor]) -> dict[tuple[str, str], float]:
     """||Δy||² / ||y||² of each layer's own output under each option, on the layer's real inputs."""
@@ -207,9 +218,9 @@ def _local_errors(module: nn.Module, items: Sequence[tuple[str, Option]], data: 
     with torch.no_grad():
         for layer, opt in items:
             x = inputs[layer]
-            y0 = named[layer](x)
+            y0 = _main_output(named[layer](x))
             with applied(module, layer, opt, stats):
-                y = named[layer](x)
+                y = _main_output(named[layer](x))
             out[(layer, opt.label)] = float(((y - y0) ** 2).sum() / (y0**2).sum().clamp_min(1e-30))
     return out
 

@@ -2,7 +2,9 @@
 
 Which techniques exist, which layer kinds they act on, which export formats carry them and whether they
 need calibration data is read from :data:`devicefit.compressor.techniques.TECHNIQUES` and each config's
-declared capabilities (``layer_types``, ``formats``, ``needs_calibration``). :class:`SpaceConfig` only says
+declared capabilities (``layer_types``, ``formats``, ``needs_calibration``; recurrent layers get options for
+the ONNX format only). ``SpaceConfig.layer_types`` narrows the kinds a method is offered on (by default what
+the classes declare in ``search_layer_types``: ``int8_weight_only`` — int8 storage — on GRU / LSTM only). :class:`SpaceConfig` only says
 which (family, method) pairs to search and on which ratio grid — by default what the technique classes
 declare (``search_default``, ``search_ratios``, ``search_settings``); numeric ``ratio`` fields are varied
 generically. A layer's options are every structural choice (none, each prune / low-rank setting) crossed
@@ -21,7 +23,14 @@ from typing import Any
 
 from devicefit.compressor.latency.roofline import LayerSpec
 from devicefit.compressor.plan import LayerChoice, Plan
-from devicefit.compressor.techniques import FAMILIES, TECHNIQUES, Distill, Technique, family_classes
+from devicefit.compressor.techniques import (
+    FAMILIES,
+    RECURRENT_KINDS,
+    TECHNIQUES,
+    Distill,
+    Technique,
+    family_classes,
+)
 from devicefit.errors import UserInputError
 
 FLOAT = "float"
@@ -47,6 +56,12 @@ def _default_ratios() -> dict[str, tuple[float, ...]]:
     return out
 
 
+def _default_layer_types() -> dict[str, tuple[str, ...]]:
+    """Per method, the layer kinds the search offers it on where its class narrows them (``search_layer_types``)."""
+    return {c.method: tuple(c.search_layer_types) for c in TECHNIQUES.values()
+            if c.search_default and c.search_layer_types is not None}
+
+
 def _default_settings() -> dict[str, dict[str, Any]]:
     """Per method, the fixed fields its technique class declares for the search (``search_settings``)."""
     return {c.method: dict(c.search_settings) for c in TECHNIQUES.values() if c.search_default and c.search_settings}
@@ -61,6 +76,10 @@ class SpaceConfig:
     #: method -> fixed keyword arguments (e.g. {"lowrank": {"kind": "asvd"}})
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=_default_settings)
     format: str = "onnx"
+    #: method -> the layer kinds it is offered on, narrower than its ``layer_types`` (default: the classes'
+    #: ``search_layer_types``: ``int8_weight_only`` on GRU / LSTM only); ``{}`` offers every method on every
+    #: kind it applies to
+    layer_types: Mapping[str, tuple[str, ...]] = field(default_factory=_default_layer_types)
 
     def __post_init__(self) -> None:
         for fam, methods in self.families.items():
@@ -75,12 +94,13 @@ class SpaceConfig:
         """This space restricted to ``families`` (an ONNX-only model: ``("quant",)``)."""
         return SpaceConfig(families={k: v for k, v in self.families.items() if k in families},
                            ratios={k: v for k, v in self.ratios.items() if k in families},
-                           settings=dict(self.settings), format=self.format)
+                           settings=dict(self.settings), format=self.format, layer_types=dict(self.layer_types))
 
     def to_dict(self) -> dict[str, Any]:
         return {"families": {k: list(v) for k, v in self.families.items()},
                 "ratios": {k: list(v) for k, v in self.ratios.items()},
-                "settings": {k: dict(v) for k, v in self.settings.items()}, "format": self.format}
+                "settings": {k: dict(v) for k, v in self.settings.items()}, "format": self.format,
+                "layer_types": {k: list(v) for k, v in self.layer_types.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SpaceConfig:
@@ -89,6 +109,7 @@ class SpaceConfig:
             ratios={k: tuple(float(x) for x in v) for k, v in d.get("ratios", _default_ratios()).items()},
             settings={k: dict(v) for k, v in d.get("settings", _default_settings()).items()},
             format=str(d.get("format", "onnx")),
+            layer_types={k: tuple(v) for k, v in d.get("layer_types", _default_layer_types()).items()},
         )
 
 
@@ -131,7 +152,11 @@ def candidates(config: SpaceConfig, family: str, *, kind: str, has_calibration: 
             if ratio is not None:
                 kwargs["ratio"] = float(ratio)
             tech = cls(**kwargs)
-            if kind not in tech.layer_types or config.format not in tech.formats:
+            if kind not in tech.layer_types or kind not in config.layer_types.get(method, tech.layer_types):
+                continue
+            if config.format not in tech.formats:
+                continue
+            if kind in RECURRENT_KINDS and config.format != "onnx":  # recurrent layers: ONNX GRU / LSTM only
                 continue
             if tech.needs_calibration and not has_calibration:
                 continue

@@ -106,9 +106,12 @@ def test_space_from_registry_capabilities() -> None:
 def test_space_config_validates_against_registry() -> None:
     with pytest.raises(UserInputError, match="unknown quant method"):
         SpaceConfig(families={"quant": ("int3",)})
-    # every quant method in the registry can be searched
+    # every quant method in the registry can be searched (on every kind it applies to, with layer_types={}: by
+    # default int8_weight_only is offered on recurrent layers only)
     all_quant = tuple(m for f, m in TECHNIQUES if f == "quant")
-    space = build_space(SPECS, config=SpaceConfig(families={"quant": all_quant}))
+    assert "int8_weight_only" not in build_space(SPECS, config=SpaceConfig(families={"quant": all_quant})).labels("fc")
+    space = build_space(SPECS, config=SpaceConfig(families={"quant": all_quant}, layer_types={}))
     assert sorted(space.labels("fc")) == sorted({"float", *all_quant})  # KeepFloat's label is float: no duplicate
     cfg = SpaceConfig(ratios={"prune": (0.3,), "lowrank": (0.25, 0.75)})
-    assert SpaceConfig.from_dict(cfg.to_dict()) == cfg
+    assert SpaceConfig.from_dict(cfg.to_dict()) == cfg and cfg.layer_types == {"int8_weight_only": ("gru", "lstm")}
+    assert SpaceConfig.from_dict(SpaceConfig(layer_types={}).to_dict()).layer_types == {}
