@@ -46,12 +46,16 @@ def faster_than_fp32(c: Candidate, fp32: Candidate | None) -> bool:
     return fp32 is None or fp32.measured_ms is None or c.predicted_ms < fp32.measured_ms
 
 
-def slower_than_fp32(c: Candidate, fp32: Candidate | None, budget: Budget) -> bool:
-    """``c`` is a compressed candidate *measured* no faster than the fp32 baseline, where latency is a goal
-    (a latency budget is set): the fit never hands such a model back."""
+def slower_than_fp32(c: Candidate, fp32: Candidate | None, budget: Budget, tie: float = 0.0) -> bool:
+    """``c`` is a compressed candidate *measured* no faster than the fp32 baseline (more than ``tie`` slower:
+    within it, the same speed), where latency is a goal (a latency budget is set): the fit never hands such a
+    model back. A storage-only technique (int8 weights of a GRU, which onnxruntime runs in float) measures at
+    fp32's speed, give or take the noise: within ``tie`` it may still win a fit bound by size."""
     if budget.latency_ms is None or fp32 is None or c is fp32 or fp32.measured_ms is None:
         return False
-    return c.plan_hash != fp32.plan_hash and c.measured_ms is not None and c.measured_ms >= fp32.measured_ms
+    limit = fp32.measured_ms * (1 + tie) if tie > 0 else fp32.measured_ms
+    return c.plan_hash != fp32.plan_hash and c.measured_ms is not None and (
+        c.measured_ms > limit if tie > 0 else c.measured_ms >= limit)
 
 
 def anchors(space: SearchSpace) -> list[dict[str, str]]:
@@ -74,9 +78,10 @@ def is_anchor(c: Candidate, anchor_plans: Sequence[dict[str, str]], fp32: Candid
 
 def best_passing(measured: Iterable[Candidate], budget: Budget, cfg: SearchConfig,
                  fp32: Candidate | None) -> Candidate | None:
-    """The fastest measured candidate within every budget (and not slower than fp32); latencies within
-    :attr:`SearchConfig.tie` of the fastest are a tie, broken by the lower drop."""
-    passing = [c for c in measured if c.passes(budget) and not slower_than_fp32(c, fp32, budget)]
+    """The fastest measured candidate within every budget (and not slower than fp32 beyond the tie); latencies
+    within :attr:`SearchConfig.tie` of the fastest are a tie, broken by the lower drop (so a passing fp32 model
+    wins over a compressed one as fast as it)."""
+    passing = [c for c in measured if c.passes(budget) and not slower_than_fp32(c, fp32, budget, cfg.tie)]
     if not passing:
         return None
     fastest = min(c.latency_ms for c in passing)

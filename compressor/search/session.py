@@ -364,7 +364,7 @@ class FitSession:
             return None
         contenders = sorted((c for c in self.measures.measured() if c.plan_hash != fp32.plan_hash and c.path is not None
                              and policy.contends(c, budget, cfg.confirm_within)
-                             and not policy.slower_than_fp32(c, fp32, budget)),
+                             and not policy.slower_than_fp32(c, fp32, budget, cfg.tie)),
                             key=lambda c: c.latency_ms)
         top = [c for c in contenders[: cfg.confirm_top]
                if c.latency_ms <= contenders[0].latency_ms * (1 + cfg.confirm_within)]

@@ -267,6 +267,27 @@ def test_never_hands_back_a_model_measured_slower_than_fp32(tmp_path: Path, monk
     assert out.best is None and out.chosen is out.baseline
 
 
+def test_a_storage_only_plan_as_fast_as_fp32_wins_a_size_bound_fit() -> None:
+    """A GRU's int8 weights run in float (no int8 GRU kernel): the file is 0.4x, the speed fp32's, give or take
+    the noise. With fp32 over the size budget, such a candidate measured within the tie of fp32 is the answer;
+    one measured clearly slower is still never handed back, and a passing fp32 beats an equally fast one."""
+    from devicefit.compressor.search import policy
+
+    def cand(trial: int, ms: float, size: int, drop: float = 0.0) -> Candidate:
+        return Candidate(trial, {}, f"h{trial}", ms, size, 10.0, drop, measured_ms=ms, size_bytes=size,
+                         measured_memory_mb=10.0, metric={"drop": drop})
+
+    budget, cfg = Budget(latency_ms=5.0, size_mb=0.1), SearchConfig()
+    fp32 = cand(-1, 1.00, 189_000)
+    same = cand(1, 1.03, 75_000)  # 3% slower: a tie (cfg.tie = 5%)
+    slower = cand(2, 1.20, 75_000)
+    assert policy.best_passing([fp32, same, slower], budget, cfg, fp32) is same
+    assert policy.best_passing([fp32, slower], budget, cfg, fp32) is None
+    assert policy.slower_than_fp32(same, fp32, budget) and not policy.slower_than_fp32(same, fp32, budget, cfg.tie)
+    roomy = Budget(latency_ms=5.0, size_mb=1.0)  # fp32 passes too: it wins the tie on its lower drop
+    assert policy.best_passing([fp32, cand(3, 1.03, 75_000, drop=0.001)], roomy, cfg, fp32) is fp32
+
+
 def test_anchors_measured_when_every_drop_prediction_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Per-layer sensitivities that rule every plan out (they overstate the drop 100x here): the exploit pass
     still measures the uniform plans predicted faster than fp32 — measurements, not predictions, decide."""
