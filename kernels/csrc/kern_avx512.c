@@ -318,7 +318,8 @@ static inline __attribute__((always_inline)) void transpose16x16(const __m512 *r
   }
 }
 
-/* the epilogue factors of 16 rows n0.. for every group, transposed to [group][row]: sc = s * xs (the same float
+/* the epilogue factors of 16 rows n0.. for every group, transposed to [group][row] (sc, zx: 16 * ng rounded up to
+ * a multiple of 16 groups; the padding is written with zeros): sc = s * xs (the same float
  * product every path computes) and zx = z * xsum (exact: |xsum| <= 127 * 256 fits int16, so one vpmaddwd) */
 static void epilogue16(int64_t ng, int64_t n0, const float *scales, const uint8_t *zeros, int32_t zdef,
                        const float *xs, const int32_t *xsum, float *sc, int32_t *zx) {
@@ -329,7 +330,7 @@ static void epilogue16(int64_t ng, int64_t n0, const float *scales, const uint8_
     const __m512 xsv = _mm512_maskz_loadu_ps(m, xs + g0);
     for (int r = 0; r < 16; r++) a[r] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scales + (n0 + r) * ng + g0), xsv);
     transpose16x16(a, at);
-    for (int64_t i = 0; i < cnt; i++) _mm512_storeu_ps(sc + (g0 + i) * 16, at[i]);
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps(sc + (g0 + i) * 16, at[i]);
     const __m512i xsumv = _mm512_maskz_loadu_epi32(m, xsum + g0);
     for (int r = 0; r < 16; r++) {
       const __m512i z = zeros ? _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, zeros + (n0 + r) * ng + g0))
@@ -337,7 +338,7 @@ static void epilogue16(int64_t ng, int64_t n0, const float *scales, const uint8_
       a[r] = _mm512_castsi512_ps(_mm512_madd_epi16(z, xsumv));
     }
     transpose16x16(a, at);
-    for (int64_t i = 0; i < cnt; i++) _mm512_storeu_ps((float *)(zx + (g0 + i) * 16), at[i]);
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps((float *)(zx + (g0 + i) * 16), at[i]);
   }
 }
 
@@ -420,11 +421,15 @@ static inline __attribute__((always_inline)) __m512 quad_epilogue(const int gpq,
 static inline __attribute__((always_inline)) void row16_q2(const int gpq, int64_t nq, int64_t last_chunks,
                                                            int64_t n0, int64_t row_bytes, const int8_t *xa,
                                                            const uint8_t *packed, const float *sc,
-                                                           const int32_t *zx, float *y) {
+                                                           const int32_t *zx, float *y, const char *pf_s,
+                                                           const char *pf_z) {
   __m512 acc = _mm512_setzero_ps();
   const int64_t nfull = last_chunks == 4 ? nq : nq - 1;
   __m512i c[4];
   for (int64_t q = 0; q < nfull; q++) {
+    /* 16 rows x gpq groups of scales (64 bytes per group) and of zero points (16 bytes) per quad */
+    for (int h = 0; h < gpq; h++) _mm_prefetch(pf_s + (q * gpq + h) * 64, _MM_HINT_T0);
+    _mm_prefetch(pf_z + q * gpq * 16, _MM_HINT_T0);
     row16_quad(1, 0, q, n0, row_bytes, xa, packed, c);
     acc = quad_epilogue(gpq, c, q * gpq, gpq, sc, zx, acc);
   }
@@ -436,13 +441,14 @@ static inline __attribute__((always_inline)) void row16_q2(const int gpq, int64_
 }
 
 static void row16_q2_blocks(int64_t G, int64_t nq, int64_t last_chunks, int64_t n0, int64_t row_bytes,
-                            const int8_t *xa, const uint8_t *packed, const float *sc, const int32_t *zx, float *y) {
+                            const int8_t *xa, const uint8_t *packed, const float *sc, const int32_t *zx, float *y,
+                            const char *pf_s, const char *pf_z) {
   if (G == 64)
-    row16_q2(4, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y);
+    row16_q2(4, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y, pf_s, pf_z);
   else if (G == 128)
-    row16_q2(2, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y);
+    row16_q2(2, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y, pf_s, pf_z);
   else
-    row16_q2(1, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y);
+    row16_q2(1, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y, pf_s, pf_z);
 }
 
 /* 2-bit batch 1, G in {64, 128, 256}: rows 0 .. 16 * floor(N / 16) - 1; returns how many rows it did (0 when out
@@ -451,22 +457,21 @@ static int64_t lowbit2_rows16(int64_t N, int64_t Kp, int64_t G, const int8_t *xq
                               const float *xs, const uint8_t *packed, const float *scales, const uint8_t *zeros,
                               float *y) {
   const int64_t ng = Kp / G, row_bytes = Kp / 4, nq = (Kp + 255) / 256, last_chunks = (Kp / 64) - 4 * (nq - 1);
-  /* one buffer: sc [ng][16] floats, zx [ng][16] int32, the activations in quad order */
-  uint8_t *buf = malloc(sizeof(float) * 32 * (size_t)ng + 256 * (size_t)nq);
+  const int64_t ng16 = (ng + 15) / 16 * 16;
+  /* one buffer: sc [ng16][16] floats, zx [ng16][16] int32, the activations in quad order */
+  uint8_t *buf = malloc(sizeof(float) * 32 * (size_t)ng16 + 256 * (size_t)nq);
   if (!buf) return 0;
   float *sc = (float *)buf;
-  int32_t *zx = (int32_t *)(buf + sizeof(float) * 16 * (size_t)ng);
-  int8_t *xa = (int8_t *)(buf + sizeof(float) * 32 * (size_t)ng);
+  int32_t *zx = (int32_t *)(buf + sizeof(float) * 16 * (size_t)ng16);
+  int8_t *xa = (int8_t *)(buf + sizeof(float) * 32 * (size_t)ng16);
   to_quad_order(xq, Kp, xa);
   int64_t n0 = 0;
   for (; n0 + 16 <= N; n0 += 16) {
     epilogue16(ng, n0, scales, zeros, 2, xs, xsum, sc, zx);
-    if (n0 + 32 <= N) /* the next block's scales / zero points (read after this block's dot products) */
-      for (int64_t i = 0; i < 16 * ng; i += 16) {
-        _mm_prefetch((const char *)(scales + (n0 + 16) * ng + i), _MM_HINT_T0);
-        if (zeros && i % 64 == 0) _mm_prefetch((const char *)(zeros + (n0 + 16) * ng + i), _MM_HINT_T0);
-      }
-    row16_q2_blocks(G, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y);
+    /* the next block's scales / zero points are prefetched along this block's quads (the last block: its own) */
+    const int64_t pf = n0 + 32 <= N ? n0 + 16 : n0;
+    row16_q2_blocks(G, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y, (const char *)(scales + pf * ng),
+                    zeros ? (const char *)(zeros + pf * ng) : (const char *)(scales + pf * ng));
   }
   free(buf);
   return n0;
