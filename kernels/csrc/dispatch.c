@@ -113,11 +113,21 @@ DFK_EXPORT const char *dfk_isa_list(void) {
 
 /* symmetric int8 quantization of n floats (padded with zeros to np): returns the scale amax/127 */
 static float quantize_block(const float *x, int64_t n, int64_t np, int8_t *q) {
-  float amax = 0.0f;
-  for (int64_t i = 0; i < n; i++) {
-    float a = fabsf(x[i]);
-    amax = a > amax ? a : amax;
+  /* eight running maxima (one maxss chain was the op's bottleneck at small sizes); max is exact and
+   * order-free, and `a > m ? a : m` skips NaN in every lane as it did with one */
+  float m8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t i0 = 0;
+  for (; i0 + 8 <= n; i0 += 8)
+    for (int j = 0; j < 8; j++) {
+      float a = fabsf(x[i0 + j]);
+      m8[j] = a > m8[j] ? a : m8[j];
+    }
+  for (; i0 < n; i0++) {
+    float a = fabsf(x[i0]);
+    m8[0] = a > m8[0] ? a : m8[0];
   }
+  float amax = 0.0f;
+  for (int j = 0; j < 8; j++) amax = m8[j] > amax ? m8[j] : amax;
   float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
   /* round half to even without a libm call: for |v| < 2^22, (v + 1.5*2^23) - 1.5*2^23 rounds v to an integer
    * in the current (default: to-nearest-even) mode, exactly like rintf; |x * inv| <= 127 here */
