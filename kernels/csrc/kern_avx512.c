@@ -358,6 +358,8 @@ static void to_quad_order(const int8_t *x, int64_t Kp, int8_t *xa) {
     for (int j = 0; j < 4; j++)
       for (int w = 0; w < 2; w++)
         memcpy(xa + (c / 4) * 256 + j * 64 + (c % 4) * 16 + 8 * w, x + 64 * c + 32 * w + 8 * j, 8);
+  if (Kp % 256 == 128) /* a half last quad: lanes 2, 3 repeat lanes 0, 1 (two rows per vector, see row16_half) */
+    for (int j = 0; j < 4; j++) memcpy(xa + (nq - 1) * 256 + j * 64 + 32, xa + (nq - 1) * 256 + j * 64, 32);
 }
 
 /* int32 lanes of one row's quad: lane 4L + i sums 4 products of chunk L */
@@ -403,6 +405,40 @@ static inline __attribute__((always_inline)) void row16_quad(const int full, __m
   c[2] = _mm512_shuffle_i32x4(q01, q23, 0x88), c[3] = _mm512_shuffle_i32x4(q01, q23, 0xDD);
 }
 
+/* a half last quad (128 k: one group of 128 or two of 64, `gpq` = 2 or 4 per whole quad): two rows per vector
+ * (row r in lanes 0, 1, row r + 1 in lanes 2, 3); c[h] = the 16 rows' sums of half-quad group h */
+static inline __attribute__((always_inline)) void row16_half(const int gpq, int64_t q, int64_t n0, int64_t row_bytes,
+                                                             const int8_t *xa, const uint8_t *packed, __m512i *c) {
+  const __m512i three = _mm512_set1_epi8(3);
+  const __m512i xv[4] = {_mm512_loadu_si512(xa + q * 256), _mm512_loadu_si512(xa + q * 256 + 64),
+                         _mm512_loadu_si512(xa + q * 256 + 128), _mm512_loadu_si512(xa + q * 256 + 192)};
+  const uint8_t *p = packed + n0 * row_bytes + q * 64;
+  __m512i t[4];
+  for (int r = 0; r < 16; r += 4) {
+    __m512i e[2];
+    for (int h = 0; h < 2; h++) {
+      const uint8_t *a = p + (r + 2 * h) * row_bytes;
+      const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                                           _mm256_loadu_si256((const __m256i *)(a + row_bytes)), 1);
+      e[h] = quad_dot(v, xv, three);
+    }
+    t[r / 4] = _mm512_add_epi32(_mm512_unpacklo_epi32(e[0], e[1]), _mm512_unpackhi_epi32(e[0], e[1]));
+  }
+  __m512i u[2]; /* lane 2 * (row parity) + chunk of u[i]: rows 8i + parity + 0, 2, 4, 6 */
+  for (int i = 0; i < 2; i++)
+    u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
+                            _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+  /* per chunk: rows 0 2 4 6 1 3 5 7 8 10 12 14 9 11 13 15, put back in order */
+  const __m512i k0 = _mm512_shuffle_i32x4(u[0], u[1], 0x88), k1 = _mm512_shuffle_i32x4(u[0], u[1], 0xDD);
+  const __m512i order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+  if (gpq == 2) {
+    c[0] = _mm512_permutexvar_epi32(order, _mm512_add_epi32(k0, k1));
+  } else {
+    c[0] = _mm512_permutexvar_epi32(order, k0);
+    c[1] = _mm512_permutexvar_epi32(order, k1);
+  }
+}
+
 /* the groups g0 .. g0 + ng_here - 1 of one quad's chunk sums c, in order, into acc; `gpq` groups per quad */
 static inline __attribute__((always_inline)) __m512 quad_epilogue(const int gpq, __m512i *c, int64_t g0,
                                                                   int64_t ng_here, const float *sc, const int32_t *zx,
@@ -433,7 +469,14 @@ static inline __attribute__((always_inline)) void row16_q2(const int gpq, int64_
     row16_quad(1, 0, q, n0, row_bytes, xa, packed, c);
     acc = quad_epilogue(gpq, c, q * gpq, gpq, sc, zx, acc);
   }
-  if (nfull < nq) {
+  if (nfull < nq && last_chunks == 2 && gpq > 1) {
+    row16_half(gpq, nfull, n0, row_bytes, xa, packed, c);
+    for (int h = 0; h < gpq / 2; h++) {
+      const int64_t g = nfull * gpq + h;
+      const __m512i dot = _mm512_sub_epi32(c[h], _mm512_loadu_si512(zx + g * 16));
+      acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(sc + g * 16)));
+    }
+  } else if (nfull < nq) {
     row16_quad(0, ((__mmask64)1 << (16 * last_chunks)) - 1, nfull, n0, row_bytes, xa, packed, c);
     acc = quad_epilogue(gpq, c, nfull * gpq, last_chunks * gpq / 4, sc, zx, acc);
   }
@@ -526,8 +569,8 @@ static void lowbit_avx512(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G,
                           const int32_t *xsum, const float *xs, const uint8_t *packed, const float *scales,
                           const uint8_t *zeros, float *y) {
   int64_t n0 = 0;
-  /* a partial last quad wastes lanes: K not a multiple of 256 stays on the 8-row path (faster there) */
-  if (bits == 2 && M == 1 && G >= 64 && Kp % 256 == 0) n0 = lowbit2_rows16(N, Kp, G, xq, xsum, xs, packed, scales, zeros, y);
+  /* a last quad of 64 or 192 k would waste lanes: such K stay on the 8-row path (faster there) */
+  if (bits == 2 && M == 1 && G >= 64 && Kp % 128 == 0) n0 = lowbit2_rows16(N, Kp, G, xq, xsum, xs, packed, scales, zeros, y);
   if (n0 == N) return;
   const int64_t ng = Kp / G, row_bytes = Kp * bits / 8;
   lowbit_rows8(bits, M, N - n0, Kp, G, xq, xsum, xs, packed + n0 * row_bytes, scales + n0 * ng,
