@@ -157,7 +157,8 @@ def test_lowbit_batch_one_matches_reference_on_every_isa(
 
 
 @pytest.mark.parametrize(("group", "k", "n", "zeros"), [(64, 512, 37, True), (128, 768, 48, False), (256, 1024, 16, True),
-                                                      (128, 384, 40, True), (64, 640, 33, False), (64, 320, 16, True)])
+                                                      (128, 384, 40, True), (64, 640, 33, False), (64, 320, 16, True),
+                                                      (64, 1536, 17, True)])
 def test_lowbit2_batch_one_16_channel_blocks_are_exact(
     isas: list[str], run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch, group: int, k: int,
     n: int, zeros: bool
