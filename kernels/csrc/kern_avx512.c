@@ -589,6 +589,10 @@ static void lowbit_avx512(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G,
                zeros ? zeros + n0 * ng : NULL, y + n0);
 }
 
+float dfk_quantize_block_avx512(const float *x, int64_t n, int64_t np, int8_t *q) {
+  return dfk_quantize_block(x, n, np, q);
+}
+
 const dfk_isa dfk_isa_avx512vnni = {"avx512vnni", s24_avx512, lowbit_avx512};
 #else
 typedef int dfk_no_avx512_here; /* keeps the translation unit non-empty off x86-64 */
