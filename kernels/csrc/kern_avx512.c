@@ -386,20 +386,16 @@ static inline __attribute__((always_inline)) __m512i quad_dot(__m512i v, const _
  * with the weights in L3: 64, 192, 256 and one block ahead were all slower; the hardware prefetchers alone, 15%) */
 #define DFK_Q2_PREFETCH 128
 
-/* the 16 rows' sums of each 64-k chunk of quad q (c[L] lane i: row n0 + i, chunk L); `lm` masks the codes of a
- * partial last quad (`full` a compile-time constant at every call) */
-static inline __attribute__((always_inline)) void row16_quad(const int full, __mmask64 lm, int64_t q, int64_t n0,
-                                                             int64_t row_bytes, const int8_t *xa,
-                                                             const uint8_t *packed, __m512i *c) {
+/* the 16 rows' sums of each 64-k chunk of quad q (c[L] lane i: row n0 + i, chunk L) */
+static inline __attribute__((always_inline)) void row16_quad(int64_t q, int64_t n0, int64_t row_bytes,
+                                                             const int8_t *xa, const uint8_t *packed, __m512i *c) {
   const __m512i three = _mm512_set1_epi8(3);
   const __m512i xv[4] = {_mm512_loadu_si512(xa + q * 256), _mm512_loadu_si512(xa + q * 256 + 64),
                          _mm512_loadu_si512(xa + q * 256 + 128), _mm512_loadu_si512(xa + q * 256 + 192)};
   const uint8_t *p = packed + n0 * row_bytes + q * 64;
   __m512i t[8];
   for (int r = 0; r < 16; r += 2) { /* two rows, then the first level of the add tree */
-    const __m512i v0 = full ? _mm512_loadu_si512(p + r * row_bytes) : _mm512_maskz_loadu_epi8(lm, p + r * row_bytes);
-    const __m512i v1 = full ? _mm512_loadu_si512(p + (r + 1) * row_bytes)
-                            : _mm512_maskz_loadu_epi8(lm, p + (r + 1) * row_bytes);
+    const __m512i v0 = _mm512_loadu_si512(p + r * row_bytes), v1 = _mm512_loadu_si512(p + (r + 1) * row_bytes);
     _mm_prefetch((const char *)(p + r * row_bytes + DFK_Q2_PREFETCH), _MM_HINT_T0);
     _mm_prefetch((const char *)(p + (r + 1) * row_bytes + DFK_Q2_PREFETCH), _MM_HINT_T0);
     const __m512i d0 = quad_dot(v0, xv, three), d1 = quad_dot(v1, xv, three);
@@ -451,13 +447,12 @@ static inline __attribute__((always_inline)) void row16_half(const int gpq, int6
   }
 }
 
-/* the groups g0 .. g0 + ng_here - 1 of one quad's chunk sums c, in order, into acc; `gpq` groups per quad */
+/* the groups g0 .. g0 + gpq - 1 of one quad's chunk sums c, in order, into acc */
 static inline __attribute__((always_inline)) __m512 quad_epilogue(const int gpq, __m512i *c, int64_t g0,
-                                                                  int64_t ng_here, const float *sc, const int32_t *zx,
-                                                                  __m512 acc) {
+                                                                  const float *sc, const int32_t *zx, __m512 acc) {
   if (gpq == 2) c[0] = _mm512_add_epi32(c[0], c[1]), c[1] = _mm512_add_epi32(c[2], c[3]);
   if (gpq == 1) c[0] = _mm512_add_epi32(_mm512_add_epi32(c[0], c[1]), _mm512_add_epi32(c[2], c[3]));
-  for (int h = 0; h < gpq && h < ng_here; h++) {
+  for (int h = 0; h < gpq; h++) {
     const __m512i dot = _mm512_sub_epi32(c[h], _mm512_loadu_si512(zx + (g0 + h) * 16));
     acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(sc + (g0 + h) * 16)));
   }
@@ -465,7 +460,7 @@ static inline __attribute__((always_inline)) __m512 quad_epilogue(const int gpq,
 }
 
 /* 16 rows x all groups; `gpq` (groups per quad: 4, 2, 1 for G = 64, 128, 256) a compile-time constant; nq quads,
- * the last one `last_chunks` (1..4) chunks long */
+ * the last one `last_chunks` (4, or 2: a half quad) chunks long */
 static inline __attribute__((always_inline)) void row16_q2(const int gpq, int64_t nq, int64_t last_chunks,
                                                            int64_t n0, int64_t row_bytes, const int8_t *xa,
                                                            const uint8_t *packed, const float *sc,
@@ -478,19 +473,16 @@ static inline __attribute__((always_inline)) void row16_q2(const int gpq, int64_
     /* 16 rows x gpq groups of scales (64 bytes per group) and of zero points (16 bytes) per quad */
     for (int h = 0; h < gpq; h++) _mm_prefetch(pf_s + (q * gpq + h) * 64, _MM_HINT_T0);
     _mm_prefetch(pf_z + q * gpq * 16, _MM_HINT_T0);
-    row16_quad(1, 0, q, n0, row_bytes, xa, packed, c);
-    acc = quad_epilogue(gpq, c, q * gpq, gpq, sc, zx, acc);
+    row16_quad(q, n0, row_bytes, xa, packed, c);
+    acc = quad_epilogue(gpq, c, q * gpq, sc, zx, acc);
   }
-  if (nfull < nq && last_chunks == 2 && gpq > 1) {
+  if (nfull < nq) { /* last_chunks == 2 here (lowbit2_rows16 takes K a multiple of 128 only) */
     row16_half(gpq, nfull, n0, row_bytes, xa, packed, c);
     for (int h = 0; h < gpq / 2; h++) {
       const int64_t g = nfull * gpq + h;
       const __m512i dot = _mm512_sub_epi32(c[h], _mm512_loadu_si512(zx + g * 16));
       acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(sc + g * 16)));
     }
-  } else if (nfull < nq) {
-    row16_quad(0, ((__mmask64)1 << (16 * last_chunks)) - 1, nfull, n0, row_bytes, xa, packed, c);
-    acc = quad_epilogue(gpq, c, nfull * gpq, last_chunks * gpq / 4, sc, zx, acc);
   }
   _mm512_storeu_ps(y + n0, acc);
 }
