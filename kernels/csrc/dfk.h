@@ -25,6 +25,7 @@
 #ifndef DFK_H
 #define DFK_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -71,6 +72,41 @@ static inline unsigned dfk_code(const uint8_t *row, int bits, int64_t k) {
   unsigned hi = (c[16 + (q & 7)] >> (q >> 3)) & 1u;
   return lo | (hi << 2);
 }
+
+/* symmetric int8 quantization of n floats (padded with zeros to np): returns the scale amax/127 */
+static inline float dfk_quantize_block(const float *x, int64_t n, int64_t np, int8_t *q) {
+  /* eight running maxima (one maxss chain was the op's bottleneck at small sizes); max is exact and
+   * order-free, and `a > m ? a : m` skips NaN in every lane as it did with one */
+  float m8[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t i0 = 0;
+  for (; i0 + 8 <= n; i0 += 8)
+    for (int j = 0; j < 8; j++) {
+      float a = fabsf(x[i0 + j]);
+      m8[j] = a > m8[j] ? a : m8[j];
+    }
+  for (; i0 < n; i0++) {
+    float a = fabsf(x[i0]);
+    m8[0] = a > m8[0] ? a : m8[0];
+  }
+  float amax = 0.0f;
+  for (int j = 0; j < 8; j++) amax = m8[j] > amax ? m8[j] : amax;
+  float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  /* round half to even without a libm call: for |v| < 2^22, (v + 1.5*2^23) - 1.5*2^23 rounds v to an integer
+   * in the current (default: to-nearest-even) mode, exactly like rintf; |x * inv| <= 127 here */
+  const float magic = 12582912.0f;
+  for (int64_t i = 0; i < n; i++) {
+    float r = (x[i] * inv + magic) - magic;
+    r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+    q[i] = (int8_t)r;
+  }
+  for (int64_t i = n; i < np; i++) q[i] = 0;
+  return amax / 127.0f;
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+/* dfk_quantize_block compiled with the AVX-512 flags (kern_avx512.c; call only where that ISA runs) */
+float dfk_quantize_block_avx512(const float *x, int64_t n, int64_t np, int8_t *q);
+#endif
 
 /* public entry points (ctypes, the C test driver and the onnxruntime glue use them) */
 DFK_EXPORT const char *dfk_version(void);

@@ -111,24 +111,13 @@ DFK_EXPORT const char *dfk_isa_list(void) {
   return buf;
 }
 
-/* symmetric int8 quantization of n floats (padded with zeros to np): returns the scale amax/127 */
-static float quantize_block(const float *x, int64_t n, int64_t np, int8_t *q) {
-  float amax = 0.0f;
-  for (int64_t i = 0; i < n; i++) {
-    float a = fabsf(x[i]);
-    amax = a > amax ? a : amax;
-  }
-  float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-  /* round half to even without a libm call: for |v| < 2^22, (v + 1.5*2^23) - 1.5*2^23 rounds v to an integer
-   * in the current (default: to-nearest-even) mode, exactly like rintf; |x * inv| <= 127 here */
-  const float magic = 12582912.0f;
-  for (int64_t i = 0; i < n; i++) {
-    float r = (x[i] * inv + magic) - magic;
-    r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
-    q[i] = (int8_t)r;
-  }
-  for (int64_t i = n; i < np; i++) q[i] = 0;
-  return amax / 127.0f;
+/* activation quantization (dfk.h), the copy compiled for the ISA in use (the same C: the same results) */
+static float quantize_block(const dfk_isa *isa, const float *x, int64_t n, int64_t np, int8_t *q) {
+#if defined(__x86_64__)
+  if (isa == &dfk_isa_avx512vnni) return dfk_quantize_block_avx512(x, n, np, q);
+#endif
+  (void)isa;
+  return dfk_quantize_block(x, n, np, q);
 }
 
 int dfk_sparse24_with(const dfk_isa *isa, int64_t M, int64_t K, int64_t Kp, int64_t N, const float *x,
@@ -143,7 +132,7 @@ int dfk_sparse24_with(const dfk_isa *isa, int64_t M, int64_t K, int64_t Kp, int6
     free(xq), free(sx), free(acc);
     return 2;
   }
-  for (int64_t m = 0; m < M; m++) sx[m] = quantize_block(x + m * K, K, Kp, xq + m * Kp);
+  for (int64_t m = 0; m < M; m++) sx[m] = quantize_block(isa, x + m * K, K, Kp, xq + m * Kp);
   isa->s24(M, N, Kp, xq, values, index, acc, xq + M * Kp);
   for (int64_t m = 0; m < M; m++)
     for (int64_t n = 0; n < N; n++) {
@@ -173,7 +162,7 @@ int dfk_lowbit_with(const dfk_isa *isa, int bits, int64_t G, int64_t M, int64_t 
     for (int64_t g = 0; g < ng; g++) {
       int64_t lo = g * G, n_in = K - lo < 0 ? 0 : (K - lo > G ? G : K - lo);
       int8_t *q = xq + m * Kp + lo;
-      xs[m * ng + g] = quantize_block(x + m * K + lo, n_in, G, q);
+      xs[m * ng + g] = quantize_block(isa, x + m * K + lo, n_in, G, q);
       int32_t s = 0;
       for (int64_t i = 0; i < G; i++) s += q[i];
       xsum[m * ng + g] = s;

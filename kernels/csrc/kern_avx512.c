@@ -292,7 +292,239 @@ static int has_vbmi(void) {
   return cpu == 2 && !(off && off[0] == '1');
 }
 
-static void lowbit_avx512(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G, const int8_t *xq,
+/* out = the transpose of the 16x16 matrix of 32-bit elements whose rows are r[0..15] */
+static inline __attribute__((always_inline)) void transpose16x16(const __m512 *r, __m512 *out) {
+  __m512 t[16], q[16];
+  for (int i = 0; i < 8; i++) { /* per 128-bit lane: [a0 b0 a1 b1], [a2 b2 a3 b3] */
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) { /* q[4i + j], lane L: column 4L + j of rows 4i..4i+3 */
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    q[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    q[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    q[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    q[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int j = 0; j < 4; j++) { /* column 4L + j: lane L of q[j], q[4 + j], q[8 + j], q[12 + j] */
+    const __m512 u0 = _mm512_shuffle_f32x4(q[j], q[4 + j], 0x44), u1 = _mm512_shuffle_f32x4(q[j], q[4 + j], 0xEE);
+    const __m512 u2 = _mm512_shuffle_f32x4(q[8 + j], q[12 + j], 0x44);
+    const __m512 u3 = _mm512_shuffle_f32x4(q[8 + j], q[12 + j], 0xEE);
+    out[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+    out[4 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+    out[8 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+    out[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+  }
+}
+
+/* below this many groups the epilogue factors are transposed in scalar code (measured: 1536x384, 3 groups, 20% faster
+ * in all; 6 groups already faster with the vector transposes) */
+#define DFK_EPI_SCALAR_BELOW 4
+
+/* the epilogue factors of 16 rows n0.. for every group, transposed to [group][row] (sc, zx: 16 * ng rounded up to
+ * a multiple of 16 groups; the padding is written with zeros): sc = s * xs (the same float
+ * product every path computes) and zx = z * xsum (exact: |xsum| <= 127 * 256 fits int16, so one vpmaddwd) */
+static void epilogue16(int64_t ng, int64_t n0, const float *scales, const uint8_t *zeros, int32_t zdef,
+                       const float *xs, const int32_t *xsum, float *sc, int32_t *zx) {
+  if (ng < DFK_EPI_SCALAR_BELOW) { /* few groups: two 16x16 transposes would mostly move padding */
+    for (int r = 0; r < 16; r++)
+      for (int64_t g = 0; g < ng; g++) {
+        sc[g * 16 + r] = scales[(n0 + r) * ng + g] * xs[g];
+        zx[g * 16 + r] = (zeros ? (int32_t)zeros[(n0 + r) * ng + g] : zdef) * xsum[g];
+      }
+    return;
+  }
+  for (int64_t g0 = 0; g0 < ng; g0 += 16) {
+    const int64_t cnt = ng - g0 < 16 ? ng - g0 : 16;
+    const __mmask16 m = (__mmask16)((1u << cnt) - 1);
+    __m512 a[16], at[16];
+    const __m512 xsv = _mm512_maskz_loadu_ps(m, xs + g0);
+    for (int r = 0; r < 16; r++) a[r] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scales + (n0 + r) * ng + g0), xsv);
+    transpose16x16(a, at);
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps(sc + (g0 + i) * 16, at[i]);
+    const __m512i xsumv = _mm512_maskz_loadu_epi32(m, xsum + g0);
+    for (int r = 0; r < 16; r++) {
+      const __m512i z = zeros ? _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, zeros + (n0 + r) * ng + g0))
+                              : _mm512_set1_epi32(zdef);
+      a[r] = _mm512_castsi512_ps(_mm512_madd_epi16(z, xsumv));
+    }
+    transpose16x16(a, at);
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps((float *)(zx + (g0 + i) * 16), at[i]);
+  }
+}
+
+/* ---- 2-bit, batch 1, 16 rows at a time ----
+ * One 64-byte load of a row holds the codes of 256 k (a "quad": four 64-k chunks, one per 128-bit lane: lane L,
+ * qword w = code word of k = 64L + 32w .. +31). Field j of every byte is isolated by one 64-bit shift (none for
+ * j = 0) and one mask: byte t of qword w then holds the code of k = 64L + 32w + 8j + t. The activations are
+ * rearranged once per call into that order (four vectors per quad, one per j), so a quad costs per row one load,
+ * three shifts, four masks and four vpdpbusd. Each int32 lane then sums 4 products of one 64-k chunk; a group
+ * (64, 128 or 256 k) is 1, 2 or 4 lanes, so the add tree reduces 16 rows x 4 chunks together. */
+
+/* xa[quad][j][64]: byte 16L + 8w + t of vector j = x[256 quad + 64L + 32w + 8j + t]; zeros past Kp */
+static void to_quad_order(const int8_t *x, int64_t Kp, int8_t *xa) {
+  const int64_t nq = (Kp + 255) / 256;
+  memset(xa, 0, (size_t)(256 * nq));
+  for (int64_t c = 0; c < Kp / 64; c++) /* chunk c = lane c % 4 of quad c / 4 */
+    for (int j = 0; j < 4; j++)
+      for (int w = 0; w < 2; w++)
+        memcpy(xa + (c / 4) * 256 + j * 64 + (c % 4) * 16 + 8 * w, x + 64 * c + 32 * w + 8 * j, 8);
+  if (Kp % 256 == 128) /* a half last quad: lanes 2, 3 repeat lanes 0, 1 (two rows per vector, see row16_half) */
+    for (int j = 0; j < 4; j++) memcpy(xa + (nq - 1) * 256 + j * 64 + 32, xa + (nq - 1) * 256 + j * 64, 32);
+}
+
+/* int32 lanes of one row's quad: lane 4L + i sums 4 products of chunk L */
+static inline __attribute__((always_inline)) __m512i quad_dot(__m512i v, const __m512i *xa, __m512i three) {
+  __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, three), xa[0]);
+  s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi64(v, 2), three), xa[1]);
+  s = _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi64(v, 4), three), xa[2]);
+  return _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi64(v, 6), three), xa[3]);
+}
+
+/* software prefetch distance of the 16 row streams, in bytes (two quads ahead; measured best on Sapphire Rapids
+ * with the weights in L3: 64, 192, 256 and one block ahead were all slower; the hardware prefetchers alone, 15%) */
+#define DFK_Q2_PREFETCH 128
+
+/* the 16 rows' sums of each 64-k chunk of quad q (c[L] lane i: row n0 + i, chunk L) */
+static inline __attribute__((always_inline)) void row16_quad(int64_t q, int64_t n0, int64_t row_bytes,
+                                                             const int8_t *xa, const uint8_t *packed, __m512i *c) {
+  const __m512i three = _mm512_set1_epi8(3);
+  const __m512i xv[4] = {_mm512_loadu_si512(xa + q * 256), _mm512_loadu_si512(xa + q * 256 + 64),
+                         _mm512_loadu_si512(xa + q * 256 + 128), _mm512_loadu_si512(xa + q * 256 + 192)};
+  const uint8_t *p = packed + n0 * row_bytes + q * 64;
+  __m512i t[8];
+  for (int r = 0; r < 16; r += 2) { /* two rows, then the first level of the add tree */
+    const __m512i v0 = _mm512_loadu_si512(p + r * row_bytes), v1 = _mm512_loadu_si512(p + (r + 1) * row_bytes);
+    _mm_prefetch((const char *)(p + r * row_bytes + DFK_Q2_PREFETCH), _MM_HINT_T0);
+    _mm_prefetch((const char *)(p + (r + 1) * row_bytes + DFK_Q2_PREFETCH), _MM_HINT_T0);
+    const __m512i d0 = quad_dot(v0, xv, three), d1 = quad_dot(v1, xv, three);
+    /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] */
+    t[r / 2] = _mm512_add_epi32(_mm512_unpacklo_epi32(d0, d1), _mm512_unpackhi_epi32(d0, d1));
+  }
+  __m512i u[4];
+  for (int i = 0; i < 4; i++) /* lane L of u[i]: rows 4i..4i+3, chunk L */
+    u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
+                            _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+  /* 4x4 transpose of 128-bit lanes */
+  const __m512i p01 = _mm512_shuffle_i32x4(u[0], u[1], 0x44), p23 = _mm512_shuffle_i32x4(u[2], u[3], 0x44);
+  const __m512i q01 = _mm512_shuffle_i32x4(u[0], u[1], 0xEE), q23 = _mm512_shuffle_i32x4(u[2], u[3], 0xEE);
+  c[0] = _mm512_shuffle_i32x4(p01, p23, 0x88), c[1] = _mm512_shuffle_i32x4(p01, p23, 0xDD);
+  c[2] = _mm512_shuffle_i32x4(q01, q23, 0x88), c[3] = _mm512_shuffle_i32x4(q01, q23, 0xDD);
+}
+
+/* a half last quad (128 k: one group of 128 or two of 64, `gpq` = 2 or 4 per whole quad): two rows per vector
+ * (row r in lanes 0, 1, row r + 1 in lanes 2, 3); c[h] = the 16 rows' sums of half-quad group h */
+static inline __attribute__((always_inline)) void row16_half(const int gpq, int64_t q, int64_t n0, int64_t row_bytes,
+                                                             const int8_t *xa, const uint8_t *packed, __m512i *c) {
+  const __m512i three = _mm512_set1_epi8(3);
+  const __m512i xv[4] = {_mm512_loadu_si512(xa + q * 256), _mm512_loadu_si512(xa + q * 256 + 64),
+                         _mm512_loadu_si512(xa + q * 256 + 128), _mm512_loadu_si512(xa + q * 256 + 192)};
+  const uint8_t *p = packed + n0 * row_bytes + q * 64;
+  __m512i t[4];
+  for (int r = 0; r < 16; r += 4) {
+    __m512i e[2];
+    for (int h = 0; h < 2; h++) {
+      const uint8_t *a = p + (r + 2 * h) * row_bytes;
+      const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                                           _mm256_loadu_si256((const __m256i *)(a + row_bytes)), 1);
+      e[h] = quad_dot(v, xv, three);
+    }
+    t[r / 4] = _mm512_add_epi32(_mm512_unpacklo_epi32(e[0], e[1]), _mm512_unpackhi_epi32(e[0], e[1]));
+  }
+  __m512i u[2]; /* lane 2 * (row parity) + chunk of u[i]: rows 8i + parity + 0, 2, 4, 6 */
+  for (int i = 0; i < 2; i++)
+    u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
+                            _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+  /* per chunk: rows 0 2 4 6 1 3 5 7 8 10 12 14 9 11 13 15, put back in order */
+  const __m512i k0 = _mm512_shuffle_i32x4(u[0], u[1], 0x88), k1 = _mm512_shuffle_i32x4(u[0], u[1], 0xDD);
+  const __m512i order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+  if (gpq == 2) {
+    c[0] = _mm512_permutexvar_epi32(order, _mm512_add_epi32(k0, k1));
+  } else {
+    c[0] = _mm512_permutexvar_epi32(order, k0);
+    c[1] = _mm512_permutexvar_epi32(order, k1);
+  }
+}
+
+/* the groups g0 .. g0 + gpq - 1 of one quad's chunk sums c, in order, into acc */
+static inline __attribute__((always_inline)) __m512 quad_epilogue(const int gpq, __m512i *c, int64_t g0,
+                                                                  const float *sc, const int32_t *zx, __m512 acc) {
+  if (gpq == 2) c[0] = _mm512_add_epi32(c[0], c[1]), c[1] = _mm512_add_epi32(c[2], c[3]);
+  if (gpq == 1) c[0] = _mm512_add_epi32(_mm512_add_epi32(c[0], c[1]), _mm512_add_epi32(c[2], c[3]));
+  for (int h = 0; h < gpq; h++) {
+    const __m512i dot = _mm512_sub_epi32(c[h], _mm512_loadu_si512(zx + (g0 + h) * 16));
+    acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(sc + (g0 + h) * 16)));
+  }
+  return acc;
+}
+
+/* 16 rows x all groups; `gpq` (groups per quad: 4, 2, 1 for G = 64, 128, 256) a compile-time constant; nq quads,
+ * the last one `last_chunks` (4, or 2: a half quad) chunks long */
+static inline __attribute__((always_inline)) void row16_q2(const int gpq, int64_t nq, int64_t last_chunks,
+                                                           int64_t n0, int64_t row_bytes, const int8_t *xa,
+                                                           const uint8_t *packed, const float *sc,
+                                                           const int32_t *zx, float *y, const char *pf_s,
+                                                           const char *pf_z) {
+  __m512 acc = _mm512_setzero_ps();
+  const int64_t nfull = last_chunks == 4 ? nq : nq - 1;
+  __m512i c[4];
+  for (int64_t q = 0; q < nfull; q++) {
+    /* 16 rows x gpq groups of scales (64 bytes per group) and of zero points (16 bytes) per quad */
+    for (int h = 0; h < gpq; h++) _mm_prefetch(pf_s + (q * gpq + h) * 64, _MM_HINT_T0);
+    _mm_prefetch(pf_z + q * gpq * 16, _MM_HINT_T0);
+    row16_quad(q, n0, row_bytes, xa, packed, c);
+    acc = quad_epilogue(gpq, c, q * gpq, sc, zx, acc);
+  }
+  if (nfull < nq) { /* last_chunks == 2 here (lowbit2_rows16 takes K a multiple of 128 only) */
+    row16_half(gpq, nfull, n0, row_bytes, xa, packed, c);
+    for (int h = 0; h < gpq / 2; h++) {
+      const int64_t g = nfull * gpq + h;
+      const __m512i dot = _mm512_sub_epi32(c[h], _mm512_loadu_si512(zx + g * 16));
+      acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(sc + g * 16)));
+    }
+  }
+  _mm512_storeu_ps(y + n0, acc);
+}
+
+static void row16_q2_blocks(int64_t G, int64_t nq, int64_t last_chunks, int64_t n0, int64_t row_bytes,
+                            const int8_t *xa, const uint8_t *packed, const float *sc, const int32_t *zx, float *y,
+                            const char *pf_s, const char *pf_z) {
+  if (G == 64)
+    row16_q2(4, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y, pf_s, pf_z);
+  else if (G == 128)
+    row16_q2(2, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y, pf_s, pf_z);
+  else
+    row16_q2(1, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y, pf_s, pf_z);
+}
+
+/* 2-bit batch 1, G in {64, 128, 256}: rows 0 .. 16 * floor(N / 16) - 1; returns how many rows it did (0 when out
+ * of memory: the caller then does them all) */
+static int64_t lowbit2_rows16(int64_t N, int64_t Kp, int64_t G, const int8_t *xq, const int32_t *xsum,
+                              const float *xs, const uint8_t *packed, const float *scales, const uint8_t *zeros,
+                              float *y) {
+  const int64_t ng = Kp / G, row_bytes = Kp / 4, nq = (Kp + 255) / 256, last_chunks = (Kp / 64) - 4 * (nq - 1);
+  const int64_t ng16 = (ng + 15) / 16 * 16;
+  /* one buffer: sc [ng16][16] floats, zx [ng16][16] int32, the activations in quad order */
+  uint8_t *buf = malloc(sizeof(float) * 32 * (size_t)ng16 + 256 * (size_t)nq);
+  if (!buf) return 0;
+  float *sc = (float *)buf;
+  int32_t *zx = (int32_t *)(buf + sizeof(float) * 16 * (size_t)ng16);
+  int8_t *xa = (int8_t *)(buf + sizeof(float) * 32 * (size_t)ng16);
+  to_quad_order(xq, Kp, xa);
+  int64_t n0 = 0;
+  for (; n0 + 16 <= N; n0 += 16) {
+    epilogue16(ng, n0, scales, zeros, 2, xs, xsum, sc, zx);
+    /* the next block's scales / zero points are prefetched along this block's quads (the last block: its own) */
+    const int64_t pf = n0 + 32 <= N ? n0 + 16 : n0;
+    row16_q2_blocks(G, nq, last_chunks, n0, row_bytes, xa, packed, sc, zx, y, (const char *)(scales + pf * ng),
+                    zeros ? (const char *)(zeros + pf * ng) : (const char *)(scales + pf * ng));
+  }
+  free(buf);
+  return n0;
+}
+
+static void lowbit_rows8(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G, const int8_t *xq,
                           const int32_t *xsum, const float *xs, const uint8_t *packed, const float *scales,
                           const uint8_t *zeros, float *y) {
   const int64_t ng = Kp / G, row_bytes = Kp * bits / 8, upg = G / 32;
@@ -335,6 +567,22 @@ if (vbmi)
   if (n0 < N) /* tail rows (batch 1: contiguous in y): the AVX2 path, same arithmetic and order */
     dfk_isa_avx2.lowbit(bits, 1, N - n0, Kp, G, xq, xsum, xs, packed + n0 * row_bytes, scales + n0 * ng,
                         zeros ? zeros + n0 * ng : NULL, y + n0);
+}
+
+static void lowbit_avx512(int bits, int64_t M, int64_t N, int64_t Kp, int64_t G, const int8_t *xq,
+                          const int32_t *xsum, const float *xs, const uint8_t *packed, const float *scales,
+                          const uint8_t *zeros, float *y) {
+  int64_t n0 = 0;
+  /* a last quad of 64 or 192 k would waste lanes: such K stay on the 8-row path (faster there) */
+  if (bits == 2 && M == 1 && G >= 64 && Kp % 128 == 0) n0 = lowbit2_rows16(N, Kp, G, xq, xsum, xs, packed, scales, zeros, y);
+  if (n0 == N) return;
+  const int64_t ng = Kp / G, row_bytes = Kp * bits / 8;
+  lowbit_rows8(bits, M, N - n0, Kp, G, xq, xsum, xs, packed + n0 * row_bytes, scales + n0 * ng,
+               zeros ? zeros + n0 * ng : NULL, y + n0);
+}
+
+float dfk_quantize_block_avx512(const float *x, int64_t n, int64_t np, int8_t *q) {
+  return dfk_quantize_block(x, n, np, q);
 }
 
 const dfk_isa dfk_isa_avx512vnni = {"avx512vnni", s24_avx512, lowbit_avx512};

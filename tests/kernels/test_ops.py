@@ -156,6 +156,29 @@ def test_lowbit_batch_one_matches_reference_on_every_isa(
         np.testing.assert_array_equal(got, want, err_msg=f"isa={isa}")
 
 
+@pytest.mark.parametrize(("group", "k", "n", "zeros"), [(64, 512, 37, True), (128, 768, 48, False), (256, 1024, 16, True),
+                                                      (128, 384, 40, True), (64, 640, 33, False), (64, 320, 16, True),
+                                                      (64, 1536, 17, True)])
+def test_lowbit2_batch_one_16_channel_blocks_are_exact(
+    isas: list[str], run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch, group: int, k: int,
+    n: int, zeros: bool
+) -> None:
+    """2-bit batch 1 on AVX-512 runs 16 channels at a time over 256-k quads (a last half quad, K = 384 or 640, two
+    channels per vector; K = 320 takes the 8-channel path), leftover channels after: random codes and, second, every
+    product at code 3 x -127 with zero point 0 (the most negative int32 sums), still bit-exact."""
+    rng = np.random.default_rng(group + k + n)
+    q, s, z = pack.quantize_lowbit_rtn(rng.standard_normal((n, k)).astype(np.float32), bits=2, group_size=group)
+    x = _data(rng, (1, k), "outliers")
+    cases = [(pack.pack_lowbit(q, s, z if zeros else None, bits=2, group_size=group), x)]
+    q[:] = 3
+    cases.append((pack.pack_lowbit(q, s, np.zeros_like(z), bits=2, group_size=group), -np.ones((1, k), np.float32)))
+    for lw, xx in cases:
+        model = ops.single_op_model(*ops.lowbit_node("X", "Y", lw, prefix="fc"), k=k, n=n)
+        want = reference.lowbit_matmul(xx, lw)
+        for isa, got in _outputs_by_isa(run_model, monkeypatch, isas, model, xx).items():
+            np.testing.assert_array_equal(got, want, err_msg=f"isa={isa}")
+
+
 def test_batched_rank3_input(run_model: Callable[..., np.ndarray]) -> None:
     """X [B, T, K] -> Y [B, T, N] (a transformer's linear layers)."""
     rng = np.random.default_rng(3)
