@@ -124,8 +124,16 @@ static void s24_rows4_m1(int64_t Kp, int64_t n0, const int8_t *a, const int8_t *
   _mm_storeu_si128((__m128i *)(acc + n0), hsum4x16(s));
 }
 
+static int s24_dense_ok(int64_t M);
+static void s24_dense(int64_t M, int64_t N, int64_t Kp, const int8_t *xq, const int8_t *values, const uint8_t *index,
+                      int32_t *acc, int8_t *scratch);
+
 static void s24_avx512(int64_t M, int64_t N, int64_t Kp, const int8_t *xq, const int8_t *values,
                        const uint8_t *index, int32_t *acc, int8_t *scratch) {
+  if (s24_dense_ok(M)) {
+    s24_dense(M, N, Kp, xq, values, index, acc, scratch);
+    return;
+  }
   const int64_t nblk = Kp / 64, npair = nblk / 2;
   const __m512i flip = _mm512_set1_epi8((char)0x80);
   for (int64_t m = 0; m < M; m++) {
@@ -316,6 +324,133 @@ static inline __attribute__((always_inline)) void transpose16x16(const __m512 *r
     out[8 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
     out[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
   }
+}
+
+/* ---- 2:4 sparse int8, batches >= S24_DENSE_MIN_M (AVX512-VBMI2) ----
+ * Per tile of 16 * S24_NC output channels the 2:4 weights are densified once per call into the VNNI dense layout
+ * (one zmm per group of 4 k: 32-bit lane i = the 4 weights of channel n0 + i, zeros included) and a dense int8
+ * GEMM microkernel runs S24_MR activation rows x S24_NC zmm of channels: per group one broadcast of each row's 4
+ * activation bytes (offset to unsigned, as above) and one vpdpbusd per row and zmm. Densifying a 64-k block of
+ * one channel is one vpexpandb (the 32 kept bytes into the 64 dense ones, under a 64-bit mask with the 2 bits of
+ * each group's positions set) and, per 16 channels, a 16x16 transpose of 32-bit elements; 128 * sum(w) per
+ * channel is accumulated on the way. The same integer products, summed exactly: results equal the other paths. */
+#define S24_NC 2
+#define S24_MR 8
+#define S24_DENSE_MIN_M 6
+
+/* vpexpandb is AVX512-VBMI2 (Ice Lake, Sapphire Rapids, Zen 4; not Cascade Lake): used where the CPU has it, unless
+ * DEVICEFIT_KERNELS_NO_VBMI2=1 (tests run both variants on one machine); without it every batch takes the row path */
+static int has_vbmi2(void) {
+  static volatile int cpu; /* 0 = unknown, 1 = no, 2 = yes; a benign race */
+  if (!cpu) {
+    __builtin_cpu_init();
+    cpu = __builtin_cpu_supports("avx512vbmi2") ? 2 : 1;
+  }
+  const char *off = getenv("DEVICEFIT_KERNELS_NO_VBMI2");
+  return cpu == 2 && !(off && off[0] == '1');
+}
+
+static int s24_dense_ok(int64_t M) { return M >= S24_DENSE_MIN_M && has_vbmi2(); }
+
+/* channels n0..n0+15 (those >= N as zeros), all Kp: group g's zmm at d + g * gstride; colsum = 128 * sum(w) */
+static __attribute__((target("avx512vbmi2"))) void s24_densify16(int64_t N, int64_t Kp, int64_t n0,
+                                                                  const int8_t *values, const uint8_t *index,
+                                                                  int8_t *d, int64_t gstride, int32_t *colsum) {
+  /* lane L holds, in bytes 0-7, the 2-bit fields (j = L, t = 0..7) of the block's index word: slots 8L..8L+7,
+   * the positions of groups 4L..4L+3 (not yet masked to 2 bits); byte 4h + p of the lane is compared with p */
+  const __m512i shifts = _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0);
+  const __m512i ctl_a = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6));
+  const __m512i ctl_b = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7));
+  const __m512i pos = _mm512_set1_epi32(0x03020100);
+  const __m512i three = _mm512_set1_epi8(3), off = _mm512_set1_epi8((char)0x80);
+  __m512i sw = _mm512_setzero_si512();
+  for (int64_t b = 0; b < Kp / 64; b++) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) {
+      const int64_t n = n0 + i;
+      if (n >= N) {
+        r[i] = _mm512_setzero_ps();
+        continue;
+      }
+      const __m512i f = _mm512_srlv_epi64(_mm512_set1_epi64(load_word(index + n * (Kp / 8) + b * 8)), shifts);
+      const __mmask64 k =
+          _mm512_cmpeq_epi8_mask(_mm512_and_si512(_mm512_shuffle_epi8(f, ctl_a), three), pos) |
+          _mm512_cmpeq_epi8_mask(_mm512_and_si512(_mm512_shuffle_epi8(f, ctl_b), three), pos);
+      r[i] = _mm512_castsi512_ps(_mm512_maskz_expandloadu_epi8(k, values + n * (Kp / 2) + b * 32));
+    }
+    transpose16x16(r, t);
+    for (int h = 0; h < 16; h++) {
+      const __m512i w = _mm512_castps_si512(t[h]);
+      _mm512_store_si512(d + (b * 16 + h) * gstride, w);
+      sw = _mm512_dpbusd_epi32(sw, off, w);
+    }
+  }
+  _mm512_storeu_si512(colsum, sw);
+}
+
+/* rows a[0..mr) (unsigned, row stride Kp) x the densified tile d (S24_NC zmm per group): acc[r, n0 + c] for the
+ * nvalid channels of the tile */
+static inline __attribute__((always_inline)) void s24_dense_mk(const int mr, int64_t Kp, const uint8_t *a,
+                                                              const int8_t *d, const int32_t *colsum, int32_t *acc,
+                                                              int64_t N, int64_t nvalid) {
+  __m512i c[S24_MR][S24_NC];
+  for (int r = 0; r < mr; r++)
+    for (int j = 0; j < S24_NC; j++) c[r][j] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < Kp / 4; g++) {
+    __m512i w[S24_NC];
+    for (int j = 0; j < S24_NC; j++) w[j] = _mm512_load_si512(d + (g * S24_NC + j) * 64);
+    for (int r = 0; r < mr; r++) {
+      int32_t x4;
+      memcpy(&x4, a + r * Kp + 4 * g, 4);
+      const __m512i x = _mm512_set1_epi32(x4);
+      for (int j = 0; j < S24_NC; j++) c[r][j] = _mm512_dpbusd_epi32(c[r][j], x, w[j]);
+    }
+  }
+  for (int j = 0; j < S24_NC; j++) {
+    const int64_t left = nvalid - 16 * j;
+    if (left <= 0) break;
+    const __mmask16 km = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const __m512i cs = _mm512_loadu_si512(colsum + 16 * j);
+    for (int r = 0; r < mr; r++) _mm512_mask_storeu_epi32(acc + r * N + 16 * j, km, _mm512_sub_epi32(c[r][j], cs));
+  }
+}
+
+static void s24_dense(int64_t M, int64_t N, int64_t Kp, const int8_t *xq, const int8_t *values, const uint8_t *index,
+                      int32_t *acc, int8_t *scratch) {
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  for (int64_t i = 0; i < M * Kp; i += 64)
+    _mm512_storeu_si512(scratch + i, _mm512_xor_si512(_mm512_loadu_si512(xq + i), flip));
+  const uint8_t *xu = (const uint8_t *)scratch;
+  int8_t *d = aligned_alloc(64, (size_t)(Kp * 16 * S24_NC));
+  int32_t colsum[16 * S24_NC];
+  if (!d) abort();
+  for (int64_t n0 = 0; n0 < N; n0 += 16 * S24_NC) {
+    const int64_t nvalid = N - n0 < 16 * S24_NC ? N - n0 : 16 * S24_NC;
+    for (int j = 0; j < S24_NC; j++) {
+      if (16 * j < nvalid)
+        s24_densify16(N, Kp, n0 + 16 * j, values, index, d + 64 * j, 64 * S24_NC, colsum + 16 * j);
+      else
+        memset(colsum + 16 * j, 0, 64);
+    }
+    /* padding zmm of the last tile: zero weights (their results are not stored) */
+    for (int j = 0; j < S24_NC; j++)
+      if (16 * j >= nvalid)
+        for (int64_t g = 0; g < Kp / 4; g++) memset(d + (g * S24_NC + j) * 64, 0, 64);
+    int64_t m0 = 0;
+    for (; m0 + S24_MR <= M; m0 += S24_MR)
+      s24_dense_mk(S24_MR, Kp, xu + m0 * Kp, d, colsum, acc + m0 * N + n0, N, nvalid);
+    switch (M - m0) {
+    case 0: break;
+    case 1: s24_dense_mk(1, Kp, xu + m0 * Kp, d, colsum, acc + m0 * N + n0, N, nvalid); break;
+    case 2: s24_dense_mk(2, Kp, xu + m0 * Kp, d, colsum, acc + m0 * N + n0, N, nvalid); break;
+    case 3: s24_dense_mk(3, Kp, xu + m0 * Kp, d, colsum, acc + m0 * N + n0, N, nvalid); break;
+    case 4: s24_dense_mk(4, Kp, xu + m0 * Kp, d, colsum, acc + m0 * N + n0, N, nvalid); break;
+    case 5: s24_dense_mk(5, Kp, xu + m0 * Kp, d, colsum, acc + m0 * N + n0, N, nvalid); break;
+    case 6: s24_dense_mk(6, Kp, xu + m0 * Kp, d, colsum, acc + m0 * N + n0, N, nvalid); break;
+    default: s24_dense_mk(7, Kp, xu + m0 * Kp, d, colsum, acc + m0 * N + n0, N, nvalid); break;
+    }
+  }
+  free(d);
 }
 
 /* below this many groups the epilogue factors are transposed in scalar code (measured: 1536x384, 3 groups, 20% faster

@@ -21,14 +21,16 @@ SETTINGS = settings(max_examples=25, deadline=None, database=None,
 
 
 def _variants(isas: list[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Force each SIMD path in turn (AVX-512 VNNI twice: with its VBMI code unpack and without, as on Cascade Lake);
-    yields the variant's name."""
+    """Force each SIMD path in turn (AVX-512 VNNI three times: with its VBMI code unpack and VBMI2 2:4 densifying,
+    without VBMI, without VBMI2, as on Cascade Lake); yields the variant's name."""
     for isa in isas:
         monkeypatch.setenv("DEVICEFIT_KERNELS_ISA", isa)
-        for no_vbmi in ("0", "1") if isa == "avx512vnni" else ("0",):
-            monkeypatch.setenv("DEVICEFIT_KERNELS_NO_VBMI", no_vbmi)
-            yield isa + ("-novbmi" if no_vbmi == "1" else "")
+        for off in ("", "NO_VBMI", "NO_VBMI2") if isa == "avx512vnni" else ("",):
+            for flag in ("NO_VBMI", "NO_VBMI2"):
+                monkeypatch.setenv(f"DEVICEFIT_KERNELS_{flag}", "1" if flag == off else "0")
+            yield isa + (f"-{off.lower().replace('_', '')}" if off else "")
     monkeypatch.delenv("DEVICEFIT_KERNELS_NO_VBMI")
+    monkeypatch.delenv("DEVICEFIT_KERNELS_NO_VBMI2")
 
 
 def _outputs_by_isa(run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch, isas: list[str],
@@ -138,6 +140,27 @@ def test_batch_one_paths_stay_exact_at_the_extremes(
         for isa in _variants(isas, monkeypatch):
             np.testing.assert_array_equal(run_model(model, x), want, err_msg=f"isa={isa}")
             np.testing.assert_array_equal(run_model(lmodel, np.abs(x)), lwant, err_msg=f"isa={isa}")
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(2, 384, 40), (5, 200, 33), (16, 384, 1536), (64, 1536, 384),
+                                          (128, 300, 70), (6, 64, 17), (9, 1000, 129)])
+def test_sparse24_batches_stay_exact(
+    isas: list[str], run_model: Callable[..., np.ndarray], monkeypatch: pytest.MonkeyPatch, m: int, k: int, n: int
+) -> None:
+    """Batches of 6 and more on AVX-512 with VBMI2 densify the 2:4 weights per 32-channel tile and run a dense VNNI
+    microkernel (8-row blocks, leftover rows, a ragged last tile, K not a multiple of 64): random data with
+    outliers and, second, every product at +-127*127 (offset activations at 0 and 255), still bit-exact."""
+    rng = np.random.default_rng(m * 7 + k + n)
+    cases = [(pack.pack_sparse24(_data(rng, (n, k), "outliers")), _data(rng, (m, k), "sparse_rows"))]
+    w = rng.choice(np.array([-1.0, 1.0], np.float32), size=(n, k))
+    w[:, 1::2] = 0
+    sign = np.where(rng.random((m, 1)) < 0.5, -1.0, 1.0)
+    cases.append((pack.pack_sparse24(w, prune=False), (sign * np.where(w[:1] != 0, w[:1], 1.0)).astype(np.float32)))
+    for sw, x in cases:
+        model = ops.single_op_model(*ops.sparse24_node("X", "Y", sw, prefix="fc"), k=k, n=n)
+        want = reference.sparse24_matmul(x, sw)
+        for isa, got in _outputs_by_isa(run_model, monkeypatch, isas, model, x).items():
+            np.testing.assert_array_equal(got, want, err_msg=f"isa={isa}")
 
 
 @pytest.mark.parametrize(("bits", "group"), [(2, 64), (2, 128), (3, 256), (2, 32)])
