@@ -2,8 +2,9 @@
 
 Options (the same on host and device, reported with every measurement):
 intra-op threads = ``threads`` (0 = onnxruntime's default, one per physical core), inter-op threads = 1,
-sequential execution, graph optimization level ALL. Custom-op libraries listed in the environment
-variable ``DEVICEFIT_ORT_CUSTOM_OPS`` (``os.pathsep``-separated) or passed in are registered.
+sequential execution, graph optimization level ALL. Registered custom-op libraries: devicefit's own kernels
+when they are built here (what ``GetInfo`` reports as ``custom_kernels``), those passed in and those listed in
+the environment variable ``DEVICEFIT_ORT_CUSTOM_OPS`` (``os.pathsep``-separated).
 
 Per-node times come from onnxruntime's own profiler (``SessionOptions.enable_profiling``): the JSON trace
 has one ``model_run`` event per run and one ``<node>_kernel_time`` event per executed node; node events are
@@ -81,6 +82,15 @@ def _versions() -> dict[str, str]:
     return {"onnxruntime": "unknown"}
 
 
+def _own_kernels() -> list[str]:
+    """devicefit's kernel library (ops of domain ``ai.devicefit``) when it is built on this machine — the one
+    ``GetInfo`` reports as ``custom_kernels``: a device that reports it runs models using it."""
+    from devicefit.agent.sysinfo import custom_kernels
+
+    lib = custom_kernels()
+    return [lib] if lib else []
+
+
 class OnnxRuntimeRunner:
     """One onnxruntime InferenceSession with devicefit's standard options."""
 
@@ -98,7 +108,7 @@ class OnnxRuntimeRunner:
         self.threads = threads
         self._profile_dir: str | None = tempfile.mkdtemp(prefix="devicefit-ortprof-") if profile else None
         prefix = os.path.join(self._profile_dir, "trace") if self._profile_dir else None
-        libs = custom_ops_libraries(custom_op_libraries)
+        libs = custom_ops_libraries([*custom_op_libraries, *_own_kernels()])
         so = session_options(threads=int(threads or 0), profile_prefix=prefix, custom_ops=libs)
         self._libs = libs
         try:

@@ -66,14 +66,17 @@ def anchors(space: SearchSpace) -> list[dict[str, str]]:
     return [space.uniform(lab) for lab in sorted(labels)]
 
 
-def is_anchor(c: Candidate, anchor_plans: Sequence[dict[str, str]], fp32: Candidate | None, budget: Budget) -> bool:
+def is_anchor(c: Candidate, anchor_plans: Sequence[dict[str, str]], fp32: Candidate | None, budget: Budget,
+              *, finishable: bool = False) -> bool:
     """``c`` is an anchor predicted faster than the measured fp32 baseline, with a predicted drop within twice
     the accuracy budget — measured even if the latency prediction says it misses the budget (predictions can
-    be wrong; a uniform config is what the fit must beat)."""
+    be wrong; a uniform config is what the fit must beat). A ``finishable`` anchor (its techniques have quick
+    search settings the fit's finish restores: uniform int8 static) is measured whatever its predicted drop:
+    the drop it is predicted is the quick one, and it may be the plan the finish brings within budget."""
     if c.labels not in anchor_plans or not faster_than_fp32(c, fp32):
         return False
     b = budget.accuracy_drop
-    return b is None or c.predicted_drop <= max(2 * b, 1e-3)
+    return b is None or finishable or c.predicted_drop <= max(2 * b, 1e-3)
 
 
 def best_passing(measured: Iterable[Candidate], budget: Budget, cfg: SearchConfig,

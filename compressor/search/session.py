@@ -101,6 +101,8 @@ class FitSession:
         #: the last verdict on the latency budget (:meth:`assess_reach`) and the measurement count it was made at
         self.reach: Reach | None = None
         self._reach_key: tuple[int, int] = (-1, -1)
+        #: the candidate :meth:`finish` measured last (kept or not)
+        self.finished_last: Candidate | None = None
         self._start_clock()
 
     @classmethod
@@ -250,7 +252,8 @@ class FitSession:
         cfg = self.config
         cand = self.refined(self.problem.predict(labels, trial=trial))
         reserve = min(2, cfg.max_measurements // 3)
-        anchor = policy.is_anchor(cand, self._anchors, self.measures.fp32(), self.budget)
+        anchor = policy.is_anchor(cand, self._anchors, self.measures.fp32(), self.budget,
+                                  finishable=labels in self._anchors and self.finishable(labels))
         if ((policy.looks_feasible(cand, self.budget, cfg) or anchor) and self.worth_measuring(cand)
                 and self.can_measure(reserve)):
             self.measures.evaluate(cand, tag="anchor" if anchor else "search")
@@ -308,8 +311,14 @@ class FitSession:
         final = Plan(finished.rules, distill=distill)
         d = replace(cand, plan_hash=plan_hash(final), tags=[*cand.tags], measured_ms=None, metric=None, path=None)
         d.distilled, d.finished = distill is not None, finished != plan
-        d = self.measures.evaluate(d, tag="finish", plan=final, score=False)
+        d = self.finished_last = self.measures.evaluate(d, tag="finish", plan=final, score=False)
         return d if policy.keep_finished(cand, d, self.budget, self.measures.fp32()) else cand
+
+    def finishable(self, labels: dict[str, str]) -> bool:
+        """The plan of ``labels`` has quick search settings :meth:`finish` would restore (its measured drop is
+        not the one its finished file will have)."""
+        plan = self.problem.space.plan(labels)
+        return self.format == "onnx" and plan.finished() != plan
 
     def plan_of(self, cand: Candidate) -> Plan:
         """The plan ``cand``'s file was compressed with (finished and / or distilled where :meth:`finish` made it)."""
@@ -342,14 +351,24 @@ class FitSession:
             target = policy.accuracy_miss(self.measures.measured(), self.budget, self.measures.fp32()) or chosen
         self.progress.start("finish", None, "the chosen plan compressed again the thorough way (distillation, "
                                             "int8 recovery)")
+        n = self.measures.count
         final = self.finish(target)
-        self.progress.finish("finish")
-        if final is not target:
-            outcome = self.outcome(others=others)  # now listing the finished candidate too
-            if final.passes(self.budget):
-                outcome.best, outcome.closest = final, None
-            elif target is chosen:
-                outcome.closest, outcome.best = final, None
+        if self.measures.count == n:
+            self.progress.finish("finish", "nothing to finish")
+            outcome.confidence = confidence
+            return outcome
+        tried = self.finished_last
+        self.progress.finish("finish", f"drop {target.drop:.4f} -> {tried.drop if tried else float('nan'):.4f}, "
+                                       + ("kept" if final is not target else "not better: the search's candidate is kept"))
+        before = outcome.best, outcome.closest
+        outcome = self.outcome(others=others)  # lists the finished candidate, kept or not: it was measured
+        if final is target:  # not better: the choice stands
+            outcome.best, outcome.closest = before
+        elif final.passes(self.budget):
+            outcome.best, outcome.closest = final, None
+        elif target is chosen:
+            outcome.closest, outcome.best = final, None
+        # else: a finished accuracy miss that still misses; the closest is chosen again among everything measured
         outcome.confidence = confidence
         return outcome
 

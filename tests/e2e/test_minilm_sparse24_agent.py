@@ -68,13 +68,14 @@ def test_minilm_sparse24_ffn_and_lowered_twin_on_agent(
     diff = float(np.abs(outs["s24"] - outs["lowered"]).max())
     assert exact or cos >= 0.9999, cos
 
-    # the agent's onnxruntime runner registers the libraries named there (its sessions, deploy check included)
-    monkeypatch.setenv(CUSTOM_OPS_ENV, str(lib))
+    # no DEVICEFIT_ORT_CUSTOM_OPS: an agent that reports the library (built above, in the cache it shares with
+    # this process) registers it in its sessions itself, deploy check included
+    monkeypatch.delenv(CUSTOM_OPS_ENV, raising=False)
     agent = spawn_agent(tmp_path / "store", device_id="s24-e2e")
     try:
         with devicefit.connect(agent.url) as dev:
             info = dev.info()
-            assert info["custom_kernels"] is True and info["custom_kernels_path"], info
+            assert info["custom_kernels"] is True and info["custom_kernels_path"] == str(lib), info
             reports = {}
             # the fp32 original too, for context only (printed); the s24 file loads only with the library registered
             for key, path in (("s24", s24_path), ("lowered", low_path), ("fp32", minilm_onnx)):

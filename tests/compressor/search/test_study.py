@@ -288,6 +288,20 @@ def test_a_storage_only_plan_as_fast_as_fp32_wins_a_size_bound_fit() -> None:
     assert policy.best_passing([fp32, cand(3, 1.03, 75_000, drop=0.001)], roomy, cfg, fp32) is fp32
 
 
+def test_a_finishable_anchor_is_measured_whatever_its_quick_drop() -> None:
+    """Uniform int8 static predicted at its quick drop (0.4: EfficientNet with minmax calibration) against a
+    0.02 budget: still measured when the finish would restore its recovery, and not otherwise."""
+    from devicefit.compressor.search import policy
+
+    anchor = {"l0": "int8_static"}
+    c = Candidate(0, anchor, "h", 1.0, 1e6, 10.0, 0.4)
+    fp32 = Candidate(-1, {"l0": "float"}, "f", 2.0, 4e6, 10.0, 0.0, measured_ms=2.0, metric={"drop": 0.0})
+    budget = Budget(latency_ms=1.2, accuracy_drop=0.02)
+    assert not policy.is_anchor(c, [anchor], fp32, budget)
+    assert policy.is_anchor(c, [anchor], fp32, budget, finishable=True)
+    assert not policy.is_anchor(c, [{"l0": "int8_dynamic"}], fp32, budget, finishable=True)  # not an anchor
+
+
 def test_anchors_measured_when_every_drop_prediction_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Per-layer sensitivities that rule every plan out (they overstate the drop 100x here): the exploit pass
     still measures the uniform plans predicted faster than fp32 — measurements, not predictions, decide."""
@@ -441,10 +455,19 @@ def test_the_finish_recovers_a_plan_that_misses_only_the_accuracy_budget(tmp_pat
     assert best is not None and best.finished and not best.distilled and best.passes(budget)
     assert best.drop == pytest.approx(0.015) and best.measured_ms is not None and "finish" in best.tags
     assert len(dev.materialized) == n + 1 and dev.materialized[-1] == loop.plan_of(best)
+    assert loop.finished_last is best and best in out.candidates and out.measurements == loop.measurements
     (q,) = {r.quant for r in loop.plan_of(best).rules}
     assert isinstance(q, Int8Static) and (q.calibration, q.rounding, q.bias_correction) == ("mse", "gptq", True)
     assert q.distill_steps == defaults.FINISH_QAD_STEPS
     assert loop.plan_of(quick) == problem.space.plan(quick.labels)  # the search's own candidates: their labels' plan
+    # a finish that does not help is still measured and listed; the choice stands
+    loop2, _dev2 = _noisy_session(_problem(Budget(latency_ms=0.9 * _fp32_ms(), accuracy_drop=0.001)), tmp_path,
+                                  spike=0, confirm_rounds=3)
+    miss = loop2.evaluate(loop2.problem.predict(loop2.problem.space.uniform("int8_static"), trial=0))
+    out2 = loop2.choose()
+    tried = loop2.finished_last
+    assert tried is not None and tried.finished and tried.drop == pytest.approx(0.015) and tried in out2.candidates
+    assert out2.best is None and out2.measurements == 2 and miss.drop == pytest.approx(0.06)
     # TFLite: the same candidate is returned as it is
     tfl = FitSession(problem, dev, config=SearchConfig(trials=1, space=SpaceConfig(format="tflite")))
     assert tfl.format == "tflite" and tfl.finish(quick) is quick
