@@ -5,8 +5,9 @@ weights as latents in grid units rounded with a straight-through estimator. The 
 to the fp32 graph's (mean squared error, normalized by the teacher's variance) with Adam; a quarter of the
 calibration samples is held out and the latents with the lowest held-out loss are kept (checked every
 ``eval_every`` steps; the untrained graph is the first candidate, so the result is never worse on held-out
-data than what it started from). The learned integers and biases are written back into the graph: same
-scales, same ops, same int8 fusions.
+data than what it started from). The learned integers and biases are written back into the graph: same ops,
+same int8 fusions; same scales unless the activation scales are learned too (``scale_lr``, LSQ), then the
+learned scales are written into the scale initializers the Q / DQ pairs share.
 """
 
 from __future__ import annotations
@@ -54,11 +55,19 @@ def distill(
     nodes: set[str] | None = None,
     eval_every: int = 25,
     seed: int = 0,
+    scale_lr: float = 0.0,
+    kl_weight: float = 0.0,
+    temperature: float = 1.0,
+    cosine_decay: bool = False,
 ) -> QadResult:
     """Train ``qdq``'s weights (of ``nodes``' layers; all when None) against ``fp32`` in place.
 
     ``lr`` is in grid steps (Adam on latents whose unit is one integer step; biases take ``lr`` times their
     layer's mean weight scale). ``weight_bound``: the integer weight limit (127, or 64 with reduce_range).
+    ``scale_lr`` > 0 also learns the activation scales (LSQ; Adam on their logarithm, so ``scale_lr`` is a
+    relative change per step), written back with the int32 biases requantized to match. ``kl_weight`` adds the
+    KL divergence of the softmax at ``temperature`` (× T²) to the loss (classifier logits); ``cosine_decay``
+    anneals every learning rate to 0 over ``steps``.
     """
     missing = unsupported(qdq)
     if missing or not feeds:
@@ -74,20 +83,30 @@ def distill(
         return QadResult(0, 0, float("nan"), float("nan"), 0, skipped="too few calibration samples")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    student = QdqModule(qdq, weight_bound=weight_bound, nodes=nodes)
+    student = QdqModule(qdq, weight_bound=weight_bound, nodes=nodes, learn_scales=scale_lr > 0)
     if not student.latents:
         return QadResult(0, 0, float("nan"), float("nan"), 0, skipped="no int8 weights to train")
     scale = float(teacher.var()) or 1.0
     params = [{"params": list(student.latents.values()), "lr": lr}]
     if student.biases:
         params.append({"params": list(student.biases.values()), "lr": lr * _mean_weight_scale(student)})
+    if student.log_scales:
+        params.append({"params": list(student.log_scales.values()), "lr": scale_lr})
     opt = torch.optim.Adam(params)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine_decay else None
     names = list(data)
 
     def loss_on(sel: np.ndarray) -> torch.Tensor:
         feeds_t = {k: _layout(torch.from_numpy(data[k][sel])) for k in names}
         out = student(**feeds_t)[0]
-        return ((out - torch.from_numpy(teacher[sel])) ** 2).mean() / scale
+        ref = torch.from_numpy(teacher[sel])
+        loss = ((out - ref) ** 2).mean() / scale
+        if kl_weight > 0:
+            t = temperature
+            kl = torch.nn.functional.kl_div(torch.log_softmax(out / t, -1), torch.log_softmax(ref / t, -1),
+                                            log_target=True, reduction="batchmean")
+            loss = loss + kl_weight * t * t * kl
+        return loss
 
     def heldout() -> float:
         with torch.no_grad():
@@ -102,6 +121,8 @@ def distill(
         loss = loss_on(sel)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
+        if sched is not None:
+            sched.step()
         if step % eval_every == 0 or step == steps:
             h = heldout()
             log.info("qad step %d: train %.5f held-out %.5f", step, loss.item(), h)

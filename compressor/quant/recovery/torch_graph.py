@@ -3,7 +3,9 @@
 Runs the QDQ graph itself (the file onnxruntime will run), op by op, in torch:
 
 * activation ``QuantizeLinear`` → ``DequantizeLinear`` pairs become fake quantization with a straight-through
-  estimator (round's gradient passed through, zero outside the clamp range), their scale / zero point fixed;
+  estimator (round's gradient passed through, zero outside the clamp range); their zero point is fixed, their
+  scale too unless ``learn_scales`` (then one learnable log-scale per activation scale initializer, shared by
+  every Q / DQ node that reads it, with LSQ's gradient: Esser et al. 2020);
 * weight ``DequantizeLinear`` of an int8 initializer becomes a learnable *latent* in grid units (initialized at
   the stored integers), rounded and clamped with the STE, times the stored per-channel scale;
 * an int32 bias ``DequantizeLinear`` (or a float bias) becomes a learnable float bias;
@@ -41,19 +43,34 @@ def _ste_round(x: torch.Tensor) -> torch.Tensor:
 
 class _FakeQuant(torch.autograd.Function):
     """``(clamp(round(x / s) + zp, lo, hi) - zp) * s`` with the straight-through gradient (zero where clamped),
-    in one pass: the element-wise chain of separate ops costs more than the convolutions on CPU."""
+    in one pass: the element-wise chain of separate ops costs more than the convolutions on CPU.
+
+    When ``s`` needs a gradient it gets LSQ's: ``round(x/s) - x/s`` inside the range, ``lo - zp`` / ``hi - zp``
+    where clamped, summed over the elements ``s`` covers."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, s: torch.Tensor, zp: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         v = torch.round(x / s).add_(zp)
         keep = (v >= lo) & (v <= hi)
-        ctx.save_for_backward(keep)
-        return v.clamp_(lo, hi).sub_(zp).mul_(s)
+        out = v.clamp_(lo, hi).sub_(zp).mul_(s)
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(keep, x, out, s)
+        else:
+            ctx.save_for_backward(keep)
+        return out
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (keep,) = ctx.saved_tensors
-        return grads[0] * keep, None, None, None, None
+        keep, *rest = ctx.saved_tensors
+        g = grads[0]
+        grad_s = None
+        if rest:
+            x, out, s = rest
+            # d out / d s: (out - x) / s inside the range, out / s where clamped
+            ds = g * (out - x * keep) / s
+            dims = [d for d in range(ds.ndim) if s.ndim == 0 or s.shape[d] == 1]
+            grad_s = ds.sum(dim=dims, keepdim=s.ndim > 0).reshape(s.shape)
+        return g * keep, grad_s, None, None, None
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -71,7 +88,9 @@ def _axis_shape(scale: torch.Tensor, axis: int, rank: int) -> torch.Tensor:
 class QdqModule(torch.nn.Module):
     """The QDQ graph as a torch module; ``latents`` (grid units) and ``biases`` are the trainable parameters."""
 
-    def __init__(self, model: onnx.ModelProto, *, weight_bound: int, nodes: set[str] | None = None) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, *, weight_bound: int, nodes: set[str] | None = None, learn_scales: bool = False
+    ) -> None:
         super().__init__()
         self.graph = model.graph
         self.nodes = _topological(model)
@@ -79,6 +98,14 @@ class QdqModule(torch.nn.Module):
         self.consts: dict[str, torch.Tensor] = {
             i.name: torch.from_numpy(np.array(numpy_helper.to_array(i))) for i in model.graph.initializer
         }
+        #: learnable activation scales: log of the scale, per scale initializer (shared by its Q and DQ nodes)
+        self.log_scales = torch.nn.ParameterDict()
+        self.scale_of: dict[str, str] = {}
+        if learn_scales:
+            for name in activation_scales(model):
+                key = f"s{len(self.scale_of)}"
+                self.log_scales[key] = torch.nn.Parameter(torch.log(self.consts[name].double()).float())
+                self.scale_of[name] = key
         users: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
         for n in model.graph.node:
             for k, t in enumerate(n.input):
@@ -119,8 +146,12 @@ class QdqModule(torch.nn.Module):
                     self.bias_of[b] = key
 
     # ------------------------------------------------------------------------------------------------ ops
+    def _scale(self, name: str) -> torch.Tensor:
+        key = self.scale_of.get(name)
+        return self.consts[name].float() if key is None else torch.exp(self.log_scales[key])
+
     def _dq(self, n: onnx.NodeProto, q: torch.Tensor) -> torch.Tensor:
-        s = self.consts[n.input[1]].to(q.dtype if q.is_floating_point() else torch.float32)
+        s = self._scale(n.input[1]).to(q.dtype if q.is_floating_point() else torch.float32)
         zp = self.consts[n.input[2]].to(s.dtype) if len(n.input) > 2 and n.input[2] else torch.zeros((), dtype=s.dtype)
         axis = int(_attrs(n).get("axis", 1))
         return (q.to(s.dtype) - _axis_shape(zp, axis, q.ndim)) * _axis_shape(s, axis, q.ndim)
@@ -133,7 +164,7 @@ class QdqModule(torch.nn.Module):
     def _quantize(self, n: onnx.NodeProto, x: torch.Tensor) -> torch.Tensor:
         """The *dequantized* value when the only reader is a matching DequantizeLinear (fused fake-quant),
         else the integer values (as float)."""
-        s = self.consts[n.input[1]].float()
+        s = self._scale(n.input[1])
         zp_t = self.consts[n.input[2]] if len(n.input) > 2 and n.input[2] else torch.zeros((), dtype=torch.uint8)
         lo, hi = (0, 255) if zp_t.dtype == torch.uint8 else (-128, 127)
         axis = int(_attrs(n).get("axis", 1))
@@ -158,11 +189,20 @@ class QdqModule(torch.nn.Module):
         return [env[o.name] for o in self.graph.output]
 
     def export_into(self, model: onnx.ModelProto) -> int:
-        """Write the learned integers and biases into ``model``'s initializers; returns how many integers changed."""
+        """Write the learned integers, biases and activation scales into ``model``'s initializers (an int32
+        bias is requantized on its layer's new input scale × weight scale, as the int8 kernels require);
+        returns how many integers changed."""
         inits = {i.name: i for i in model.graph.initializer}
         dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
         changed = 0
         with torch.no_grad():
+            for name, key in self.scale_of.items():
+                old_s = numpy_helper.to_array(inits[name])
+                new_s = torch.exp(self.log_scales[key].double()).numpy().astype(old_s.dtype).reshape(old_s.shape)
+                inits[name].CopyFrom(numpy_helper.from_array(new_s, name))
+            bias_scale = self._bias_scales(model, dq) if self.scale_of else {}
+            for name, s_new in bias_scale.items():
+                inits[name].CopyFrom(numpy_helper.from_array(s_new, name))
             for out, key in self.latent_of.items():
                 n = dq[out]
                 old = numpy_helper.to_array(inits[n.input[0]])
@@ -171,19 +211,61 @@ class QdqModule(torch.nn.Module):
                 inits[n.input[0]].CopyFrom(numpy_helper.from_array(new, n.input[0]))
             for out, key in self.bias_of.items():
                 b = self.biases[key].double()
-                if out in dq:  # int32 bias: requantize on its own scale
+                if out in dq:  # int32 bias: requantize on its own (possibly new) scale
                     n = dq[out]
-                    s = self.consts[n.input[1]].double()
-                    old = numpy_helper.to_array(inits[n.input[0]])
-                    # a channel with a zero scale (an all-zero weight channel) dequantizes to 0 whatever it holds:
-                    # keep its stored value instead of casting inf / NaN
-                    lim = float(np.iinfo(old.dtype).max)
-                    q = torch.clamp(torch.round(b / torch.where(s == 0, torch.ones_like(s), s)), -lim, lim).numpy()
-                    new = np.where(np.broadcast_to(s.numpy() == 0, q.shape), old, q).astype(old.dtype)
+                    s = torch.from_numpy(bias_scale[n.input[1]]).double() if n.input[1] in bias_scale \
+                        else self.consts[n.input[1]].double()
+                    new = _requantize(b, s, numpy_helper.to_array(inits[n.input[0]]))
                     inits[n.input[0]].CopyFrom(numpy_helper.from_array(new, n.input[0]))
                 else:
                     inits[out].CopyFrom(numpy_helper.from_array(b.float().numpy(), out))
+            for out, n in dq.items():  # int32 biases not trained whose scale moved: same values, new grid
+                if out not in self.bias_of and n.input[1] in bias_scale and n.input[0] in self.consts:
+                    b, s = self._dq(n, self.consts[n.input[0]].double()), torch.from_numpy(bias_scale[n.input[1]]).double()
+                    new = _requantize(b, s, self.consts[n.input[0]].numpy())
+                    inits[n.input[0]].CopyFrom(numpy_helper.from_array(new, n.input[0]))
         return changed
+
+    def _bias_scales(self, model: onnx.ModelProto, dq: dict[str, onnx.NodeProto]) -> dict[str, np.ndarray]:
+        """Scale initializer of each int32 bias whose layer's input scale was learned → input × weight scale."""
+        out: dict[str, np.ndarray] = {}
+        for n in model.graph.node:
+            if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3 or n.input[2] not in dq:
+                continue
+            x_dq, w_dq, b_dq = (dq.get(t) for t in n.input[:3])
+            if x_dq is None or w_dq is None or b_dq is None or x_dq.input[1] not in self.scale_of:
+                continue
+            old = self.consts[b_dq.input[1]].numpy()
+            xs = np.float32(torch.exp(self.log_scales[self.scale_of[x_dq.input[1]]].double()).item())
+            out[b_dq.input[1]] = (xs * self.consts[w_dq.input[1]].numpy().astype(np.float32)).astype(old.dtype)
+        return out
+
+
+def _requantize(b: torch.Tensor, s: torch.Tensor, old: np.ndarray) -> np.ndarray:
+    """Float bias ``b`` on the grid ``s`` in ``old``'s integer type. A channel with a zero scale (an all-zero
+    weight channel) dequantizes to 0 whatever it holds: it keeps its stored value instead of casting inf / NaN."""
+    lim = float(np.iinfo(old.dtype).max)
+    q = torch.clamp(torch.round(b / torch.where(s == 0, torch.ones_like(s), s)), -lim, lim).numpy()
+    return np.where(np.broadcast_to(s.numpy() == 0, q.shape), old, q).astype(old.dtype)
+
+
+def activation_scales(model: onnx.ModelProto) -> list[str]:
+    """Scale initializers of activation quantization (per tensor, positive, read only by Q / DQ nodes of
+    non-constant tensors): what ``learn_scales`` trains."""
+    inits = {i.name: i for i in model.graph.initializer}
+    act: dict[str, bool] = {}
+    for n in model.graph.node:
+        for k, t in enumerate(n.input):
+            if t not in inits:
+                continue
+            ok = n.op_type in ("QuantizeLinear", "DequantizeLinear") and k == 1 and n.input[0] not in inits
+            act[t] = act.get(t, True) and ok
+    out = []
+    for name, ok in act.items():
+        a = numpy_helper.to_array(inits[name])
+        if ok and a.size == 1 and a.dtype == np.float32 and float(a) > 0:
+            out.append(name)
+    return out
 
 
 def _topological(model: onnx.ModelProto) -> list[onnx.NodeProto]:
