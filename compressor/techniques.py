@@ -467,6 +467,9 @@ class Int8Static(_Quant):
     distill_steps: int = field(default=0, metadata=OMIT_DEFAULT)
     #: its learning rate, in integer grid steps per Adam step
     distill_lr: float = field(default=0.02, metadata=OMIT_DEFAULT)
+    #: learning rate of the activation scales during distillation (LSQ, relative change per Adam step; 0 = the
+    #: calibrated scales stay); learned scales are written back, int32 biases requantized to match
+    distill_scale_lr: float = field(default=0.0, metadata=OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -477,6 +480,9 @@ class Int8Static(_Quant):
         if (not isinstance(self.distill_lr, (int, float)) or isinstance(self.distill_lr, bool)
                 or not (0.0 < self.distill_lr <= 1.0)):
             raise _fail(name, "distill_lr", self.distill_lr, "a number in (0, 1]")
+        if (not isinstance(self.distill_scale_lr, (int, float)) or isinstance(self.distill_scale_lr, bool)
+                or not (0.0 <= self.distill_scale_lr <= 0.1)):
+            raise _fail(name, "distill_scale_lr", self.distill_scale_lr, "a number in [0, 0.1]")
         if not (50.0 < self.percentile <= 100.0):
             raise _fail(name, "percentile", self.percentile, "a number in (50, 100]")
 

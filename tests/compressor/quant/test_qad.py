@@ -109,8 +109,13 @@ def test_pipeline_option_and_validation(cnn: tuple[torch.nn.Module, Path], tmp_p
     assert not res.float_fallback_layers and res.int_ops.get("QLinearConv", 0) == 3, res.int_ops
     assert any(n.startswith("quantization-aware distillation on 4 node(s): 20 steps") for n in res.notes), res.notes
     assert Int8Static(distill_steps=20).label() == "int8_static(calibration=mse,per_channel=True,percentile=99.999,distill_steps=20)"
+    lsq = Int8Static(distill_steps=20, distill_scale_lr=0.01)
+    res = quantize_onnx(cnn[1], tmp_path / "lsq.onnx", Plan.uniform(quant=lsq), calib=_data(64, 0), module=cnn[0])
+    assert res.int_ops.get("QLinearConv", 0) == 3 and res.notes[-1].endswith("activation scales learned (LSQ)")
+    assert lsq.label().endswith("distill_steps=20,distill_scale_lr=0.01)"), lsq.label()
     for bad in ({"distill_steps": -1}, {"distill_steps": True}, {"distill_steps": "3"}, {"distill_lr": ";0.3"},
-                {"distill_lr": None}, {"distill_lr": 0.0}):
+                {"distill_lr": None}, {"distill_lr": 0.0}, {"distill_scale_lr": -0.01}, {"distill_scale_lr": 0.5},
+                {"distill_scale_lr": True}, {"distill_scale_lr": "0.01"}):
         with pytest.raises(UserInputError, match=next(iter(bad))):
             Int8Static(**bad)  # type: ignore[arg-type]
 
