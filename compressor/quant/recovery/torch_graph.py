@@ -98,13 +98,14 @@ class QdqModule(torch.nn.Module):
         self.consts: dict[str, torch.Tensor] = {
             i.name: torch.from_numpy(np.array(numpy_helper.to_array(i))) for i in model.graph.initializer
         }
-        #: learnable activation scales: log of the scale, per scale initializer (shared by its Q and DQ nodes)
+        #: learnable activation scales, per scale initializer (shared by its Q and DQ nodes): the log of the
+        #: factor applied to the calibrated scale (0 at the start: the untrained graph is exactly the stored one)
         self.log_scales = torch.nn.ParameterDict()
         self.scale_of: dict[str, str] = {}
         if learn_scales:
             for name in activation_scales(model):
                 key = f"s{len(self.scale_of)}"
-                self.log_scales[key] = torch.nn.Parameter(torch.log(self.consts[name].double()).float())
+                self.log_scales[key] = torch.nn.Parameter(torch.zeros_like(self.consts[name], dtype=torch.float32))
                 self.scale_of[name] = key
         users: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
         for n in model.graph.node:
@@ -148,7 +149,7 @@ class QdqModule(torch.nn.Module):
     # ------------------------------------------------------------------------------------------------ ops
     def _scale(self, name: str) -> torch.Tensor:
         key = self.scale_of.get(name)
-        return self.consts[name].float() if key is None else torch.exp(self.log_scales[key])
+        return self.consts[name].float() if key is None else self.consts[name].float() * torch.exp(self.log_scales[key])
 
     def _dq(self, n: onnx.NodeProto, q: torch.Tensor) -> torch.Tensor:
         s = self._scale(n.input[1]).to(q.dtype if q.is_floating_point() else torch.float32)
@@ -196,9 +197,9 @@ class QdqModule(torch.nn.Module):
         dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
         changed = 0
         with torch.no_grad():
-            for name, key in self.scale_of.items():
+            for name in self.scale_of:
                 old_s = numpy_helper.to_array(inits[name])
-                new_s = torch.exp(self.log_scales[key].double()).numpy().astype(old_s.dtype).reshape(old_s.shape)
+                new_s = self._scale(name).double().numpy().astype(old_s.dtype).reshape(old_s.shape)
                 inits[name].CopyFrom(numpy_helper.from_array(new_s, name))
             bias_scale = self._bias_scales(model, dq) if self.scale_of else {}
             for name, s_new in bias_scale.items():
@@ -236,7 +237,7 @@ class QdqModule(torch.nn.Module):
             if x_dq is None or w_dq is None or b_dq is None or x_dq.input[1] not in self.scale_of:
                 continue
             old = self.consts[b_dq.input[1]].numpy()
-            xs = np.float32(torch.exp(self.log_scales[self.scale_of[x_dq.input[1]]].double()).item())
+            xs = np.float32(self._scale(x_dq.input[1]).item())
             out[b_dq.input[1]] = (xs * self.consts[w_dq.input[1]].numpy().astype(np.float32)).astype(old.dtype)
         return out
 
