@@ -11,7 +11,8 @@ calibration crops are disjoint). Rows, all calibrated on the same ``--calib`` cr
   (``rounding="gptq"``, :func:`devicefit.compressor.quant.recovery.round_weights`) and empirical bias correction
   (``bias_correction=True``, :func:`devicefit.compressor.quant.recovery.correct_biases`), alone and combined,
   and quantization-aware distillation after them (``distill_steps``, :func:`devicefit.compressor.quant.recovery.distill`:
-  the QDQ graph's int8 weights and biases trained against fp32 on the same calibration crops, a quarter held out).
+  the QDQ graph's int8 weights and biases trained against fp32 on the same calibration crops, a quarter held out),
+  optionally with the activation scales learned too (``distill_scale_lr``, LSQ).
 
 Per row: top-1 agreement with fp32 and its drop, mean logit cosine, and host latency p50 (onnxruntime with the
 agent runner's session settings, 1 thread, batch 1, rows interleaved run by run — see ``bench/quant_vs_ort.py``)
@@ -75,6 +76,7 @@ RECOVERY: dict[str, dict[str, Any]] = {
     "mse + gptq rounding + bias correction (defaults)": {},
     "defaults + distill 60": {"distill_steps": 60},
     "defaults + distill 150": {"distill_steps": 150},
+    "defaults + distill 150 + learned activation scales": {"distill_steps": 150, "distill_scale_lr": 0.01},
 }
 
 

@@ -55,7 +55,8 @@ def test_efficientnet_int8_static_recovery_floor(tmp_path: Path) -> None:
     ref = _logits(fp32, ev)
     agree, cos = _scores(ref, _logits(out, ev))
     seven_bit = int_format().reduce_range
-    # measured 2026-12-03: 8-bit weights (VNNI host) 0.900 / 0.9953; 7-bit weights (AVX2 host) 0.878 / 0.9941
+    # measured 2026-12-04 (logits float out of QGemm): 8-bit weights (VNNI host) 0.897 / 0.9955;
+    # 2026-12-03 (logits still 8-bit): 7-bit weights (AVX2 host) 0.878 / 0.9941
     assert cos >= 0.99 and agree >= 0.84, (agree, cos)
 
     q = onnx.load(str(out))
@@ -73,8 +74,9 @@ def test_efficientnet_int8_static_recovery_floor(tmp_path: Path) -> None:
     int8 = [i for i in q.graph.initializer if i.name.endswith("weight_quantized")]
     assert len(int8) == 50 and all(i.data_type == onnx.TensorProto.INT8 for i in int8)
     agree_qad, cos_qad = _scores(ref, _logits(qad, ev))
-    # measured 2026-12-03 (8-bit weights; 30 steps, the best held-out of a 40-step run): 0.919 / 0.9981.
-    # The #16 goal (drop <= 0.02) is NOT reached.
+    # measured 2026-12-04 (8-bit weights, float logits; 30 steps, 1 thread): held-out error 0.00575 -> 0.00236,
+    # 0.944 / 0.9983 (2026-12-03 with 8-bit logits: 0.919 / 0.9981). The #16 goal (drop <= 0.02) is NOT
+    # reached: 400 steps on 128 crops reach 0.956 (bench/accuracy_recovery.py, docs/concepts/quantization-accuracy.md).
     assert cos_qad > cos and agree_qad >= agree - 0.01, (agree, cos, agree_qad, cos_qad)
     if not seven_bit:
-        assert agree_qad >= 0.90 and cos_qad >= 0.997, (agree_qad, cos_qad)
+        assert agree_qad >= 0.925 and cos_qad >= 0.9975, (agree_qad, cos_qad)
