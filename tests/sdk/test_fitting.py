@@ -113,7 +113,7 @@ def test_fit_rejects_bad_arguments() -> None:
     import devicefit
 
     with pytest.raises(UserInputError, match="format"):
-        devicefit.fit("zoo:digits-cnn", format="tflite", progress=False)
+        devicefit.fit("zoo:digits-cnn", format="coreml", progress=False)
     with pytest.raises(UserInputError, match="trials"):
         devicefit.fit("zoo:digits-cnn", trials=0, progress=False)
     with pytest.raises(UserInputError, match="batch_size"):
