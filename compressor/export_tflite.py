@@ -86,8 +86,8 @@ def require_tflite() -> None:
     (one per conversion) stay off it too, unless the user set it."""
     import sys
 
-    if "litert_torch" in sys.modules and "ai_edge_quantizer" in sys.modules:
-        return
+    if sys.modules.get("litert_torch") is not None and sys.modules.get("ai_edge_quantizer") is not None:
+        return  # imported already (a None entry is a blocked import: it still raises below)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _native_stderr_captured() as said:
         try:

@@ -19,6 +19,7 @@ were learned under another day's load): the model follows the search it steers.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -438,7 +439,7 @@ class CalibratedModel:
         data.update(mine)
         data["models"] = models
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")  # one per process: a fit and its workers share it
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(p)
 

@@ -17,6 +17,7 @@ their local output errors (counted in ``SensitivityTable.estimated``).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -350,7 +351,7 @@ def sweep_options(
     table.seconds = time.perf_counter() - t0
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per process: workers share the cache
         tmp.write_text(json.dumps(cache))
         tmp.replace(path)
     return table

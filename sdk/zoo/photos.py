@@ -10,6 +10,7 @@ The arrays are cached as ``.npz`` under the devicefit cache (building them takes
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def splits() -> tuple[np.ndarray, np.ndarray]:
         out[int(is_eval)].append(crop(images[k], scale, pos, flip=flip))
     calib, ev = np.stack(out[0]), np.stack(out[1])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # one per process: parallel first runs
     np.savez(tmp, calib=calib, eval=ev)
     tmp.replace(path)
     return calib, ev
