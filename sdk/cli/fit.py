@@ -96,6 +96,9 @@ def _human(d: dict[str, Any]) -> str:
         f"  search: {d['search']['trials']} trials, {d['search']['measurements']} measured, {d['search']['minutes']:.1f} min; "
         f"median prediction error {pct(d['search']['prediction_error']['median'])}",
     ]
+    finish = [w for w, on in (("distilled", r.get("distilled")), ("int8 recovery restored", r.get("finished"))) if on]
+    if finish:
+        lines.append(f"  finished: {', '.join(finish)} (compressed again after the search, measured, kept as better)")
     families = (d["search"].get("space") or {}).get("families")
     if d["model"].get("format") == "onnx":
         lines.append(f"  ONNX input: searched {', '.join(families or ['quant'])} only (pruning, low-rank and "
