@@ -216,6 +216,19 @@ def custom_kernels() -> str | None:
     return str(found) if found is not None and Path(found).is_file() else None
 
 
+def custom_kernels_isa(path: str | None) -> str | None:
+    """The SIMD path devicefit's built kernel library runs on this CPU (``avx512vnni``, ``avx2``, ``neon_dot``,
+    ``scalar``); None when ``path`` is None or the library does not load."""
+    if path is None:
+        return None
+    try:
+        from devicefit.kernels import available
+
+        return available()
+    except Exception:  # a broken kernels package must not break the probe
+        return None
+
+
 def storage_mb(path: str | Path) -> tuple[int, int]:
     """(free, total) MB of the filesystem holding ``path`` (the nearest existing parent)."""
     p = Path(path).expanduser().resolve()
@@ -255,4 +268,5 @@ def probe_system(storage_dir: str | Path | None = None) -> dict[str, Any]:
         "runtimes": runtimes,
         "custom_kernels": kernel_lib is not None,
         "custom_kernels_path": kernel_lib,
+        "custom_kernels_isa": custom_kernels_isa(kernel_lib),
     }

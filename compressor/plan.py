@@ -201,6 +201,10 @@ class Plan:
     def uses(self, family: Family) -> bool:
         return any(getattr(r, family) is not None for r in self.rules)
 
+    def needs_kernels(self) -> bool:
+        """Some layer's technique runs devicefit's own kernels where the target has them (``needs_kernels``)."""
+        return any(t is not None and t.needs_kernels for r in self.rules for t in (r.prune, r.lowrank, r.quant))
+
     # ------------------------------------------------------------------ serialization
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"version": PLAN_VERSION, "layers": [r.to_dict() for r in self.rules]}

@@ -164,13 +164,17 @@ def compress(
     calib_samples: int = 128,
     format: str | None = None,
     int8_io: bool = False,
+    kernels: bool = False,
 ) -> CompressResult:
     """Compress ``model`` with ``plan`` into ``out`` and measure it (see the module docstring).
     How ``LowRank(kind="asvd")`` layers are fitted is the technique's ``asvd_method``.
 
     ``format`` is ``onnx`` or ``tflite`` (default: from ``out``'s suffix; ``.tflite`` → tflite, see
     :mod:`devicefit.compress_tflite`). ``int8_io`` (tflite, with full-integer int8 layers): int8 model inputs
-    and outputs instead of float ones."""
+    and outputs instead of float ones. ``kernels``: layers whose technique runs devicefit's own kernels
+    (``int8_sparse24``, 2- / 3-bit ``lowbit_weight_only``) use its ``ai.devicefit`` ops, for a device whose agent
+    reports the kernel library; ``False`` (default) writes their standard-op lowering, which runs anywhere
+    (2:4: the same outputs; 2- / 3-bit: the same weights in ``MatMulNBits``' 4-bit container)."""
     from devicefit.compressor.export import export_bundle
 
     out = Path(out)
@@ -229,7 +233,7 @@ def compress(
             with ph.step("quantize", "per-layer quantization + optimized-graph check"):
                 qres = quantize_onnx(
                     fp32_path, out, qplan, layer_names=names, calib=b.calib, profile=prof, module=student,
-                    input_names=b.input_names, calib_samples=calib_samples, progress=ph.say,
+                    input_names=b.input_names, calib_samples=calib_samples, progress=ph.say, kernels=kernels,
                 )
             for layer in qres.float_fallback_layers:
                 ph.say(f"float fallback: {layer} — {qres.fallback_reasons[layer]}")

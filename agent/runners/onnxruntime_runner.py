@@ -115,6 +115,13 @@ class OnnxRuntimeRunner:
             self._sess = cpu_session(self.path, so)
         except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             self._cleanup()
+            if "ai.devicefit" in str(exc):
+                raise ModelLoadError(
+                    f"{self.path.name} uses devicefit's kernel ops (domain ai.devicefit) and this agent has no kernel "
+                    "library to run them",
+                    "build it on the device (`python -m devicefit.kernels build`, needs a C compiler) and restart the "
+                    "agent, or compress the model with --kernels standard (standard ONNX ops)",
+                ) from exc
             raise ModelLoadError(
                 f"onnxruntime could not load {str(self.path)!r}: {str(exc).strip().splitlines()[0][:300]}",
                 "check that the file is a complete ONNX model (re-export it) and that custom-op libraries are set",

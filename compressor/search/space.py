@@ -12,7 +12,10 @@ with every quant choice (float, each scheme). Channel pruning is offered only on
 dependencies (:mod:`devicefit.compressor.prune.deps`, shared with the pruner) find prunable on their own.
 
 Unstructured and N:M pruning are left out by default: on dense CPU runtimes they change neither latency
-nor the stored size (add them via ``SpaceConfig(families=...)``).
+nor the stored size (add them via ``SpaceConfig(families=...)``). Techniques that run devicefit's own kernels
+(``needs_kernels``: 2:4 sparse int8, 2- / 3-bit weights) are offered only when ``SpaceConfig.kernels`` says the
+device runs the kernel library (its ``GetInfo`` reports ``custom_kernels``): elsewhere their standard-op lowering
+is no faster than int8 / int4, so the search leaves them out.
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ class SpaceConfig:
     #: ``search_layer_types``: ``int8_weight_only`` on GRU / LSTM only); ``{}`` offers every method on every
     #: kind it applies to
     layer_types: Mapping[str, tuple[str, ...]] = field(default_factory=_default_layer_types)
+    #: the device runs devicefit's kernel library: offer the techniques that need it (``needs_kernels``), and their
+    #: candidates use its ops (``ai.devicefit``); without it they are not offered
+    kernels: bool = False
 
     def __post_init__(self) -> None:
         for fam, methods in self.families.items():
@@ -94,13 +100,14 @@ class SpaceConfig:
         """This space restricted to ``families`` (an ONNX-only model: ``("quant",)``)."""
         return SpaceConfig(families={k: v for k, v in self.families.items() if k in families},
                            ratios={k: v for k, v in self.ratios.items() if k in families},
-                           settings=dict(self.settings), format=self.format, layer_types=dict(self.layer_types))
+                           settings=dict(self.settings), format=self.format, layer_types=dict(self.layer_types),
+                           kernels=self.kernels)
 
     def to_dict(self) -> dict[str, Any]:
         return {"families": {k: list(v) for k, v in self.families.items()},
                 "ratios": {k: list(v) for k, v in self.ratios.items()},
                 "settings": {k: dict(v) for k, v in self.settings.items()}, "format": self.format,
-                "layer_types": {k: list(v) for k, v in self.layer_types.items()}}
+                "layer_types": {k: list(v) for k, v in self.layer_types.items()}, "kernels": self.kernels}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SpaceConfig:
@@ -110,6 +117,7 @@ class SpaceConfig:
             settings={k: dict(v) for k, v in d.get("settings", _default_settings()).items()},
             format=str(d.get("format", "onnx")),
             layer_types={k: tuple(v) for k, v in d.get("layer_types", _default_layer_types()).items()},
+            kernels=bool(d.get("kernels", False)),
         )
 
 
@@ -154,7 +162,7 @@ def candidates(config: SpaceConfig, family: str, *, kind: str, has_calibration: 
             tech = cls(**kwargs)
             if kind not in tech.layer_types or kind not in config.layer_types.get(method, tech.layer_types):
                 continue
-            if config.format not in tech.formats:
+            if config.format not in tech.formats or (tech.needs_kernels and not config.kernels):
                 continue
             if kind in RECURRENT_KINDS and config.format != "onnx":  # recurrent layers: ONNX GRU / LSTM only
                 continue

@@ -34,6 +34,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-io", action="store_true",
                    help="tflite with int8_static: int8 model inputs and outputs (each with its scale and zero point in "
                         "the file) instead of float ones with a QUANTIZE / DEQUANTIZE at each edge")
+    p.add_argument("--kernels", choices=["standard", "devicefit"], default="standard",
+                   help="how int8_sparse24 / int2 / int3 layers are written: standard (default) ONNX ops that run in any "
+                        "onnxruntime (2:4: MatMulInteger, same outputs; 2/3-bit: MatMulNBits' 4-bit container, same "
+                        "weights), or devicefit's own kernel ops (ai.devicefit: faster, smaller; the target's agent must "
+                        "report the kernel library: `devicefit profiles probe --device URL` shows it)")
     p.add_argument("--quant", metavar="SCHEME", help=f"uniform quantization: {USAGE['quant']} (options: SCHEME:key=value,…; int8-static = int8_static)")
     p.add_argument("--plan", metavar="PLAN.yaml", help="per-layer plan (YAML or JSON)")
     p.add_argument("--prune", metavar="P", help=USAGE["prune"])
@@ -93,6 +98,7 @@ def _compress(args: argparse.Namespace) -> int:
         calib_samples=args.calib_samples,
         format=args.format,
         int8_io=args.int8_io,
+        kernels=args.kernels == "devicefit",
     )
     emit(args, res.to_dict(), _human)
     return 0

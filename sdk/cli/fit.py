@@ -99,6 +99,9 @@ def _human(d: dict[str, Any]) -> str:
     finish = [w for w, on in (("distilled", r.get("distilled")), ("int8 recovery restored", r.get("finished"))) if on]
     if finish:
         lines.append(f"  finished: {', '.join(finish)} (compressed again after the search, measured, kept as better)")
+    if r.get("kernels"):
+        lines.append("  uses devicefit's own kernels (ai.devicefit ops): the device needs the kernel library, as the one "
+                     "measured has")
     families = (d["search"].get("space") or {}).get("families")
     if d["model"].get("format") == "onnx":
         lines.append(f"  ONNX input: searched {', '.join(families or ['quant'])} only (pruning, low-rank and "

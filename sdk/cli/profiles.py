@@ -140,7 +140,7 @@ def _probe(args: argparse.Namespace) -> int:
         prof = profile_from_info(info, id=pid, name=args.name, category=args.category)
     out = Path(args.output) if args.output else user_profile_dir() / f"{prof.id}.toml"
     save_profile(prof, out)
-    obj = {**prof.to_dict(), "path": str(out)}
+    obj = {**prof.to_dict(), "path": str(out), "custom_kernels_isa": info.get("custom_kernels_isa")}
 
     def human(o: dict[str, Any]) -> str:
         return (
@@ -148,7 +148,8 @@ def _probe(args: argparse.Namespace) -> int:
             f"{prof.id}: {prof.cpu.cores} cores {prof.cpu.arch} ({prof.cpu.model or prof.soc}), {prof.memory_mb} MB RAM\n"
             f"  ISA: {', '.join(prof.cpu.isa) or '-'}\n"
             f"  fp32 {prof.peak_gops_fp32:.1f} GOPS, int8 {prof.peak_gops_int8:.1f} GOPS, "
-            f"memory {prof.mem_bandwidth_gbs:.1f} GB/s (measured through onnxruntime)"
+            f"memory {prof.mem_bandwidth_gbs:.1f} GB/s (measured through onnxruntime)\n"
+            f"  devicefit kernels: {o['custom_kernels_isa'] or 'not built (python -m devicefit.kernels build on it)'}"
         )
 
     emit(args, obj, human)

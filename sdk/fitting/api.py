@@ -235,12 +235,30 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
     with measuring_device(config.device) as device:
         evaluator = FitEvaluator(bundle, device, workdir=work, profile=profile, runs=config.runs, warmup=config.warmup,
                                  threads=config.threads, batch_size=config.batch_size, format=config.format)
+        search_config, kernel_notes = _with_kernels(search_config, evaluator)
+        notes += kernel_notes
         store = MeasurementStore(config.store) if config.store else MeasurementStore()
         session = FitSession.open(bundle, profile, evaluator, search_config, cache_dir=cache_root(), store=store,
                                   progress=phases)
         if session.facts is not None:
             session.facts.notes.extend(notes)
         yield session, bundle
+
+
+def _with_kernels(search_config: Any, evaluator: Any) -> tuple[Any, list[str]]:
+    """The search space as the device allows it: devicefit's kernel techniques (``needs_kernels``) are offered only
+    when the agent runs the kernel library; the note says which were left out and how to get them."""
+    from devicefit.compressor.search.space import SpaceConfig
+    from devicefit.compressor.techniques import TECHNIQUES
+
+    space = replace(search_config.space or SpaceConfig(), kernels=evaluator.kernels)
+    wanted = sorted(m for fam, methods in space.families.items() for m in methods if TECHNIQUES[(fam, m)].needs_kernels)
+    notes = []
+    if wanted and not evaluator.kernels and evaluator.format == "onnx":
+        notes.append(f"{', '.join(wanted)} not offered: the agent on {evaluator.device_id} reports no devicefit kernel "
+                     "library (GetInfo custom_kernels); build it there with `python -m devicefit.kernels build` "
+                     "(needs a C compiler) and restart the agent")
+    return replace(search_config, space=space), notes
 
 
 def _check_batch_one(bundle: Any) -> None:

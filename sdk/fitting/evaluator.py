@@ -11,6 +11,10 @@ baseline's blocks with the floor of ``devicefit bench`` (:data:`devicefit.defaul
 interleaved blocks with :data:`devicefit.defaults.BLOCK_MIN_SECONDS`. A candidate's memory is the agent's
 ``model_memory_mb``: its own peak over the idle agent, what the memory budget applies to.
 
+Candidates use devicefit's own kernel ops (``ai.devicefit``: 2:4 sparse int8, 2- / 3-bit weights) only when the
+agent reports the kernel library (``GetInfo`` ``custom_kernels``, :attr:`FitEvaluator.kernels`); the search offers
+those techniques only then (``SpaceConfig.kernels``).
+
 ``format="tflite"``: every candidate (the fp32 baseline too) is a ``.tflite`` written by ``devicefit.compress``
 (verified against torch with LiteRT) and measured on the agent's LiteRT runner. LiteRT reports no per-op
 times, so those benchmarks run without ``per_node`` and the latency model learns end-to-end times only.
@@ -95,6 +99,8 @@ class FitEvaluator:
             raise DeviceError(f"the agent on {self.device_id} has no LiteRT runtime to run .tflite candidates",
                               "install ai-edge-litert (or tflite-runtime) on the board and restart the agent, "
                               "or fit with --format onnx")
+        #: the agent runs devicefit's kernel library (ONNX candidates only): candidates may use its ops
+        self.kernels = format == "onnx" and bool(self._info.get("custom_kernels"))
 
     # ------------------------------------------------------------------------------ materialize
     def fp32(self) -> Materialized:
@@ -155,7 +161,7 @@ class FitEvaluator:
         source: ModelBundle = replace(self.bundle, onnx_path=fp32.path) if self.format == "onnx" else self.bundle
         # the search's LowRank options carry asvd_method="whiten" (LowRank.search_settings)
         res = compress(source, plan, out=self.workdir / f"{name}.{self.format}", format=self.format, profile=self.profile,
-                       progress=False)
+                       progress=False, kernels=self.kernels)
         metric = res.metric.to_dict()
         params = int(getattr(res, "params", 0) or 0) or fp32.params
         macs = int(getattr(res, "macs", 0) or 0) or fp32.macs

@@ -115,6 +115,9 @@ def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome,
         "path": f"model.{config.format}",
         # the file's format and the agent runner every latency here was measured on
         "format": config.format, "runtime": session.evaluator.runtime,
+        # the file uses devicefit's own kernel ops (ai.devicefit; the search offers them only to an agent reporting
+        # the kernel library): it runs where the library is built (compress --kernels standard: standard ops)
+        "kernels": chosen is not base and session.plan_of(chosen).needs_kernels(),
     }
     result["faster_than_fp32"] = bool(chosen.measured_ms is not None and base.measured_ms is not None
                                       and chosen is not base and chosen.measured_ms < base.measured_ms)
@@ -188,8 +191,10 @@ def build_report(session: FitSession, config: FitConfig, outcome: SearchOutcome,
             # trials stopped early because even that misses the budget
             "reach": outcome.reach.to_dict() if outcome.reach is not None else None,
             # families: the technique families the search could use (an ONNX input: quant only); notes: why
+            # kernels: devicefit's kernel techniques were offered (the agent reports the kernel library)
             "space": {"layers": len(session.problem.space.layers), "options": session.problem.space.size(),
-                      "families": _families(session), "notes": list(facts.notes)},
+                      "families": _families(session), "notes": list(facts.notes),
+                      "kernels": bool(session.config.space is not None and session.config.space.kernels)},
             "drop_scale": session.problem.drops.scale,
             # fp32 baseline measured now ÷ predicted by the calibration persisted from earlier sessions (1: none)
             "latency_session_scale": session.problem.latency.session_scale,

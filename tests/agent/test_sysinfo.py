@@ -72,7 +72,7 @@ def test_the_probe_reports_the_kernel_library_without_building_it(tmp_path: Path
 
     monkeypatch.setenv("DEVICEFIT_CACHE", str(tmp_path / "cache"))
     info = probe_system(tmp_path)
-    assert info["custom_kernels"] is False and info["custom_kernels_path"] is None
+    assert info["custom_kernels"] is False and info["custom_kernels_path"] is None and info["custom_kernels_isa"] is None
     assert not (tmp_path / "cache" / "kernels").exists() or not any((tmp_path / "cache" / "kernels").iterdir())
     try:
         built = build()
@@ -80,3 +80,6 @@ def test_the_probe_reports_the_kernel_library_without_building_it(tmp_path: Path
         pytest.skip(f"cannot build the kernels here: {e}")
     info = probe_system(tmp_path)
     assert info["custom_kernels"] is True and info["custom_kernels_path"] == str(built)
+    from devicefit.kernels import supported_isas
+
+    assert info["custom_kernels_isa"] in supported_isas()  # the SIMD path it runs here, one this CPU can run

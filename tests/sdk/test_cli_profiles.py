@@ -119,6 +119,10 @@ def test_probe_live_agent(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert server.url in prof.sources[0]
     assert prof.peak_gops_fp32 > 0 and prof.peak_gops_int8 > 0 and prof.mem_bandwidth_gbs > 0
     assert prof.cpu.cores >= 1 and prof.memory_mb > 0 and "onnxruntime" in prof.runtimes
+    from devicefit.agent.sysinfo import custom_kernels
+
+    # the SIMD path of the agent's kernel library, as GetInfo reports it (None when it is not built there)
+    assert (obj["custom_kernels_isa"] is not None) == (custom_kernels() is not None)
 
 
 def test_probe_unreachable_device_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

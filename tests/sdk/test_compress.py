@@ -18,8 +18,11 @@ from devicefit.compressor.techniques import (
     Int8Dynamic,
     Int8Static,
     KeepFloat,
+    LowBitWeightOnly,
     LowRank,
     MagnitudePrune,
+    Sparse24Int8,
+    Technique,
 )
 from devicefit.data import Dataset
 from devicefit.errors import UserInputError
@@ -64,6 +67,34 @@ def test_quant_only(small: ModelBundle, tmp_path: Path) -> None:
         assert key in d
     assert set(d["metric"]) >= {"name", "baseline", "compressed", "drop"}
     assert set(res.seconds) >= {"export", "quantize", "evaluate"}
+
+
+@pytest.mark.parametrize("tech, op", [(Sparse24Int8(), "Sparse24MatMul"), (LowBitWeightOnly(bits=2), "LowBitMatMul")])
+def test_kernel_techniques_write_devicefits_ops_or_their_standard_lowering(small: ModelBundle, tmp_path: Path,
+                                                                          tech: Technique, op: str) -> None:
+    """``kernels=True``: the Linear layers run devicefit's own op (for a device with the kernel library); the default
+    writes standard ops that any onnxruntime runs: 2:4 the same outputs, 2-bit the same weights (MatMulNBits)."""
+    import onnx
+
+    plan = Plan((LayerRule("fc*", quant=tech),))
+    own = compress(small, plan, out=tmp_path / "own.onnx", progress=False, kernels=True)
+    std = compress(small, plan, out=tmp_path / "std.onnx", progress=False)
+
+    def ops(path: Path) -> list[str]:
+        return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+    assert ops(own.path).count(op) == 2 and op not in ops(std.path)
+    assert not any(n.domain == "ai.devicefit" for n in onnx.load(str(std.path)).graph.node)
+    assert own.float_fallback_layers == [] == std.float_fallback_layers  # both run integer kernels for fc1, fc2
+    assert own.int_ops.get(op) == 2
+    if op == "Sparse24MatMul":  # the lowering is bit-identical: the same metric and the same outputs
+        assert std.int_ops.get("MatMulInteger", 0) >= 2
+        assert own.metric.compressed == std.metric.compressed and own.fidelity == std.fidelity
+    else:  # MatMulNBits' 4-bit container holds the same 2-bit codes, with float activations
+        assert std.int_ops.get("MatMulNBits") == 2
+        assert abs(own.fidelity["cosine"] - std.fidelity["cosine"]) < 0.01
+        assert own.size_bytes < std.size_bytes  # 2-bit codes packed by devicefit's op, 4-bit in the container
+    assert own.fidelity["cosine"] > 0.8 and own.compression_ratio > 1.5
 
 
 def test_onnx_only_bundle(small: ModelBundle, tmp_path: Path) -> None:

@@ -110,8 +110,27 @@ def test_space_config_validates_against_registry() -> None:
     # default int8_weight_only is offered on recurrent layers only)
     all_quant = tuple(m for f, m in TECHNIQUES if f == "quant")
     assert "int8_weight_only" not in build_space(SPECS, config=SpaceConfig(families={"quant": all_quant})).labels("fc")
-    space = build_space(SPECS, config=SpaceConfig(families={"quant": all_quant}, layer_types={}))
+    space = build_space(SPECS, config=SpaceConfig(families={"quant": all_quant}, layer_types={}, kernels=True))
     assert sorted(space.labels("fc")) == sorted({"float", *all_quant})  # KeepFloat's label is float: no duplicate
     cfg = SpaceConfig(ratios={"prune": (0.3,), "lowrank": (0.25, 0.75)})
     assert SpaceConfig.from_dict(cfg.to_dict()) == cfg and cfg.layer_types == {"int8_weight_only": ("gru", "lstm")}
     assert SpaceConfig.from_dict(SpaceConfig(layer_types={}).to_dict()).layer_types == {}
+
+
+def test_kernel_techniques_are_offered_only_to_a_device_with_the_kernels() -> None:
+    """2:4 sparse int8 and 2- / 3-bit weights run fast only in devicefit's own kernels: the default space offers them
+    on Linear layers when the device reports the kernel library (``SpaceConfig.kernels``), never elsewhere."""
+    kernel_methods = sorted(c.method for c in TECHNIQUES.values() if c.needs_kernels)
+    assert kernel_methods == ["int8_sparse24", "lowbit_weight_only"]
+    without = build_space(SPECS)
+    assert not any(m in lab for n in without.layers for lab in without.labels(n) for m in kernel_methods)
+    with_kernels = build_space(SPECS, config=SpaceConfig(kernels=True), prunable={"conv1", "fc"})
+    for method in kernel_methods:
+        assert method in with_kernels.labels("fc") and method in with_kernels.labels("head")
+        assert not any(method in lab for lab in with_kernels.labels("conv1"))  # Linear layers only
+    assert with_kernels.option("fc", "int8_sparse24").quant.needs_kernels  # type: ignore[union-attr]
+    assert SpaceConfig.from_dict(SpaceConfig(kernels=True).to_dict()).kernels is True
+    assert SpaceConfig(kernels=True).only(("quant",)).kernels is True
+    # a TFLite space never offers them (they are ONNX ops)
+    tfl = build_space(SPECS, config=SpaceConfig(kernels=True, format="tflite"))
+    assert not any(m in lab for n in tfl.layers for lab in tfl.labels(n) for m in kernel_methods)
