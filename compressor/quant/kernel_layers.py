@@ -74,12 +74,12 @@ def _write(ctx: QuantContext, ln: LayerNode, node: Any, inits: list[Any], *, low
         new_inits = [*new_inits, *(i for i in inits if i.name == bias)]
         if any(n.domain == MS_DOMAIN for n in new_nodes):
             G.ensure_opset(model, MS_DOMAIN, 1)
-        if any(n.domain in ("", "ai.onnx") and n.op_type == "ReduceMax" for n in new_nodes):
-            if G.opset(model) < LOWERING_MIN_OPSET:
-                raise ValueError(
-                    f"{ln.layer}: the standard-op form of {node.op_type} needs opset >= {LOWERING_MIN_OPSET}, the "
-                    f"model has {G.opset(model)} (export it with a newer opset, or quantize with kernels=True)"
-                )
+        needs_18 = any(n.domain in ("", "ai.onnx") and n.op_type == "ReduceMax" for n in new_nodes)
+        if needs_18 and G.opset(model) < LOWERING_MIN_OPSET:
+            raise ValueError(
+                f"{ln.layer}: the standard-op form of {node.op_type} needs opset >= {LOWERING_MIN_OPSET}, the "
+                f"model has {G.opset(model)} (export it with a newer opset, or quantize with kernels=True)"
+            )
     model.graph.initializer.extend(new_inits)
     G.replace_node(model, old, new_nodes)
     if ln.bias_add is not None:

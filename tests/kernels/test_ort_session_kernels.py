@@ -11,7 +11,14 @@ import numpy as np
 import onnx
 import pytest
 
-from devicefit.kernels import KernelBuildError, builder, ort_session, pack_lowbit, pack_sparse24, quantize_lowbit_rtn
+from devicefit.kernels import (
+    KernelBuildError,
+    builder,
+    ort_session,
+    pack_lowbit,
+    pack_sparse24,
+    quantize_lowbit_rtn,
+)
 from devicefit.kernels.ops import lowbit_node, single_op_model, sparse24_node
 
 
@@ -47,7 +54,7 @@ def test_custom_op_model_runs_without_registration(kernel_lib: Path, name: str, 
     import onnxruntime as ort
 
     model = MODELS[name].SerializeToString()
-    with pytest.raises(Exception, match="ai.devicefit"):  # plain onnxruntime refuses it
+    with pytest.raises(Exception, match=r"ai\.devicefit"):  # plain onnxruntime refuses it
         ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     sess = ort_session.cpu_session(model)
     y = sess.run(None, {"X": X})[0]
