@@ -692,10 +692,12 @@ class LowBitWeightOnly(_Quant):
 
     @property
     def compute_dtype(self) -> str:  # type: ignore[override]
+        """``lowbit2w`` / ``lowbit3w`` (latency cost classes of :mod:`devicefit.compressor.latency.roofline`)."""
         return f"lowbit{self.bits}w"
 
     @property
     def needs_calibration(self) -> bool:  # type: ignore[override]
+        """GPTQ needs the layer inputs' Hessians from calibration data; RTN needs none."""
         return self.algorithm == "gptq"
 
     @property
