@@ -304,3 +304,46 @@ def test_fake_imitations() -> None:
         q = lb.weight(torch.from_numpy(w2), LowBitWeightOnly(bits=bits, group_size=32), None).numpy()
         levels = [len(np.unique(q[r, g * 32:(g + 1) * 32])) for r in range(8) for g in range(2)]
         assert max(levels) <= 2**bits and max(levels) > 2 ** (bits - 1)
+
+
+def test_mixed_plan_with_static_int8(mlp: Case, tmp_path: Path) -> None:
+    """The static pass calibrates on the graph as it is after the weight pass, custom ops included."""
+    from devicefit.compressor.plan import LayerChoice
+    from devicefit.compressor.techniques import Int8Static
+
+    s24, static = LayerChoice(quant=Sparse24Int8()), LayerChoice(quant=Int8Static())
+    plan = Plan.per_layer({"a": s24, "b": s24, "c": static, "d": static})
+    res = quantize_onnx(mlp.onnx, tmp_path / "mix.onnx", plan, layer_names=LAYERS, calib=mlp.calib, kernels=True)
+    assert res.float_fallback_layers == [] and res.layer_status == dict.fromkeys(LAYERS, "int")
+    assert res.int_ops.get("Sparse24MatMul") == 2 and res.int_ops.get("QGemm") == 2, res.int_ops
+    # the measured cosine is 0.964; 2:4 on a and b alone costs most of it
+    assert cosine(mlp.ref, run_onnx(tmp_path / "mix.onnx", mlp.eval)) > 0.94
+
+
+def _matmul_model(opset: int) -> onnx.ModelProto:
+    h, tp, nh = onnx.helper, onnx.TensorProto, onnx.numpy_helper
+    rng = np.random.default_rng(0)
+    g = h.make_graph([h.make_node("MatMul", ["x", "fc.weight.T"], ["mm"], name="mm"),
+                      h.make_node("Add", ["mm", "fc.bias"], ["y"], name="add")], "g",
+                     [h.make_tensor_value_info("x", tp.FLOAT, ["B", 64])], [h.make_tensor_value_info("y", tp.FLOAT, ["B", 8])],
+                     [nh.from_array(rng.normal(size=(64, 8)).astype(np.float32), "fc.weight.T"),
+                      nh.from_array(rng.normal(size=8).astype(np.float32), "fc.bias")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+def test_standard_form_of_sparse24_needs_opset_18() -> None:
+    from devicefit.compressor.quant.kernel_layers import sparse24_layer
+    from devicefit.compressor.quant.mapping import map_layers
+    from devicefit.compressor.quant.weight_only import QuantContext
+
+    for kernels, opset in ((True, 17), (False, 18), (False, 17)):
+        model = _matmul_model(opset)
+        ln = map_layers(model, ["fc"]).first("fc")
+        ctx = QuantContext(model, kernels=kernels)
+        if (kernels, opset) == (False, 17):
+            with pytest.raises(ValueError, match="opset >= 18"):
+                sparse24_layer(ctx, ln)
+            continue
+        sparse24_layer(ctx, ln)
+        assert [n.op_type for n in model.graph.node if n.op_type in ("MatMul", "Add", "Sparse24MatMul", "MatMulInteger")] \
+            == (["Sparse24MatMul"] if kernels else ["MatMulInteger", "Add"])
