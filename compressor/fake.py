@@ -4,7 +4,8 @@ Each technique names its imitation in :meth:`devicefit.compressor.techniques.Tec
 transform plus, for int8 compute, an activation quantizer. These approximate the real passes for
 **ranking** (see :mod:`devicefit.compressor.search.sensitivity`): int8 weights symmetric per output
 channel; int4 asymmetric RTN in groups along the input dimension (GPTQ / AWQ scored as RTN, an upper bound
-on their drop); float16 rounded; channel pruning zeroes the lowest-L2 output channels; low-rank truncates
+on their drop); 2:4 sparse int8 a 2:4 magnitude mask then int8 per channel; 2/3-bit weight-only asymmetric RTN
+in groups; float16 rounded; channel pruning zeroes the lowest-L2 output channels; low-rank truncates
 the (out, in·k·k) weight, activation-aware for ``asvd``; unstructured / N:M zero the smallest |W|.
 """
 
@@ -48,6 +49,23 @@ def w_int8(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.
 
 def w_int4(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
     return q_group_asym(w, 4, int(getattr(tech, "group_size", 32)))
+
+
+def w_s24_int8(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
+    """2:4 magnitude mask along the input dimension (a ragged tail group of < 4 inputs padded with zeros,
+    as the kernel does), then symmetric per-output-channel int8 (``Sparse24Int8``)."""
+    flat = w.reshape(w.shape[0], -1)
+    cols = flat.shape[1]
+    pad = (-cols) % 4
+    groups = torch.nn.functional.pad(flat, (0, pad)).reshape(flat.shape[0], -1, 4)
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.abs().topk(2, dim=-1).indices, True)
+    pruned = (groups * keep).reshape(flat.shape[0], -1)[:, :cols]
+    return q_sym_per_channel(pruned, 8).reshape(w.shape)
+
+
+def w_lowbit(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:
+    """Group-wise asymmetric ``tech.bits`` RTN along the input dimension (``LowBitWeightOnly``; GPTQ scored as RTN)."""
+    return q_group_asym(w, int(getattr(tech, "bits", 2)), int(getattr(tech, "group_size", 128)))
 
 
 def w_fp16(w: torch.Tensor, tech: Technique, act: torch.Tensor | None) -> torch.Tensor:

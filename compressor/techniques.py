@@ -3,7 +3,9 @@
 A technique class declares everything the rest of devicefit asks of it, as class attributes and methods:
 
 * **identity**: ``family`` and ``method`` (the key of :data:`TECHNIQUES`, used by plan YAML/JSON);
-* **capabilities**: ``layer_types``, ``formats``, ``needs_calibration``;
+* **capabilities**: ``layer_types``, ``formats``, ``needs_calibration``, ``needs_kernels`` (runs devicefit's
+  own kernels — ``ai.devicefit`` ops, :mod:`devicefit.kernels` — where the target has them, standard ops
+  elsewhere);
 * **CLI**: ``cli_names`` (short names → fixed field values, e.g. ``int4_gptq``), ``cli_number`` (the field a
   bare number sets, ``structured:0.5``); names accept ``-`` for ``_`` (:func:`canonical_name`);
 * **search**: ``search_default`` / ``search_ratios`` / ``search_settings`` / ``search_layer_types`` (the
@@ -79,6 +81,9 @@ class Technique:
     needs_calibration: ClassVar[bool] = False
     #: export formats that can carry the result
     formats: ClassVar[tuple[str, ...]] = ("onnx",)
+    #: runs devicefit's own kernels (``ai.devicefit`` ops) where the target has them, standard ops elsewhere
+    #: (``quantize_onnx(kernels=...)``)
+    needs_kernels: ClassVar[bool] = False
     #: CLI short name → fixed field values (``None``: the method name, no fixed values)
     cli_names: ClassVar[Mapping[str, Mapping[str, Any]] | None] = None
     #: the field a bare number after the name sets (``magnitude:0.5`` → ratio); ``None``: ``k=v`` options only
@@ -614,6 +619,99 @@ class KeepFloat(_Quant):
     layer_types: ClassVar[tuple[str, ...]] = ("linear", "conv", "gru", "lstm")
     formats: ClassVar[tuple[str, ...]] = ("onnx", "tflite")
     onnx_pass: ClassVar[OnnxPass | None] = "keep"
+
+
+#: group sizes of devicefit's ``LowBitMatMul`` kernel (:data:`devicefit.kernels.pack.GROUP_SIZES`)
+LOWBIT_GROUP_SIZES = (32, 64, 128, 256)
+LOWBIT_BITS = (2, 3)
+
+
+@register
+@dataclass(frozen=True)
+class Sparse24Int8(_Quant):
+    """2:4 semi-structured sparse int8 weights: in every 4 consecutive inputs the 2 largest |w| are kept
+    (weights already 2:4, e.g. from an ``nm`` 2:4 prune stage, keep their pattern), symmetric int8 per output
+    channel; activations quantized per row (symmetric int8) inside devicefit's ``Sparse24MatMul`` kernel. Without
+    the kernels it is the bit-identical ``MatMulInteger`` form (:mod:`devicefit.compressor.quant.kernel_layers`)."""
+
+    method: ClassVar[str] = "int8_sparse24"
+    layer_types: ClassVar[tuple[str, ...]] = ("linear",)
+    cli_names: ClassVar[Mapping[str, Mapping[str, Any]] | None] = {"int8_sparse24": {}, "sparse24": {}}
+    needs_kernels: ClassVar[bool] = True
+    search_default: ClassVar[bool] = True
+    compute_dtype: ClassVar[str] = "s24"
+    onnx_pass: ClassVar[OnnxPass | None] = "weights"
+    fake_weight: ClassVar[str | None] = "w_s24_int8"
+    fake_activation: ClassVar[str | None] = "dynamic"
+    int_compute: ClassVar[bool] = True
+    importance: str = "magnitude"
+
+    def __post_init__(self) -> None:
+        _check_choice(type(self).__name__, "importance", self.importance, ("magnitude",))
+
+    def quantize_layer(self, ctx: Any, layer: str, nodes: list[Any]) -> None:
+        from devicefit.compressor.quant.kernel_layers import sparse24_layer
+
+        for ln in nodes:
+            sparse24_layer(ctx, ln)
+
+
+@register
+@dataclass(frozen=True)
+class LowBitWeightOnly(_Quant):
+    """2- or 3-bit weights in groups of ``group_size`` along the input dim (asymmetric, a scale and a zero point
+    per group), by round-to-nearest or GPTQ; devicefit's ``LowBitMatMul`` kernel (activations int8 per group
+    inside it). Without the kernels the same codes run in onnxruntime's 4-bit ``MatMulNBits`` (float
+    activations). The search offers ``bits=3`` (RTN): 2-bit RTN loses too much on nearly every layer to be
+    worth a candidate; ask for ``int2_gptq`` explicitly."""
+
+    method: ClassVar[str] = "lowbit_weight_only"
+    layer_types: ClassVar[tuple[str, ...]] = ("linear",)
+    cli_names: ClassVar[Mapping[str, Mapping[str, Any]] | None] = {
+        "int2": {"bits": 2, "algorithm": "rtn"}, "int3": {"bits": 3, "algorithm": "rtn"},
+        "int2_gptq": {"bits": 2, "algorithm": "gptq"}, "int3_gptq": {"bits": 3, "algorithm": "gptq"},
+    }
+    needs_kernels: ClassVar[bool] = True
+    search_default: ClassVar[bool] = True
+    search_settings: ClassVar[Mapping[str, Any]] = {"bits": 3}
+    onnx_pass: ClassVar[OnnxPass | None] = "weights"
+    fake_weight: ClassVar[str | None] = "w_lowbit"  # GPTQ scored as RTN (an upper bound on its drop)
+    int_compute: ClassVar[bool] = True
+    bits: int = 2
+    group_size: int = 128
+    algorithm: str = "rtn"
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if self.bits not in LOWBIT_BITS or isinstance(self.bits, bool):
+            raise _fail(name, "bits", self.bits, "2 or 3")
+        if self.group_size not in LOWBIT_GROUP_SIZES or isinstance(self.group_size, bool):
+            raise _fail(name, "group_size", self.group_size,
+                        "one of " + ", ".join(map(str, LOWBIT_GROUP_SIZES)) + " (the LowBitMatMul kernel's group sizes)")
+        _check_choice(name, "algorithm", self.algorithm, ("rtn", "gptq"))
+
+    @property
+    def compute_dtype(self) -> str:  # type: ignore[override]
+        """``lowbit2w`` / ``lowbit3w`` (latency cost classes of :mod:`devicefit.compressor.latency.roofline`)."""
+        return f"lowbit{self.bits}w"
+
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]
+        """GPTQ needs the layer inputs' Hessians from calibration data; RTN needs none."""
+        return self.algorithm == "gptq"
+
+    @property
+    def calib_stat(self) -> str | None:
+        return "hessian" if self.algorithm == "gptq" else None
+
+    def extra_weight_bytes(self, params: float) -> float:
+        return params / self.group_size * 5.0  # one fp32 scale + one uint8 zero point per group
+
+    def quantize_layer(self, ctx: Any, layer: str, nodes: list[Any]) -> None:
+        from devicefit.compressor.quant.kernel_layers import lowbit_layer
+
+        for ln in nodes:
+            lowbit_layer(ctx, layer, ln, bits=self.bits, group_size=self.group_size, algorithm=self.algorithm)
 
 
 # ------------------------------------------------------------------------------------------ distill

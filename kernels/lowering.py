@@ -141,6 +141,50 @@ def _lower_lowbit_nbits(g: _Graph, node: Any, w: LowBitWeights, bias: str | None
         g.nodes.append(g.h.make_node("Add", [out, bias], [y], name=g.name("out")))
 
 
+def lower_node(node: Any, tensor: Any, *, lowbit: LowBitMode = "exact", index: int = 0) -> tuple[list[Any], list[Any]]:
+    """The standard-op nodes and new initializers replacing one ``ai.devicefit`` ``node`` (same input X and
+    output Y; names prefixed with the node's name). ``tensor(name)`` returns an initializer's array (or
+    ``None`` when ``name`` is not one). The bias input (if any) is read by name, so it must stay in the graph;
+    the node's other initializers are no longer read. Needs default-domain opset >= 18 (ReduceMax with
+    ``axes`` as an input; the caller raises it); ``mode="matmulnbits"`` needs the ``com.microsoft`` domain."""
+    import onnx
+
+    if lowbit not in ("exact", "matmulnbits"):
+        raise ValueError(f"lowbit must be 'exact' or 'matmulnbits', got {lowbit!r}")
+
+    def required(i: int) -> np.ndarray:
+        name = node.input[i] if i < len(node.input) else ""
+        if not name:
+            raise ValueError(f"{node.op_type} node {node.name!r} lacks its required input #{i}")
+        array = tensor(name)
+        if array is None:
+            raise ValueError(f"input {name!r} of {node.op_type} node {node.name!r} must be an initializer")
+        return np.asarray(array)
+
+    def optional(i: int) -> np.ndarray | None:
+        return required(i) if i < len(node.input) and node.input[i] else None
+
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    g = _Graph(node.name or f"devicefit_{index}")
+    bias = node.input[4] if len(node.input) > 4 and node.input[4] else None
+    if node.op_type == SPARSE24:
+        values, idx, scales = required(1), required(2), required(3)
+        k = int(attrs.get("K", values.shape[1] * 2))
+        _lower_sparse24(g, node, Sparse24Weights(values=values, index=idx, scales=scales, k=k), bias)
+    elif node.op_type == LOWBIT:
+        bits, gs = int(attrs["bits"]), int(attrs["group_size"])
+        packed, scales, zeros = required(1), required(2), optional(3)
+        k = int(attrs.get("K", packed.shape[1] * 8 // bits))
+        w = LowBitWeights(packed=packed, scales=scales, zeros=zeros, bits=bits, group_size=gs, k=k)
+        if lowbit == "exact":
+            _lower_lowbit_exact(g, node, w, bias)
+        else:
+            _lower_lowbit_nbits(g, node, w, bias)
+    else:
+        raise ValueError(f"unknown {DOMAIN} op {node.op_type!r} (node {node.name!r})")
+    return g.nodes, g.inits
+
+
 def lower_model(model: Any, *, lowbit: LowBitMode = "exact", opset: int = 21) -> Any:
     """A copy of ``model`` (onnx ModelProto) with every ``ai.devicefit`` node rewritten into standard ops
     (see the module docstring). The weights must be initializers. Needs ``opset`` >= 18 (ReduceMax with
@@ -153,6 +197,10 @@ def lower_model(model: Any, *, lowbit: LowBitMode = "exact", opset: int = 21) ->
     out.CopyFrom(model)
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
+
+    def tensor(name: str) -> np.ndarray | None:
+        return onnx.numpy_helper.to_array(inits[name]) if name in inits else None
+
     new_nodes: list[Any] = []
     used: set[str] = set()
     needs_ms = False
@@ -160,45 +208,11 @@ def lower_model(model: Any, *, lowbit: LowBitMode = "exact", opset: int = 21) ->
         if node.domain != DOMAIN:
             new_nodes.append(node)
             continue
-        def tensor(i: int, node: Any = node) -> np.ndarray | None:
-            name = node.input[i] if i < len(node.input) else ""
-            if not name:
-                return None
-            if name not in inits:
-                raise ValueError(f"input {name!r} of {node.op_type} node {node.name!r} must be an initializer")
-            array: np.ndarray = onnx.numpy_helper.to_array(inits[name])
-            return array
-
-        def required(i: int, node: Any = node) -> np.ndarray:
-            array = tensor(i, node)
-            if array is None:
-                raise ValueError(f"{node.op_type} node {node.name!r} lacks its required input #{i}")
-            return array
-
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        g = _Graph(node.name or f"devicefit_{idx}")
-        used.update(n for n in node.input[1:] if n)
-        bias = node.input[4] if len(node.input) > 4 and node.input[4] else None
-        if bias:
-            used.discard(bias)  # stays an initializer of the lowered graph
-        if node.op_type == SPARSE24:
-            values, index, scales = required(1), required(2), required(3)
-            k = int(attrs.get("K", values.shape[1] * 2))
-            _lower_sparse24(g, node, Sparse24Weights(values=values, index=index, scales=scales, k=k), bias)
-        elif node.op_type == LOWBIT:
-            bits, gs = int(attrs["bits"]), int(attrs["group_size"])
-            packed, scales, zeros = required(1), required(2), tensor(3)
-            k = int(attrs.get("K", packed.shape[1] * 8 // bits))
-            w = LowBitWeights(packed=packed, scales=scales, zeros=zeros, bits=bits, group_size=gs, k=k)
-            if lowbit == "exact":
-                _lower_lowbit_exact(g, node, w, bias)
-            else:
-                _lower_lowbit_nbits(g, node, w, bias)
-                needs_ms = True
-        else:
-            raise ValueError(f"unknown {DOMAIN} op {node.op_type!r} (node {node.name!r})")
-        new_nodes.extend(g.nodes)
-        graph.initializer.extend(g.inits)
+        nodes, new_inits = lower_node(node, tensor, lowbit=lowbit, index=idx)
+        used.update(n for n in node.input[1:4] if n)  # the bias (input 4) stays an initializer of the lowered graph
+        needs_ms |= node.op_type == LOWBIT and lowbit == "matmulnbits"
+        new_nodes.extend(nodes)
+        graph.initializer.extend(new_inits)
     set_graph_nodes(graph, new_nodes, used)
     imports = [o for o in out.opset_import if o.domain not in (DOMAIN, "", "ai.onnx")]
     imports.append(onnx.helper.make_opsetid("", max(opset, *(o.version for o in out.opset_import

@@ -9,6 +9,7 @@ this module imports only numpy at load time.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +23,11 @@ OPTIMIZATIONS: tuple[str, ...] = ("disabled", "basic", "extended", "all")
 #: environment variable listing custom-op libraries to register in every session
 CUSTOM_OPS_ENV = "DEVICEFIT_ORT_CUSTOM_OPS"
 PROVIDERS = ("CPUExecutionProvider",)
+#: the domain of devicefit's own ops (:mod:`devicefit.kernels.ops`)
+KERNEL_DOMAIN = "ai.devicefit"
+
+log = logging.getLogger(__name__)
+_warned_lowering = False
 
 _ORT_TYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
@@ -88,10 +94,57 @@ def session_options(
     return so
 
 
+def _needs_kernels(exc: Exception) -> bool:
+    """onnxruntime refused a model because the ``ai.devicefit`` ops are not registered."""
+    return KERNEL_DOMAIN in str(exc)
+
+
+def _lowered(model: str | Path | bytes) -> bytes:
+    """The model with its ``ai.devicefit`` nodes rewritten into standard ops (exact, identical outputs)."""
+    import onnx
+
+    from devicefit.kernels.lowering import lower_model
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    lowered: bytes = lower_model(proto, lowbit="exact").SerializeToString()
+    return lowered
+
+
 def cpu_session(model: str | Path | bytes, options: Any | None = None) -> Any:
-    """An ``InferenceSession`` on the CPU provider (``model``: a path or serialized bytes)."""
+    """An ``InferenceSession`` on the CPU provider (``model``: a path or serialized bytes).
+
+    A model using devicefit's own ops (domain ``ai.devicefit``) runs without the caller registering
+    anything: when onnxruntime refuses it for that domain, the kernel library
+    (:func:`devicefit.kernels.library_path`, built on first use) is registered on the options and the session
+    made again; when the library cannot be built or loaded here (no compiler), the model's standard-op
+    lowering runs instead (:func:`devicefit.kernels.lowering.lower_model`, exact mode: identical outputs) and
+    one warning is logged. Other models pay nothing for this (only that failure is retried)."""
+    ort = _ort()
     src = model if isinstance(model, bytes) else str(model)
-    return _ort().InferenceSession(src, sess_options=options or session_options(), providers=list(PROVIDERS))
+    so = options or session_options()
+    try:
+        return ort.InferenceSession(src, sess_options=so, providers=list(PROVIDERS))
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        if not _needs_kernels(exc):
+            raise
+    from devicefit.kernels.builder import KernelBuildError, library_path
+
+    try:
+        so.register_custom_ops_library(str(library_path()))
+    except (KernelBuildError, OSError) as exc:
+        reason: Exception | None = exc
+    except Exception as exc:  # onnxruntime's Fail: the library does not load
+        reason = exc
+    else:
+        reason = None
+    if reason is None:
+        return ort.InferenceSession(src, sess_options=so, providers=list(PROVIDERS))
+    global _warned_lowering
+    if not _warned_lowering:
+        log.warning("devicefit kernel library unavailable (%s); running the standard-op lowering of the %s ops "
+                    "instead (identical outputs, slower)", str(reason).splitlines()[0][:200], KERNEL_DOMAIN)
+        _warned_lowering = True
+    return ort.InferenceSession(_lowered(model), sess_options=so, providers=list(PROVIDERS))
 
 
 def optimized_model(model: str | Path | bytes, *, optimization: str = "all") -> Any:

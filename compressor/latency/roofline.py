@@ -5,8 +5,8 @@ bandwidth)`` plus a fixed per-kernel overhead (a recurrent layer's MACs: every g
 step and sequence element, :func:`devicefit.compressor.layers.recurrent_macs`). A plan changes a layer's cost through:
 
 * its **quant** choice → the compute dtype class the technique declares (``compute_dtype``: ``fp32``,
-  ``fp16``, ``int8`` static, ``int8dyn`` dynamic, ``int8w`` / ``int4w`` weight-only; costs in
-  :data:`DTYPE_COSTS`) → which peak applies and how many bytes a weight takes;
+  ``fp16``, ``int8`` static, ``int8dyn`` dynamic, ``int8w`` / ``int4w`` weight-only, ``s24`` 2:4 sparse int8,
+  ``lowbit2w`` / ``lowbit3w`` 2/3-bit weight-only; costs in :data:`DTYPE_COSTS`) → which peak applies and how many bytes a weight takes;
 * its **structural** choice (channel pruning, low-rank) → fewer MACs and params for the layer itself and,
   for channel pruning, fewer input channels in the layers that consume its output (``consumers``, found
   by :func:`devicefit.compressor.prune.deps.find_deps`).
@@ -65,6 +65,14 @@ DTYPE_COSTS: dict[str, DtypeCost] = {
                          kind_prior_speedup=(("conv", 0.2), ("dwconv", 0.2))),
     "int8w": DtypeCost(1.0, 4.0, float_weight_kinds=("gru", "lstm")),
     "int4w": DtypeCost(0.5, 4.0, prior_speedup=2.0),
+    # devicefit's own kernels (``needs_kernels``). 2:4 sparse int8: half the int8 values + a 2-bit index per kept
+    # value = 0.625 byte per dense weight; int8 dot products on the kept half. Reported for the kernels (bench/kernels.py)
+    # on an x86 host: MiniLM 2:4 FFNs 1.27-1.41x fp32 at M=128; batch-1 4096x4096 8.5x fp32
+    # (memory-bound)
+    "s24": DtypeCost(0.625, 4.0, int8_peak=True, prior_speedup=1.5),
+    # 2- / 3-bit group-wise weights (scales + zero points in extra_weight_bytes): weight-only like int4w
+    "lowbit2w": DtypeCost(0.25, 4.0, prior_speedup=2.0),
+    "lowbit3w": DtypeCost(0.375, 4.0, prior_speedup=2.0),
 }
 #: the statically quantized class: activations stay int8 between consecutive layers of it (see glue_melems)
 STATIC_INT8 = "int8"

@@ -194,6 +194,7 @@ def quantize_onnx(
     embeddings_int8: bool = True,
     fuse: bool = True,
     progress: Progress | None = None,
+    kernels: bool = False,
 ) -> QuantResult:
     """Quantize ``fp32_onnx`` per ``plan`` (quant family) into ``out``; verify what runs.
 
@@ -205,7 +206,11 @@ def quantize_onnx(
     layer is quantized, store large embedding tables (Gather) in 8 bits unless the plan keeps their module
     float (:mod:`.embeddings`). ``fuse``: exact fp32 rewrites first (erf-GELU → ``Gelu``, attention core →
     ``MultiHeadAttention``, :mod:`.fusions`). ``input_names`` is accepted
-    for symmetry with the torch side; feeds are matched to the graph's own inputs.
+    for symmetry with the torch side; feeds are matched to the graph's own inputs. ``kernels``: the layers of
+    techniques that run devicefit's own kernels (``needs_kernels``: ``int8_sparse24``, ``lowbit_weight_only``)
+    get the ``ai.devicefit`` ops (``Sparse24MatMul`` / ``LowBitMatMul``; the target must have the kernel
+    library) when True; when False, the standard-op lowering of the same node (2:4 int8 → ``MatMulInteger``,
+    bit-identical to the op; 2/3-bit → 4-bit ``MatMulNBits`` with float activations), which any onnxruntime runs.
     """
     say = progress or (lambda _msg: None)
     model = G.load(fp32_onnx)
@@ -245,7 +250,7 @@ def quantize_onnx(
             how = smoothquant.apply(model, groups, {k: v.value for k, v in amax.items() if v.value is not None}, alpha)
             notes += [f"smoothquant {t}: {h}" for t, h in how.items()]
         lmap = canonicalize(model, map_layers(model, list(lmap.nodes)))
-    ctx = QuantContext(model, hess, ins, accuracy_level, notes)
+    ctx = QuantContext(model, hess, ins, accuracy_level, notes, kernels=kernels)
     if any(t.onnx_pass == "weights" for t in chosen.values()):
         say("weight-only layers (MatMulNBits)")
     _per_layer(ctx, lmap, chosen, "weights")

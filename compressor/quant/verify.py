@@ -6,7 +6,8 @@ node's inputs through ``DequantizeLinear`` / ``Transpose`` / ``Reshape`` / ``Cas
 whose name derives from the layer's canonical weight name (see :func:`mapping.canonicalize`). Then:
 
 * ``int`` — an integer kernel reads the weight (``MatMulIntegerToFloat``, ``QLinearConv``,
-  ``MatMulNBits`` …);
+  ``MatMulNBits`` …, and devicefit's own ``ai.devicefit`` ops ``Sparse24MatMul`` / ``LowBitMatMul``, whose
+  standard-op lowerings are ``MatMulInteger`` / ``MatMulNBits`` and count as int too);
 * ``float`` — only float kernels read it (``MatMul`` / ``Gemm`` / ``Conv`` / ``FusedConv`` … after a
   ``DequantizeLinear`` that was not fused): a **float fallback** when the plan made the layer integer;
 * ``missing`` — no compute node reads the weight any more (e.g. folded into a new constant): reported
@@ -36,7 +37,7 @@ INT_OPS = frozenset(
         "ConvInteger", "QGemm", "MatMulNBits", "QAttention", "DynamicQuantizeLSTM", "QOrderedMatMul",
         "MatMulBnb4", "QLinearAdd", "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool",
         "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearReduceMean",
-        "GatherBlockQuantized",
+        "GatherBlockQuantized", "Sparse24MatMul", "LowBitMatMul",
     }
 )
 #: integer kernels that are the compute of a layer (not elementwise helpers)
@@ -44,6 +45,7 @@ INT_COMPUTE = frozenset(
     {
         "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearConv",
         "ConvInteger", "QGemm", "MatMulNBits", "QAttention", "QOrderedMatMul", "MatMulBnb4", "DynamicQuantizeLSTM",
+        "Sparse24MatMul", "LowBitMatMul",
     }
 )
 FLOAT_COMPUTE = frozenset(

@@ -21,13 +21,16 @@ from devicefit.compressor.quant.mapping import LayerNode
 @dataclass
 class QuantContext:
     """What a per-layer rewrite reads and writes: the graph, calibration statistics keyed by input tensor,
-    MatMulNBits' ``accuracy_level`` and notes for the result."""
+    MatMulNBits' ``accuracy_level``, notes for the result, and ``kernels``: the techniques running devicefit's
+    own kernels (``needs_kernels``) emit their ``ai.devicefit`` ops when True, the standard-op lowering of the
+    same node when False (:mod:`.kernel_layers`)."""
 
     model: onnx.ModelProto
     hessians: dict[str, HessianAccumulator] = field(default_factory=dict)
     inputs: dict[str, InputStats] = field(default_factory=dict)
     accuracy_level: int = 4
     notes: list[str] = field(default_factory=list)
+    kernels: bool = False
 
 
 def int8_weight_only(ctx: QuantContext, ln: LayerNode, *, per_channel: bool) -> None:

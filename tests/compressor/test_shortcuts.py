@@ -33,7 +33,7 @@ def test_quant_schemes() -> None:
         assert parse_quant(name).method  # every listed name parses with defaults
 
 
-@pytest.mark.parametrize("bad", ["int3", "int8_static:calib=mse", "int4:group_size=7", "smoothquant:alpha"])
+@pytest.mark.parametrize("bad", ["int5", "int8_static:calib=mse", "int4:group_size=7", "smoothquant:alpha"])
 def test_quant_errors_name_the_options(bad: str) -> None:
     with pytest.raises(UserInputError):
         parse_quant(bad)
