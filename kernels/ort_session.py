@@ -110,7 +110,7 @@ def _lowered(model: str | Path | bytes) -> bytes:
     return lowered
 
 
-def cpu_session(model: str | Path | bytes, options: Any | None = None) -> Any:
+def cpu_session(model: str | Path | bytes, options: Any | None = None, *, lowering: bool = True) -> Any:
     """An ``InferenceSession`` on the CPU provider (``model``: a path or serialized bytes).
 
     A model using devicefit's own ops (domain ``ai.devicefit``) runs without the caller registering
@@ -118,7 +118,8 @@ def cpu_session(model: str | Path | bytes, options: Any | None = None) -> Any:
     (:func:`devicefit.kernels.library_path`, built on first use) is registered on the options and the session
     made again; when the library cannot be built or loaded here (no compiler), the model's standard-op
     lowering runs instead (:func:`devicefit.kernels.lowering.lower_model`, exact mode: identical outputs) and
-    one warning is logged. Other models pay nothing for this (only that failure is retried)."""
+    one warning is logged. Other models pay nothing for this (only that failure is retried). ``lowering=False``
+    (the agent: it measures the model it was sent, not a stand-in) raises instead of running the lowering."""
     ort = _ort()
     src = model if isinstance(model, bytes) else str(model)
     so = options or session_options()
@@ -139,6 +140,9 @@ def cpu_session(model: str | Path | bytes, options: Any | None = None) -> Any:
         reason = None
     if reason is None:
         return ort.InferenceSession(src, sess_options=so, providers=list(PROVIDERS))
+    if not lowering:
+        raise RuntimeError(f"the {KERNEL_DOMAIN} ops need devicefit's kernel library, which is unavailable here: "
+                           f"{str(reason).splitlines()[0][:200]}") from reason
     global _warned_lowering
     if not _warned_lowering:
         log.warning("devicefit kernel library unavailable (%s); running the standard-op lowering of the %s ops "

@@ -112,7 +112,7 @@ class OnnxRuntimeRunner:
         so = session_options(threads=int(threads or 0), profile_prefix=prefix, custom_ops=libs)
         self._libs = libs
         try:
-            self._sess = cpu_session(self.path, so)
+            self._sess = cpu_session(self.path, so, lowering=False)
         except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             self._cleanup()
             if "ai.devicefit" in str(exc):

@@ -16,7 +16,8 @@ from devicefit.cli import emit
 #: what --quant / --prune / --lowrank accept. Written out because the parser must build without the compressor
 #: (no torch on devices); a test checks them against the technique registry (``shortcuts.usage``).
 USAGE = {
-    "quant": "int8_dynamic, int8_static, int8_weight_only, int4, int4_gptq, int4_awq, smoothquant, float16, float",
+    "quant": "int8_dynamic, int8_static, int8_weight_only, int4, int4_gptq, int4_awq, smoothquant, float16, float, "
+             "int8_sparse24, sparse24, int2, int3, int2_gptq, int3_gptq",
     "prune": "structured:R, magnitude:R, wanda:R, N:M (e.g. 2:4) (R = fraction removed, e.g. 0.5)",
     "lowrank": "svd:R, asvd:R, tucker2:R, spatial:R (R = fraction of params removed) or KIND:energy=E",
 }

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devicefit import defaults
 from devicefit.compressor.plan import Plan
@@ -34,6 +34,10 @@ from devicefit.errors import BudgetNotMetError, UserInputError
 from devicefit.fitting.config import FitConfig
 from devicefit.kernels.paths import cache_root
 from devicefit.progress import Progress
+
+if TYPE_CHECKING:
+    from devicefit.compressor.search.config import SearchConfig
+    from devicefit.fitting.evaluator import FitEvaluator
 
 
 @dataclass
@@ -245,14 +249,15 @@ def _session(config: FitConfig, profile: Any, work: Path, phases: Progress, mode
         yield session, bundle
 
 
-def _with_kernels(search_config: Any, evaluator: Any) -> tuple[Any, list[str]]:
+def _with_kernels(search_config: SearchConfig, evaluator: FitEvaluator) -> tuple[SearchConfig, list[str]]:
     """The search space as the device allows it: devicefit's kernel techniques (``needs_kernels``) are offered only
     when the agent runs the kernel library; the note says which were left out and how to get them."""
     from devicefit.compressor.search.space import SpaceConfig
-    from devicefit.compressor.techniques import TECHNIQUES
+    from devicefit.compressor.techniques import family_classes
 
     space = replace(search_config.space or SpaceConfig(), kernels=evaluator.kernels)
-    wanted = sorted(m for fam, methods in space.families.items() for m in methods if TECHNIQUES[(fam, m)].needs_kernels)
+    wanted = sorted(c.method for fam, methods in space.families.items() for c in family_classes(fam)
+                    if c.method in methods and c.needs_kernels)
     notes = []
     if wanted and not evaluator.kernels and evaluator.format == "onnx":
         notes.append(f"{', '.join(wanted)} not offered: the agent on {evaluator.device_id} reports no devicefit kernel "

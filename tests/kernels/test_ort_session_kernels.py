@@ -120,3 +120,21 @@ def test_verify_sees_integer_compute_with_and_without_the_library(kernel_lib: Pa
     insp = verify.inspect(path, ["fc"])
     assert insp.layers["fc"].kind == "int", insp.layers
     assert set(insp.layers["fc"].ops) <= {"MatMulInteger", "MatMulIntegerToFloat"}
+
+
+def test_the_agent_never_runs_a_stand_in_and_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent measures the model it was sent: without the library it refuses the custom-op model (no lowering),
+    saying how to build the library or how to compress without it."""
+    from devicefit.agent.runners import onnxruntime_runner
+    from devicefit.errors import ModelLoadError
+
+    _no_library(monkeypatch)
+    monkeypatch.setattr(onnxruntime_runner, "_own_kernels", lambda: [])
+    path = tmp_path / "s24.onnx"
+    path.write_bytes(MODELS["sparse24"].SerializeToString())
+    with pytest.raises(RuntimeError, match="kernel library, which is unavailable here"):
+        ort_session.cpu_session(path, lowering=False)
+    with pytest.raises(ModelLoadError) as err:
+        onnxruntime_runner.OnnxRuntimeRunner(path)
+    assert "ai.devicefit" in str(err.value) and "python -m devicefit.kernels build" in err.value.fix
+    assert "--kernels standard" in err.value.fix

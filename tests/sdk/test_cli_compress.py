@@ -88,7 +88,7 @@ def test_plan_file_overrides_shortcut(files: tuple[Path, Path], tmp_path: Path, 
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--quant", "int3"], "int8_dynamic, int8_static"),
+        (["--quant", "int1"], "int8_dynamic, int8_static"),
         (["--quant", "int8_static:calib=mse"], "calibration"),
         (["--prune", "magnitude:0.5"], "torch model"),
         (["--lowrank", "svd"], "no number"),
@@ -110,3 +110,22 @@ def test_no_data_measures_fidelity_on_random_inputs(files: tuple[Path, Path], tm
                        "--no-progress"])
     assert d["metric"]["name"] == "top1_agreement" and "random inputs" in d["metric"]["data"]
     assert d["fidelity"]["cosine"] > 0.99
+
+
+def test_kernels_flag_picks_devicefits_ops_or_standard_ones(files: tuple[Path, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``--kernels devicefit`` writes the 2:4 layers as devicefit's ``Sparse24MatMul``; the default writes the standard
+    ops any onnxruntime runs, with the same outputs."""
+    model, data = files
+    own = _json(capsys, ["compress", str(model), "--quant", "int8_sparse24", "--kernels", "devicefit", "--data", str(data),
+                         "-o", str(tmp_path / "own.onnx"), "--json", "--no-progress"])
+    std = _json(capsys, ["compress", str(model), "--quant", "int8-sparse24", "--data", str(data),
+                         "-o", str(tmp_path / "std.onnx"), "--json", "--no-progress"])
+    assert own["int_ops"].get("Sparse24MatMul") == 2 and "Sparse24MatMul" not in std["int_ops"]  # fc and head
+    assert std["int_ops"].get("MatMulInteger", 0) >= 2
+    assert own["float_fallback_layers"] == [] == std["float_fallback_layers"]
+    assert own["fidelity"] == std["fidelity"] and own["metric"] == std["metric"]
+    assert own["quant"]["skipped"] == std["quant"]["skipped"] and "conv" in own["quant"]["skipped"]  # Linear only
+    with pytest.raises(SystemExit) as bad:  # argparse names the valid choices
+        main(["compress", str(model), "--quant", "int8_sparse24", "--kernels", "ours", "-o", str(tmp_path / "x.onnx")])
+    assert bad.value.code == 2 and "'standard', 'devicefit'" in capsys.readouterr().err
