@@ -159,14 +159,21 @@ class Plan:
         """This plan's rules followed by ``other``'s (``other`` wins on conflicts)."""
         return Plan(self.rules + other.rules, other.distill or self.distill)
 
-    def finished(self) -> Plan:
+    def finished(self, *, structure: bool = False) -> Plan:
         """Every rule's techniques :meth:`~devicefit.compressor.techniques.Technique.finished`: the plan as a fit
         compresses its chosen candidate at the end (the search's quick settings back at their thorough values).
-        Equal to ``self`` when no technique has quick settings."""
+        ``structure`` (the finish distills): a rule without a prune technique gets its quant technique's
+        :meth:`~devicefit.compressor.techniques.Technique.finish_structure` (2:4 sparse int8: 2:4 pruning).
+        Equal to ``self`` when nothing changes."""
         def fin(t: Technique | None) -> Technique | None:
             return t.finished() if t is not None else None
 
-        return Plan(tuple(LayerRule(r.match, prune=fin(r.prune), lowrank=fin(r.lowrank), quant=fin(r.quant))
+        def prune(r: LayerRule) -> Technique | None:
+            if r.prune is None and structure and r.quant is not None:
+                return r.quant.finish_structure()
+            return fin(r.prune)
+
+        return Plan(tuple(LayerRule(r.match, prune=prune(r), lowrank=fin(r.lowrank), quant=fin(r.quant))
                           for r in self.rules), self.distill)
 
     # ------------------------------------------------------------------ queries

@@ -19,10 +19,11 @@ GRID = tuple(i / 20 for i in range(21))
 
 
 class InputStats:
-    """Per-channel mean |x| and a bounded row sample of the layer input ``[..., K]``."""
+    """Per-channel mean |x| and mean x, and a bounded row sample of the layer input ``[..., K]``."""
 
     def __init__(self, k: int, *, max_rows: int = 2048, seed: int = 0) -> None:
         self.abs_sum = np.zeros(k, np.float64)
+        self.sum = np.zeros(k, np.float64)
         self.n = 0
         self.max_rows = max_rows
         self.sample: list[np.ndarray] = []
@@ -32,6 +33,7 @@ class InputStats:
     def add(self, x: np.ndarray) -> None:
         x2 = np.asarray(x, np.float32).reshape(-1, self.abs_sum.shape[0])
         self.abs_sum += np.abs(x2).sum(axis=0)
+        self.sum += x2.sum(axis=0, dtype=np.float64)
         self.n += x2.shape[0]
         if self._rows < self.max_rows:
             take = min(self.max_rows - self._rows, x2.shape[0])
@@ -42,6 +44,11 @@ class InputStats:
     @property
     def mean_abs(self) -> np.ndarray:
         return (self.abs_sum / max(self.n, 1)).astype(np.float32)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The per-channel mean of the input (zeros before any row was added)."""
+        return (self.sum / max(self.n, 1)).astype(np.float32)
 
     def rows(self) -> np.ndarray:
         return np.concatenate(self.sample) if self.sample else np.zeros((0, self.abs_sum.shape[0]), np.float32)

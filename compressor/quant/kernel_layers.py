@@ -6,7 +6,9 @@ Each replaces one Linear :class:`~devicefit.compressor.quant.mapping.LayerNode` 
 standard-op lowering (:func:`devicefit.kernels.lowering.lower_node`):
 
 * :func:`sparse24_layer`: 2:4 magnitude pruning along K (weights already 2:4, e.g. after a ``nm`` 2:4 prune
-  stage, keep their pattern) + symmetric per-output-channel int8 → ``Sparse24MatMul``; lowered: the same
+  stage, keep their pattern) + symmetric per-output-channel int8 → ``Sparse24MatMul``, with calibration data
+  the bias corrected for what pruning and rounding take away on average (``(W - W_kept) · E[x]``, as the
+  torch-side mask stage does for pruning); lowered: the same
   per-row int8 activation quantization + ``MatMulInteger`` on the dense int8 weight, bit-identical.
 * :func:`lowbit_layer`: 2/3-bit group-wise asymmetric codes by RTN or GPTQ (from the layer input's Hessian)
   → ``LowBitMatMul``; lowered: 4-bit ``MatMulNBits`` holding the same codes, scales and zero points with
@@ -31,7 +33,7 @@ from devicefit.compressor.quant.mapping import LayerNode
 from devicefit.compressor.quant.weight_only import QuantContext
 from devicefit.kernels import ops
 from devicefit.kernels.lowering import MS_DOMAIN, LowBitMode, lower_node
-from devicefit.kernels.pack import LowBitWeights, pack_lowbit, pack_sparse24
+from devicefit.kernels.pack import LowBitWeights, pack_lowbit, pack_sparse24, unpack_sparse24
 
 #: the exact lowering of ``Sparse24MatMul`` needs ReduceMax with ``axes`` as an input
 LOWERING_MIN_OPSET = 18
@@ -93,7 +95,13 @@ def sparse24_layer(ctx: QuantContext, ln: LayerNode) -> str:
     w_nk = np.ascontiguousarray(ln.weight_kn(ctx.model).T)
     packed = pack_sparse24(w_nk, prune=True)  # magnitude 2:4; a weight already 2:4 keeps its non-zeros
     prefix = _prefix(ctx.model, ln, "s24")
-    node, inits = ops.sparse24_node(ln.input, ln.output, packed, prefix=prefix, bias=ln.bias_array(ctx.model))
+    bias = ln.bias_array(ctx.model)
+    stats = ctx.inputs.get(ln.input)
+    if stats is not None and stats.n:  # keep the output's mean: fold (W - W_kept_int8) · E[x] into the bias
+        kept = unpack_sparse24(packed).astype(np.float32) * packed.scales[:, None]
+        shift = (w_nk - kept[:, : w_nk.shape[1]]) @ stats.mean
+        bias = shift if bias is None else bias + shift
+    node, inits = ops.sparse24_node(ln.input, ln.output, packed, prefix=prefix, bias=bias)
     _write(ctx, ln, node, inits, lowbit="exact")
     return prefix
 

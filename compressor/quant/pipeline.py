@@ -105,7 +105,7 @@ def _capture_stats(
         elif tech.calib_stat == "absmax":
             amax.setdefault(ln.input, smoothquant.AbsMax())
     tensors = set(hess) | set(ins) | set(amax)
-    if tensors:
+    if tensors and feeds:  # no data: the statistics stay empty (only optional users, e.g. 2:4's bias correction)
 
         def update(values: dict[str, Any]) -> None:
             for t, v in values.items():
@@ -236,8 +236,8 @@ def quantize_onnx(
         )
     feeds = C.batches(calib, model, batch_size=batch_size, limit=calib_samples) if calib is not None else []
 
-    if any(t.calib_stat is not None for t in chosen.values()):
-        say("collecting calibration statistics (GPTQ / AWQ / SmoothQuant)")
+    if feeds and any(t.calib_stat is not None for t in chosen.values()):
+        say("collecting calibration statistics (GPTQ / AWQ / SmoothQuant / 2:4 bias correction)")
     hess, ins, amax = _capture_stats(model, lmap, chosen, feeds)
     sq = {k: t for k, t in chosen.items() if t.calib_stat == "absmax"}
     if sq:

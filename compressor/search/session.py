@@ -300,12 +300,13 @@ class FitSession:
         """Phase *finish*: ``cand``'s plan compressed again the thorough way and measured — distilled from the fp32
         model when it has prune / low-rank parts (``config.distill``), and with its techniques' quick search
         settings back at their thorough values (:meth:`.Plan.finished`: the int8 static recovery; ONNX only, the
-        TFLite quantizer has none). It replaces ``cand`` when :func:`.policy.keep_finished` says it is better."""
+        TFLite quantizer has none; 2:4 sparse int8 layers get 2:4 pruning first, so the distillation trains around
+        their pattern). It replaces ``cand`` when :func:`.policy.keep_finished` says it is better."""
         if not cand.measured:
             return cand
         plan = self.problem.space.plan(cand.labels)
-        finished = plan.finished() if self.format == "onnx" else plan
-        distill = self.config.distill if plan.uses("prune") or plan.uses("lowrank") else None
+        finished = plan.finished(structure=self._distills_structure) if self.format == "onnx" else plan
+        distill = self.config.distill if finished.uses("prune") or finished.uses("lowrank") else None
         if finished == plan and distill is None:
             return cand
         final = Plan(finished.rules, distill=distill)
@@ -320,11 +321,17 @@ class FitSession:
         plan = self.problem.space.plan(labels)
         return self.format == "onnx" and plan.finished() != plan
 
+    @property
+    def _distills_structure(self) -> bool:
+        """The finish may add techniques' :meth:`~.Technique.finish_structure` (it distills them: a torch model and
+        a distillation config)."""
+        return self.config.distill is not None and not (self.facts is not None and self.facts.graph_only)
+
     def plan_of(self, cand: Candidate) -> Plan:
         """The plan ``cand``'s file was compressed with (finished and / or distilled where :meth:`finish` made it)."""
         plan = self.problem.space.plan(cand.labels)
         if cand.finished:
-            plan = plan.finished()
+            plan = plan.finished(structure=cand.distilled)
         return Plan(plan.rules, distill=self.config.distill) if cand.distilled and self.config.distill else plan
 
     @property

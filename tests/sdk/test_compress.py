@@ -97,6 +97,45 @@ def test_kernel_techniques_write_devicefits_ops_or_their_standard_lowering(small
     assert own.fidelity["cosine"] > 0.8 and own.compression_ratio > 1.5
 
 
+def _inits(path: Path, *suffixes: str) -> list[np.ndarray]:
+    import onnx
+
+    return [onnx.numpy_helper.to_array(i) for suffix in suffixes for i in onnx.load(str(path)).graph.initializer
+            if i.name.endswith(suffix)]
+
+
+def test_2_4_pruning_then_distillation_trains_around_the_pattern_the_kernel_keeps(small: ModelBundle, tmp_path: Path) -> None:
+    """What a fit's finish does for a 2:4 sparse int8 layer: prune it 2:4 first (``nm``), distill (the zeros stay
+    zero), then pack: the packing keeps that pattern, so the distilled weights are the ones that run."""
+    from devicefit.compressor.techniques import Distill, SemiStructuredPrune
+
+    cut = Plan((LayerRule("fc1", quant=Sparse24Int8()),))
+    pruned = Plan((LayerRule("fc1", prune=SemiStructuredPrune(n=2, m=4), quant=Sparse24Int8()),))
+    a = compress(small, cut, out=tmp_path / "a.onnx", progress=False, kernels=True)
+    b = compress(small, pruned, out=tmp_path / "b.onnx", progress=False, kernels=True)
+    kept = {p: _inits(p, ".values", ".index") for p in (a.path, b.path)}
+    assert all(np.array_equal(x, y) for x, y in zip(kept[a.path], kept[b.path], strict=True))  # the same weights kept
+    # both fold what was taken away into the bias (the mask stage on torch, the packing on the graph)
+    assert abs(a.fidelity["cosine"] - b.fidelity["cosine"]) < 0.005
+    plain = compress(small, Plan((LayerRule("fc1", quant=Sparse24Int8(bias_correction=False)),)),
+                     out=tmp_path / "plain.onnx", progress=False, kernels=True)
+    assert a.fidelity["cosine"] > plain.fidelity["cosine"] + 0.02  # measured 0.99 vs 0.90
+    c = compress(small, pruned, out=tmp_path / "c.onnx", progress=False, kernels=True,
+                 distill=Distill(steps=150, lr=1e-3, temperature=1.0))
+    assert c.int_ops.get("Sparse24MatMul") == 1 and any("kept the zeros" in n for n in c.distill["notes"])
+    print(f"\n2:4 fc1: cosine {plain.fidelity['cosine']:.4f} cut in, {a.fidelity['cosine']:.4f} bias-corrected, "
+          f"{c.fidelity['cosine']:.4f} pruned then distilled")
+    # the pattern survived the distillation (no weight outside b's kept positions) and the values are the trained ones
+    from devicefit.kernels.pack import Sparse24Weights, unpack_sparse24
+
+    def dense(path: Path) -> np.ndarray:
+        values, index, scales = _inits(path, ".values", ".index", ".scales")
+        return unpack_sparse24(Sparse24Weights(values, index, scales, k=128))
+
+    before, after = dense(b.path), dense(c.path)
+    assert not np.any((after != 0) & (before == 0)) and not np.array_equal(after, before)
+
+
 def test_onnx_only_bundle(small: ModelBundle, tmp_path: Path) -> None:
     first = compress(small, Plan.uniform(quant=KeepFloat()), out=tmp_path / "fp32.onnx", progress=False)
     assert first.compression_ratio == pytest.approx(1.0) and first.fidelity["cosine"] > 0.99999

@@ -6,6 +6,7 @@ and reports per-node times named after the layers; its metric drop is the sum of
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -668,3 +669,54 @@ def test_a_workers_measurements_are_shared_at_the_fits_scale(tmp_path: Path, mon
         assert got.reused and got.device == "slow-board"
         assert got.measured_ms == pytest.approx(c.measured_ms / 2, rel=1e-9)  # the slow board's reading, halved
         assert got.measured_ms == pytest.approx(fast.measure_labels(c.labels), rel=1e-9)  # = this board's latency
+
+
+class DistillingDevice(NoisyDevice):
+    """Distillation after 2:4 pruning wins back 90% of a 2:4 layer's drop (the pattern is trained around)."""
+
+    def materialize(self, plan: Plan, *, name: str) -> Materialized:
+        mat = super().materialize(plan, name=name)
+        if plan.distill is None:
+            return mat
+        choices = plan.resolve([s.name for s in SPECS]).values()
+        trained = sum(0.9 * DROP["int8_sparse24"] * (10 if i == 0 else 1) for i, c in enumerate(choices)
+                      if c.prune is not None and c.quant is not None and c.quant.method == "int8_sparse24")
+        drop = mat.metric["drop"] - trained
+        return replace(mat, metric={**mat.metric, "drop": drop, "compressed": 1.0 - drop})
+
+
+def test_the_finish_distills_2_4_sparse_layers_around_their_pattern(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2:4 sparse int8 (devicefit's kernel) cut in by magnitude misses the accuracy budget (0.03 > 0.02). The finish
+    prunes those layers 2:4 first and distills (the zeros stay zero, so the packing keeps the trained pattern):
+    drop 0.003, the result; plan.yaml replays exactly that. Without a distillation config nothing is added."""
+    from devicefit.compressor.techniques import SemiStructuredPrune, Sparse24Int8
+
+    monkeypatch.setattr(measure_mod, "node_map_for", lambda path, layers, reference=None: NodeMap({n: n for n in layers}, {}))
+    monkeypatch.setitem(EFF, "s24", 1.5)
+    monkeypatch.setitem(DROP, "int8_sparse24", 0.002)
+    budget = Budget(latency_ms=0.9 * _fp32_ms(), accuracy_drop=0.02)
+    space = build_space(SPECS, config=SpaceConfig(families={"quant": ("int8_sparse24",)}, kernels=True))
+    problem = SearchProblem(SPECS, total_params=1_600_000, space=space, sensitivity=_problem(budget).sensitivity,
+                            latency=CalibratedModel(ROOF, device_id="fake-board"), budget=budget)
+    problem.sensitivity.drops = {s.name: {"int8_sparse24": 0.002 * (10 if s.name == SENSITIVE else 1)} for s in SPECS}
+    problem.sensitivity.devs = {k: dict(v) for k, v in problem.sensitivity.drops.items()}
+    dev = DistillingDevice(problem, tmp_path, spike=0)
+    base = problem.predict(problem.float_labels(), trial=-1)
+    fp32 = dev.fp32()
+    base.measured_ms, base.metric, base.path = dev.truth[fp32.path], fp32.metric, fp32.path
+    base.size_bytes, base.measured_memory_mb = 6_400_000, 80.0
+    loop = FitSession(problem, dev, config=SearchConfig(trials=1, max_measurements=3, confirm_rounds=3))
+    loop.add_baseline(base)
+    quick = loop.evaluate(problem.predict(problem.space.uniform("int8_sparse24"), trial=0))
+    assert quick.drop == pytest.approx(0.03) and quick.shortfall(budget).keys() == {"accuracy_drop"}
+    out = loop.choose()
+    best = out.best
+    assert best is not None and best.distilled and best.finished and best.passes(budget)
+    assert best.drop == pytest.approx(0.003)
+    plan = loop.plan_of(best)
+    assert dev.materialized[-1] == plan and plan.distill == loop.config.distill
+    for rule in plan.rules:
+        assert isinstance(rule.quant, Sparse24Int8) and rule.prune == SemiStructuredPrune(n=2, m=4)
+    # no distillation configured: the finish has nothing to add to a 2:4 plan (the packing prunes by magnitude)
+    plain = FitSession(problem, dev, config=SearchConfig(trials=1, distill=None))
+    assert plain.finish(quick) is quick
