@@ -682,8 +682,10 @@ class LowBitWeightOnly(_Quant):
     """2- or 3-bit weights in groups of ``group_size`` along the input dim (asymmetric, a scale and a zero point
     per group), by round-to-nearest or GPTQ; devicefit's ``LowBitMatMul`` kernel (activations int8 per group
     inside it). Without the kernels the same codes run in onnxruntime's 4-bit ``MatMulNBits`` (float
-    activations). The search offers ``bits=3`` (RTN): 2-bit RTN loses too much on nearly every layer to be
-    worth a candidate; ask for ``int2_gptq`` explicitly."""
+    activations). The search offers ``bits=3`` (RTN, the cheap candidate): 2-bit loses too much to be worth one
+    (zoo:minilm-l6, all 36 Linears at group 128, mean cosine of the output vs fp32 on 128 eval sentences:
+    3-bit RTN 0.823, GPTQ 0.926; 2-bit RTN 0.300, GPTQ 0.414; int4 RTN group 32 0.974); ask for ``int2_gptq``
+    explicitly."""
 
     method: ClassVar[str] = "lowbit_weight_only"
     layer_types: ClassVar[tuple[str, ...]] = ("linear",)
