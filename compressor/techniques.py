@@ -470,11 +470,21 @@ class Int8Static(_Quant):
     #: learning rate of the activation scales during distillation (LSQ, relative change per Adam step; 0 = the
     #: calibrated scales stay); learned scales are written back, int32 biases requantized to match
     distill_scale_lr: float = field(default=0.0, metadata=OMIT_DEFAULT)
+    #: its learning-rate schedule: ``constant``, or ``cosine`` (annealed to 0 over ``distill_steps``)
+    distill_schedule: str = field(default="constant", metadata=OMIT_DEFAULT)
+    #: train on random-resized crops + horizontal flips of the calibration images (teacher run on each), not on
+    #: the images themselves (image models: one NCHW float input; ignored otherwise); the held-out quarter stays
+    distill_augment: bool = field(default=False, metadata=OMIT_DEFAULT)
+    #: the values ``distill_schedule`` accepts
+    DISTILL_SCHEDULES: ClassVar[tuple[str, ...]] = ("constant", "cosine")
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         _check_choice(name, "calibration", self.calibration, CALIBRATIONS)
         _check_choice(name, "rounding", self.rounding, ROUNDINGS)
+        _check_choice(name, "distill_schedule", self.distill_schedule, self.DISTILL_SCHEDULES)
+        if not isinstance(self.distill_augment, bool):
+            raise _fail(name, "distill_augment", self.distill_augment, "true or false")
         if not isinstance(self.distill_steps, int) or isinstance(self.distill_steps, bool) or self.distill_steps < 0:
             raise _fail(name, "distill_steps", self.distill_steps, "an integer >= 0")
         if (not isinstance(self.distill_lr, (int, float)) or isinstance(self.distill_lr, bool)
