@@ -64,6 +64,7 @@ def distill(
     cosine_decay: bool = False,
     augment: bool = False,
     min_area: float = 0.35,
+    mixup: float = 0.0,
 ) -> QadResult:
     """Train ``qdq``'s weights (of ``nodes``' layers; all when None) against ``fp32`` in place.
 
@@ -75,7 +76,9 @@ def distill(
     anneals every learning rate to 0 over ``steps``. ``augment``: every training batch is a random-resized crop
     (a ``min_area``..1 fraction of the image's area, aspect 3/4..4/3, bilinear back to the input size) and a
     horizontal flip (p = 1/2) of the sampled calibration images, the fp32 teacher run on it; only for a graph with
-    one 4-D float input (NCHW images), ignored otherwise.
+    one 4-D float input (NCHW images), ignored otherwise. ``mixup`` > 0 (with ``augment``) also blends each
+    augmented image with another of its batch, weight ~ Beta(``mixup``, ``mixup``) (function matching: the teacher
+    labels the blend).
     """
     missing = unsupported(qdq)
     if missing or not feeds:
@@ -109,7 +112,7 @@ def distill(
     def loss_on(sel: np.ndarray, train: bool = False) -> torch.Tensor:
         batch = {k: data[k][sel] for k in names}
         if train and aug_sess is not None:
-            batch = {k: _augment(v, rng, min_area) for k, v in batch.items()}
+            batch = {k: _augment(v, rng, min_area, mixup) for k, v in batch.items()}
             ref = torch.from_numpy(np.asarray(aug_sess.run([aug_out], batch)[0], np.float32))
         else:
             ref = torch.from_numpy(teacher[sel])
@@ -154,8 +157,9 @@ def _is_image(data: dict[str, np.ndarray]) -> bool:
     return x.ndim == 4 and np.issubdtype(x.dtype, np.floating) and min(x.shape[2:]) >= 8
 
 
-def _augment(x: np.ndarray, rng: np.random.Generator, min_area: float) -> np.ndarray:
-    """Random-resized crop (area ``min_area``..1, aspect 3/4..4/3) back to HxW, flipped with p = 1/2, per image."""
+def _augment(x: np.ndarray, rng: np.random.Generator, min_area: float, mixup: float = 0.0) -> np.ndarray:
+    """Random-resized crop (area ``min_area``..1, aspect 3/4..4/3) back to HxW, flipped with p = 1/2, per image;
+    with ``mixup`` > 0 each result is then blended with another of the batch, weight ~ Beta(mixup, mixup)."""
     n, _, h, w = x.shape
     out = np.empty_like(x)
     for i in range(n):
@@ -169,6 +173,9 @@ def _augment(x: np.ndarray, rng: np.random.Generator, min_area: float) -> np.nda
         if rng.random() < 0.5:
             t = torch.flip(t, dims=(3,))
         out[i] = t[0].numpy()
+    if mixup > 0 and n > 1:
+        lam = rng.beta(mixup, mixup, size=(n, 1, 1, 1)).astype(x.dtype)
+        out = lam * out + (1 - lam) * out[rng.permutation(n)]
     return out
 
 

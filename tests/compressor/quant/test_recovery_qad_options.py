@@ -134,6 +134,10 @@ def test_augment_crops_and_flips_and_trains_on_the_teacher_of_the_crops(cnn: tup
     ramp = np.broadcast_to(np.linspace(-1, 1, 16, dtype=np.float32), (64, 3, 16, 16)).copy()  # rises along W
     slope = np.sign(np.diff(qad._augment(ramp, rng, 0.35)[:, 0, 8], axis=1).sum(1))
     assert 16 < (slope > 0).sum() < 48 and (slope != 0).all(), slope  # about half mirrored, none flat
+    ones, zeros = np.ones((4, 3, 16, 16), np.float32), np.zeros((4, 3, 16, 16), np.float32)
+    mixed = qad._augment(np.concatenate([ones, zeros]), np.random.default_rng(0), 0.35, mixup=1.0)
+    means = mixed.mean(axis=(1, 2, 3))  # blends of a constant-1 and a constant-0 batch: means strictly between
+    assert np.allclose(mixed, means[:, None, None, None], atol=1e-6) and ((means > 0.001) & (means < 0.999)).sum() >= 4
     assert qad._is_image({"x": x}) and not qad._is_image({"x": x[:, :, 0, :]})
     assert not qad._is_image({"x": x, "y": x})
 
