@@ -1,7 +1,10 @@
 """Accuracy recovery after int8 static quantization vs onnxruntime's own ``quantize_static``, one run.
 
 EfficientNet-Lite0 on 320 evaluation crops of 20 scikit-image photos (:mod:`devicefit.zoo.photos`; the
-calibration crops are disjoint). Rows, all calibrated on the same ``--calib`` crops:
+calibration crops are disjoint, but every evaluation crop is the mirror image of a calibration crop of the same
+photo). ``--split photo`` splits by photo instead: all 32 crops of the 10 odd-numbered photos are the evaluation
+set, the calibration crops come from the 10 others only — the split to use when the calibration data is
+augmented (``distill_augment`` flips and re-crops it). Rows, all calibrated on the same ``--calib`` crops:
 
 * onnxruntime ``quantize_static`` (QDQ, its defaults after ``quant_pre_process``) with each
   ``CalibrationMethod`` (MinMax, Entropy, Percentile, Distribution);
@@ -77,7 +80,30 @@ RECOVERY: dict[str, dict[str, Any]] = {
     "defaults + distill 60": {"distill_steps": 60},
     "defaults + distill 150": {"distill_steps": 150},
     "defaults + distill 150 + learned activation scales": {"distill_steps": 150, "distill_scale_lr": 0.01},
+    "defaults + distill 400 cosine lr 0.03": {"distill_steps": 400, "distill_lr": 0.03, "distill_schedule": "cosine"},
+    "defaults + distill 400 cosine lr 0.03 + augment": {"distill_steps": 400, "distill_lr": 0.03,
+                                                        "distill_schedule": "cosine", "distill_augment": True},
 }
+
+
+def photo_split() -> tuple[np.ndarray, np.ndarray]:
+    """(calib, eval) split by photo: every crop of the odd-numbered photos evaluates, of the even ones calibrates
+    (crop-major, like :func:`devicefit.zoo.photos.splits`); no photo is in both."""
+    from devicefit.zoo import photos
+
+    calib, ev = photos.splits()
+    plan = photos.crop_plan()
+    by_split: tuple[list[int], list[int]] = ([], [])
+    for k, *_, is_eval in plan:
+        by_split[int(is_eval)].append(k)
+    crops = np.empty((len(plan), *calib.shape[1:]), calib.dtype)
+    photo = np.empty(len(plan), int)
+    for j, rows in ((0, calib), (1, ev)):
+        where = [i for i, p in enumerate(plan) if p[-1] == bool(j)]
+        crops[where], photo[where] = rows, by_split[j]
+    held = photo % 2 == 1
+    assert not set(photo[held]) & set(photo[~held])
+    return crops[~held], crops[held]
 
 
 def devicefit_static(fp32: Path, calib: np.ndarray, work: Path, options: dict[str, Any], module: Any) -> Path:
@@ -109,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--ort-methods", default=",".join(ORT_METHODS))
     p.add_argument("--rows", default="", help="devicefit rows to run, ';'-separated labels of RECOVERY (all)")
+    p.add_argument("--split", choices=("crop", "photo"), default="crop",
+                   help="crop: the zoo's split (eval crops mirror calibration crops); photo: no photo in both")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     wanted = {r.strip() for r in args.rows.split(";") if r.strip()}
@@ -119,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from devicefit.zoo import efficientnet_lite0, photos
 
     torch.set_num_threads(2)
-    calib, ev = photos.splits()
+    calib, ev = photos.splits() if args.split == "crop" else photo_split()
     calib = calib[: args.calib]
     bundle = efficientnet_lite0.build()
     rows: dict[str, Path] = {}
@@ -148,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1) + 1e-12)
             agree = float((ref.argmax(1) == out.argmax(1)).mean())
             table.append({"row": label, "top1_agreement": agree, "drop": 1.0 - agree, "cosine": float(cos.mean()),
-                          "eval_crops": len(ev), "calib_crops": len(calib)})
+                          "eval_crops": len(ev), "calib_crops": len(calib), "split": args.split})
         lat = _quant_vs_ort().latencies(rows, {"x": ev[:1]}, args.rounds, args.runs)
     for r in table:
         r["p50_ms"] = lat[r["row"]]

@@ -164,9 +164,11 @@ def _distill(
     steps = max(int(getattr(t, "distill_steps", 0)) for t in techs)
     lr = float(getattr(techs[0], "distill_lr", 0.02))
     scale_lr = float(getattr(techs[0], "distill_scale_lr", 0.0))
+    cosine = getattr(techs[0], "distill_schedule", "constant") == "cosine"
+    augment = bool(getattr(techs[0], "distill_augment", False))
     say(f"quantization-aware distillation of {len(nodes)} node(s), {steps} steps")
     r = distill(before, model, feeds, steps=steps, lr=lr, weight_bound=64 if fmt.reduce_range else 127, nodes=nodes,
-                scale_lr=scale_lr)
+                scale_lr=scale_lr, cosine_decay=cosine, augment=augment)
     if r.skipped:
         log.warning("quantization-aware distillation skipped: %s", r.skipped)
         return f"quantization-aware distillation skipped: {r.skipped}"
@@ -175,6 +177,8 @@ def _distill(
         f"{r.best_step}, held-out output error {r.heldout_before:.5f} -> {r.heldout_after:.5f} "
         f"(1/4 of the calibration samples held out), {r.changed} int8 weights moved"
         + (", activation scales learned (LSQ)" if scale_lr > 0 else "")
+        + (", cosine-decayed learning rate" if cosine else "")
+        + (", trained on random-resized crops + flips of the calibration images" if augment else "")
     )
 
 

@@ -7,7 +7,10 @@ calibration samples is held out and the latents with the lowest held-out loss ar
 ``eval_every`` steps; the untrained graph is the first candidate, so the result is never worse on held-out
 data than what it started from). The learned integers and biases are written back into the graph: same ops,
 same int8 fusions; same scales unless the activation scales are learned too (``scale_lr``, LSQ), then the
-learned scales are written into the scale initializers the Q / DQ pairs share.
+learned scales are written into the scale initializers the Q / DQ pairs share. With ``augment`` each training
+batch of an image model (one NCHW float input) is a fresh random-resized crop + horizontal flip of the calibration
+images, the teacher run on it (more distinct training data from the same calibration photos; the held-out
+quarter stays as it is).
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ def distill(
     kl_weight: float = 0.0,
     temperature: float = 1.0,
     cosine_decay: bool = False,
+    augment: bool = False,
+    min_area: float = 0.35,
+    mixup: float = 0.0,
 ) -> QadResult:
     """Train ``qdq``'s weights (of ``nodes``' layers; all when None) against ``fp32`` in place.
 
@@ -67,7 +73,12 @@ def distill(
     ``scale_lr`` > 0 also learns the activation scales (LSQ; Adam on their logarithm, so ``scale_lr`` is a
     relative change per step), written back with the int32 biases requantized to match. ``kl_weight`` adds the
     KL divergence of the softmax at ``temperature`` (× T²) to the loss (classifier logits); ``cosine_decay``
-    anneals every learning rate to 0 over ``steps``.
+    anneals every learning rate to 0 over ``steps``. ``augment``: every training batch is a random-resized crop
+    (a ``min_area``..1 fraction of the image's area, aspect 3/4..4/3, bilinear back to the input size) and a
+    horizontal flip (p = 1/2) of the sampled calibration images, the fp32 teacher run on it; only for a graph with
+    one 4-D float input (NCHW images), ignored otherwise. ``mixup`` > 0 (with ``augment``) also blends each
+    augmented image with another of its batch, weight ~ Beta(``mixup``, ``mixup``) (function matching: the teacher
+    labels the blend).
     """
     missing = unsupported(qdq)
     if missing or not feeds:
@@ -95,11 +106,17 @@ def distill(
     opt = torch.optim.Adam(params)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine_decay else None
     names = list(data)
+    aug_sess = C.session(fp32, optimize=True) if augment and _is_image(data) else None
+    aug_out = aug_sess.get_outputs()[0].name if aug_sess is not None else ""
 
-    def loss_on(sel: np.ndarray) -> torch.Tensor:
-        feeds_t = {k: _layout(torch.from_numpy(data[k][sel])) for k in names}
-        out = student(**feeds_t)[0]
-        ref = torch.from_numpy(teacher[sel])
+    def loss_on(sel: np.ndarray, train: bool = False) -> torch.Tensor:
+        batch = {k: data[k][sel] for k in names}
+        if train and aug_sess is not None:
+            batch = {k: _augment(v, rng, min_area, mixup) for k, v in batch.items()}
+            ref = torch.from_numpy(np.asarray(aug_sess.run([aug_out], batch)[0], np.float32))
+        else:
+            ref = torch.from_numpy(teacher[sel])
+        out = student(**{k: _layout(torch.from_numpy(v)) for k, v in batch.items()})[0]
         loss = ((out - ref) ** 2).mean() / scale
         if kl_weight > 0:
             t = temperature
@@ -118,7 +135,7 @@ def distill(
     for step in range(1, steps + 1):
         sel = rng.choice(train_idx, size=min(batch_size, len(train_idx)), replace=False)
         opt.zero_grad()
-        loss = loss_on(sel)
+        loss = loss_on(sel, train=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         if sched is not None:
@@ -131,6 +148,35 @@ def distill(
     student.load_state_dict(best_state)
     changed = student.export_into(qdq)
     return QadResult(steps, best_step, before, best, changed)
+
+
+def _is_image(data: dict[str, np.ndarray]) -> bool:
+    if len(data) != 1:
+        return False
+    x = next(iter(data.values()))
+    return x.ndim == 4 and np.issubdtype(x.dtype, np.floating) and min(x.shape[2:]) >= 8
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator, min_area: float, mixup: float = 0.0) -> np.ndarray:
+    """Random-resized crop (area ``min_area``..1, aspect 3/4..4/3) back to HxW, flipped with p = 1/2, per image;
+    with ``mixup`` > 0 each result is then blended with another of the batch, weight ~ Beta(mixup, mixup)."""
+    n, _, h, w = x.shape
+    out = np.empty_like(x)
+    for i in range(n):
+        area = rng.uniform(min_area, 1.0) * h * w
+        aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+        ch = int(min(h, max(1, round(np.sqrt(area / aspect)))))
+        cw = int(min(w, max(1, round(np.sqrt(area * aspect)))))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        t = torch.from_numpy(np.ascontiguousarray(x[i : i + 1, :, top : top + ch, left : left + cw]))
+        t = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+        if rng.random() < 0.5:
+            t = torch.flip(t, dims=(3,))
+        out[i] = t[0].numpy()
+    if mixup > 0 and n > 1:
+        lam = rng.beta(mixup, mixup, size=(n, 1, 1, 1)).astype(x.dtype)
+        out = lam * out + (1 - lam) * out[rng.permutation(n)]
+    return out
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:

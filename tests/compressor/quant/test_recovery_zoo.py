@@ -77,6 +77,9 @@ def test_efficientnet_int8_static_recovery_floor(tmp_path: Path) -> None:
     # measured 2026-12-04 (8-bit weights, float logits; 30 steps, 1 thread): held-out error 0.00575 -> 0.00236,
     # 0.944 / 0.9983 (2026-12-03 with 8-bit logits: 0.919 / 0.9981). The #16 goal (drop <= 0.02) is NOT
     # reached: 400 steps (lr 0.03, cosine decay) on 128 crops reach 0.956 (docs/concepts/quantization-accuracy.md).
+    # These evaluation crops are mirror images of calibration crops (photos.splits()), which distillation trains
+    # on: the agreement floor is optimistic; on a photo-disjoint split (bench/accuracy_recovery.py --split photo)
+    # distillation halves the logit error but top-1 agreement stays within noise of the defaults'.
     assert cos_qad > cos and agree_qad >= agree - 0.01, (agree, cos, agree_qad, cos_qad)
     if not seven_bit:
         assert agree_qad >= 0.925 and cos_qad >= 0.9975, (agree_qad, cos_qad)
